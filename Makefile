@@ -1,0 +1,51 @@
+# softswitch: the two commands a fresh Debian machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Debian packages the interop tests and the demo drive for real.
+PEERS := sipp:sip-tester baresip:baresip kamailio:kamailio espeak-ng:espeak-ng sox:sox tshark:tshark
+
+.PHONY: all setup peers demo serve test check bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP) peers
+
+# Install the missing peers only (root on Debian; apt-get update first).
+peers:
+	@missing=""; for pair in $(PEERS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian peers:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: setup
+	$(VENV)/bin/softswitch demo
+
+serve: setup
+	$(VENV)/bin/softswitch serve
+
+test: setup
+	$(PY) -m pytest -q -ra -p no:cacheprovider
+
+check: $(STAMP)
+	$(VENV)/bin/ruff check softswitch media tests interop scripts
+	$(VENV)/bin/ruff format --check softswitch media tests interop scripts
+	$(VENV)/bin/mypy softswitch media
+
+bench: setup
+	$(PY) scripts/bench_triggers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,257 @@
+"""SIP message model (RFC 3261 sections 7, 20 and 25).
+
+Messages are frozen values. The headers every transaction and dialog needs (Via, From, To,
+Call-ID, CSeq) are parsed once, when the message is read, into typed fields; every other header
+stays as text in ``headers`` (canonical long names, original order) and is parsed on demand by
+the helpers in :mod:`softswitch.sip.headers`. Content-Length is never stored: the serializer
+writes it from ``body``.
+
+Parsing lives in :mod:`softswitch.sip.parser`; it never raises, it returns a ``BadMessage`` that
+carries the status code to answer (400, 505, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Union
+
+Params = tuple[tuple[str, str | None], ...]
+HeaderList = tuple[tuple[str, str], ...]
+
+
+def _params_str(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+def get_param(params: Params, name: str) -> str | None:
+    """Value of parameter ``name`` (case-insensitive); ``""`` for a flag; ``None`` if absent."""
+    name = name.lower()
+    for k, v in params:
+        if k.lower() == name:
+            return "" if v is None else v
+    return None
+
+
+def set_param(params: Params, name: str, value: str | None) -> Params:
+    """Return ``params`` with ``name`` set to ``value`` (replacing an existing one)."""
+    low = name.lower()
+    out = [(k, v) for k, v in params if k.lower() != low]
+    out.append((name, value))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class URI:
+    """A sip:, sips: or tel: URI (RFC 3261 section 19.1, RFC 3966).
+
+    ``user`` and ``host`` hold the *unescaped* values; ``__str__`` escapes them again where the
+    grammar requires. For tel: URIs the number is in ``user`` and ``host`` is empty.
+    """
+
+    scheme: str = "sip"
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: Params = ()
+    headers: HeaderList = ()
+
+    def __str__(self) -> str:
+        from softswitch.sip.uri import format_uri
+
+        return format_uri(self)
+
+    def param(self, name: str) -> str | None:
+        return get_param(self.params, name)
+
+    @property
+    def host_port(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """From/To/Contact/Route value: optional display name, a URI, header parameters."""
+
+    uri: URI
+    display_name: str | None = None
+    params: Params = ()
+
+    @property
+    def tag(self) -> str | None:
+        return get_param(self.params, "tag")
+
+    def with_tag(self, tag: str) -> NameAddr:
+        return replace(self, params=set_param(self.params, "tag", tag))
+
+    def param(self, name: str) -> str | None:
+        return get_param(self.params, name)
+
+    def __str__(self) -> str:
+        from softswitch.sip.uri import format_name_addr
+
+        return format_name_addr(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via entry (RFC 3261 section 20.42); ``transport`` is upper case (``UDP``, ``TCP``)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    params: Params = ()
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return get_param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return get_param(self.params, "received")
+
+    @property
+    def rport(self) -> str | None:
+        return get_param(self.params, "rport")
+
+    def param(self, name: str) -> str | None:
+        return get_param(self.params, name)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.protocol}/{self.transport} {host}{port}{_params_str(self.params)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    seq: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    uri: URI
+    vias: tuple[Via, ...]
+    from_: NameAddr
+    to: NameAddr
+    call_id: str
+    cseq: CSeq
+    headers: HeaderList = ()
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+    def header_all(self, name: str) -> list[str]:
+        return header_values(self.headers, name)
+
+    def __bytes__(self) -> bytes:
+        from softswitch.sip.serializer import serialize
+
+        return serialize(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    reason: str
+    vias: tuple[Via, ...]
+    from_: NameAddr
+    to: NameAddr
+    call_id: str
+    cseq: CSeq
+    headers: HeaderList = ()
+    body: bytes = b""
+    version: str = "SIP/2.0"
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+    def header_all(self, name: str) -> list[str]:
+        return header_values(self.headers, name)
+
+    def __bytes__(self) -> bytes:
+        from softswitch.sip.serializer import serialize
+
+        return serialize(self)
+
+
+Message = Union[Request, Response]
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    """A message that could not be accepted, and what to answer.
+
+    ``status`` is the response code the RFC asks for (400, 505, 501, 416, 420, 415, 413 ...),
+    or ``None`` when the right action is to drop it silently (a bad response, garbage).
+    ``request`` holds whatever could be recovered to build that answer (Via, From, To, Call-ID,
+    CSeq): when it is ``None`` no answer can be addressed and the datagram is dropped.
+    ``extra_headers`` go into the answer (Allow for 501, Unsupported for 420, Accept for 415).
+    """
+
+    reason: str
+    status: int | None = 400
+    request: Request | None = None
+    extra_headers: HeaderList = ()
+
+
+def header_value(headers: HeaderList, name: str) -> str | None:
+    """First value of header ``name`` (canonical long name, case-insensitive)."""
+    low = name.lower()
+    for k, v in headers:
+        if k.lower() == low:
+            return v
+    return None
+
+
+def header_values(headers: HeaderList, name: str) -> list[str]:
+    """All values of ``name``, in order, with comma-separated lists already split."""
+    from softswitch.sip.headers import split_comma_list
+
+    low = name.lower()
+    out: list[str] = []
+    for k, v in headers:
+        if k.lower() == low:
+            out.extend(split_comma_list(v))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A transport address: where a datagram came from or goes to."""
+
+    host: str
+    port: int
+    transport: str = "UDP"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport.lower()}:{host}:{self.port}"
+
+
+__all__ = [
+    "URI",
+    "Address",
+    "BadMessage",
+    "CSeq",
+    "HeaderList",
+    "Message",
+    "NameAddr",
+    "Params",
+    "Request",
+    "Response",
+    "Via",
+    "get_param",
+    "header_value",
+    "header_values",
+    "set_param",
+]
