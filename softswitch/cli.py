@@ -1,0 +1,117 @@
+"""The ``softswitch`` command: serve, demo, tools (typer; CLI -> Config -> Server)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from softswitch import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="softswitch: a SIP/RTP softswitch for an international callback service.",
+)
+tools_app = typer.Typer(no_args_is_help=True, help="Tools for debugging calls (DTMF, audio).")
+app.add_typer(tools_app, name="tools")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event, UTC timestamps with milliseconds, to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
+                                  datefmt="%Y-%m-%dT%H:%M:%S")
+    import time
+
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@app.command()
+def serve(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file.",
+                                                 dir_okay=False)] = None,
+    sip_listen: Annotated[str | None, typer.Option("--sip-listen",
+                                                    help="HOST:PORT for SIP (UDP and TCP).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="Database URL (sqlite:///FILE or "
+                                                         "postgresql://...).")] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level",
+                                                   help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Run a switch node until SIGTERM or SIGINT."""
+    from softswitch.aio.server import run
+    from softswitch.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, sip_listen=sip_listen, db_url=db)
+    except ConfigError as exc:
+        typer.echo(f"softswitch: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging((log_level or cfg.log_level).upper())
+    raise typer.Exit(run(cfg))
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the temporary directory with logs.")] = False,
+) -> None:
+    """Start a node and a SIPp carrier on loopback and show a registration and a trigger call."""
+    from softswitch.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@tools_app.command("detect-dtmf")
+def detect_dtmf(
+    file: Annotated[Path, typer.Argument(help="Any audio file PyAV can read.", exists=True,
+                                         dir_okay=False)],
+) -> None:
+    """Print each DTMF digit in FILE as: DIGIT START_MS DURATION_MS."""
+    from media.tools import detect_dtmf_file
+
+    try:
+        digits = detect_dtmf_file(str(file))
+    except Exception as exc:  # PyAV raises many kinds; the user needs the message, not a trace
+        typer.echo(f"softswitch: cannot read {file}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for digit, start_ms, duration_ms in digits:
+        typer.echo(f"{digit} {start_ms} {duration_ms}")
+
+
+@tools_app.command("gen-dtmf")
+def gen_dtmf(
+    digits: Annotated[str, typer.Argument(help="Digits 0-9 * # A-D.")],
+    out: Annotated[Path, typer.Argument(help="Output WAV file.", dir_okay=False)],
+    level: Annotated[float, typer.Option("--level", help="Level per tone, dBm0.")] = -4.0,
+    on: Annotated[int, typer.Option("--on", help="Tone duration, ms.")] = 50,
+    off: Annotated[int, typer.Option("--off", help="Pause between digits, ms.")] = 50,
+) -> None:
+    """Write DTMF test tones to OUT.wav (8 kHz, 16-bit mono)."""
+    from media.tools import gen_dtmf_file
+
+    bad = [d for d in digits.upper() if d not in "0123456789*#ABCD"]
+    if bad:
+        typer.echo(f"softswitch: not DTMF digits: {''.join(bad)!r}", err=True)
+        raise typer.Exit(2)
+    gen_dtmf_file(digits.upper(), str(out), level_dbm0=level, on_ms=on, off_ms=off)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Configuration: one TOML file, checked before anything starts.
+
+Every error names the file, the line and the key, because a sysadmin reading "invalid config"
+at 3 a.m. should not have to guess. tomllib reports syntax errors with a line number; for
+semantic errors (wrong type, unknown key, bad address) we find the key's line in the text.
+
+With no file at all the defaults are a safe local node: SIP on 127.0.0.1:5060 (UDP and TCP),
+an embedded SQLite file, no trunk, SIP accepted from loopback only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:5060"
+DEFAULT_DB = "sqlite:///var/softswitch.sqlite3"
+LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located: ``file:line: [table] key: message``."""
+
+    def __init__(self, message: str, *, path: str = "<config>", line: int | None = None,
+                 key: str | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        self.message = message
+        where = path if line is None else f"{path}:{line}"
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+def parse_host_port(text: str, default_port: int = 5060) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or ``v6`` -> (host without brackets, port)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unclosed '[' in {text!r}")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"junk after ']' in {text!r}")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    port = default_port
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"bad port {port_text!r} in {text!r}")
+        port = int(port_text)
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class TrunkConfig:
+    """The carrier trunk: registration credentials, or IP authentication (no REGISTER)."""
+
+    proxy: tuple[str, int]
+    registrar: str | None = None
+    username: str | None = None
+    password: str | None = None
+    realm: str | None = None
+    expires: int = 3600
+    ip_auth: bool = False
+    keepalive_interval: float = 30.0
+    caller_id: str | None = None
+    international_prefix: str = "+"
+    transport: str = "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``softswitch serve`` needs, validated."""
+
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 5060),)
+    transports: tuple[str, ...] = ("udp", "tcp")
+    public_address: str | None = None
+    allow_from: tuple[str, ...] = LOOPBACK_NETS
+    db_url: str = DEFAULT_DB
+    trunk: TrunkConfig | None = None
+    trigger_numbers: tuple[str, ...] = ()
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    user_agent: str = "softswitch"
+    log_level: str = "INFO"
+    tcp_idle_timeout: float = 300.0
+    tcp_max_connections: int = 1024
+    source: str = "<defaults>"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
+_TABLE_LINE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _find_line(text: str, table: str, key: str | None) -> int | None:
+    """Line (1-based) where ``key`` is set inside ``[table]`` ('' = top level)."""
+    current = ""
+    table_line: int | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = _TABLE_LINE.match(line)
+        if m:
+            current = m.group(1)
+            if current == table and key is None:
+                return number
+            if current == table:
+                table_line = number
+            continue
+        if key is not None and current == table:
+            km = _KEY_LINE.match(line)
+            if km and km.group(1).strip("\"'") == key:
+                return number
+    return table_line
+
+
+class _Reader:
+    """Typed access to one table of the parsed TOML, with located errors."""
+
+    def __init__(self, data: dict[str, Any], table: str, text: str, path: str) -> None:
+        self.data = data
+        self.table = table
+        self.text = text
+        self.path = path
+        self.used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        name = f"[{self.table}] {key}" if self.table and key else (key or f"[{self.table}]")
+        return ConfigError(message, path=self.path, line=_find_line(self.text, self.table, key),
+                           key=name)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        # bool is an int in Python; a port of `true` is a mistake, not 1.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        return value
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(key, "unknown key (check the spelling; see README)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:
+        return "a number"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _addr(reader: _Reader, key: str, value: str, default_port: int = 5060) -> tuple[str, int]:
+    try:
+        return parse_host_port(value, default_port)
+    except ValueError as exc:
+        raise reader.error(key, str(exc)) from None
+
+
+def load_config(path: str | Path | None = None, *, sip_listen: str | None = None,
+                db_url: str | None = None) -> Config:
+    """Read and validate ``path`` (or the defaults), then apply command-line overrides."""
+    text = ""
+    source = "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", path=source) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # Python 3.11 puts the position only in the text: "... (at line 3, column 6)".
+            found = re.search(r"\(at line (\d+)", str(exc))
+            line = int(found.group(1)) if found else None
+            msg = str(exc).split(" (at line")[0]
+            raise ConfigError(f"TOML syntax error: {msg}", path=source, line=line) from None
+
+    top = _Reader(data, "", text, source)
+    sip = _Reader(top.get("sip", dict, {}), "sip", text, source)
+    kwargs: dict[str, Any] = {"source": source}
+
+    listen = sip.get("listen", (str, list), DEFAULT_LISTEN)
+    listens = [listen] if isinstance(listen, str) else listen
+    if not listens or not all(isinstance(x, str) for x in listens):
+        raise sip.error("listen", "expected \"host:port\" or a list of them")
+    kwargs["listen"] = tuple(_addr(sip, "listen", x) for x in listens)
+    transports = sip.get("transports", list, ["udp", "tcp"])
+    for t in transports:
+        if t not in ("udp", "tcp"):
+            raise sip.error("transports", f"unknown transport {t!r} (udp, tcp)")
+    kwargs["transports"] = tuple(transports)
+    kwargs["public_address"] = sip.get("public_address", str)
+    allow = sip.get("allow_from", list, list(LOOPBACK_NETS))
+    for net in allow:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise sip.error("allow_from", f"not an address or network: {net!r}") from None
+    kwargs["allow_from"] = tuple(str(n) for n in allow)
+    for timer in ("t1", "t2", "t4"):
+        value = sip.get(timer, (int, float))
+        if value is not None:
+            if value <= 0:
+                raise sip.error(timer, "must be positive (seconds)")
+            kwargs[timer] = float(value)
+    kwargs["user_agent"] = sip.get("user_agent", str, "softswitch")
+    kwargs["tcp_idle_timeout"] = float(sip.get("tcp_idle_timeout", (int, float), 300.0))
+    kwargs["tcp_max_connections"] = sip.get("tcp_max_connections", int, 1024)
+    sip.finish()
+
+    db = _Reader(top.get("database", dict, {}), "database", text, source)
+    kwargs["db_url"] = db.get("url", str, DEFAULT_DB)
+    db.finish()
+
+    log = _Reader(top.get("log", dict, {}), "log", text, source)
+    level = log.get("level", str, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise log.error("level", f"unknown level {level!r} (DEBUG, INFO, WARNING, ERROR)")
+    kwargs["log_level"] = level
+    log.finish()
+
+    trunk_data = top.get("trunk", dict)
+    if trunk_data is not None:
+        kwargs["trunk"] = _load_trunk(_Reader(trunk_data, "trunk", text, source))
+
+    triggers = top.get("trigger", list, [])
+    numbers = []
+    for index, item in enumerate(triggers):
+        if not isinstance(item, dict):
+            raise top.error("trigger", "expected [[trigger]] tables")
+        reader = _Reader(item, "trigger", text, source)
+        number = reader.get("number", str)
+        if not number or not number.lstrip("+").isdigit():
+            raise reader.error("number", f"trigger #{index + 1}: expected digits, got {number!r}")
+        reader.finish()
+        numbers.append(number.lstrip("+"))
+    kwargs["trigger_numbers"] = tuple(numbers)
+    top.finish()
+
+    if kwargs.get("t2", 4.0) < kwargs.get("t1", 0.5):
+        raise ConfigError("t2 must not be smaller than t1", path=source,
+                          line=_find_line(text, "sip", "t2"), key="[sip] t2")
+
+    if sip_listen is not None:
+        try:
+            kwargs["listen"] = (parse_host_port(sip_listen),)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="--sip-listen") from None
+    if db_url is not None:
+        kwargs["db_url"] = db_url
+    return Config(**kwargs)
+
+
+def _load_trunk(r: _Reader) -> TrunkConfig:
+    proxy_text = r.get("proxy", str)
+    registrar = r.get("registrar", str)
+    if proxy_text is None and registrar is None:
+        raise r.error(None, "needs 'proxy' (host:port) or 'registrar' (a sip: URI)")
+    if registrar is not None and not registrar.lower().startswith(("sip:", "sips:")):
+        raise r.error("registrar", f"expected a sip: URI, got {registrar!r}")
+    if proxy_text is None:
+        assert registrar is not None
+        hostport = registrar.split(":", 1)[1].split(";", 1)[0]
+        hostport = hostport.rsplit("@", 1)[-1]
+        proxy = _addr(r, "registrar", hostport)
+    else:
+        proxy = _addr(r, "proxy", proxy_text)
+    ip_auth = r.get("ip_auth", bool, False)
+    username = r.get("username", str)
+    password = r.get("password", str)
+    if not ip_auth and registrar is not None and (username is None or password is None):
+        raise r.error("username", "a registering trunk needs username and password "
+                      "(or set ip_auth = true)")
+    expires = r.get("expires", int, 3600)
+    if expires < 60:
+        raise r.error("expires", "must be at least 60 seconds")
+    prefix = r.get("international_prefix", str, "+")
+    if prefix not in ("+", "00", "011", "010", "0011", "001", ""):
+        raise r.error("international_prefix", f"unusual prefix {prefix!r} "
+                      "(expected one of '+', '00', '011', '010', '0011', '001', '')")
+    transport = r.get("transport", str, "udp").lower()
+    if transport not in ("udp", "tcp"):
+        raise r.error("transport", f"unknown transport {transport!r} (udp, tcp)")
+    trunk = TrunkConfig(
+        proxy=proxy,
+        registrar=registrar,
+        username=username,
+        password=password,
+        realm=r.get("realm", str),
+        expires=expires,
+        ip_auth=ip_auth,
+        keepalive_interval=float(r.get("keepalive_interval", (int, float), 30.0)),
+        caller_id=r.get("caller_id", str),
+        international_prefix=prefix,
+        transport=transport,
+    )
+    r.finish()
+    return trunk

@@ -1,0 +1,405 @@
+"""The SIP endpoint: bytes in, bytes out, events for the application (aioquic's shape).
+
+``receive_datagram(data, addr, now)`` parses, applies the transport rules of RFC 3261 section 18
+(Via ``received``/``rport``, RFC 3581), answers what a UA must answer by itself (stateless 400 /
+505 / 416 for bad requests, 501 / 405 with Allow, 420 with Unsupported, 415 with Accept, 483,
+OPTIONS 200, CANCEL 200 + 487) and hands the transaction layer everything else. The application
+sees only :class:`EndpointEvent` values from ``next_event()`` and answers with ``respond()`` or
+starts requests with ``send_request()``. Time is always passed in; nothing here reads a clock or
+touches a socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from softswitch.sip import transaction as txl
+from softswitch.sip.headers import parse_content_type, parse_token_list
+from softswitch.sip.message import (
+    Address,
+    BadMessage,
+    HeaderList,
+    Request,
+    Response,
+    Via,
+    set_param,
+)
+from softswitch.sip.parser import parse_message
+from softswitch.sip.serializer import serialize
+from softswitch.sip.timers import TimerConfig
+
+log = logging.getLogger("softswitch.sip")
+
+#: Methods whose syntax we know (RFC 3261 and extensions). A known method we do not serve gets
+#: 405, an unknown one 501 (RFC 3261 section 8.2.1).
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
+    "MESSAGE UPDATE".split()
+)
+MAGIC_COOKIE = "z9hG4bK"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """What the endpoint needs to know about itself."""
+
+    host: str = "127.0.0.1"
+    port: int = 5060
+    allow: tuple[str, ...] = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
+    supported: tuple[str, ...] = ("timer",)
+    accept: tuple[str, ...] = ("application/sdp",)
+    user_agent: str = "softswitch"
+    allow_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    timers: TimerConfig = TimerConfig()
+
+
+# --- events for the application -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A new request the application must answer with :meth:`Endpoint.respond`."""
+
+    tx: txl.ServerTransaction
+    request: Request
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCancelled:
+    """A CANCEL matched a pending INVITE; the endpoint has sent 200 (CANCEL) and 487 (INVITE)."""
+
+    tx: txl.ServerTransaction
+    request: Request
+    cancel: Request
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """An ACK for a 2xx (outside any transaction, RFC 3261 section 17.1.1.3)."""
+
+    request: Request
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    tx: txl.ClientTransaction
+    response: Response
+    source: Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class StrayResponse:
+    """A response with no transaction: a retransmitted 2xx to INVITE the UAC must re-ACK."""
+
+    response: Response
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionTimedOut:
+    """Timer B/F (client) or H (server: the ACK never came) fired."""
+
+    tx: txl.ClientTransaction | txl.ServerTransaction
+
+
+EndpointEvent = (
+    RequestReceived
+    | RequestCancelled
+    | AckReceived
+    | ResponseReceived
+    | StrayResponse
+    | TransactionTimedOut
+)
+
+
+def _random_token() -> str:
+    return os.urandom(8).hex()
+
+
+class Endpoint:
+    """One SIP user agent on one address; all transports share it."""
+
+    def __init__(
+        self,
+        config: EndpointConfig | None = None,
+        *,
+        token: Callable[[], str] = _random_token,
+    ) -> None:
+        self.config = config or EndpointConfig()
+        self._token = token
+        self._layer = txl.TransactionLayer(self.config.timers)
+        self._out: list[tuple[bytes, Address]] = []
+        self._events: deque[EndpointEvent] = deque()
+        self._to_tags: dict[int, str] = {}
+        self._acl = tuple(ipaddress.ip_network(n, strict=False) for n in self.config.allow_from)
+        self._acl_cache: dict[str, bool] = {}
+        self._allow_header = ", ".join(self.config.allow)
+        self.stats = {"received": 0, "dropped_acl": 0, "bad": 0, "sent": 0}
+
+    # --- the sans-IO interface ----------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Handle one UDP datagram (or one framed TCP message) from ``addr``."""
+        self.stats["received"] += 1
+        if not self._allowed(addr.host):
+            # Scanners are not told we exist: no answer, one debug line.
+            self.stats["dropped_acl"] += 1
+            log.debug("dropped %d bytes from %s: source not in allow_from", len(data), addr)
+            return
+        msg = parse_message(data, stream=addr.transport != "UDP")
+        self.receive_message(msg, addr, now)
+
+    def receive_message(self, msg: Request | Response | BadMessage, addr: Address,
+                        now: float) -> None:
+        """Handle an already-parsed message (the TCP framer parses for us)."""
+        if isinstance(msg, BadMessage):
+            self._bad_message(msg, addr)
+        elif isinstance(msg, Request):
+            self._receive_request(msg, addr, now)
+        else:
+            self._layer.receive_response(msg, addr, now)
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        self._layer.handle_timer(now)
+        self._pump(now)
+
+    def get_timer(self) -> float | None:
+        return self._layer.get_timer()
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out, self._out = self._out, []
+        self.stats["sent"] += len(out)
+        return out
+
+    def next_event(self) -> EndpointEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # --- the application's side ---------------------------------------------------------------
+
+    def respond(
+        self,
+        tx: txl.ServerTransaction,
+        status: int,
+        reason: str | None = None,
+        *,
+        headers: HeaderList = (),
+        body: bytes = b"",
+        now: float,
+    ) -> Response:
+        """Answer ``tx``. Responses above 100 carry one To tag per transaction (RFC 3261 8.2.6.2)."""
+        request = tx.request
+        to_tag = None
+        if status > 100 and request.to.tag is None:
+            to_tag = self._to_tags.get(id(tx))
+            if to_tag is None:
+                to_tag = self._to_tags[id(tx)] = self._token()
+        extra: HeaderList = (("Server", self.config.user_agent),)
+        if status == 405 or (request.method == "OPTIONS" and 200 <= status < 300):
+            extra += (("Allow", self._allow_header),)
+        response = txl.make_response(request, status, reason, to_tag=to_tag,
+                                     headers=extra + tuple(headers))
+        if body:
+            response = replace(response, body=body)
+        self._layer.send_response(tx, response, now)
+        self._pump(now)
+        return response
+
+    def send_request(self, request: Request, dest: Address, now: float) -> txl.ClientTransaction:
+        """Start a client transaction; the top Via is ours and gets a fresh branch if it has none."""
+        request = self.stamp_via(request, dest.transport)
+        tx = self._layer.send_request(request, dest, now)
+        self._pump(now)
+        return tx
+
+    def send_ack(self, ack: Request, dest: Address) -> None:
+        """Send an ACK for a 2xx (not a transaction: RFC 3261 section 13.2.2.4)."""
+        ack = self.stamp_via(ack, dest.transport)
+        self._out.append((serialize(ack), dest))
+
+    def send_stateless(self, message: Request | Response, dest: Address) -> None:
+        self._out.append((serialize(message), dest))
+
+    def new_branch(self) -> str:
+        return MAGIC_COOKIE + self._token()
+
+    def new_tag(self) -> str:
+        return self._token()
+
+    def new_call_id(self) -> str:
+        return f"{self._token()}{self._token()}@{self.config.host}"
+
+    def local_via(self, transport: str = "UDP") -> Via:
+        return Via(transport=transport.upper(), host=self.config.host, port=self.config.port,
+                   params=(("branch", self.new_branch()), ("rport", None)))
+
+    def stamp_via(self, request: Request, transport: str = "UDP") -> Request:
+        if request.vias and request.vias[0].branch:
+            return request
+        return replace(request, vias=(self.local_via(transport), *request.vias))
+
+    def forget(self, tx: txl.ServerTransaction) -> None:
+        self._to_tags.pop(id(tx), None)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _allowed(self, host: str) -> bool:
+        cached = self._acl_cache.get(host)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                cached = False
+            else:
+                cached = any(ip in net for net in self._acl)
+            if len(self._acl_cache) > 4096:
+                self._acl_cache.clear()
+            self._acl_cache[host] = cached
+        return cached
+
+    def _bad_message(self, bad: BadMessage, addr: Address) -> None:
+        self.stats["bad"] += 1
+        req = bad.request
+        if bad.status is None or req is None or req.method == "ACK":
+            log.info("dropped a malformed message from %s: %s", addr, bad.reason)
+            return
+        log.info("answering %d to a malformed %s from %s: %s", bad.status, req.method, addr,
+                 bad.reason)
+        req = self._fix_via(req, addr)
+        headers: HeaderList = (("Server", self.config.user_agent), *bad.extra_headers)
+        if bad.status == 501:
+            headers += (("Allow", self._allow_header),)
+        # RFC 3261 section 8.2.6: a stateless answer, so a To tag is added for >100.
+        to_tag = self._token() if req.to.tag is None else None
+        response = txl.make_response(req, bad.status, _reason_for(bad), to_tag=to_tag,
+                                     headers=headers)
+        self._out.append((serialize(response), self._response_dest(req.vias, addr)))
+
+    def _receive_request(self, req: Request, addr: Address, now: float) -> None:
+        req = self._fix_via(req, addr)
+        self._layer.receive_request(req, addr, now)
+
+    def _fix_via(self, req: Request, addr: Address) -> Request:
+        """RFC 3261 section 18.2.1 (received) and RFC 3581 (rport) on the top Via."""
+        top = req.vias[0]
+        params = top.params
+        if top.host != addr.host:
+            params = set_param(params, "received", addr.host)
+        if top.rport == "":
+            params = set_param(params, "rport", str(addr.port))
+        if params is top.params:
+            return req
+        return replace(req, vias=(replace(top, params=params), *req.vias[1:]))
+
+    @staticmethod
+    def _response_dest(vias: tuple[Via, ...], addr: Address) -> Address:
+        """RFC 3261 section 18.2.2 with RFC 3581: where a response goes.
+
+        ``vias`` are the request's (after ``_fix_via``); ``addr`` is where the request came from.
+        """
+        if addr.transport != "UDP" or not vias:
+            return addr
+        top = vias[0]
+        rport = top.rport
+        if rport and rport.isdigit():
+            return Address(top.received or addr.host, int(rport), "UDP")
+        return Address(top.received or top.host, top.port or 5060, "UDP")
+
+    def _pump(self, now: float) -> None:
+        """Move the transaction layer's output and events to ours, applying the UA's policy."""
+        layer = self._layer
+        while True:
+            event = layer.next_event()
+            if event is None:
+                break
+            self._dispatch(event, now)
+        for message, dest in layer.messages_to_send():
+            if isinstance(message, Response):
+                dest = self._response_dest(message.vias, dest)
+            self._out.append((serialize(message), dest))
+
+    def _dispatch(self, event: object, now: float) -> None:
+        if isinstance(event, txl.RequestReceived):
+            self._new_request(event.tx, event.request, event.source, now)
+        elif isinstance(event, txl.CancelReceived):
+            self._cancel(event, now)
+        elif isinstance(event, txl.AckReceived):
+            self._events.append(AckReceived(event.request, event.source))
+        elif isinstance(event, txl.ResponseReceived):
+            self._events.append(ResponseReceived(event.tx, event.response, event.tx.dest))
+        elif isinstance(event, txl.StrayResponse):
+            self._events.append(StrayResponse(event.response, event.source))
+        elif isinstance(event, txl.TransactionTimeout):
+            self._events.append(TransactionTimedOut(event.tx))
+        elif isinstance(event, txl.TransactionTerminated):
+            if isinstance(event.tx, txl.ServerTransaction):
+                self._to_tags.pop(id(event.tx), None)
+
+    def _new_request(self, tx: txl.ServerTransaction, req: Request, source: Address,
+                     now: float) -> None:
+        method = req.method
+        if method not in self.config.allow:
+            status = 405 if method in KNOWN_METHODS else 501
+            self.respond(tx, status, now=now)
+            return
+        if method not in ("ACK", "CANCEL"):
+            required = [t for v in req.header_all("Require") for t in parse_token_list(v)]
+            unsupported = [t for t in required if t not in self.config.supported]
+            if unsupported:
+                # RFC 3261 section 8.2.2.3
+                self.respond(tx, 420, headers=(("Unsupported", ", ".join(unsupported)),),
+                             now=now)
+                return
+        max_forwards = req.header("Max-Forwards")
+        if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
+            self.respond(tx, 483, now=now)
+            return
+        if method == "INVITE" and req.body:
+            ctype = req.header("Content-Type")
+            media_type = parse_content_type(ctype)[0] if ctype else ""
+            if media_type not in self.config.accept:
+                # RFC 3261 section 8.2.3
+                self.respond(tx, 415, headers=(("Accept", ", ".join(self.config.accept)),),
+                             now=now)
+                return
+        if method == "OPTIONS":
+            self.respond(
+                tx, 200,
+                headers=(("Accept", ", ".join(self.config.accept)),
+                         ("Supported", ", ".join(self.config.supported))),
+                now=now,
+            )
+            return
+        self._events.append(RequestReceived(tx, req, source))
+
+    def _cancel(self, event: txl.CancelReceived, now: float) -> None:
+        invite_tx = event.invite_tx
+        if invite_tx is None:
+            self._layer.send_response(event.cancel_tx, txl.make_response(
+                event.request, 481, to_tag=None), now)
+            return
+        # RFC 3261 section 9.2: 200 to the CANCEL; 487 to the INVITE if still unanswered.
+        self.respond(event.cancel_tx, 200, now=now)
+        if invite_tx.can_send_final():
+            self.respond(invite_tx, 487, now=now)
+            self._events.append(RequestCancelled(invite_tx, invite_tx.request, event.request))
+
+
+def _reason_for(bad: BadMessage) -> str:
+    default = txl.REASON_PHRASES.get(bad.status or 400, "Bad Request")
+    # A short, safe reason phrase: the parser's detail, without CR/LF.
+    detail = bad.reason.replace("\r", " ").replace("\n", " ")[:80]
+    return f"{default} ({detail})" if detail else default
+
+
+def iter_events(endpoint: Endpoint) -> Iterable[EndpointEvent]:
+    """Drain ``endpoint``'s events."""
+    while (event := endpoint.next_event()) is not None:
+        yield event

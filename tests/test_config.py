@@ -1,0 +1,117 @@
+"""Configuration loading: defaults, overrides, and errors that name file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from softswitch.config import ConfigError, load_config, parse_host_port
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_a_safe_local_node() -> None:
+    cfg = load_config(None)
+    assert cfg.listen == (("127.0.0.1", 5060),)
+    assert cfg.transports == ("udp", "tcp")
+    assert cfg.trunk is None
+    assert set(cfg.allow_from) == {"127.0.0.0/8", "::1/128"}
+    assert cfg.db_url.startswith("sqlite")
+
+
+def test_command_line_overrides_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sip]\nlisten = "127.0.0.1:5070"\n')
+    cfg = load_config(path, sip_listen="127.0.0.2:6000", db_url="sqlite:///x.db")
+    assert cfg.listen == (("127.0.0.2", 6000),)
+    assert cfg.db_url == "sqlite:///x.db"
+
+
+def test_full_trunk(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[sip]
+listen = ["127.0.0.1:5070", "[::1]:5071"]
+t1 = 0.25
+
+[trunk]
+registrar = "sip:carrier.test"
+proxy = "127.0.0.1:5080"
+username = "alice"
+password = "secret"
+expires = 600
+
+[[trigger]]
+number = "+81 50"
+""".replace("+81 50", "+815012345678"))
+    cfg = load_config(path)
+    assert cfg.listen == (("127.0.0.1", 5070), ("::1", 5071))
+    assert cfg.t1 == 0.25
+    assert cfg.trunk is not None
+    assert cfg.trunk.proxy == ("127.0.0.1", 5080)
+    assert cfg.trunk.expires == 600
+    assert cfg.trigger_numbers == ("815012345678",)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        ('[sip]\nlisten = "127.0.0.1:99999"\n', 2, "[sip] listen", "bad port"),
+        ('[sip]\n\nlistne = "127.0.0.1:5060"\n', 3, "[sip] listne", "unknown key"),
+        ('[sip]\nt1 = "fast"\n', 2, "[sip] t1", "expected a number"),
+        ('[sip]\nt1 = true\n', 2, "[sip] t1", "boolean"),
+        ('[trunk]\nregistrar = "sip:c.test"\nproxy = "127.0.0.1"\n', None, "[trunk] username",
+         "username and password"),
+        ('[trunk]\nproxy = "127.0.0.1"\nexpires = 5\n', 3, "[trunk] expires", "at least 60"),
+        ('[log]\nlevel = "LOUD"\n', 2, "[log] level", "unknown level"),
+        ('[[trigger]]\nnumber = "abc"\n', 2, "[trigger] number", "expected digits"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int | None, key: str,
+                                       fragment: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert err.path == str(path)
+    if line is not None:
+        assert err.line == line
+    assert err.key == key
+    assert fragment in str(err)
+    assert str(err).startswith(f"{path}")
+
+
+def test_toml_syntax_error_has_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[sip]\nlisten = "127.0.0.1:5060"\nt1 = = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == 3
+    assert "syntax" in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1", 5060)),
+        ("127.0.0.1:5070", ("127.0.0.1", 5070)),
+        ("[::1]:5070", ("::1", 5070)),
+        ("::1", ("::1", 5060)),
+        ("example.com:5061", ("example.com", 5061)),
+    ],
+)
+def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":5060", "[::1", "host:port", "[::1]x"])
+def test_parse_host_port_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_host_port(text)
