@@ -55,7 +55,8 @@ def _build_ulaw_decode() -> NDArray[np.int16]:
     # Reconstruction value on the 14-bit scale: (2m + 33) * 2**e - 33, times 4 for 16 bits.
     magnitude = (((2 * mantissa + _ULAW_BIAS) << exponent) - _ULAW_BIAS) * 4
     sign = np.where(inverted & 0x80, -1, 1)
-    return (sign * magnitude).astype(np.int16)
+    out: NDArray[np.int16] = (sign * magnitude).astype(np.int16)
+    return out
 
 
 def _build_ulaw_encode() -> NDArray[np.uint8]:
@@ -89,11 +90,12 @@ def _build_alaw_decode() -> NDArray[np.int16]:
 
 def _build_alaw_encode() -> NDArray[np.uint8]:
     x = np.arange(-32768, 32768, dtype=np.int32)
-    folded = np.where(x < 0, ~x, x) >> 4  # 12-bit magnitude
+    folded = np.where(x < 0, ~x, x) >> 4  # magnitude on the 13-bit scale (sign dropped)
+    # Segment 0 and 1 both have step 16 (16-bit scale); segment e >= 1 starts at 16 * 2**(e-1).
     exponent = np.where(
-        folded < 32, 0, np.floor(np.log2(np.maximum(folded, 1))).astype(np.int32) - 4
+        folded < 16, 0, np.floor(np.log2(np.maximum(folded, 1))).astype(np.int32) - 3
     )
-    mantissa = np.where(exponent == 0, folded >> 1, (folded >> exponent) & 0x0F)
+    mantissa = np.where(exponent == 0, folded, (folded >> np.maximum(exponent - 1, 0)) & 0x0F)
     code = (exponent << 4) | mantissa
     code = np.where(x >= 0, code | 0x80, code)
     table = np.empty(65536, dtype=np.uint8)

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import numpy as np
 import numpy.typing as npt
 
+from media.tones import ToneGenerator, dtmf_tone
+
 __all__ = [
     "FRAME",
     "PlayItem",
     "PromptPlayer",
+    "Tone",
     "clear_cache",
     "dtmf_frames",
     "load_audio",
@@ -30,13 +34,30 @@ __all__ = [
 FRAME = 160
 RATE = 8000
 Pcm = npt.NDArray[np.int16]
-PlayItem = str | os.PathLike[str] | Pcm | Iterable[Pcm]
 
 _cache: dict[str, tuple[int, Pcm]] = {}
 
-# Q.23 DTMF frequencies (Hz): rows are the low group, columns the high group.
-_DTMF_LOW = {d: f for f, ds in ((697, "123A"), (770, "456B"), (852, "789C"), (941, "*0#D")) for d in ds}
-_DTMF_HIGH = {d: f for f, ds in ((1209, "147*"), (1336, "2580"), (1477, "369#"), (1633, "ABCD")) for d in ds}
+
+@dataclass(frozen=True, slots=True)
+class Tone:
+    """A call-progress tone or beep as a play item; `duration_s=None` plays until stopped."""
+
+    name: str
+    country: str = "ITU"
+    duration_s: float | None = None
+    level_dbm0: float = -13.0
+
+    def frames(self) -> Iterator[Pcm]:
+        """Successive 160-sample frames of the tone."""
+        gen = ToneGenerator(self.country, self.name, self.level_dbm0)
+        limit = None if self.duration_s is None else max(1, round(self.duration_s * RATE / FRAME))
+        count = 0
+        while not gen.done and (limit is None or count < limit):
+            yield gen.next_frame(FRAME)
+            count += 1
+
+
+PlayItem = str | os.PathLike[str] | Pcm | Tone | Iterable[Pcm]
 
 
 def load_audio(path: str | os.PathLike[str]) -> Pcm:
@@ -69,14 +90,10 @@ def clear_cache() -> None:
 
 
 def dtmf_frames(digit: str, duration_ms: int, level_dbm0: float = -6.0) -> list[Pcm]:
-    """An in-band DTMF burst (Q.23 pair, equal levels) followed by 60 ms of silence."""
-    low, high = _DTMF_LOW[digit.upper()], _DTMF_HIGH[digit.upper()]
+    """An in-band DTMF burst in whole frames followed by 60 ms of silence (the gap)."""
     n = max(1, round(duration_ms * RATE / 1000 / FRAME)) * FRAME
-    t = np.arange(n) / RATE
-    # 0 dBm0 is a sine of amplitude 3.17 dB below G.711's full scale (ITU-T G.711).
-    amp = 32767 * 10 ** ((level_dbm0 - 3.17) / 20)
-    wave = amp * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))
-    pcm = np.concatenate([wave.astype(np.int16), np.zeros(3 * FRAME, dtype=np.int16)])
+    tone = dtmf_tone(digit, n * 1000 / RATE, level_dbm0)
+    pcm = np.concatenate([tone, np.zeros(3 * FRAME, dtype=np.int16)])
     return list(pcm.reshape(-1, FRAME))
 
 
@@ -96,6 +113,8 @@ class PromptPlayer:
     def _open(self, item: PlayItem) -> Iterator[Pcm]:
         if isinstance(item, str | os.PathLike | Path):
             item = load_audio(item)
+        if isinstance(item, Tone):
+            return item.frames()
         if isinstance(item, np.ndarray):
             pcm = item.astype(np.int16, copy=False).reshape(-1)
             pad = (-len(pcm)) % FRAME

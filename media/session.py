@@ -47,6 +47,7 @@ PT_PCMA = 8
 CODEC_PT = {"PCMU": PT_PCMU, "PCMA": PT_PCMA}
 CLOCK_RATE = 8000
 SAMPLES_PER_FRAME = 160
+FRAME_TIME = 0.020
 # Seconds after set_remote() during which the source may be learned.
 LATCH_WINDOW = 3.0
 
@@ -255,12 +256,18 @@ class RtpSession:
 
     # -- send -------------------------------------------------------------------------------
 
-    def _advance(self, now: float, samples: int) -> int:
-        """Our next timestamp after a change of origin: by wall time, at least one frame."""
+    def _advance(self, now: float) -> int:
+        """Our next audio timestamp: whole frames of wall time since the last audio we sent.
+
+        Rounding to frames absorbs tick jitter (a 23 ms tick is still one frame) while a pause
+        (no audio, events only, a change of origin) advances the clock by the time it took.
+        """
+        if not self.packets_sent:
+            return self.out_ts
         if self.out_time is None:
-            return (self.out_ts + samples) & 0xFFFFFFFF if self.packets_sent else self.out_ts
-        elapsed = round((now - self.out_time) * CLOCK_RATE)
-        return (self.out_ts + max(samples, elapsed)) & 0xFFFFFFFF
+            return (self.out_ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        frames = max(1, round((now - self.out_time) / FRAME_TIME))
+        return (self.out_ts + frames * SAMPLES_PER_FRAME) & 0xFFFFFFFF
 
     def generated(
         self,
@@ -273,39 +280,38 @@ class RtpSession:
     ) -> bytes:
         """Build our next packet for a payload produced here (prompt, tone, mix, DTMF event).
 
-        `timestamp` overrides the running timestamp (RFC 4733 events keep the event start).
+        `samples=0` marks a packet that does not advance the audio clock (an RFC 4733 event,
+        whose `timestamp` is the event start, RFC 4733 section 2.3.2).
         """
         if self.relay_src is not None:
             self.relay_src = None
             marker = True
-            ts = self._advance(now, samples)
-        elif self.packets_sent:
-            ts = (self.out_ts + samples) & 0xFFFFFFFF
-        else:
-            ts = self.out_ts
-            marker = True
         seq = (self.out_seq + 1) & 0xFFFF
         self.out_seq = seq
-        self.out_ts = ts
-        self.out_time = now
+        if not self.packets_sent:
+            marker = True
+        if samples:
+            ts = self._advance(now)
+            if self.out_time is not None and now - self.out_time > 1.5 * FRAME_TIME:
+                marker = True
+            self.out_ts = ts
+            self.out_time = now
         self.packets_sent += 1
         self.octets_sent += len(payload)
         b1 = (self.pt if pt is None else pt) | (MARKER if marker else 0)
-        sent_ts = ts if timestamp is None else timestamp
+        sent_ts = self.out_ts if timestamp is None else timestamp
         return HEADER.pack(BYTE0, b1, seq, sent_ts, self.ssrc) + payload
 
-    def peek_timestamp(self, now: float, samples: int = SAMPLES_PER_FRAME) -> int:
-        """The timestamp `generated()` will use for the next frame (for RFC 4733 event start)."""
-        if self.relay_src is not None:
-            return self._advance(now, samples)
-        return (self.out_ts + samples) & 0xFFFFFFFF if self.packets_sent else self.out_ts
+    def peek_timestamp(self, now: float) -> int:
+        """The timestamp the next audio frame would carry (an RFC 4733 event's start)."""
+        return self._advance(now)
 
     def relayed(
         self, pt: int, marker: bool, seq: int, ts: int, src_ssrc: int, payload: bytes, now: float
     ) -> bytes:
         """Rewrite a packet from the bridged peer into our stream (SSRC, seq, ts, PT)."""
         if src_ssrc != self.relay_src:
-            new_ts = self._advance(now, SAMPLES_PER_FRAME)
+            new_ts = self._advance(now)
             new_seq = (self.out_seq + 1) & 0xFFFF
             self.relay_seq_off = new_seq - seq
             self.relay_ts_off = new_ts - ts

@@ -23,8 +23,9 @@ app.add_typer(tools_app, name="tools")
 def setup_logging(level: str = "INFO") -> None:
     """One line per event, UTC timestamps with milliseconds, to stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s",
-                                  datefmt="%Y-%m-%dT%H:%M:%S")
+    formatter = logging.Formatter(
+        "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
+    )
     import time
 
     formatter.converter = time.gmtime
@@ -36,14 +37,18 @@ def setup_logging(level: str = "INFO") -> None:
 
 @app.command()
 def serve(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file.",
-                                                 dir_okay=False)] = None,
-    sip_listen: Annotated[str | None, typer.Option("--sip-listen",
-                                                    help="HOST:PORT for SIP (UDP and TCP).")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="Database URL (sqlite:///FILE or "
-                                                         "postgresql://...).")] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level",
-                                                   help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML configuration file.", dir_okay=False)
+    ] = None,
+    sip_listen: Annotated[
+        str | None, typer.Option("--sip-listen", help="HOST:PORT for SIP (UDP and TCP).")
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (sqlite:///FILE or postgresql://...).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = None,
 ) -> None:
     """Run a switch node until SIGTERM or SIGINT."""
     from softswitch.aio.server import run
@@ -76,8 +81,9 @@ def version() -> None:
 
 @tools_app.command("detect-dtmf")
 def detect_dtmf(
-    file: Annotated[Path, typer.Argument(help="Any audio file PyAV can read.", exists=True,
-                                         dir_okay=False)],
+    file: Annotated[
+        Path, typer.Argument(help="Any audio file PyAV can read.", exists=True, dir_okay=False)
+    ],
 ) -> None:
     """Print each DTMF digit in FILE as: DIGIT START_MS DURATION_MS."""
     from media.tools import detect_dtmf_file

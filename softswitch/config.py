@@ -25,8 +25,14 @@ LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
 class ConfigError(ValueError):
     """A configuration problem, located: ``file:line: [table] key: message``."""
 
-    def __init__(self, message: str, *, path: str = "<config>", line: int | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "<config>",
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
         self.path = path
         self.line = line
         self.key = key
@@ -137,8 +143,9 @@ class _Reader:
 
     def error(self, key: str | None, message: str) -> ConfigError:
         name = f"[{self.table}] {key}" if self.table and key else (key or f"[{self.table}]")
-        return ConfigError(message, path=self.path, line=_find_line(self.text, self.table, key),
-                           key=name)
+        return ConfigError(
+            message, path=self.path, line=_find_line(self.text, self.table, key), key=name
+        )
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         self.used.add(key)
@@ -162,8 +169,14 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if set(kinds) == {int, float}:
         return "a number"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true/false",
-             list: "a list", dict: "a table"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true/false",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -174,8 +187,9 @@ def _addr(reader: _Reader, key: str, value: str, default_port: int = 5060) -> tu
         raise reader.error(key, str(exc)) from None
 
 
-def load_config(path: str | Path | None = None, *, sip_listen: str | None = None,
-                db_url: str | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, *, sip_listen: str | None = None, db_url: str | None = None
+) -> Config:
     """Read and validate ``path`` (or the defaults), then apply command-line overrides."""
     text = ""
     source = "<defaults>"
@@ -202,7 +216,7 @@ def load_config(path: str | Path | None = None, *, sip_listen: str | None = None
     listen = sip.get("listen", (str, list), DEFAULT_LISTEN)
     listens = [listen] if isinstance(listen, str) else listen
     if not listens or not all(isinstance(x, str) for x in listens):
-        raise sip.error("listen", "expected \"host:port\" or a list of them")
+        raise sip.error("listen", 'expected "host:port" or a list of them')
     kwargs["listen"] = tuple(_addr(sip, "listen", x) for x in listens)
     transports = sip.get("transports", list, ["udp", "tcp"])
     for t in transports:
@@ -258,8 +272,12 @@ def load_config(path: str | Path | None = None, *, sip_listen: str | None = None
     top.finish()
 
     if kwargs.get("t2", 4.0) < kwargs.get("t1", 0.5):
-        raise ConfigError("t2 must not be smaller than t1", path=source,
-                          line=_find_line(text, "sip", "t2"), key="[sip] t2")
+        raise ConfigError(
+            "t2 must not be smaller than t1",
+            path=source,
+            line=_find_line(text, "sip", "t2"),
+            key="[sip] t2",
+        )
 
     if sip_listen is not None:
         try:
@@ -289,15 +307,19 @@ def _load_trunk(r: _Reader) -> TrunkConfig:
     username = r.get("username", str)
     password = r.get("password", str)
     if not ip_auth and registrar is not None and (username is None or password is None):
-        raise r.error("username", "a registering trunk needs username and password "
-                      "(or set ip_auth = true)")
+        raise r.error(
+            "username", "a registering trunk needs username and password (or set ip_auth = true)"
+        )
     expires = r.get("expires", int, 3600)
     if expires < 60:
         raise r.error("expires", "must be at least 60 seconds")
     prefix = r.get("international_prefix", str, "+")
     if prefix not in ("+", "00", "011", "010", "0011", "001", ""):
-        raise r.error("international_prefix", f"unusual prefix {prefix!r} "
-                      "(expected one of '+', '00', '011', '010', '0011', '001', '')")
+        raise r.error(
+            "international_prefix",
+            f"unusual prefix {prefix!r} "
+            "(expected one of '+', '00', '011', '010', '0011', '001', '')",
+        )
     transport = r.get("transport", str, "udp").lower()
     if transport not in ("udp", "tcp"):
         raise r.error("transport", f"unknown transport {transport!r} (udp, tcp)")

@@ -38,8 +38,13 @@ class _Ringing:
 class Node:
     """Everything one ``softswitch serve`` process does, without I/O."""
 
-    def __init__(self, config: Config, *, token: Callable[[], str] | None = None,
-                 ring_limit: float = TRIGGER_RING_LIMIT) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        token: Callable[[], str] | None = None,
+        ring_limit: float = TRIGGER_RING_LIMIT,
+    ) -> None:
         self.config = config
         host, port = config.listen[0]
         ep_config = ep.EndpointConfig(
@@ -47,10 +52,11 @@ class Node:
             port=port,
             user_agent=config.user_agent,
             allow_from=self._allow_from(config),
-            timers=TimerConfig(t1=config.t1, t2=config.t2, t4=config.t4),
+            timers=TimerConfig(T1=config.t1, T2=config.t2, T4=config.t4),
         )
-        self.endpoint = ep.Endpoint(ep_config) if token is None else ep.Endpoint(ep_config,
-                                                                                  token=token)
+        self.endpoint = (
+            ep.Endpoint(ep_config) if token is None else ep.Endpoint(ep_config, token=token)
+        )
         self.triggers = TriggerService(config.trigger_numbers)
         self.trunk = Trunk(config.trunk, self.endpoint) if config.trunk is not None else None
         self.ring_limit = ring_limit

@@ -32,7 +32,9 @@ def test_command_line_overrides_file(tmp_path: Path) -> None:
 
 
 def test_full_trunk(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [sip]
 listen = ["127.0.0.1:5070", "[::1]:5071"]
 t1 = 0.25
@@ -46,7 +48,8 @@ expires = 600
 
 [[trigger]]
 number = "+81 50"
-""".replace("+81 50", "+815012345678"))
+""".replace("+81 50", "+815012345678"),
+    )
     cfg = load_config(path)
     assert cfg.listen == (("127.0.0.1", 5070), ("::1", 5071))
     assert cfg.t1 == 0.25
@@ -62,16 +65,21 @@ number = "+81 50"
         ('[sip]\nlisten = "127.0.0.1:99999"\n', 2, "[sip] listen", "bad port"),
         ('[sip]\n\nlistne = "127.0.0.1:5060"\n', 3, "[sip] listne", "unknown key"),
         ('[sip]\nt1 = "fast"\n', 2, "[sip] t1", "expected a number"),
-        ('[sip]\nt1 = true\n', 2, "[sip] t1", "boolean"),
-        ('[trunk]\nregistrar = "sip:c.test"\nproxy = "127.0.0.1"\n', None, "[trunk] username",
-         "username and password"),
+        ("[sip]\nt1 = true\n", 2, "[sip] t1", "boolean"),
+        (
+            '[trunk]\nregistrar = "sip:c.test"\nproxy = "127.0.0.1"\n',
+            None,
+            "[trunk] username",
+            "username and password",
+        ),
         ('[trunk]\nproxy = "127.0.0.1"\nexpires = 5\n', 3, "[trunk] expires", "at least 60"),
         ('[log]\nlevel = "LOUD"\n', 2, "[log] level", "unknown level"),
         ('[[trigger]]\nnumber = "abc"\n', 2, "[trigger] number", "expected digits"),
     ],
 )
-def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int | None, key: str,
-                                       fragment: str) -> None:
+def test_errors_name_file_line_and_key(
+    tmp_path: Path, text: str, line: int | None, key: str, fragment: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)

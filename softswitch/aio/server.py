@@ -60,8 +60,9 @@ class _TcpProtocol(asyncio.Protocol):
         self.address = Address(peer[0], peer[1], "TCP")
         server = self.server
         if len(server.tcp) >= server.config.tcp_max_connections:
-            log.warning("TCP connection from %s refused: %d connections open", self.address,
-                        len(server.tcp))
+            log.warning(
+                "TCP connection from %s refused: %d connections open", self.address, len(server.tcp)
+            )
             transport.close()
             return
         server.tcp[(peer[0], peer[1])] = self
@@ -70,8 +71,9 @@ class _TcpProtocol(asyncio.Protocol):
     def _touch(self) -> None:
         if self.idle is not None:
             self.idle.cancel()
-        self.idle = self.server.loop.call_later(self.server.config.tcp_idle_timeout,
-                                                self._idle_timeout)
+        self.idle = self.server.loop.call_later(
+            self.server.config.tcp_idle_timeout, self._idle_timeout
+        )
 
     def _idle_timeout(self) -> None:
         log.info("closing idle TCP connection from %s", self.address)
@@ -92,8 +94,11 @@ class _TcpProtocol(asyncio.Protocol):
         for msg in messages:
             server.node.receive_message(msg, self.address, now)
         if self.framer.buffered > TCP_MAX_BUFFER:
-            log.info("closing TCP connection from %s: %d bytes buffered without a message",
-                     self.address, self.framer.buffered)
+            log.info(
+                "closing TCP connection from %s: %d bytes buffered without a message",
+                self.address,
+                self.framer.buffered,
+            )
             self.transport.close()
         server.transmit()
 
@@ -145,7 +150,8 @@ class Server:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if "udp" in self.config.transports:
                 transport, protocol = await self.loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), local_addr=(host, port), family=family)
+                    lambda: _UdpProtocol(self), local_addr=(host, port), family=family
+                )
                 sock = transport.get_extra_info("socket")
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -154,14 +160,22 @@ class Server:
                 self.bound.append(("udp", bound[0], bound[1]))
             if "tcp" in self.config.transports:
                 tcp_server = await self.loop.create_server(
-                    lambda: _TcpProtocol(self), host=host, port=port, family=family,
-                    reuse_address=True)
+                    lambda: _TcpProtocol(self),
+                    host=host,
+                    port=port,
+                    family=family,
+                    reuse_address=True,
+                )
                 self._tcp_servers.append(tcp_server)
                 bound = tcp_server.sockets[0].getsockname()
                 self.bound.append(("tcp", bound[0], bound[1]))
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound)
-        log.info("softswitch listening on %s (config %s, loop %s)", where, self.config.source,
-                 type(self.loop).__module__.split(".")[0])
+        log.info(
+            "softswitch listening on %s (config %s, loop %s)",
+            where,
+            self.config.source,
+            type(self.loop).__module__.split(".")[0],
+        )
         self.node.start(self.loop.time())
         self.transmit()
 
@@ -240,8 +254,9 @@ class Server:
         try:
             _, protocol = await asyncio.wait_for(
                 self.loop.create_connection(lambda: _TcpProtocol(self), addr.host, addr.port),
-                timeout=5.0)
-        except (OSError, asyncio.TimeoutError) as exc:
+                timeout=5.0,
+            )
+        except (TimeoutError, OSError) as exc:
             log.warning("TCP connection to %s failed: %s", addr, exc)
             self._pending_tcp.pop(key, None)
             return

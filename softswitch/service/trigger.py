@@ -69,8 +69,12 @@ class TriggerService:
         number, caller = entry
         since = self._pending.get(number)
         if since is not None and now - since < self.absorb_window:
-            log.info("trigger %s from %s (%s): a callback is already pending, absorbed",
-                     number, caller, how)
+            log.info(
+                "trigger %s from %s (%s): a callback is already pending, absorbed",
+                number,
+                caller,
+                how,
+            )
             return None
         self._pending[number] = now
         log.info("trigger %s from %s ended by %s: callback scheduled", number, caller, how)

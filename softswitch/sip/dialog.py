@@ -36,8 +36,6 @@ from softswitch.sip.message import (
     Request,
     Response,
     Via,
-    get_param,
-    header_value,
     set_param,
 )
 
@@ -87,6 +85,15 @@ _TRANSITIONS: dict[tuple[DialogState, _Input], DialogState] = {
     (_S.CONFIRMED, _Input.BYE): _S.TERMINATED,
     (_S.CONFIRMED, _Input.ABORT): _S.TERMINATED,
 }
+
+
+def state_diagram() -> str:
+    """The dialog state machine as a Mermaid ``stateDiagram-v2``, generated from the table."""
+    lines = ["stateDiagram-v2", "    [*] --> EARLY", "    [*] --> CONFIRMED"]
+    for (old, event), new in _TRANSITIONS.items():
+        lines.append(f"    {old.name} --> {new.name}: {event.value}")
+    lines.append("    TERMINATED --> [*]")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +172,10 @@ def _name_addrs(msg: Message, name: str) -> list[NameAddr]:
 
     out: list[NameAddr] = []
     for value in msg.header_all(name):
-        out.append(parse_name_addr(value))
+        try:
+            out.append(parse_name_addr(value))
+        except ValueError:
+            log.warning("ignoring unparsable %s %r", name, value[:80])
     return out
 
 
@@ -366,7 +376,9 @@ class Dialog:
             raise DialogError("our INVITE has no From tag")
         remote_target = _first_contact(response)
         if remote_target is None:
-            log.warning("%s from %s has no Contact; using the Request-URI", response.status, invite.uri)
+            log.warning(
+                "%s from %s has no Contact; using the Request-URI", response.status, invite.uri
+            )
             remote_target = invite.uri
         local_target = _first_contact(invite) or invite.from_.uri
         dialog = cls(
@@ -452,7 +464,10 @@ class Dialog:
         except KeyError:
             raise DialogError(f"{event.value} in dialog state {self.state.value}") from None
         if new is not self.state:
-            log.info("dialog %s: %s -> %s (%s)", self.call_id, self.state.name, new.name, event.value)
+            # DEBUG: one line per call leg and state; the endpoint logs call outcomes.
+            log.debug(
+                "dialog %s: %s -> %s (%s)", self.call_id, self.state.name, new.name, event.value
+            )
             self.state = new
         if new is DialogState.TERMINATED:
             self._refresh_at = self._expire_at = None
@@ -706,8 +721,13 @@ class Dialog:
             return self.create_response(request, 481, "Call/Transaction Does Not Exist", now=now)
         seq = request.cseq.seq
         if self.remote_seq is not None and seq < self.remote_seq:
-            log.warning("dialog %s: %s CSeq %d < %d, out of order", self.call_id, method, seq,
-                        self.remote_seq)
+            log.warning(
+                "dialog %s: %s CSeq %d < %d, out of order",
+                self.call_id,
+                method,
+                seq,
+                self.remote_seq,
+            )
             return build_response(request, 500, "Out Of Order CSeq", to_tag=self.local_tag)
         self.remote_seq = seq
         if method in TARGET_REFRESH_METHODS:
@@ -720,7 +740,9 @@ class Dialog:
                     to_tag=self.local_tag,
                     headers=(("Retry-After", retry),),
                 )
-            if method in self._out_pending:
+            # Section 14.2 (and RFC 3311 section 5.2 for UPDATE): an offer crossing our pending
+            # INVITE/UPDATE is glare.
+            if method in self._out_pending or (request.body and self._out_pending):
                 return build_response(request, 491, "Request Pending", to_tag=self.local_tag)
             small = reject_small_session_interval(
                 request, min_se=self.session_config.min_se, to_tag=self.local_tag
@@ -758,26 +780,35 @@ class Dialog:
         body: bytes = b"",
         now: float,
     ) -> Response:
-        """Our response to an in-dialog (or the dialog-creating) request.
+        """Our response to an in-dialog (or the dialog-creating) request, with our To tag.
 
-        Adds our tag and, for 1xx/2xx to INVITE/UPDATE, our Contact and the request's
-        Record-Route (section 12.1.1). A 2xx to a request that asked for a session timer gets
-        Session-Expires with the refresher chosen per RFC 4028 section 9 (the peer if it
-        supports timers, else us) and starts the timer. A final response to the dialog's
-        initial INVITE confirms (2xx) or ends (other) the dialog.
+        The dialog headers come from :meth:`response_headers` (see there), ``headers`` follow.
+        """
+        hdrs = (*self.response_headers(request, status, now=now), *headers)
+        return build_response(
+            request, status, reason, to_tag=self.local_tag, headers=hdrs, body=body
+        )
+
+    def response_headers(self, request: Request, status: int, *, now: float) -> HeaderList:
+        """The dialog's headers for our ``status`` response to ``request``; updates the dialog.
+
+        For 1xx/2xx to INVITE/UPDATE: the request's Record-Route and our Contact (section
+        12.1.1). For a 2xx to a request that asked for a session timer: Session-Expires with the
+        refresher chosen per RFC 4028 section 9 (the peer if it supports timers, else us), and
+        the timer starts. A final response ends the pending INVITE/UPDATE; to the dialog's
+        initial INVITE it confirms (2xx) or ends (other) the dialog. For callers that build the
+        response themselves (the endpoint's ``respond``), using :attr:`local_tag` as To tag.
         """
         method, seq = request.method, request.cseq.seq
         hdrs: list[tuple[str, str]] = []
         if method in TARGET_REFRESH_METHODS and 100 < status < 300:
-            hdrs.extend(("Record-Route", v) for k, v in request.headers if k.lower() == "record-route")
+            hdrs.extend(
+                ("Record-Route", v) for k, v in request.headers if k.lower() == "record-route"
+            )
             hdrs.append(("Contact", f"<{self.local_target}>"))
         if method in TARGET_REFRESH_METHODS and 200 <= status < 300:
             hdrs.append(("Supported", "timer"))
             hdrs.extend(self._session_from_request(seq, now))
-        hdrs.extend(headers)
-        response = build_response(
-            request, status, reason, to_tag=self.local_tag, headers=tuple(hdrs), body=body
-        )
         if status >= 200:
             if self._in_pending.get(method) == seq:
                 del self._in_pending[method]
@@ -785,7 +816,7 @@ class Dialog:
             initial = method == "INVITE" and seq == self._initial_seq and not self.is_uac
             if initial and self.state is DialogState.EARLY:
                 self._fire(_Input.CONFIRM if status < 300 else _Input.REJECT)
-        return response
+        return tuple(hdrs)
 
     # ----------------------------------------------------------------- session timer
 
@@ -895,7 +926,8 @@ class InviteResponder:
         if now >= self._give_up:
             self._next = None
             log.warning(
-                "no ACK for %d to INVITE on %s after 64*T1", self.response.status,
+                "no ACK for %d to INVITE on %s after 64*T1",
+                self.response.status,
                 self.response.call_id,
             )
             return [AckTimeout(self.response.call_id, self.response.cseq.seq)]
@@ -930,9 +962,8 @@ __all__ = [
     "SessionTimerConfig",
     "build_response",
     "default_id",
-    "get_param",
-    "header_value",
     "parse_session_expires",
     "reject_small_session_interval",
     "session_timer_request_headers",
+    "state_diagram",
 ]

@@ -16,7 +16,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from softswitch.sip import transaction as txl
 from softswitch.sip.headers import parse_content_type, parse_token_list
@@ -38,8 +38,22 @@ log = logging.getLogger("softswitch.sip")
 #: Methods whose syntax we know (RFC 3261 and extensions). A known method we do not serve gets
 #: 405, an unknown one 501 (RFC 3261 section 8.2.1).
 KNOWN_METHODS = frozenset(
-    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
-    "MESSAGE UPDATE".split()
+    (
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "INFO",
+        "REFER",
+        "MESSAGE",
+        "UPDATE",
+    )
 )
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -55,7 +69,7 @@ class EndpointConfig:
     accept: tuple[str, ...] = ("application/sdp",)
     user_agent: str = "softswitch"
     allow_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    timers: TimerConfig = TimerConfig()
+    timers: TimerConfig = field(default_factory=TimerConfig)
 
 
 # --- events for the application -------------------------------------------------------------
@@ -104,9 +118,9 @@ class StrayResponse:
 
 @dataclass(frozen=True, slots=True)
 class TransactionTimedOut:
-    """Timer B/F (client) or H (server: the ACK never came) fired."""
+    """Timer B/F (client) or H (server: the ACK never came) fired, or the transport failed."""
 
-    tx: txl.ClientTransaction | txl.ServerTransaction
+    tx: txl.Transaction
 
 
 EndpointEvent = (
@@ -156,8 +170,9 @@ class Endpoint:
         msg = parse_message(data, stream=addr.transport != "UDP")
         self.receive_message(msg, addr, now)
 
-    def receive_message(self, msg: Request | Response | BadMessage, addr: Address,
-                        now: float) -> None:
+    def receive_message(
+        self, msg: Request | Response | BadMessage, addr: Address, now: float
+    ) -> None:
         """Handle an already-parsed message (the TCP framer parses for us)."""
         if isinstance(msg, BadMessage):
             self._bad_message(msg, addr)
@@ -204,8 +219,9 @@ class Endpoint:
         extra: HeaderList = (("Server", self.config.user_agent),)
         if status == 405 or (request.method == "OPTIONS" and 200 <= status < 300):
             extra += (("Allow", self._allow_header),)
-        response = txl.make_response(request, status, reason, to_tag=to_tag,
-                                     headers=extra + tuple(headers))
+        response = txl.make_response(
+            request, status, reason, to_tag=to_tag, headers=extra + tuple(headers)
+        )
         if body:
             response = replace(response, body=body)
         self._layer.send_response(tx, response, now)
@@ -237,8 +253,12 @@ class Endpoint:
         return f"{self._token()}{self._token()}@{self.config.host}"
 
     def local_via(self, transport: str = "UDP") -> Via:
-        return Via(transport=transport.upper(), host=self.config.host, port=self.config.port,
-                   params=(("branch", self.new_branch()), ("rport", None)))
+        return Via(
+            transport=transport.upper(),
+            host=self.config.host,
+            port=self.config.port,
+            params=(("branch", self.new_branch()), ("rport", None)),
+        )
 
     def stamp_via(self, request: Request, transport: str = "UDP") -> Request:
         if request.vias and request.vias[0].branch:
@@ -270,16 +290,18 @@ class Endpoint:
         if bad.status is None or req is None or req.method == "ACK":
             log.info("dropped a malformed message from %s: %s", addr, bad.reason)
             return
-        log.info("answering %d to a malformed %s from %s: %s", bad.status, req.method, addr,
-                 bad.reason)
+        log.info(
+            "answering %d to a malformed %s from %s: %s", bad.status, req.method, addr, bad.reason
+        )
         req = self._fix_via(req, addr)
         headers: HeaderList = (("Server", self.config.user_agent), *bad.extra_headers)
         if bad.status == 501:
             headers += (("Allow", self._allow_header),)
         # RFC 3261 section 8.2.6: a stateless answer, so a To tag is added for >100.
         to_tag = self._token() if req.to.tag is None else None
-        response = txl.make_response(req, bad.status, _reason_for(bad), to_tag=to_tag,
-                                     headers=headers)
+        response = txl.make_response(
+            req, bad.status, _reason_for(bad), to_tag=to_tag, headers=headers
+        )
         self._out.append((serialize(response), self._response_dest(req.vias, addr)))
 
     def _receive_request(self, req: Request, addr: Address, now: float) -> None:
@@ -336,14 +358,16 @@ class Endpoint:
             self._events.append(ResponseReceived(event.tx, event.response, event.tx.dest))
         elif isinstance(event, txl.StrayResponse):
             self._events.append(StrayResponse(event.response, event.source))
-        elif isinstance(event, txl.TransactionTimeout):
+        elif isinstance(event, (txl.TransactionTimeout, txl.TransportFailed)):
             self._events.append(TransactionTimedOut(event.tx))
-        elif isinstance(event, txl.TransactionTerminated):
-            if isinstance(event.tx, txl.ServerTransaction):
-                self._to_tags.pop(id(event.tx), None)
+        elif isinstance(event, txl.TransactionTerminated) and isinstance(
+            event.tx, txl.ServerTransaction
+        ):
+            self._to_tags.pop(id(event.tx), None)
 
-    def _new_request(self, tx: txl.ServerTransaction, req: Request, source: Address,
-                     now: float) -> None:
+    def _new_request(
+        self, tx: txl.ServerTransaction, req: Request, source: Address, now: float
+    ) -> None:
         method = req.method
         if method not in self.config.allow:
             status = 405 if method in KNOWN_METHODS else 501
@@ -354,8 +378,7 @@ class Endpoint:
             unsupported = [t for t in required if t not in self.config.supported]
             if unsupported:
                 # RFC 3261 section 8.2.2.3
-                self.respond(tx, 420, headers=(("Unsupported", ", ".join(unsupported)),),
-                             now=now)
+                self.respond(tx, 420, headers=(("Unsupported", ", ".join(unsupported)),), now=now)
                 return
         max_forwards = req.header("Max-Forwards")
         if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
@@ -366,29 +389,27 @@ class Endpoint:
             media_type = parse_content_type(ctype)[0] if ctype else ""
             if media_type not in self.config.accept:
                 # RFC 3261 section 8.2.3
-                self.respond(tx, 415, headers=(("Accept", ", ".join(self.config.accept)),),
-                             now=now)
+                self.respond(tx, 415, headers=(("Accept", ", ".join(self.config.accept)),), now=now)
                 return
         if method == "OPTIONS":
             self.respond(
-                tx, 200,
-                headers=(("Accept", ", ".join(self.config.accept)),
-                         ("Supported", ", ".join(self.config.supported))),
+                tx,
+                200,
+                headers=(
+                    ("Accept", ", ".join(self.config.accept)),
+                    ("Supported", ", ".join(self.config.supported)),
+                ),
                 now=now,
             )
             return
         self._events.append(RequestReceived(tx, req, source))
 
     def _cancel(self, event: txl.CancelReceived, now: float) -> None:
+        # RFC 3261 section 9.2: 200 to the CANCEL; 487 to the INVITE if still unanswered; 481
+        # when nothing matches. The 200 and 487 carry the To tag our provisional used.
         invite_tx = event.invite_tx
-        if invite_tx is None:
-            self._layer.send_response(event.cancel_tx, txl.make_response(
-                event.request, 481, to_tag=None), now)
-            return
-        # RFC 3261 section 9.2: 200 to the CANCEL; 487 to the INVITE if still unanswered.
-        self.respond(event.cancel_tx, 200, now=now)
-        if invite_tx.can_send_final():
-            self.respond(invite_tx, 487, now=now)
+        tag = self._to_tags.get(id(invite_tx)) if invite_tx is not None else None
+        if self._layer.answer_cancel(event, now, to_tag=tag) and invite_tx is not None:
             self._events.append(RequestCancelled(invite_tx, invite_tx.request, event.request))
 
 
@@ -396,7 +417,7 @@ def _reason_for(bad: BadMessage) -> str:
     default = txl.REASON_PHRASES.get(bad.status or 400, "Bad Request")
     # A short, safe reason phrase: the parser's detail, without CR/LF.
     detail = bad.reason.replace("\r", " ").replace("\n", " ")[:80]
-    return f"{default} ({detail})" if detail else default
+    return f"{default} ({detail})" if detail and detail != default else default
 
 
 def iter_events(endpoint: Endpoint) -> Iterable[EndpointEvent]:

@@ -13,7 +13,6 @@ carries the status code to answer (400, 505, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Union
 
 Params = tuple[tuple[str, str | None], ...]
 HeaderList = tuple[tuple[str, str], ...]
@@ -184,7 +183,7 @@ class Response:
         return serialize(self)
 
 
-Message = Union[Request, Response]
+Message = Request | Response
 
 
 @dataclass(frozen=True, slots=True)

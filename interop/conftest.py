@@ -1,0 +1,139 @@
+"""Fixtures for the interop suite: the node and SIPp as real processes on 127.0.0.1.
+
+A missing peer (sipp, or the node's ``softswitch serve``) skips the test on a workstation and
+fails it when the ``CI`` environment variable is set, so CI never passes by skipping. Every
+process a test starts is stopped at teardown; the node must exit 0 on SIGTERM.
+``$SOFTSWITCH_BIN`` replaces the node's command (to run the suite against another build).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interop.peers import (
+    Node,
+    PeerMissing,
+    Sipp,
+    find_program,
+    find_softswitch,
+    free_port,
+    node_config,
+)
+
+
+def missing_peer(reason: str) -> None:
+    """Skip the test, or fail it under CI (a CI run must never pass by skipping)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so a missing peer is a failure)")
+    pytest.skip(reason)
+
+
+@cache
+def _softswitch_serve_works(binary: str) -> str | None:
+    """None if ``softswitch serve --help`` runs, else why not."""
+    try:
+        done = subprocess.run(
+            [binary, "serve", "--help"], capture_output=True, timeout=30, check=False
+        )
+    except OSError as exc:
+        return f"{binary} cannot run: {exc}"
+    if done.returncode != 0:
+        return f"`{binary} serve --help` exited {done.returncode}: {done.stderr[-500:]!r}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def sipp_bin() -> str:
+    """The SIPp executable (package sip-tester)."""
+    try:
+        return find_program("sipp")
+    except PeerMissing as exc:
+        missing_peer(f"{exc} (Debian package sip-tester)")
+        raise
+
+
+@pytest.fixture(scope="session")
+def softswitch_bin() -> str:
+    """The node's executable, checked with ``serve --help``."""
+    try:
+        binary = find_softswitch()
+    except PeerMissing as exc:
+        missing_peer(f"{exc}: install the project (make setup)")
+        raise
+    problem = _softswitch_serve_works(binary)
+    if problem:
+        missing_peer(problem)
+    return binary
+
+
+NodeFactory = Callable[..., Node]
+SippFactory = Callable[..., Sipp]
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, softswitch_bin: str) -> Iterator[NodeFactory]:
+    """Start nodes: ``start_node(registrar_port=..., triggers=...)`` -> a running :class:`Node`.
+
+    Keyword arguments go to :func:`interop.peers.node_config`. At teardown each node gets
+    SIGTERM and must exit 0.
+    """
+    nodes: list[Node] = []
+
+    def factory(**config: Any) -> Node:
+        port = free_port()
+        node = Node(softswitch_bin, tmp_path, port, node_config(port, **config)).start()
+        # Appended only once running: a node that failed to start was killed by start().
+        nodes.append(node)
+        return node
+
+    yield factory
+    failures = []
+    for node in nodes:
+        code = node.stop()
+        if code != 0:
+            failures.append(f"node on port {node.port} exited {code}:\n{node.log()[-2000:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def node(start_node: NodeFactory) -> Node:
+    """A node with the default trigger number and no trunk."""
+    return start_node()
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory, softswitch_bin: str) -> Iterator[Node]:
+    """One node for a whole module (tests that must leave it serving); exits 0 at the end."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("shared_node")
+    shared = Node(softswitch_bin, workdir, port, node_config(port)).start()
+    yield shared
+    code = shared.stop()
+    assert code == 0, f"node exited {code}:\n{shared.log()[-2000:]}"
+
+
+@pytest.fixture
+def sipp(tmp_path: Path, sipp_bin: str) -> Iterator[SippFactory]:
+    """Make SIPp runs: ``sipp("options.xml", remote=node.address, ...)`` -> :class:`Sipp`.
+
+    Keyword arguments are :class:`interop.peers.Sipp` fields; ``local_port`` defaults to a free
+    port. Call ``.run()`` (UAC) or ``.start()`` then ``.wait()`` (UAS). Leftovers are killed.
+    """
+    runs: list[Sipp] = []
+
+    def factory(scenario: str, **kwargs: Any) -> Sipp:
+        kwargs.setdefault("local_port", free_port())
+        run = Sipp(scenario, workdir=tmp_path, binary=sipp_bin, **kwargs)
+        runs.append(run)
+        return run
+
+    yield factory
+    for run in runs:
+        run.kill()

@@ -1,0 +1,219 @@
+"""The asyncio shell of the media engine: one UDP socket per leg and the 20 ms clock.
+
+The only asyncio code in media/. Each leg gets an even port from a range (RTCP on port + 1 when
+asked) and one DatagramProtocol that hands datagrams to `MediaEngine.receive_packet` and sends
+what comes back from the bridged peer's socket at once (symmetric RTP: we send from the port the
+peer sends to). The DSP clock is drift-free: tick k is scheduled with `loop.call_at` at
+start + k * 20 ms, so a late tick does not push the next ones; after a stall of more than
+`MAX_CATCH_UP` ticks the missed ticks are skipped (and counted) instead of run in a burst.
+Engine events are passed to a callback after every tick and every datagram that made some.
+uvloop is used when installed (`loop_factory()`), the default loop otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from media.engine import TICK, Event, MediaEngine
+
+__all__ = ["MediaShell", "loop_factory"]
+
+log = logging.getLogger(__name__)
+
+PORT_RANGE = (16384, 32767)
+RTCP_INTERVAL = 5.0  # RFC 3550 section 6.2: minimum 5 s between reports
+MAX_CATCH_UP = 5
+SOCKET_BUFFER = 1 << 21
+
+
+def loop_factory(use_uvloop: bool | None = None) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A loop factory for `asyncio.Runner`: uvloop when installed (or asked), else default."""
+    if use_uvloop is not False:
+        try:
+            import uvloop
+        except ImportError:
+            if use_uvloop:
+                raise
+        else:
+            factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+            return factory
+    return asyncio.new_event_loop
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    __slots__ = ("leg_id", "shell", "transport")
+
+    def __init__(self, shell: MediaShell, leg_id: str) -> None:
+        self.shell = shell
+        self.leg_id = leg_id
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        shell = self.shell
+        engine = shell.engine
+        out = engine.receive_packet(self.leg_id, data, addr, shell.loop.time())
+        if out:
+            peer = engine.legs[self.leg_id].peer
+            if peer is not None:
+                transport = shell.transports.get(peer.leg_id)
+                if transport is not None:
+                    for packet, dest in out:
+                        transport.sendto(packet, dest)
+        if engine.pending_events:
+            shell.drain_events()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that went away: the RTP timeout will report it.
+        log.debug("leg %s: %s", self.leg_id, exc)
+
+
+class _RtcpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, shell: MediaShell, leg_id: str) -> None:
+        self.shell = shell
+        self.leg_id = leg_id
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.shell.engine.receive_rtcp(self.leg_id, data, addr, self.shell.loop.time())
+
+
+class MediaShell:
+    """Runs a MediaEngine on an asyncio loop; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: MediaEngine,
+        *,
+        host: str = "127.0.0.1",
+        port_range: tuple[int, int] | None = PORT_RANGE,
+        rtcp: bool = False,
+        on_event: Callable[[Event], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.host = host
+        self.port_range = port_range
+        self.rtcp = rtcp
+        self.on_event = on_event
+        self._rng = rng or random.Random()
+        self.loop = asyncio.get_running_loop()
+        self.transports: dict[str, asyncio.DatagramTransport] = {}
+        self._rtcp_transports: dict[str, asyncio.DatagramTransport] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._start = 0.0
+        self._k = 0
+        self._next_rtcp = 0.0
+        self.skipped_ticks = 0
+        self.late_ticks = 0
+
+    async def open_leg(self, leg_id: str, *, nat: bool = False) -> int:
+        """Create the leg in the engine and bind its socket; returns the local RTP port."""
+        for port in self._candidate_ports():
+            try:
+                transport, _ = await self.loop.create_datagram_endpoint(
+                    lambda: _RtpProtocol(self, leg_id), local_addr=(self.host, port)
+                )
+            except OSError:
+                continue
+            bound = transport.get_extra_info("sockname")[1]
+            if self.rtcp and self.port_range is not None:
+                try:
+                    rtcp_transport, _ = await self.loop.create_datagram_endpoint(
+                        lambda: _RtcpProtocol(self, leg_id), local_addr=(self.host, bound + 1)
+                    )
+                except OSError:
+                    transport.close()
+                    continue
+                self._rtcp_transports[leg_id] = rtcp_transport
+            self._tune(transport)
+            self.transports[leg_id] = transport
+            self.engine.create_leg(leg_id, bound, self.loop.time(), nat=nat)
+            return int(bound)
+        raise OSError("no free RTP port in range")
+
+    def _candidate_ports(self) -> list[int]:
+        if self.port_range is None:
+            return [0]
+        low, high = self.port_range
+        evens = list(range(low + (low & 1), high, 2))
+        start = self._rng.randrange(len(evens))
+        return evens[start:] + evens[:start]
+
+    @staticmethod
+    def _tune(transport: asyncio.DatagramTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            except OSError:
+                log.debug("could not enlarge receive buffer")
+
+    def close_leg(self, leg_id: str) -> None:
+        """Close the leg's sockets and remove it from the engine."""
+        for table in (self.transports, self._rtcp_transports):
+            transport = table.pop(leg_id, None)
+            if transport is not None:
+                transport.close()
+        if leg_id in self.engine.legs:
+            self.engine.close_leg(leg_id)
+        self.drain_events()
+
+    def start(self) -> None:
+        """Start the 20 ms clock."""
+        self._start = self.loop.time()
+        self._k = 0
+        self._next_rtcp = self._start + RTCP_INTERVAL
+        self._timer = self.loop.call_at(self._start, self._tick)
+
+    def stop(self) -> None:
+        """Stop the clock and close every socket."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for leg_id in list(self.transports):
+            self.close_leg(leg_id)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        due = self._start + self._k * TICK
+        if now - due > MAX_CATCH_UP * TICK:
+            missed = int((now - due) / TICK)
+            self._k += missed
+            self.skipped_ticks += missed
+        elif now - due > TICK:
+            self.late_ticks += 1
+        transports = self.transports
+        for leg_id, packet, dest in self.engine.tick(now):
+            transport = transports.get(leg_id)
+            if transport is not None:
+                transport.sendto(packet, dest)
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + RTCP_INTERVAL
+            self._send_rtcp(now)
+        self.drain_events()
+        self._k += 1
+        self._timer = self.loop.call_at(self._start + self._k * TICK, self._tick)
+
+    def _send_rtcp(self, now: float) -> None:
+        if not self._rtcp_transports:
+            return
+        for leg_id, packet, dest in self.engine.rtcp_reports(now, time.time()):
+            transport = self._rtcp_transports.get(leg_id)
+            if transport is not None:
+                transport.sendto(packet, dest)
+
+    def drain_events(self) -> None:
+        """Pass every pending engine event to the callback (or drop them without one)."""
+        engine = self.engine
+        while (event := engine.next_event()) is not None:
+            if self.on_event is not None:
+                self.on_event(event)

@@ -1,0 +1,275 @@
+"""In-band DTMF detection for many legs at once (ITU-T Q.23 / Q.24, ETSI ES 201 235-3).
+
+Theory of operation. Each leg's audio is cut into 20 ms analysis windows (160 samples) every
+10 ms (two per frame; the last 80 samples of the previous frame are kept per leg). For every
+window of every leg, one matrix product computes the DFT at 44 probe frequencies: each of the 8
+DTMF frequencies f and f * (1 +- 2 %), f * (1 +- 4 %), and 3 f for the low group. A window holds
+a valid digit when:
+
+- the strongest tone of each group (power = best of the f and +-2 % probes) is above
+  ``MIN_LEVEL_DBM0`` and beats the other tones of its group by ``GROUP_MARGIN_DB``;
+- the twist (high minus low) is within ``-NORMAL_TWIST_DB .. +REVERSE_TWIST_DB``;
+- the two tones carry at least ``ENERGY_FRACTION`` of the window's power (talk-off guard);
+- each tone is nearer its nominal frequency than the +-4 % probes, which puts the acceptance
+  edge at about +-2 %: inside Q.24's "accept +-1.5 %, reject +-3.5 %", and narrow enough that
+  a fundamental and its 2nd harmonic cannot pass as a low and a high tone (2 f is >= 4.2 %
+  away from every high tone);
+- the low tone's 3rd harmonic is ``HARMONIC_DB`` below it (voiced sounds have one);
+- the signal fills the window: the weakest 5 ms quarter holds at least ``FILL_RATIO`` of the
+  strongest. This is what rejects short tones (a window only partly covered by a tone still
+  looks like a pure tone) and makes gaps visible.
+- to start a digit, both tone powers must also be steady (within ``STEADY_DB``) from one
+  window to the next, which rejects two sounds cross-fading through the windows (music).
+
+Per leg a small state machine, vectorised over legs: a digit starts after ``START_WINDOWS``
+consecutive valid windows of the same digit (reported at once as an onset) and ends after
+``END_MISSES`` consecutive windows without it (a 10 ms interruption spoils at most three
+windows, so Q.24's bridging of <= 10 ms breaks comes for free) or as soon as another digit has
+been confirmed. The end event carries the duration from the first to the last valid window.
+Sans-IO: time is the leg's sample count passed to :meth:`DtmfDetector.process`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from media.digits import DIGITS, DigitEvent
+from media.tones import DBM0_PEAK, DTMF_HIGH, DTMF_LOW, FRAME, RATE
+
+__all__ = ["DtmfDetector", "probe_matrix"]
+
+log = logging.getLogger(__name__)
+
+WINDOW = 160  # 20 ms: 50 Hz resolution, enough to split 697/770 Hz and to judge +-2 %
+HOP = 80  # 10 ms
+QUARTER = WINDOW // 4
+OFFSETS = (-0.04, -0.02, 0.0, 0.02, 0.04)
+
+MIN_LEVEL_DBM0 = -38.0  # per tone; Q.24 asks for operation down to about -32 dBm0 per tone
+GROUP_MARGIN_DB = 8.0
+NORMAL_TWIST_DB = 10.0  # high tone weaker than low: Q.24 asks for 8 dB
+REVERSE_TWIST_DB = 7.0  # high tone stronger than low: Q.24 asks for 4 dB
+ENERGY_FRACTION = 0.65
+FILL_RATIO = 0.35
+START_WINDOWS = 2
+STEADY_DB = 3.0
+HARMONIC_DB = 15.0
+END_MISSES = 5  # 40 ms gaps (ETSI: recognised) spoil >= 5 windows; 20 ms gaps spoil <= 4
+
+_FREQS = np.array(DTMF_LOW + DTMF_HIGH)
+# Row/column -> digit index in DIGITS (RFC 4733 event code order).
+_KEYPAD = ("123A", "456B", "789C", "*0#D")
+_DIGIT_INDEX = np.array([[DIGITS.index(k) for k in row] for row in _KEYPAD], dtype=np.int8)
+
+
+def probe_matrix(freqs: NDArray[np.float64], n: int = WINDOW) -> NDArray[np.float32]:
+    """``(n, 2 * len(freqs))`` matrix: cosine columns, then sine columns, at ``freqs`` Hz.
+
+    ``windows @ probe_matrix(freqs)`` gives the real and imaginary DFT parts of every window at
+    every frequency in one product (a Goertzel filter bank, batched).
+    """
+    t = np.arange(n)[:, None] / RATE
+    arg = 2 * np.pi * freqs[None, :] * t
+    return np.concatenate([np.cos(arg), np.sin(arg)], axis=1).astype(np.float32)
+
+
+# The 3rd harmonic of each low-group tone: a voiced sound whose fundamental and 2nd harmonic
+# land near a low and a high DTMF tone (e.g. 680 + 1360 Hz ~ digit 2) also has a 3rd harmonic.
+_PROBE_FREQS = np.concatenate(
+    [(_FREQS[:, None] * (1.0 + np.array(OFFSETS))[None, :]).ravel(), 3 * _FREQS[:4]]
+)
+_PROBES = probe_matrix(_PROBE_FREQS)
+_NPROBE = len(_PROBE_FREQS)
+# |X|^2 * 2 / N^2 turns a DFT magnitude into the mean power of the sine it matches.
+_POWER_SCALE = 2.0 / WINDOW**2
+_STEADY = 10 ** (STEADY_DB / 10)
+_HARMONIC = 10 ** (HARMONIC_DB / 10)
+_MIN_POWER = (DBM0_PEAK**2 / 2) * 10 ** (MIN_LEVEL_DBM0 / 10)
+
+
+class DtmfDetector:
+    """Batched in-band DTMF detector for up to ``max_legs`` legs."""
+
+    def __init__(self, max_legs: int) -> None:
+        self.max_legs = max_legs
+        self._leg_of_slot: list[Hashable | None] = [None] * max_legs
+        self._slot_of_leg: dict[Hashable, int] = {}
+        self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.float32)
+        self._cur = np.full(max_legs, -1, dtype=np.int8)
+        self._cand = np.full(max_legs, -1, dtype=np.int8)
+        self._cand_count = np.zeros(max_legs, dtype=np.int32)
+        self._cand_start = np.zeros(max_legs, dtype=np.int64)
+        self._cand_levels = np.zeros((max_legs, 2), dtype=np.float64)
+        self._misses = np.zeros(max_legs, dtype=np.int32)
+        self._onset = np.zeros(max_legs, dtype=np.int64)
+        self._last_end = np.zeros(max_legs, dtype=np.int64)
+
+    def add_leg(self, leg_id: Hashable) -> int:
+        """Reserve a slot for ``leg_id`` (fresh state) and return it."""
+        if leg_id in self._slot_of_leg:
+            raise ValueError(f"leg {leg_id!r} already added")
+        try:
+            slot = self._leg_of_slot.index(None)
+        except ValueError:
+            raise RuntimeError(f"DtmfDetector full ({self.max_legs} legs)") from None
+        self._leg_of_slot[slot] = leg_id
+        self._slot_of_leg[leg_id] = slot
+        self._reset(slot)
+        return slot
+
+    def remove_leg(self, leg_id: Hashable) -> None:
+        """Free the slot of ``leg_id``; a digit still in progress is dropped silently."""
+        slot = self._slot_of_leg.pop(leg_id)
+        self._leg_of_slot[slot] = None
+        self._reset(slot)
+
+    def slot(self, leg_id: Hashable) -> int:
+        """The slot of ``leg_id``."""
+        return self._slot_of_leg[leg_id]
+
+    def _reset(self, slot: int) -> None:
+        self._tail[slot] = 0
+        self._cur[slot] = -1
+        self._cand[slot] = -1
+        self._cand_count[slot] = 0
+        self._misses[slot] = 0
+
+    def process(
+        self,
+        slots: NDArray[np.intp],
+        frames: NDArray[np.int16],
+        sample_time: int | NDArray[np.int64],
+    ) -> list[tuple[Hashable, DigitEvent]]:
+        """Analyse one 160-sample frame for each leg in ``slots``.
+
+        ``frames[i]`` belongs to ``slots[i]``; ``sample_time`` is the leg's sample count at the
+        first sample of the frame (one number for all, or one per slot). Returns the onsets and
+        ends detected, in slot order.
+        """
+        slots = np.asarray(slots, dtype=np.intp)
+        n = len(slots)
+        if n == 0:
+            return []
+        if frames.shape != (n, FRAME):
+            raise ValueError(f"frames must have shape ({n}, {FRAME}), got {frames.shape}")
+        t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
+        buf = np.concatenate([self._tail[slots], frames.astype(np.float32)], axis=1)
+        self._tail[slots] = buf[:, FRAME:]
+        digits, levels = self._classify(np.concatenate([buf[:, :WINDOW], buf[:, HOP:]], axis=0))
+        out: list[tuple[Hashable, DigitEvent]] = []
+        for k in range(2):
+            start = t0 - HOP + k * HOP
+            rows = slice(k * n, (k + 1) * n)
+            out.extend(self._step(slots, digits[rows], levels[rows], start, start + WINDOW))
+        return out
+
+    @staticmethod
+    def _classify(win: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
+        """Digit index per window (or -1), and the (low, high) tone powers."""
+        m = len(win)
+        ri = win @ _PROBES
+        power = (ri[:, :_NPROBE] ** 2 + ri[:, _NPROBE:] ** 2) * _POWER_SCALE
+        third = power[:, 8 * len(OFFSETS) :]
+        power = power[:, : 8 * len(OFFSETS)].reshape(m, 8, len(OFFSETS))
+        tone = power[:, :, 1:4].max(axis=2)
+        centred = power[:, :, 2] >= np.maximum(power[:, :, 0], power[:, :, 4])
+        rows = np.arange(m)
+        lo = tone[:, :4].argmax(axis=1)
+        hi = tone[:, 4:].argmax(axis=1)
+        p_lo = tone[rows, lo]
+        p_hi = tone[rows, 4 + hi]
+        second_lo = np.sort(tone[:, :4], axis=1)[:, -2]
+        second_hi = np.sort(tone[:, 4:], axis=1)[:, -2]
+        total = (win.astype(np.float64) ** 2).mean(axis=1)
+        quarters = (win.reshape(m, 4, QUARTER).astype(np.float64) ** 2).sum(axis=2)
+        margin = 10 ** (GROUP_MARGIN_DB / 10)
+        valid = (
+            (p_lo >= _MIN_POWER)
+            & (p_hi >= _MIN_POWER)
+            & (p_hi <= p_lo * 10 ** (REVERSE_TWIST_DB / 10))
+            & (p_hi >= p_lo * 10 ** (-NORMAL_TWIST_DB / 10))
+            & (p_lo >= margin * second_lo)
+            & (p_hi >= margin * second_hi)
+            & (p_lo + p_hi >= ENERGY_FRACTION * total)
+            & (third[rows, lo] * _HARMONIC <= p_lo)
+            & centred[rows, lo]
+            & centred[rows, 4 + hi]
+            & (quarters.min(axis=1) >= FILL_RATIO * quarters.max(axis=1))
+        )
+        levels = np.stack([p_lo, p_hi], axis=1).astype(np.float64)
+        return np.where(valid, _DIGIT_INDEX[lo, hi], -1).astype(np.int8), levels
+
+    def _step(
+        self,
+        slots: NDArray[np.intp],
+        d: NDArray[np.int8],
+        levels: NDArray[np.float64],
+        win_start: NDArray[np.int64],
+        win_end: NDArray[np.int64],
+    ) -> list[tuple[Hashable, DigitEvent]]:
+        """Advance the per-leg digit state machines by one window."""
+        cur = self._cur[slots]
+        active = cur >= 0
+        hit = active & (d == cur)
+        other = d >= 0
+        other &= d != cur
+
+        # Candidate tracking for a (new) digit: consecutive windows of the same digit.
+        # A real tone is steady: both tone powers stay within STEADY_DB of the previous window.
+        # Two sounds cross-fading through a window (music, speech) are not.
+        ratio = levels / np.maximum(self._cand_levels[slots], 1e-9)
+        steady = np.all((ratio <= _STEADY) & (ratio >= 1 / _STEADY), axis=1)
+        same_cand = other & (d == self._cand[slots]) & steady
+        cand_count = np.where(same_cand, self._cand_count[slots] + 1, np.where(other, 1, 0))
+        cand = np.where(other, d, -1).astype(np.int8)
+        cand_start = np.where(same_cand, self._cand_start[slots], win_start)
+        confirmed = cand_count >= START_WINDOWS
+
+        misses = np.where(hit, 0, np.minimum(self._misses[slots] + 1, END_MISSES))
+        ending = active & ~hit & ((misses >= END_MISSES) | confirmed)
+        starting = confirmed
+
+        events: list[tuple[Hashable, DigitEvent]] = []
+        if ending.any() or starting.any():
+            for i in np.flatnonzero(ending | starting):
+                events.extend(
+                    self._emit(
+                        int(slots[i]),
+                        bool(ending[i]),
+                        bool(starting[i]),
+                        int(d[i]),
+                        int(cand_start[i]),
+                        int(win_end[i]),
+                    )
+                )
+
+        last_end = np.where(hit, win_end, self._last_end[slots])
+        self._last_end[slots] = np.where(starting, win_end, last_end)
+        self._onset[slots] = np.where(starting, cand_start, self._onset[slots])
+        self._cur[slots] = np.where(starting, d, np.where(ending, -1, cur))
+        self._misses[slots] = np.where(starting | ending, 0, misses)
+        self._cand[slots] = np.where(starting, -1, cand)
+        self._cand_count[slots] = np.where(starting, 0, cand_count)
+        self._cand_start[slots] = cand_start
+        self._cand_levels[slots] = levels
+        return events
+
+    def _emit(
+        self, slot: int, ending: bool, starting: bool, d: int, onset: int, win_end: int
+    ) -> list[tuple[Hashable, DigitEvent]]:
+        leg = self._leg_of_slot[slot]
+        out: list[tuple[Hashable, DigitEvent]] = []
+        if ending:
+            start = int(self._onset[slot])
+            digit = DIGITS[int(self._cur[slot])]
+            duration = (int(self._last_end[slot]) - start) * 1000 // RATE
+            log.debug("leg %r: digit %s -> ended (%d ms)", leg, digit, duration)
+            out.append((leg, DigitEvent(digit, start * 1000 // RATE, duration, "inband", True)))
+        if starting:
+            log.debug("leg %r: idle -> digit %s", leg, DIGITS[d])
+            out.append((leg, DigitEvent(DIGITS[d], onset * 1000 // RATE, 0, "inband", False)))
+        return out

@@ -1,0 +1,791 @@
+"""The media engine: every leg's RTP, the relay fast path and one 20 ms DSP clock. Sans-IO.
+
+Commands come in as method calls (create_leg, set_remote, bridge, play, record, send_dtmf ...),
+packets through `receive_packet(leg_id, data, addr, now)`, and the clock through `tick(now)`
+every 20 ms; datagrams go out as return values and everything the service must know as events
+from `next_event()`. No sockets, no time: the asyncio shell is media/aio.py.
+
+Fast path. A packet for a bridged leg is checked (latched source), counted, and rewritten into
+the peer's send stream (SSRC, sequence, timestamp, payload type; PCMU<->PCMA by a 256-byte
+`bytes.translate` table) and returned at once: no decode, no waiting for the tick.
+
+DSP path. A leg whose received audio is needed (in-band DTMF or fax detection, recording,
+mixing into another leg, conference) also queues the payload in its jitter buffer; a leg whose
+sent audio is produced here (prompt or tone, mix over a bridge, conference, DTMF we send) is
+generated on the tick. Each tick pops one frame from every receiving leg, decodes all of them
+with one table lookup into an (n, 160) batch, runs the DTMF and fax detectors on the whole batch,
+feeds recorders, sums the outputs in int32, saturates, encodes by table and packetises. Which
+legs are in which batch is recomputed only when a command changes it, so a tick costs a few
+dictionary operations per leg. A bridged leg with in-band detection keeps the fast path: its
+payloads are relayed on arrival and copied into the detector batch.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import struct
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from media.digits import DigitEvent, DigitStream
+from media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from media.jitter import JitterBuffer
+from media.mixer import Bridge, Conference, saturate
+from media.player import FRAME, PlayItem, PromptPlayer, dtmf_frames
+from media.recorder import Recorder
+from media.rtp import HEADER, RtpError, parse_header
+from media.session import Addr, RtpSession
+
+__all__ = [
+    "DigitReceived",
+    "Event",
+    "FaxDetected",
+    "Leg",
+    "MediaEngine",
+    "PlayFinished",
+    "RecordFinished",
+    "RtpTimeout",
+]
+
+log = logging.getLogger(__name__)
+
+TICK = 0.020
+# Legs are checked for dead peers and latch windows every this many ticks (1 s).
+HOUSEKEEPING_TICKS = 50
+# RFC 4733 receivers end an event whose end packets were lost by timeout: check every 100 ms.
+RECEIVER_POLL_TICKS = 5
+RTP_TIMEOUT = 30.0
+DTMF_VOLUME = 10  # RFC 4733 section 2.3.4: -10 dBm0
+DTMF_END_REPEATS = 3  # RFC 4733 section 2.5.1.4: the final packet is sent three times
+RFC4733 = struct.Struct("!BBH")
+SILENCE = {"PCMU": b"\xff" * FRAME, "PCMA": b"\xd5" * FRAME}
+_LAW_OFFSET = {"PCMU": 0, "PCMA": 256}
+_DECODE512 = np.concatenate([ULAW_DECODE, ALAW_DECODE]).astype(np.int16)
+_U2A = bytes(ALAW_ENCODE[ULAW_DECODE.view(np.uint16)].tobytes())
+_A2U = bytes(ULAW_ENCODE[ALAW_DECODE.view(np.uint16)].tobytes())
+_DTMF_CODES = {d: i for i, d in enumerate("0123456789*#ABCD")}
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DigitReceived:
+    """A key press on a leg (reported once at onset, however many paths carried it)."""
+
+    leg_id: str
+    digit: str
+    source: str  # "rfc4733" or "inband"
+    start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlayFinished:
+    """A play() sequence ended; `interrupted` when stopped by barge-in or stop_play()."""
+
+    leg_id: str
+    interrupted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFinished:
+    """A recording was written."""
+
+    leg_id: str
+    path: str
+    duration: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaxDetected:
+    """Fax/modem tone on a leg; `clear_channel` is False when the bridge could not switch
+    (the two legs use different G.711 laws, so bit-exact passthrough is impossible)."""
+
+    leg_id: str
+    kind: str
+    clear_channel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RtpTimeout:
+    """No RTP from a leg's peer for `silent_s` seconds: the peer is probably dead."""
+
+    leg_id: str
+    silent_s: float
+
+
+Event = DigitReceived | PlayFinished | RecordFinished | FaxDetected | RtpTimeout
+
+
+# -- detector interfaces (media/dtmf.py, media/faxdetect.py, media/rfc4733.py) ------------------
+
+
+class BatchDetector(Protocol):
+    """A detector that analyses one frame per leg for many legs at once."""
+
+    def add_leg(self, leg_id: Hashable) -> int: ...
+
+    def remove_leg(self, leg_id: Hashable) -> None: ...
+
+    def process(
+        self, slots: npt.NDArray[np.intp], frames: npt.NDArray[np.int16], sample_time: int
+    ) -> list[tuple[Hashable, Any]]: ...
+
+
+class EventReceiver(Protocol):
+    """An RFC 4733 telephone-event receiver for one leg."""
+
+    def receive(
+        self, payload: bytes, timestamp: int, seq: int, marker: bool, now: float
+    ) -> list[DigitEvent]: ...
+
+    def poll(self, now: float) -> list[DigitEvent]: ...
+
+
+def _default_dtmf(max_legs: int) -> BatchDetector:
+    from media.dtmf import DtmfDetector
+
+    return DtmfDetector(max_legs)
+
+
+def _default_fax(max_legs: int) -> BatchDetector | None:
+    try:
+        from media.faxdetect import FaxDetector  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        log.warning("media.faxdetect unavailable: fax/modem detection disabled")
+        return None
+    detector: BatchDetector = FaxDetector(max_legs)
+    return detector
+
+
+def _default_receiver(pt: int) -> EventReceiver:
+    from media.rfc4733 import DtmfEventReceiver  # type: ignore[import-not-found,unused-ignore]
+
+    receiver: EventReceiver = DtmfEventReceiver(pt)
+    return receiver
+
+
+# -- legs --------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class Leg:
+    """One leg's media state inside the engine (read-only for callers: use the engine's API)."""
+
+    leg_id: str
+    session: RtpSession
+    created: float
+    peer: Leg | None = None
+    bridge: Bridge | None = None
+    conference: Conference | None = None
+    transcode: bytes | None = None
+    jb: JitterBuffer | None = None
+    inband: bool = False
+    fax_detect: bool = False
+    clear_channel: bool = False
+    player: PromptPlayer | None = None
+    mix_peer: bool = True
+    recorder: Recorder | None = None
+    digits: DigitStream = field(default_factory=DigitStream)
+    receiver: EventReceiver | None = None
+    receiver_pt: int | None = None
+    dtmf_tx: collections.deque[tuple[bytes, bool]] = field(default_factory=collections.deque)
+    dtmf_tx_ts: int | None = None
+    inband_tx: collections.deque[npt.NDArray[np.int16]] = field(default_factory=collections.deque)
+    tx_dsp: bool = False
+    timed_out: bool = False
+    dropped_pt: int = 0
+
+    @property
+    def silence(self) -> bytes:
+        """One frame of silence in this leg's codec."""
+        return SILENCE[self.session.codec]
+
+
+class MediaEngine:
+    """All legs of one process; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_legs: int = 4096,
+        rtp_timeout: float = RTP_TIMEOUT,
+        jitter_target: int = 3,
+        dtmf_detector: BatchDetector | None = None,
+        fax_detector: BatchDetector | None = None,
+        receiver_factory: Callable[[int], EventReceiver] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._legs: dict[str, Leg] = {}
+        self._events: collections.deque[Event] = collections.deque()
+        self._rng = rng or random.Random()
+        self.rtp_timeout = rtp_timeout
+        self.jitter_target = jitter_target
+        self._dtmf = dtmf_detector if dtmf_detector is not None else _default_dtmf(max_legs)
+        self._fax = fax_detector if fax_detector is not None else _default_fax(max_legs)
+        self._receiver_factory = receiver_factory or _default_receiver
+        self._conferences: dict[str, Conference] = {}
+        self._ticks = 0
+        self._dirty = True
+        self._rx: list[Leg] = []
+        self._rx_row: dict[str, int] = {}
+        self._rx_offsets = np.zeros((0, 1), dtype=np.uint16)
+        self._dtmf_rows = np.zeros(0, dtype=np.intp)
+        self._dtmf_slots = np.zeros(0, dtype=np.intp)
+        self._dtmf_slot_of: dict[str, int] = {}
+        self._fax_rows = np.zeros(0, dtype=np.intp)
+        self._fax_slots = np.zeros(0, dtype=np.intp)
+        self._fax_slot_of: dict[str, int] = {}
+        self._tx: list[Leg] = []
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def create_leg(self, leg_id: str, local_port: int, now: float, *, nat: bool = False) -> Leg:
+        """A new leg on `local_port` with a random SSRC, sequence and timestamp (RFC 3550 5.1)."""
+        if leg_id in self._legs:
+            raise ValueError(f"leg {leg_id!r} exists")
+        rng = self._rng
+        session = RtpSession(
+            leg_id,
+            local_port,
+            ssrc=rng.getrandbits(32),
+            initial_seq=rng.getrandbits(16),
+            initial_ts=rng.getrandbits(32),
+            nat=nat,
+        )
+        leg = Leg(leg_id, session, now)
+        self._legs[leg_id] = leg
+        return leg
+
+    def leg(self, leg_id: str) -> Leg:
+        """The leg called `leg_id` (KeyError if unknown)."""
+        return self._legs[leg_id]
+
+    def set_remote(
+        self,
+        leg_id: str,
+        host: str,
+        port: int,
+        codec: str,
+        dtmf_pt: int | None,
+        now: float,
+    ) -> None:
+        """Apply the peer's SDP (first answer or re-INVITE): address, codec, telephone-event."""
+        leg = self._legs[leg_id]
+        leg.session.set_remote(host, port, now, codec=codec, dtmf_pt=dtmf_pt)
+        if dtmf_pt is not None and dtmf_pt != leg.receiver_pt:
+            leg.receiver = self._receiver_factory(dtmf_pt)
+            leg.receiver_pt = dtmf_pt
+        elif dtmf_pt is None:
+            leg.receiver = None
+            leg.receiver_pt = None
+        leg.timed_out = False
+        self._update_transcode(leg)
+        self._dirty = True
+
+    def bridge(self, a: str, b: str) -> None:
+        """Join two legs on the fast path (each is first taken out of any bridge/conference)."""
+        la, lb = self._legs[a], self._legs[b]
+        for leg in (la, lb):
+            self.unbridge(leg.leg_id)
+            self._leave_conference(leg)
+        bridge = Bridge(a, b)
+        la.peer, lb.peer = lb, la
+        la.bridge = lb.bridge = bridge
+        self._update_transcode(la)
+        self._dirty = True
+
+    def unbridge(self, leg_id: str) -> None:
+        """Split the bridge `leg_id` is in, if any."""
+        leg = self._legs[leg_id]
+        peer = leg.peer
+        if peer is None:
+            return
+        for side in (leg, peer):
+            side.peer = None
+            side.bridge = None
+            side.transcode = None
+            side.clear_channel = False
+        self._dirty = True
+
+    def join_conference(self, conf_id: str, leg_id: str) -> None:
+        """Mix `leg_id` into conference `conf_id` (created on first join); leaves its bridge."""
+        leg = self._legs[leg_id]
+        self.unbridge(leg_id)
+        self._leave_conference(leg)
+        conf = self._conferences.setdefault(conf_id, Conference(conf_id))
+        conf.members.append(leg_id)
+        leg.conference = conf
+        self._dirty = True
+
+    def leave_conference(self, leg_id: str) -> None:
+        """Take `leg_id` out of its conference (the conference ends with its last member)."""
+        self._leave_conference(self._legs[leg_id])
+
+    def _leave_conference(self, leg: Leg) -> None:
+        conf = leg.conference
+        if conf is None:
+            return
+        conf.members.remove(leg.leg_id)
+        if not conf.members:
+            del self._conferences[conf.conf_id]
+        leg.conference = None
+        self._dirty = True
+
+    def play(
+        self,
+        leg_id: str,
+        items: Sequence[PlayItem],
+        *,
+        barge_in: bool = True,
+        mix: bool = True,
+    ) -> None:
+        """Play files/arrays/tones to `leg_id`, replacing any current play.
+
+        On a bridged leg `mix=True` lays the prompt over the peer's audio (a warning tone),
+        `mix=False` replaces it. Ends with a PlayFinished event.
+        """
+        leg = self._legs[leg_id]
+        if leg.player is not None:
+            self._events.append(PlayFinished(leg_id, True))
+        leg.player = PromptPlayer(items, barge_in=barge_in)
+        leg.mix_peer = mix
+        self._dirty = True
+
+    def stop_play(self, leg_id: str) -> None:
+        """Stop the current play (PlayFinished with interrupted=True)."""
+        leg = self._legs[leg_id]
+        if leg.player is not None:
+            leg.player = None
+            self._events.append(PlayFinished(leg_id, True))
+            self._dirty = True
+
+    def record(
+        self,
+        leg_id: str,
+        path: str,
+        max_s: float = 60.0,
+        stop_on: str = "#",
+        silence_s: float | None = 5.0,
+    ) -> None:
+        """Record what `leg_id` says; ends with a RecordFinished event."""
+        leg = self._legs[leg_id]
+        if leg.recorder is not None:
+            self._finish_recording(leg)
+        leg.recorder = Recorder(path, max_s=max_s, stop_on=stop_on, silence_s=silence_s)
+        self._dirty = True
+
+    def stop_record(self, leg_id: str) -> None:
+        """End the current recording now (RecordFinished follows)."""
+        leg = self._legs[leg_id]
+        if leg.recorder is not None:
+            self._finish_recording(leg)
+
+    def enable_dtmf(self, leg_id: str, inband: bool = True, fax: bool = True) -> None:
+        """Turn in-band DTMF detection (and fax/modem tone detection) on or off for a leg.
+
+        RFC 4733 events are always received when the SDP negotiated telephone-event.
+        """
+        leg = self._legs[leg_id]
+        if leg.clear_channel:
+            inband = fax = False
+        self._set_inband(leg, inband)
+        self._set_fax(leg, fax and self._fax is not None)
+        self._dirty = True
+
+    def _set_inband(self, leg: Leg, on: bool) -> None:
+        if on and not leg.inband:
+            self._dtmf_slot_of[leg.leg_id] = self._dtmf.add_leg(leg.leg_id)
+        elif not on and leg.inband:
+            self._dtmf.remove_leg(leg.leg_id)
+            del self._dtmf_slot_of[leg.leg_id]
+        leg.inband = on
+
+    def _set_fax(self, leg: Leg, on: bool) -> None:
+        fax = self._fax
+        if fax is None:
+            return
+        if on and not leg.fax_detect:
+            self._fax_slot_of[leg.leg_id] = fax.add_leg(leg.leg_id)
+        elif not on and leg.fax_detect:
+            fax.remove_leg(leg.leg_id)
+            del self._fax_slot_of[leg.leg_id]
+        leg.fax_detect = on
+
+    def send_dtmf(
+        self, leg_id: str, digit: str, duration_ms: int = 100, mode: str = "rfc4733"
+    ) -> None:
+        """Send a digit to `leg_id`: "rfc4733" events, "inband" tones, or "both".
+
+        "rfc4733" falls back to in-band when the leg negotiated no telephone-event.
+        """
+        leg = self._legs[leg_id]
+        if mode not in ("rfc4733", "inband", "both"):
+            raise ValueError(f"unknown DTMF mode {mode!r}")
+        if mode == "rfc4733" and leg.session.dtmf_pt is None:
+            mode = "inband"
+        if mode in ("rfc4733", "both"):
+            code = _DTMF_CODES[digit.upper()]
+            steps = max(1, round(duration_ms / 20))
+            for k in range(1, steps + 1):
+                leg.dtmf_tx.append((RFC4733.pack(code, DTMF_VOLUME, k * FRAME), k == 1))
+            end = RFC4733.pack(code, 0x80 | DTMF_VOLUME, steps * FRAME)
+            leg.dtmf_tx.extend((end, False) for _ in range(DTMF_END_REPEATS))
+        if mode in ("inband", "both"):
+            leg.inband_tx.extend(dtmf_frames(digit, duration_ms))
+        self._dirty = True
+
+    def set_clear_channel(self, leg_id: str) -> bool:
+        """Switch the bridge of `leg_id` to clear channel (fax/modem): bit-exact G.711, no
+        transcoding, no mixing, no in-band detection. False when the laws differ."""
+        leg = self._legs[leg_id]
+        legs = [leg] if leg.peer is None else [leg, leg.peer]
+        ok = all(x.session.codec == leg.session.codec for x in legs)
+        for x in legs:
+            x.clear_channel = True
+            self._set_inband(x, False)
+            self._set_fax(x, False)
+            if x.player is not None:
+                x.player = None
+                self._events.append(PlayFinished(x.leg_id, True))
+            x.inband_tx.clear()
+        if leg.bridge is not None:
+            leg.bridge.clear_channel = ok
+        self._dirty = True
+        return ok
+
+    def close_leg(self, leg_id: str) -> None:
+        """Forget a leg (hang-up): unbridge, stop detectors, write any recording."""
+        leg = self._legs[leg_id]
+        self.unbridge(leg_id)
+        self._leave_conference(leg)
+        self._set_inband(leg, False)
+        self._set_fax(leg, False)
+        if leg.recorder is not None:
+            self._finish_recording(leg)
+        del self._legs[leg_id]
+        self._dirty = True
+
+    @property
+    def pending_events(self) -> bool:
+        """True when next_event() has something."""
+        return bool(self._events)
+
+    def next_event(self) -> Event | None:
+        """The oldest pending event, or None."""
+        return self._events.popleft() if self._events else None
+
+    # -- fast path -----------------------------------------------------------------------------
+
+    def receive_packet(
+        self, leg_id: str, data: bytes, addr: Addr, now: float
+    ) -> list[tuple[bytes, Addr]]:
+        """Take one RTP datagram from a leg's socket; returns what to send (relay) at once."""
+        leg = self._legs.get(leg_id)
+        if leg is None:
+            return []
+        session = leg.session
+        if not session.accept(addr, now):
+            return []
+        if len(data) < 12:
+            session.malformed += 1
+            return []
+        b0, b1, seq, ts, ssrc = HEADER.unpack_from(data)
+        if b0 == 0x80:
+            payload = data[12:]
+        else:
+            try:
+                header = parse_header(data)
+            except RtpError:
+                session.malformed += 1
+                return []
+            payload = data[header.payload_offset : header.payload_end]
+        if session.note_received(ssrc, seq, ts, now, len(data)) and leg.jb is not None:
+            leg.jb.reset()
+        if leg.timed_out:
+            leg.timed_out = False
+        pt = b1 & 0x7F
+        peer = leg.peer
+        if pt != session.pt:
+            if pt == session.dtmf_pt:
+                return self._telephone_event(leg, payload, b1, seq, ts, ssrc, now)
+            leg.dropped_pt += 1
+            return []
+        if leg.jb is not None:
+            leg.jb.put(seq, payload)
+        if peer is None or peer.tx_dsp:
+            return []
+        psession = peer.session
+        dest = psession.destination
+        if dest is None:
+            return []
+        if leg.transcode is not None:
+            payload = payload.translate(leg.transcode)
+        return [(psession.relayed(psession.pt, b1 > 127, seq, ts, ssrc, payload, now), dest)]
+
+    def _telephone_event(
+        self, leg: Leg, payload: bytes, b1: int, seq: int, ts: int, ssrc: int, now: float
+    ) -> list[tuple[bytes, Addr]]:
+        marker = b1 > 127
+        if leg.receiver is not None:
+            for event in leg.receiver.receive(payload, ts, seq, marker, now):
+                self._digit(leg, event, now)
+        peer = leg.peer
+        if peer is None or peer.tx_dsp or peer.session.dtmf_pt is None:
+            return []
+        dest = peer.session.destination
+        if dest is None:
+            return []
+        psession = peer.session
+        assert psession.dtmf_pt is not None
+        return [(psession.relayed(psession.dtmf_pt, marker, seq, ts, ssrc, payload, now), dest)]
+
+    def _digit(self, leg: Leg, event: DigitEvent, now: float) -> None:
+        for ev in leg.digits.push(event, now):
+            if ev.ended:
+                continue
+            self._events.append(DigitReceived(leg.leg_id, ev.digit, ev.source, ev.start_ms))
+            if leg.player is not None and leg.player.on_digit(ev.digit):
+                leg.player = None
+                self._events.append(PlayFinished(leg.leg_id, True))
+                self._dirty = True
+            if leg.recorder is not None and leg.recorder.on_digit(ev.digit):
+                self._finish_recording(leg)
+
+    def _finish_recording(self, leg: Leg) -> None:
+        rec = leg.recorder
+        assert rec is not None
+        duration = rec.finish()
+        reason = rec.reason.value if rec.reason else "stopped"
+        self._events.append(RecordFinished(leg.leg_id, rec.path, duration, reason))
+        leg.recorder = None
+        self._dirty = True
+
+    def _update_transcode(self, leg: Leg) -> None:
+        peer = leg.peer
+        if peer is None:
+            leg.transcode = None
+            return
+        for src, dst in ((leg, peer), (peer, leg)):
+            a, b = src.session.codec, dst.session.codec
+            src.transcode = None if a == b else (_U2A if a == "PCMU" else _A2U)
+
+    # -- the 20 ms clock -----------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Recompute which legs are in the receive and send batches (after any command)."""
+        for leg in self._legs.values():
+            leg.tx_dsp = bool(
+                leg.player is not None or leg.conference or leg.dtmf_tx or leg.inband_tx
+            )
+        rx: list[Leg] = []
+        for leg in self._legs.values():
+            peer = leg.peer
+            need = (
+                leg.inband
+                or leg.fax_detect
+                or leg.recorder is not None
+                or leg.conference is not None
+                or (peer is not None and peer.tx_dsp and peer.mix_peer and peer.player is not None)
+            )
+            if need and leg.jb is None:
+                leg.jb = JitterBuffer(target=self.jitter_target)
+            elif not need:
+                leg.jb = None
+            if need:
+                rx.append(leg)
+        self._rx = rx
+        self._rx_row = {leg.leg_id: i for i, leg in enumerate(rx)}
+        self._rx_offsets = np.array(
+            [[_LAW_OFFSET[leg.session.codec]] for leg in rx], dtype=np.uint16
+        ).reshape(-1, 1)
+        dtmf = [(i, self._dtmf_slot_of[leg.leg_id]) for i, leg in enumerate(rx) if leg.inband]
+        self._dtmf_rows = np.array([r for r, _ in dtmf], dtype=np.intp)
+        self._dtmf_slots = np.array([s for _, s in dtmf], dtype=np.intp)
+        fax = [(i, self._fax_slot_of[leg.leg_id]) for i, leg in enumerate(rx) if leg.fax_detect]
+        self._fax_rows = np.array([r for r, _ in fax], dtype=np.intp)
+        self._fax_slots = np.array([s for _, s in fax], dtype=np.intp)
+        self._tx = [leg for leg in self._legs.values() if leg.tx_dsp]
+        self._dirty = False
+
+    def tick(self, now: float) -> list[tuple[str, bytes, Addr]]:
+        """Run one 20 ms DSP step for every leg that needs it; returns datagrams to send."""
+        if self._dirty:
+            self._rebuild()
+        self._ticks += 1
+        sample_time = self._ticks * FRAME
+        out: list[tuple[str, bytes, Addr]] = []
+        pcm = self._receive_batch(sample_time, now)
+        if self._tx:
+            self._send_batch(pcm, now, out)
+        if self._ticks % RECEIVER_POLL_TICKS == 0:
+            for leg in list(self._legs.values()):
+                if leg.receiver is not None:
+                    for event in leg.receiver.poll(now):
+                        self._digit(leg, event, now)
+        if self._ticks % HOUSEKEEPING_TICKS == 0:
+            self._housekeeping(now)
+        return out
+
+    def _receive_batch(self, sample_time: int, now: float) -> npt.NDArray[np.int16] | None:
+        rx = self._rx
+        if not rx:
+            return None
+        payloads: list[bytes] = []
+        gains: list[float] = []
+        concealed = False
+        for leg in rx:
+            assert leg.jb is not None
+            payload, gain = leg.jb.pop()
+            if payload is None:
+                payload = leg.silence
+            elif len(payload) != FRAME:
+                payload = (payload + leg.silence)[:FRAME]
+            if gain != 1.0:
+                concealed = True
+            payloads.append(payload)
+            gains.append(gain)
+        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(rx), FRAME)
+        pcm: npt.NDArray[np.int16] = _DECODE512[raw + self._rx_offsets]
+        if concealed:
+            scale = np.array(gains, dtype=np.float32)[:, np.newaxis]
+            pcm = (pcm * scale).astype(np.int16)
+        if len(self._dtmf_rows):
+            frames = pcm[self._dtmf_rows]
+            for leg_id, event in self._dtmf.process(self._dtmf_slots, frames, sample_time):
+                target = self._legs.get(str(leg_id))
+                if target is not None:
+                    self._digit(target, event, now)
+        if self._fax is not None and len(self._fax_rows):
+            frames = pcm[self._fax_rows]
+            for leg_id, kind in self._fax.process(self._fax_slots, frames, sample_time):
+                self._fax_detected(str(leg_id), str(kind))
+        for i, leg in enumerate(rx):
+            rec = leg.recorder
+            if rec is not None and rec.feed(pcm[i]):
+                self._finish_recording(leg)
+        return pcm
+
+    def _fax_detected(self, leg_id: str, kind: str) -> None:
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.clear_channel:
+            return
+        ok = self.set_clear_channel(leg_id)
+        self._events.append(FaxDetected(leg_id, kind, ok))
+
+    def _send_batch(
+        self, pcm: npt.NDArray[np.int16] | None, now: float, out: list[tuple[str, bytes, Addr]]
+    ) -> None:
+        tx = self._tx
+        acc = np.zeros((len(tx), FRAME), dtype=np.int32)
+        audio: list[int] = []
+        rows = self._rx_row
+        for i, leg in enumerate(tx):
+            session = leg.session
+            dest = session.destination
+            if leg.dtmf_tx:
+                payload, first = leg.dtmf_tx.popleft()
+                if first or leg.dtmf_tx_ts is None:
+                    leg.dtmf_tx_ts = session.peek_timestamp(now)
+                if dest is not None and session.dtmf_pt is not None:
+                    pkt = session.generated(
+                        payload, now, session.dtmf_pt, first, leg.dtmf_tx_ts, samples=0
+                    )
+                    out.append((leg.leg_id, pkt, dest))
+                if not leg.dtmf_tx:
+                    leg.dtmf_tx_ts = None
+                    self._dirty = True
+                if not leg.inband_tx:
+                    continue
+            sound = False
+            if leg.inband_tx:
+                acc[i] += leg.inband_tx.popleft()
+                sound = True
+                if not leg.inband_tx:
+                    self._dirty = True
+            elif leg.player is not None:
+                frame = leg.player.next_frame()
+                if frame is None:
+                    leg.player = None
+                    self._events.append(PlayFinished(leg.leg_id, False))
+                    self._dirty = True
+                else:
+                    acc[i] += frame
+                    sound = True
+            peer = leg.peer
+            if peer is not None and pcm is not None and leg.mix_peer:
+                row = rows.get(peer.leg_id)
+                if row is not None:
+                    acc[i] += pcm[row]
+                    sound = True
+            if sound or leg.conference is not None:
+                audio.append(i)
+        if pcm is not None:
+            for conf in self._conferences.values():
+                members = [(m, rows.get(m)) for m in conf.members]
+                live = [r for _, r in members if r is not None]
+                if not live:
+                    continue
+                total = pcm[live].astype(np.int32).sum(axis=0)
+                for i, leg in enumerate(tx):
+                    if leg.conference is conf:
+                        own = rows.get(leg.leg_id)
+                        acc[i] += total - (pcm[own] if own is not None else 0)
+        if not audio:
+            return
+        mixed = saturate(acc[audio])
+        for k, i in enumerate(audio):
+            leg = tx[i]
+            session = leg.session
+            dest = session.destination
+            if dest is None:
+                continue
+            table = ULAW_ENCODE if session.codec == "PCMU" else ALAW_ENCODE
+            payload = table[mixed[k].view(np.uint16)].tobytes()
+            out.append((leg.leg_id, session.generated(payload, now), dest))
+
+    def _housekeeping(self, now: float) -> None:
+        for leg in self._legs.values():
+            session = leg.session
+            session.poll(now)
+            if session.remote is None or leg.timed_out:
+                continue
+            last = session.last_rx if session.last_rx is not None else leg.created
+            if now - last >= self.rtp_timeout:
+                leg.timed_out = True
+                self._events.append(RtpTimeout(leg.leg_id, now - last))
+
+    # -- RTCP ----------------------------------------------------------------------------------
+
+    def rtcp_reports(self, now: float, wallclock: float) -> list[tuple[str, bytes, Addr]]:
+        """One SR/RR per leg with a destination, to its RTP port + 1 (RFC 3550 section 11)."""
+        out = []
+        for leg in self._legs.values():
+            dest = leg.session.destination
+            if dest is not None:
+                rtcp_dest = (dest[0], dest[1] + 1)
+                out.append((leg.leg_id, leg.session.rtcp_report(now, wallclock), rtcp_dest))
+        return out
+
+    def receive_rtcp(self, leg_id: str, data: bytes, addr: Addr, now: float) -> None:
+        """Take one RTCP datagram (from the latched host only)."""
+        leg = self._legs.get(leg_id)
+        if leg is None:
+            return
+        dest = leg.session.destination
+        if dest is None or addr[0] != dest[0]:
+            leg.session.rejected_source += 1
+            return
+        leg.session.receive_rtcp(data, now)
+
+    @property
+    def legs(self) -> dict[str, Leg]:
+        """All legs by id (read-only view for status pages)."""
+        return self._legs

@@ -1,0 +1,194 @@
+"""In-band DTMF detector: the Q.24 / ETSI requirements in small versions."""
+
+from collections.abc import Hashable
+
+import numpy as np
+import pytest
+
+from media import g711
+from media.digits import DigitEvent
+from media.dtmf import DtmfDetector
+from media.tones import DBM0_PEAK, dtmf_tone, sine
+
+ALL = "0123456789*#ABCD"
+rng = np.random.default_rng(20240601)
+
+
+def burst_train(
+    digits: str, on_ms: float = 50, off_ms: float = 50, **kw: object
+) -> np.ndarray:
+    """Digits with random sub-frame offsets and phases, so windows never line up neatly."""
+    parts = [np.zeros(400 + int(rng.integers(0, 160)), np.int16)]
+    for d in digits:
+        parts.append(dtmf_tone(d, on_ms, phase=float(rng.uniform(0, 6.28)), **kw))  # type: ignore[arg-type]
+        parts.append(np.zeros(int(off_ms * 8) + int(rng.integers(0, 8)), np.int16))
+    return np.concatenate(parts)
+
+
+def run(sig: np.ndarray, law: g711.Law | None = None) -> list[DigitEvent]:
+    if law is not None:
+        sig = g711.decode_batch(g711.encode_batch(sig.astype(np.int16), law), law)
+    sig = np.concatenate([sig, np.zeros((-len(sig)) % 160 + 1600, np.int16)]).astype(np.int16)
+    det = DtmfDetector(2)
+    slot = np.array([det.add_leg("leg")])
+    events: list[DigitEvent] = []
+    for i in range(0, len(sig), 160):
+        events += [e for _, e in det.process(slot, sig[None, i : i + 160], i)]
+    return events
+
+
+def onsets(events: list[DigitEvent]) -> str:
+    return "".join(e.digit for e in events if not e.ended)
+
+
+def add_noise(sig: np.ndarray, snr_db: float, tone_dbm0: float = -4.0) -> np.ndarray:
+    signal_power = 2 * (DBM0_PEAK * 10 ** (tone_dbm0 / 20)) ** 2 / 2
+    noise = rng.normal(0, np.sqrt(signal_power / 10 ** (snr_db / 10)), len(sig))
+    return np.clip(sig + noise, -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("law", [None, "ulaw", "alaw"])
+def test_all_16_digits_once_per_burst_with_onset_and_end(law: g711.Law | None) -> None:
+    events = run(burst_train(ALL), law)
+    assert onsets(events) == ALL
+    ends = [e for e in events if e.ended]
+    assert "".join(e.digit for e in ends) == ALL
+    assert all(40 <= e.duration_ms <= 60 for e in ends)
+    assert all(e.source == "inband" for e in events)
+    # Each onset precedes its end, and they agree on the start time.
+    for on, end in zip(events[::2], events[1::2], strict=True):
+        assert not on.ended and end.ended and on.start_ms == end.start_ms
+
+
+def test_onset_reported_before_tone_ends() -> None:
+    det = DtmfDetector(1)
+    slot = np.array([det.add_leg(7)])
+    sig = np.concatenate([np.zeros(160, np.int16), dtmf_tone("5", 500)])
+    first_onset_frame = None
+    for i in range(0, len(sig) - 160, 160):
+        out = det.process(slot, sig[None, i : i + 160], i)
+        if out and first_onset_frame is None:
+            assert out == [(7, DigitEvent("5", 20, 0, "inband", False))]
+            first_onset_frame = i
+    assert first_onset_frame is not None and first_onset_frame <= 160 * 3  # within 40 ms
+
+
+@pytest.mark.parametrize("dev", [0.015, -0.015])
+def test_frequency_deviation_accepted(dev: float) -> None:
+    assert onsets(run(burst_train(ALL, freq_dev=dev))) == ALL
+
+
+@pytest.mark.parametrize("dev", [(0.035, 0.0), (-0.035, 0.0), (0.0, 0.035), (0.0, -0.035)])
+def test_frequency_deviation_rejected(dev: tuple[float, float]) -> None:
+    assert onsets(run(burst_train(ALL, freq_dev=dev))) == ""
+
+
+@pytest.mark.parametrize("twist", [-8.0, 4.0])
+def test_twist_accepted(twist: float) -> None:
+    assert onsets(run(burst_train(ALL, twist_db=twist))) == ALL
+
+
+@pytest.mark.parametrize("twist", [-14.0, 10.0])
+def test_excessive_twist_rejected(twist: float) -> None:
+    assert onsets(run(burst_train(ALL, twist_db=twist))) == ""
+
+
+@pytest.mark.parametrize("level", [3.0, -32.0])
+@pytest.mark.parametrize("law", [None, "ulaw", "alaw"])
+def test_dynamic_range(level: float, law: g711.Law | None) -> None:
+    assert onsets(run(burst_train(ALL, level_dbm0=level), law)) == ALL
+
+
+def test_below_sensitivity_ignored() -> None:
+    assert onsets(run(burst_train("159D", level_dbm0=-45.0))) == ""
+
+
+def test_duration_limits() -> None:
+    assert onsets(run(burst_train(ALL, on_ms=40, off_ms=60))) == ALL
+    assert onsets(run(burst_train(ALL, on_ms=18, off_ms=60))) == ""
+
+
+@pytest.mark.parametrize("gap_ms", [5, 10])
+def test_short_interruption_bridged(gap_ms: int) -> None:
+    for offset in (0, 37, 80, 121):
+        sig = np.concatenate(
+            [
+                np.zeros(400 + offset, np.int16),
+                dtmf_tone("8", 60),
+                np.zeros(gap_ms * 8, np.int16),
+                dtmf_tone("8", 60),
+            ]
+        )
+        events = run(sig)
+        assert onsets(events) == "8"
+        assert [e.duration_ms for e in events if e.ended][0] >= 110
+
+
+def test_gap_of_40ms_separates_digits() -> None:
+    sig = np.concatenate(
+        [np.zeros(333, np.int16), dtmf_tone("8", 60), np.zeros(320, np.int16), dtmf_tone("8", 60)]
+    )
+    assert onsets(run(sig)) == "88"
+
+
+def test_digit_change_without_gap() -> None:
+    sig = np.concatenate([np.zeros(333, np.int16), dtmf_tone("1", 60), dtmf_tone("2", 60)])
+    assert onsets(run(sig)) == "12"
+
+
+@pytest.mark.parametrize("law", [None, "ulaw", "alaw"])
+def test_white_noise_15db(law: g711.Law | None) -> None:
+    assert onsets(run(add_noise(burst_train(ALL * 2), 15.0), law)) == ALL * 2
+
+
+def test_dial_tone_below_digits_tolerated() -> None:
+    sig = burst_train(ALL)
+    dial = sine((350.0, 440.0), len(sig) / 8, -14.0)[: len(sig)]
+    mixed = np.clip(sig.astype(np.int32) + dial, -32768, 32767).astype(np.int16)
+    assert onsets(run(mixed)) == ALL
+
+
+def test_no_talk_off_on_music_like_signals() -> None:
+    t = np.arange(8000 * 3) / 8000
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0, 523.3)) * 5000
+    # A slow sweep through both DTMF groups.
+    sweep = np.sin(2 * np.pi * (600 * t + 1100 / 6 * t**2)) * 12000
+    notes = np.concatenate(
+        [
+            sum(np.sin(2 * np.pi * f0 * h * t[:800]) / h for h in range(1, 6)) * 6000
+            for f0 in rng.uniform(150, 900, size=30)
+        ]
+    )
+    for sig in (chord, sweep, notes):
+        assert run(np.clip(sig, -32768, 32767).astype(np.int16)) == []
+
+
+def test_many_legs_in_one_batch_are_independent() -> None:
+    det = DtmfDetector(8)
+    legs: list[Hashable] = ["a", "b", "c"]
+    slots = np.array([det.add_leg(leg) for leg in legs])
+    sigs = [
+        np.concatenate([np.zeros(400, np.int16), dtmf_tone(d, 60), np.zeros(2000, np.int16)])
+        for d in "1#D"
+    ]
+    sigs[1] = np.zeros_like(sigs[1])  # leg b is silent
+    frames = np.stack(sigs)[:, : len(sigs[0]) // 160 * 160]
+    got: dict[Hashable, str] = {}
+    for i in range(0, frames.shape[1], 160):
+        for leg, ev in det.process(slots, frames[:, i : i + 160], i):
+            if not ev.ended:
+                got[leg] = got.get(leg, "") + ev.digit
+    assert got == {"a": "1", "c": "D"}
+
+
+def test_leg_slots_are_reused_and_checked() -> None:
+    det = DtmfDetector(1)
+    assert det.add_leg("x") == 0
+    with pytest.raises(RuntimeError):
+        det.add_leg("y")
+    with pytest.raises(ValueError):
+        det.add_leg("x")
+    det.remove_leg("x")
+    assert det.add_leg("y") == 0
+    with pytest.raises(ValueError):
+        det.process(np.array([0]), np.zeros((1, 80), np.int16), 0)
