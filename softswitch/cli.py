@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -20,16 +21,18 @@ tools_app = typer.Typer(no_args_is_help=True, help="Tools for debugging calls (D
 app.add_typer(tools_app, name="tools")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """One line per event, UTC timestamps with milliseconds, to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter(
-        "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
-    )
-    import time
+class _UtcFormatter(logging.Formatter):
+    """ISO 8601 UTC timestamps with microseconds: log lines line up with packet captures."""
 
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event, UTC timestamps, to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -331,10 +331,17 @@ def _load_trunk(r: _Reader) -> TrunkConfig:
         realm=r.get("realm", str),
         expires=expires,
         ip_auth=ip_auth,
-        keepalive_interval=float(r.get("keepalive_interval", (int, float), 30.0)),
+        keepalive_interval=_keepalive(r),
         caller_id=r.get("caller_id", str),
         international_prefix=prefix,
         transport=transport,
     )
     r.finish()
     return trunk
+
+
+def _keepalive(r: _Reader) -> float:
+    value = float(r.get("keepalive_interval", (int, float), 30.0))
+    if value != 0 and value < 5:
+        raise r.error("keepalive_interval", "must be 0 (off) or at least 5 seconds")
+    return value

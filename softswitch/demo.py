@@ -10,6 +10,7 @@ Exit status 0 only if every step really happened.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import os
 import re
@@ -122,6 +123,15 @@ def _parse_trace(path: Path, who: str) -> list[tuple[float, str]]:
     return events
 
 
+def _log_time(line: str) -> float | None:
+    """The node's own UTC timestamp at the start of a log line."""
+    try:
+        stamp = datetime.strptime(line[:26], "%Y-%m-%dT%H:%M:%S.%f")
+    except ValueError:
+        return None
+    return calendar.timegm(stamp.timetuple()) + stamp.microsecond / 1e6
+
+
 def run_demo(*, keep: bool = False) -> int:
     """Run the demo; return the process exit status."""
     if shutil.which("sipp") is None:
@@ -138,7 +148,8 @@ def run_demo(*, keep: bool = False) -> int:
         f'[sip]\nlisten = "127.0.0.1:{node_port}"\n\n'
         f'[database]\nurl = "sqlite:///{tmp / "demo.sqlite3"}"\n\n'
         f'[trunk]\nregistrar = "sip:carrier.test"\nproxy = "127.0.0.1:{carrier_port}"\n'
-        f'username = "alice"\npassword = "secret"\nrealm = "carrier.test"\nexpires = 600\n\n'
+        f'username = "alice"\npassword = "secret"\nrealm = "carrier.test"\nexpires = 600\n'
+        f"keepalive_interval = 0\n\n"
         f'[[trigger]]\nnumber = "{TRIGGER}"\n'
     )
     print("softswitch demo: a node, a SIPp carrier and a trigger call, all on 127.0.0.1\n")
@@ -254,7 +265,7 @@ def run_demo(*, keep: bool = False) -> int:
     if node is not None:
         for when, line in node_log.lines:
             if " INFO " in line or " WARNING" in line or " ERROR" in line:
-                events.append((when, "node:  " + line.split(": ", 1)[-1]))
+                events.append((_log_time(line) or when, "node:  " + line.split(": ", 1)[-1]))
     events.sort()
     print("\nTimeline (ms since start; SIP messages as the SIPp peers saw them):")
     for when, what in events:

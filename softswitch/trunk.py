@@ -54,9 +54,17 @@ class Trunk:
                 new_id=endpoint.new_tag,
             )
         target = URI(host=self.proxy.host, port=self.proxy.port)
-        self.keepalive = reg.KeepAlive(
-            target, contact, self._via, interval=config.keepalive_interval, new_id=endpoint.new_tag
-        )
+        # keepalive_interval = 0 turns the OPTIONS probe off (a registering trunk's refreshes
+        # already show whether it is alive).
+        self.keepalive: reg.KeepAlive | None = None
+        if config.keepalive_interval > 0:
+            self.keepalive = reg.KeepAlive(
+                target,
+                contact,
+                self._via,
+                interval=config.keepalive_interval,
+                new_id=endpoint.new_tag,
+            )
         self._stopping = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -91,7 +99,7 @@ class Trunk:
     # --- timers and events --------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        timers = [self.keepalive.get_timer()]
+        timers = [self.keepalive.get_timer() if self.keepalive is not None else None]
         if self.registration is not None:
             timers.append(self.registration.get_timer())
         present = [t for t in timers if t is not None]
@@ -102,7 +110,7 @@ class Trunk:
             request = self.registration.handle_timer(now)
             if request is not None:
                 self._send(request, "register", now)
-        if not self._stopping:
+        if not self._stopping and self.keepalive is not None:
             probe = self.keepalive.handle_timer(now)
             if probe is not None:
                 self._send(probe, "keepalive", now)
@@ -120,7 +128,7 @@ class Trunk:
                 request = self.registration.receive_response(event.response, source, now)
                 if request is not None:
                     self._send(request, "register", now)
-            elif owner == "keepalive":
+            elif owner == "keepalive" and self.keepalive is not None:
                 self.keepalive.receive_response(event.response, now)
             return True
         if isinstance(event, ep.TransactionTimedOut):
@@ -129,7 +137,7 @@ class Trunk:
                 return False
             if owner == "register" and self.registration is not None:
                 self.registration.on_timeout(now, event.tx.request)
-            elif owner == "keepalive":
+            elif owner == "keepalive" and self.keepalive is not None:
                 self.keepalive.on_timeout(now)
             return True
         return False

@@ -222,10 +222,7 @@ def parse_via(value: str) -> list[Via]:
                 if port > 65535 or len(port_text) > 5:
                     raise ValueError("Via port out of range")
         params = parse_params(params_text) if params_text else ()
-        if name == "SIP" and version == "2.0":
-            protocol = "SIP/2.0"
-        else:
-            protocol = f"{name.upper()}/{version}"
+        protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else f"{name.upper()}/{version}"
         out.append(Via(transport.upper(), host, port, params, protocol))
     return out
 

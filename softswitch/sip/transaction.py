@@ -422,9 +422,9 @@ class Transaction:
     )
 
     TRANSITIONS: ClassVar[_Table]
-    TIMERS_IN: ClassVar[Mapping[Any, frozenset[Input]]]
-    INITIAL: ClassVar[Any]
-    TERMINATED: ClassVar[Any]
+    TIMERS_IN: ClassVar[Mapping[Enum, frozenset[Input]]]
+    INITIAL: ClassVar[Enum]
+    TERMINATED: ClassVar[Enum]
 
     def __init__(
         self, layer: TransactionLayer, key: tuple[object, ...], request: Request, reliable: bool
@@ -433,7 +433,7 @@ class Transaction:
         self.key = key
         self.request = request
         self.reliable = reliable
-        self.state: Any = self.INITIAL
+        self.state: Enum = self.INITIAL
         self.last_response: Response | None = None
         self._timers: dict[Input, tuple[int, float]] = {}
         self._interval = 0.0
@@ -482,7 +482,7 @@ class Transaction:
             inp, self._fire_now = self._fire_now, None
             self._input(inp, now)
 
-    def _set_state(self, new: Any) -> None:
+    def _set_state(self, new: Enum) -> None:
         old = self.state
         self.state = new
         log.debug("%r: %s -> %s", self, old, new)
@@ -693,7 +693,8 @@ def _send_provisional(tx: ServerTransaction, msg: Message | None, now: float) ->
 
 def _resend_provisional(tx: ServerTransaction, msg: Message | None, now: float) -> None:
     # Sections 17.2.1 and 17.2.2: a retransmitted request gets the latest provisional again.
-    tx._send(tx.request, tx.source)
+    if tx.last_provisional is not None:
+        tx._send(tx.last_provisional, tx.source)
 
 
 def _resend_final(tx: ServerTransaction, msg: Message | None, now: float) -> None:

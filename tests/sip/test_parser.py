@@ -202,7 +202,9 @@ def test_missing_mandatory_header(missing: bytes) -> None:
 
 
 def test_extension_methods_parse() -> None:
-    data = INVITE.replace(b"INVITE sip", b"FROBNICATE sip").replace(b"INVITE\r\n", b"FROBNICATE\r\n")
+    data = INVITE.replace(b"INVITE sip", b"FROBNICATE sip").replace(
+        b"INVITE\r\n", b"FROBNICATE\r\n"
+    )
     assert ok(data).method == "FROBNICATE"
 
 
@@ -308,9 +310,7 @@ def messages(draw: st.DrawFn) -> Request | Response:
     method = draw(_tokens)
     if draw(st.booleans()):
         uri = URI(user=draw(st.none() | _tokens), host=draw(_hosts))
-        return Request(
-            method, uri, vias, from_, to, draw(_tokens), CSeq(7, method), headers, body
-        )
+        return Request(method, uri, vias, from_, to, draw(_tokens), CSeq(7, method), headers, body)
     return Response(
         draw(st.integers(100, 699)),
         draw(_text).strip(),
