@@ -150,7 +150,7 @@ class FaxDetector:
         step = np.angle(np.exp(1j * (ph[:, 2] - ph[:, 0])))
         steps = np.concatenate([self._step[slots][:, 1:], step[:, None]], axis=1)
         jump = np.abs(np.angle(np.exp(1j * (steps[:, 2] - steps[:, 0]))))
-        in_ans = new_run[:, 1] >= 4
+        in_ans = new_run[:, 1] >= 6  # all five phases in the comparison are inside the tone
         refr = np.maximum(self._refractory[slots] - 1, 0)
         rev = in_ans & (refr == 0) & (jump > REVERSAL_RAD)
         self._reversals[slots] = np.where(fresh[:, 1], 0, self._reversals[slots] + rev)

@@ -155,6 +155,7 @@ class Endpoint:
         self._acl = tuple(ipaddress.ip_network(n, strict=False) for n in self.config.allow_from)
         self._acl_cache: dict[str, bool] = {}
         self._allow_header = ", ".join(self.config.allow)
+        self._source: Address | None = None
         self.stats = {"received": 0, "dropped_acl": 0, "bad": 0, "sent": 0}
 
     # --- the sans-IO interface ----------------------------------------------------------------
@@ -179,8 +180,12 @@ class Endpoint:
         elif isinstance(msg, Request):
             self._receive_request(msg, addr, now)
         else:
+            # The layer's events do not say where a response came from; the trunk's digest
+            # client must know (CVE-2021-41158), so remember it while the events are pumped.
+            self._source = addr
             self._layer.receive_response(msg, addr, now)
         self._pump(now)
+        self._source = None
 
     def handle_timer(self, now: float) -> None:
         self._layer.handle_timer(now)
@@ -217,7 +222,7 @@ class Endpoint:
             if to_tag is None:
                 to_tag = self._to_tags[id(tx)] = self._token()
         extra: HeaderList = (("Server", self.config.user_agent),)
-        if status == 405 or (request.method == "OPTIONS" and 200 <= status < 300):
+        if status in (405, 501) or (request.method == "OPTIONS" and 200 <= status < 300):
             extra += (("Allow", self._allow_header),)
         response = txl.make_response(
             request, status, reason, to_tag=to_tag, headers=extra + tuple(headers)
@@ -355,7 +360,8 @@ class Endpoint:
         elif isinstance(event, txl.AckReceived):
             self._events.append(AckReceived(event.request, event.source))
         elif isinstance(event, txl.ResponseReceived):
-            self._events.append(ResponseReceived(event.tx, event.response, event.tx.dest))
+            source = self._source if self._source is not None else event.tx.dest
+            self._events.append(ResponseReceived(event.tx, event.response, source))
         elif isinstance(event, txl.StrayResponse):
             self._events.append(StrayResponse(event.response, event.source))
         elif isinstance(event, (txl.TransactionTimeout, txl.TransportFailed)):

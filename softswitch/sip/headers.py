@@ -190,7 +190,7 @@ def _split_commas(value: str) -> list[str]:
 
 def _split_strict(value: str, what: str) -> list[str]:
     items = _split_commas(value)
-    if any(not item for item in items):
+    if "" in items:
         raise ValueError(f"empty element in {what} list")
     return items
 

@@ -1,6 +1,7 @@
 """In-band DTMF detector: the Q.24 / ETSI requirements in small versions."""
 
 from collections.abc import Hashable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from media import g711
 from media.digits import DigitEvent
 from media.dtmf import DtmfDetector
 from media.tones import DBM0_PEAK, dtmf_tone, sine
+from media.tools import detect_dtmf_file, gen_dtmf_file
 
 ALL = "0123456789*#ABCD"
 rng = np.random.default_rng(20240601)
@@ -192,3 +194,14 @@ def test_leg_slots_are_reused_and_checked() -> None:
     assert det.add_leg("y") == 0
     with pytest.raises(ValueError):
         det.process(np.array([0]), np.zeros((1, 80), np.int16), 0)
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "mp3"])
+def test_tools_round_trip(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"digits.{ext}"
+    gen_dtmf_file("0123456789*#ABCD", path)
+    found = detect_dtmf_file(path)
+    assert "".join(d for d, _, _ in found) == ALL
+    if ext != "mp3":  # mp3 adds encoder delay
+        assert [s for _, s, _ in found] == [50 + 100 * k for k in range(16)]
+    assert all(40 <= dur <= 60 for _, _, dur in found)

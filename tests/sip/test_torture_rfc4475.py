@@ -1210,7 +1210,7 @@ ALL_VALID = [
 
 @pytest.mark.parametrize("data", ALL_VALID)
 def test_valid_messages_survive_bare_lf_line_ends(data: bytes) -> None:
-    head, sep, body = data.partition(b"\r\n\r\n")
+    head, _, body = data.partition(b"\r\n\r\n")
     lf = head.replace(b"\r\n", b"\n") + b"\n\n" + body
     low = head.lower()
     if b"content-length" not in low and b"\nl:" not in low:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -286,11 +288,13 @@ def test_content_type() -> None:
         parse_content_type("sdp")
 
 
-_users = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1)
-_hosts = st.from_regex(r"[a-z][a-z0-9\-]{0,10}(\.[a-z][a-z0-9]{0,5}){0,3}", fullmatch=True)
-_param_texts = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=8
+_NO_SURROGATES: tuple[Literal["Cs"]] = ("Cs",)
+_chars = st.characters(codec="utf-8", exclude_categories=_NO_SURROGATES)
+_users = st.text(alphabet=_chars, min_size=1)
+_hosts = st.from_regex(
+    r"[a-z](?:[a-z0-9\-]{0,9}[a-z0-9])?(\.[a-z][a-z0-9]{0,5}){0,3}", fullmatch=True
 )
+_param_texts = st.text(alphabet=_chars, min_size=1, max_size=8)
 
 
 @given(
@@ -298,7 +302,7 @@ _param_texts = st.text(
     host=_hosts,
     port=st.none() | st.integers(0, 65535),
     params=st.lists(st.tuples(_param_texts, st.none() | _param_texts), max_size=3),
-    display=st.none() | st.text(st.characters(codec="utf-8", exclude_categories=("Cs",))),
+    display=st.none() | st.text(_chars),
 )
 def test_any_uri_and_name_addr_round_trip(
     user: str | None,

@@ -1,0 +1,298 @@
+"""The node, sans-IO, on a fake clock: what a carrier and a scanner see on the wire."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from softswitch.config import Config, TrunkConfig
+from softswitch.node import Node
+from softswitch.sip.message import Address, Request, Response
+from softswitch.sip.parser import parse_message
+
+NODE = ("127.0.0.1", 5060)
+PEER = Address("127.0.0.1", 5999)
+TRIGGER = "815012345678"
+
+
+def make_node(**kwargs: object) -> Node:
+    config = Config(trigger_numbers=(TRIGGER,), **kwargs)  # type: ignore[arg-type]
+    counter = iter(range(1, 1_000_000))
+    return Node(config, token=lambda: f"t{next(counter)}")
+
+
+def sip(
+    method: str,
+    user: str = TRIGGER,
+    *,
+    branch: str = "z9hG4bK-1",
+    call_id: str = "c1",
+    seq: int = 1,
+    extra: str = "",
+    body: str = "",
+    version: str = "SIP/2.0",
+    uri: str | None = None,
+    to_tag: str = "",
+    cseq_method: str | None = None,
+) -> bytes:
+    target = uri or f"sip:{user}@127.0.0.1:5060"
+    length = len(body.encode())
+    return (
+        f"{method} {target} {version}\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5999;branch={branch};rport\r\n"
+        f"From: <sip:815000000001@127.0.0.1>;tag=from1\r\n"
+        f"To: <sip:{user}@127.0.0.1>{';tag=' + to_tag if to_tag else ''}\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"CSeq: {seq} {cseq_method or method}\r\n"
+        f"Max-Forwards: 70\r\n"
+        f"{extra}"
+        f"Content-Length: {length}\r\n\r\n{body}"
+    ).encode()
+
+
+def responses(node: Node) -> list[tuple[Response, Address]]:
+    out = []
+    for data, addr in node.datagrams_to_send():
+        msg = parse_message(data)
+        assert isinstance(msg, Response), msg
+        out.append((msg, addr))
+    return out
+
+
+def statuses(node: Node) -> list[int]:
+    return [r.status for r, _ in responses(node)]
+
+
+def test_options_gets_200_with_allow() -> None:
+    node = make_node()
+    node.receive_datagram(sip("OPTIONS", "anyone"), PEER, 0.0)
+    [(resp, dest)] = responses(node)
+    assert resp.status == 200
+    assert "INVITE" in (resp.header("Allow") or "")
+    assert "application/sdp" in (resp.header("Accept") or "")
+    assert dest == PEER
+    assert resp.to.tag  # a final response gets a To tag
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [("FOOBAR", 501), ("SUBSCRIBE", 405), ("MESSAGE", 405)]
+)
+def test_unsupported_methods_get_allow(method: str, status: int) -> None:
+    node = make_node()
+    node.receive_datagram(sip(method), PEER, 0.0)
+    [(resp, _)] = responses(node)
+    assert resp.status == status
+    assert resp.header("Allow") == "INVITE, ACK, CANCEL, BYE, OPTIONS"
+
+
+def test_invite_to_unknown_number_is_404_and_retransmitted_until_ack() -> None:
+    node = make_node()
+    node.receive_datagram(sip("INVITE", "4411112222"), PEER, 0.0)
+    assert statuses(node) == [404]
+    # Timer G: the final response is retransmitted at T1 until the ACK comes.
+    node.handle_timer(0.5)
+    assert statuses(node) == [404]
+    node.receive_datagram(sip("ACK", "4411112222"), PEER, 0.6)
+    node.handle_timer(1.5)
+    assert statuses(node) == []
+
+
+def trigger_call(
+    node: Node, now: float = 0.0, call_id: str = "c1", branch: str = "z9hG4bK-1"
+) -> Response:
+    node.receive_datagram(sip("INVITE", call_id=call_id, branch=branch), PEER, now)
+    got = responses(node)
+    assert [r.status for r, _ in got] == [100, 180]
+    ringing = got[1][0]
+    assert ringing.to.tag
+    return ringing
+
+
+def test_trigger_rings_and_cancel_schedules_callback() -> None:
+    node = make_node()
+    ringing = trigger_call(node)
+    assert node.callbacks == []
+    node.receive_datagram(sip("CANCEL"), PEER, 1.0)
+    got = responses(node)
+    assert [(r.status, r.cseq.method) for r, _ in got] == [(200, "CANCEL"), (487, "INVITE")]
+    # The 487 belongs to the same (early) dialog as the 180: same To tag.
+    assert got[1][0].to.tag == ringing.to.tag
+    assert [c.trigger for c in node.callbacks] == [TRIGGER]
+    assert node.callbacks[0].requested_at == 1.0
+    node.receive_datagram(sip("ACK"), PEER, 1.1)
+    assert responses(node) == []
+
+
+def test_trigger_is_never_answered_even_by_retransmission() -> None:
+    node = make_node()
+    trigger_call(node)
+    # SIPp-style retransmission of the INVITE (our 180 was lost): absorbed, 180 resent.
+    node.receive_datagram(sip("INVITE"), PEER, 0.5)
+    assert statuses(node) == [180]
+    assert node.triggers.ringing_count() == 1
+
+
+def test_second_trigger_while_pending_is_absorbed() -> None:
+    node = make_node()
+    trigger_call(node, 0.0, "c1", "z9hG4bK-1")
+    node.receive_datagram(sip("CANCEL", call_id="c1", branch="z9hG4bK-1"), PEER, 1.0)
+    responses(node)
+    trigger_call(node, 5.0, "c2", "z9hG4bK-2")
+    node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 6.0)
+    assert statuses(node) == [200, 487]
+    assert len(node.callbacks) == 1
+
+
+def test_trigger_that_rings_too_long_is_released_and_still_counts() -> None:
+    node = make_node()
+    trigger_call(node)
+    timer = node.get_timer()
+    assert timer is not None
+    now = 0.0
+    seen: list[int] = []
+    while now < 25.0 and 480 not in seen:
+        now = max(now, node.get_timer() or now + 1)
+        node.handle_timer(now)
+        seen += statuses(node)
+    assert 480 in seen
+    assert now == pytest.approx(20.0, abs=0.6)
+    assert [c.trigger for c in node.callbacks] == [TRIGGER]
+
+
+def test_cancel_for_unknown_invite_is_481() -> None:
+    node = make_node()
+    node.receive_datagram(sip("CANCEL", branch="z9hG4bK-none"), PEER, 0.0)
+    assert statuses(node) == [481]
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (sip("OPTIONS", version="SIP/7.0"), 505),
+        (sip("OPTIONS", uri="http://example.com/"), 416),
+        (sip("INVITE", cseq_method="OPTIONS"), 400),
+        (sip("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: one OPTIONS"), 400),
+        (sip("INVITE", extra="Require: nonsense\r\n"), 420),
+        (sip("INVITE", extra="Content-Type: text/plain\r\n", body="hello"), 415),
+        (sip("INVITE").replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), 483),
+    ],
+)
+def test_bad_requests_get_their_rfc_answer_and_the_node_keeps_serving(
+    data: bytes, status: int
+) -> None:
+    node = make_node()
+    node.receive_datagram(data, PEER, 0.0)
+    got = responses(node)
+    assert [r.status for r, _ in got] == [status]
+    resp = got[0][0]
+    if status == 420:
+        assert resp.header("Unsupported") == "nonsense"
+    if status == 415:
+        assert resp.header("Accept") == "application/sdp"
+    node.receive_datagram(sip("OPTIONS", branch="z9hG4bK-after", call_id="after"), PEER, 0.1)
+    assert statuses(node) == [200]
+
+
+def test_garbage_and_bad_responses_are_dropped_silently() -> None:
+    node = make_node()
+    node.receive_datagram(b"\x00\xff garbage \r\n\r\n", PEER, 0.0)
+    node.receive_datagram(b"SIP/2.0 abc Nope\r\n\r\n", PEER, 0.0)
+    assert node.datagrams_to_send() == []
+    assert node.endpoint.stats["bad"] == 2
+
+
+def test_sources_outside_allow_from_get_nothing() -> None:
+    node = make_node()
+    node.receive_datagram(sip("OPTIONS"), Address("192.0.2.1", 5060), 0.0)
+    node.receive_datagram(sip("INVITE"), Address("192.0.2.1", 5060), 0.0)
+    assert node.datagrams_to_send() == []
+    assert node.endpoint.stats["dropped_acl"] == 2
+
+
+def test_response_goes_to_via_when_no_rport() -> None:
+    node = make_node()
+    data = sip("OPTIONS").replace(b";rport", b"").replace(b"127.0.0.1:5999", b"127.0.0.1:6001")
+    node.receive_datagram(data, PEER, 0.0)
+    [(resp, dest)] = responses(node)
+    assert dest == Address("127.0.0.1", 6001)
+    assert resp.vias[0].received is None  # same host: no received= needed
+
+
+# --- the trunk ------------------------------------------------------------------------------
+
+TRUNK = Address("127.0.0.1", 5080)
+
+
+def trunk_node(**trunk: object) -> Node:
+    cfg = TrunkConfig(
+        proxy=("127.0.0.1", 5080),
+        registrar="sip:carrier.test",
+        username="alice",
+        password="secret",
+        expires=600,
+        keepalive_interval=0,
+        **trunk,
+    )  # type: ignore[arg-type]
+    return make_node(trunk=cfg)
+
+
+def sent_requests(node: Node) -> Iterator[tuple[Request, Address]]:
+    for data, addr in node.datagrams_to_send():
+        msg = parse_message(data)
+        assert isinstance(msg, Request), msg
+        yield msg, addr
+
+
+def answer(req: Request, status: int, extra: str = "") -> bytes:
+    via = "".join(f"Via: {v}\r\n" for v in req.vias)
+    return (
+        f"SIP/2.0 {status} X\r\n{via}From: {req.from_}\r\nTo: {req.to};tag=reg\r\n"
+        f"Call-ID: {req.call_id}\r\nCSeq: {req.cseq}\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_trunk_registers_with_digest_and_refreshes() -> None:
+    node = trunk_node()
+    node.start(0.0)
+    [(first, dest)] = list(sent_requests(node))
+    assert first.method == "REGISTER" and dest == TRUNK
+    assert first.header("Authorization") is None
+    challenge = 'Digest realm="carrier.test", nonce="n1", algorithm=MD5, qop="auth"'
+    node.receive_datagram(answer(first, 401, f"WWW-Authenticate: {challenge}\r\n"), TRUNK, 0.1)
+    [(second, _)] = list(sent_requests(node))
+    auth = second.header("Authorization") or ""
+    fields = dict(re.findall(r'(\w+)="?([^",]+)"?', auth))
+    ha1 = hashlib.md5(b"alice:carrier.test:secret").hexdigest()
+    ha2 = hashlib.md5(f"REGISTER:{fields['uri']}".encode()).hexdigest()
+    expected = hashlib.md5(
+        f"{ha1}:n1:{fields['nc']}:{fields['cnonce']}:auth:{ha2}".encode()
+    ).hexdigest()
+    assert fields["response"] == expected
+    assert second.call_id == first.call_id and second.cseq.seq == first.cseq.seq + 1
+    contact = second.header("Contact") or ""
+    node.receive_datagram(answer(second, 200, f"Contact: {contact};expires=600\r\n"), TRUNK, 0.2)
+    assert node.trunk is not None and node.trunk.registered
+    # Step the clock through the transaction timers until the refresh REGISTER leaves.
+    now, refresh = 0.2, None
+    while refresh is None and now < 700:
+        now = node.get_timer() or 700.0
+        node.handle_timer(now)
+        refresh = next((r for r, _ in sent_requests(node) if r.method == "REGISTER"), None)
+    assert refresh is not None and refresh.call_id == first.call_id
+    assert 400 < now < 600  # before the 600 s binding expires, not long before
+
+
+def test_trunk_challenge_from_a_stranger_is_not_answered() -> None:
+    node = trunk_node()
+    node.start(0.0)
+    [(first, _)] = list(sent_requests(node))
+    challenge = 'Digest realm="carrier.test", nonce="n1", algorithm=MD5'
+    # A response from another port than the trunk's: the transaction still matches (branch),
+    # but credentials are never handed to it (CVE-2021-41158).
+    node.receive_datagram(
+        answer(first, 401, f"WWW-Authenticate: {challenge}\r\n"), Address("127.0.0.1", 6666), 0.1
+    )
+    assert [r for r, _ in sent_requests(node) if r.header("Authorization")] == []
