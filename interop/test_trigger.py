@@ -15,6 +15,7 @@ from interop.peers import TRIGGER_NUMBER, Node
 pytestmark = pytest.mark.interop
 
 SCHEDULED = "callback scheduled"
+ABSORBED = "absorbed"  # softswitch.service.trigger: "a callback is already pending, absorbed"
 
 
 def test_trigger_call_rings_and_is_cancelled(node: Node, sipp: SippFactory) -> None:
@@ -32,7 +33,9 @@ def test_trigger_call_rings_and_is_cancelled(node: Node, sipp: SippFactory) -> N
     assert node.count(SCHEDULED) == 1
 
 
-def test_burst_of_trigger_calls_each_scheduled_once(node: Node, sipp: SippFactory) -> None:
+def test_burst_of_trigger_calls_schedules_one_callback(node: Node, sipp: SippFactory) -> None:
+    # 40 customers' worth of triggers on one number while its callback is pending: every call
+    # is handled (SIPp: all successful) and all but the first are absorbed, not duplicated.
     calls = 40
     result = sipp(
         "invite_cancel.xml", remote=node.address, service=TRIGGER_NUMBER, calls=calls, rate=100
@@ -40,8 +43,8 @@ def test_burst_of_trigger_calls_each_scheduled_once(node: Node, sipp: SippFactor
     assert result.returncode == 0, result.describe()
     assert result.stat("SuccessfulCall") == calls
     assert result.stat("Retransmissions") == 0, "the node lost or delayed messages at 100 calls/s"
-    assert node.wait_for_log(SCHEDULED, 5.0, count=calls)
-    assert node.count(SCHEDULED) == calls
+    assert node.wait_for_log(ABSORBED, 5.0, count=calls - 1), node.log()[-2000:]
+    assert node.count(SCHEDULED) == 1
 
 
 def test_retransmitted_invite_and_cancel_are_absorbed(node: Node, sipp: SippFactory) -> None:

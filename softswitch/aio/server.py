@@ -190,6 +190,9 @@ class Server:
                 await asyncio.sleep(0.05)
         if self._timer is not None:
             self._timer.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self.loop.remove_signal_handler(sig)
         for tcp_server in self._tcp_servers:
             tcp_server.close()
         for conn in list(self.tcp.values()):

@@ -230,7 +230,7 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
     from_ = _address(single.get(_FROM), "From", errors)
     to = _address(single.get(_TO), "To", errors)
     call_id = _call_id(single.get(_CALL_ID), errors)
-    cseq = _cseq(single.get(_CSEQ), errors)
+    cseq = _cseq(single.get(_CSEQ), errors, method)
     if cseq is not None and not is_response and cseq.method != method and method:
         errors.add(400, "CSeq method does not match the request method")
     for value in max_forwards:
@@ -373,7 +373,7 @@ def _call_id(value: str | None, errors: _Errors) -> str:
     return value
 
 
-def _cseq(value: str | None, errors: _Errors) -> CSeq | None:
+def _cseq(value: str | None, errors: _Errors, method: str) -> CSeq | None:
     if value is None:
         errors.add(400, "Missing CSeq header")
         return None
@@ -383,9 +383,14 @@ def _cseq(value: str | None, errors: _Errors) -> CSeq | None:
         errors.add(400, f"Bad CSeq header: {exc}")
     # RFC 4475 3.1.2.4: the 400 answers an out-of-range CSeq, so echo the number as sent.
     m = _LAX_CSEQ_RE.match(value)
-    if m is None or not TOKEN_RE.fullmatch(m.group(2)):
-        return None
-    return CSeq(int(m.group(1)), m.group(2))
+    if m is not None and TOKEN_RE.fullmatch(m.group(2)):
+        return CSeq(int(m.group(1)), m.group(2))
+    # No usable number: the client matches the answer on branch and CSeq method (RFC 3261
+    # section 17.1.3), so a 0 with the right method still reaches its transaction.
+    words = value.split()
+    last = words[-1] if words else ""
+    fallback = last if TOKEN_RE.fullmatch(last) and not last.isdigit() else method
+    return CSeq(0, fallback) if fallback else None
 
 
 def _body(data: bytes, body_start: int, cl_raw: str | None, stream: bool, errors: _Errors) -> bytes:
