@@ -273,9 +273,7 @@ class DtmfEventSender:
             # Close every segment that filled up with a saturated duration (section 2.5.1.3).
             while (elapsed - 1) // MAX_DURATION > segment:
                 segment += 1
-                packets.append(
-                    self._packet(event, False, timestamp, segment * MAX_DURATION, t_ms)
-                )
+                packets.append(self._packet(event, False, timestamp, segment * MAX_DURATION, t_ms))
             if t_ms < duration_ms:
                 packets.append(self._packet(event, False, timestamp, elapsed, t_ms))
             t_ms += self.interval_ms

@@ -83,9 +83,12 @@ _libc.recvmmsg.argtypes = [
 
 
 def _sockaddr(port: int) -> bytes:
-    return struct.pack("<H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(
-        "127.0.0.1"
-    ) + b"\x00" * 8
+    return (
+        struct.pack("<H", socket.AF_INET)
+        + struct.pack("!H", port)
+        + socket.inet_aton("127.0.0.1")
+        + b"\x00" * 8
+    )
 
 
 class Batch:
@@ -147,8 +150,10 @@ def main() -> None:
     frames = np.array(
         [[np.frombuffer(ulaw_encode(f), np.uint8) for f in p.reshape(-1, 160)] for p in pcm]
     )
-    names = [np.frombuffer(b"".join(_sockaddr(int(p)) for p in ports[side == k]), np.uint8)
-             for k in (0, 1)]
+    names = [
+        np.frombuffer(b"".join(_sockaddr(int(p)) for p in ports[side == k]), np.uint8)
+        for k in (0, 1)
+    ]
     # Per slot and socket: the stream indexes to send, and a batch with names bound once.
     plan = []
     for sl in range(SLOTS):
@@ -190,8 +195,8 @@ def main() -> None:
                 arrival = time.monotonic_ns()
                 buf = recv_batch.buf[:got]
                 stamps = buf[:, 12:20].copy().view(">u8").reshape(-1).astype(np.int64)
-                stamped = np.all(buf[:, 20:24] == 0xFF, axis=1) & (stamps > t0) & (
-                    stamps <= arrival
+                stamped = (
+                    np.all(buf[:, 20:24] == 0xFF, axis=1) & (stamps > t0) & (stamps <= arrival)
                 )
                 in_window = stamped & (stamps >= measure_from) & (stamps < end)
                 d = arrival - stamps[in_window]
@@ -248,8 +253,9 @@ def main() -> None:
                 ts[idx] = (s_ts + 160) & 0xFFFFFFFF
                 done = 0
                 while done < m:
-                    r = _libc.sendmmsg(fds[k], ctypes.byref(batch.msgs[done]) if done else batch.msgs,
-                                       m - done, 0)
+                    r = _libc.sendmmsg(
+                        fds[k], ctypes.byref(batch.msgs[done]) if done else batch.msgs, m - done, 0
+                    )
                     if r <= 0:
                         break
                     done += r

@@ -84,23 +84,27 @@ class _TcpProtocol(asyncio.Protocol):
         assert self.address is not None and self.transport is not None
         self._touch()
         server = self.server
-        try:
-            messages = self.framer.feed(data)
-        except ValueError as exc:
-            log.info("closing TCP connection from %s: %s", self.address, exc)
-            self.transport.close()
-            return
+        framer = self.framer
+        pings = framer.pings
+        messages = framer.feed(data)
         now = server.loop.time()
         for msg in messages:
             server.node.receive_message(msg, self.address, now)
-        if self.framer.buffered > TCP_MAX_BUFFER:
+        if framer.pings != pings:
+            # RFC 5626 section 3.5.1: each double-CRLF ping gets a single CRLF pong.
+            self.transport.write(b"\r\n" * (framer.pings - pings))
+        server.transmit()
+        if framer.failed:
+            # After a framing error the next message's start is unknown (RFC 3261 18.3).
+            log.info("closing TCP connection from %s: framing error", self.address)
+            self.transport.close()
+        elif framer.buffered > TCP_MAX_BUFFER:
             log.info(
                 "closing TCP connection from %s: %d bytes buffered without a message",
                 self.address,
-                self.framer.buffered,
+                framer.buffered,
             )
             self.transport.close()
-        server.transmit()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:

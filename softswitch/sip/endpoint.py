@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from softswitch.sip import transaction as txl
-from softswitch.sip.headers import parse_content_type, parse_token_list
+from softswitch.sip.headers import parse_content_type, parse_max_forwards, parse_token_list
 from softswitch.sip.message import (
     Address,
     BadMessage,
@@ -387,7 +387,7 @@ class Endpoint:
                 self.respond(tx, 420, headers=(("Unsupported", ", ".join(unsupported)),), now=now)
                 return
         max_forwards = req.header("Max-Forwards")
-        if max_forwards is not None and max_forwards.strip() == "0" and method != "OPTIONS":
+        if max_forwards is not None and method != "OPTIONS" and _is_zero(max_forwards):
             self.respond(tx, 483, now=now)
             return
         if method == "INVITE" and req.body:
@@ -417,6 +417,13 @@ class Endpoint:
         tag = self._to_tags.get(id(invite_tx)) if invite_tx is not None else None
         if self._layer.answer_cancel(event, now, to_tag=tag) and invite_tx is not None:
             self._events.append(RequestCancelled(invite_tx, invite_tx.request, event.request))
+
+
+def _is_zero(value: str) -> bool:
+    try:
+        return parse_max_forwards(value) == 0
+    except ValueError:
+        return False
 
 
 def _reason_for(bad: BadMessage) -> str:

@@ -125,3 +125,21 @@ async def test_port_in_use_is_reported() -> None:
             raise AssertionError("a second node bound the same port")
     finally:
         await server.shutdown()
+
+
+async def test_tcp_ping_gets_pong_and_framing_error_closes() -> None:
+    server, port = await start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\r\n\r\n")  # RFC 5626 keep-alive ping
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(2), 2) == b"\r\n"
+        # No Content-Length on a stream: 400, then the connection is closed.
+        writer.write(options("nocl", 1).replace(b"Content-Length: 0\r\n", b""))
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(65536), 2)
+        assert rest.startswith(b"SIP/2.0 400")
+        assert await asyncio.wait_for(reader.read(100), 2) == b""
+    finally:
+        writer.close()
+        await server.shutdown()

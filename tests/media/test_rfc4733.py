@@ -17,7 +17,9 @@ def pkt(event: int, duration: int, end: bool = False, volume: int = 10) -> bytes
     return build_payload(event, end, volume, duration)
 
 
-def feed(rx: DtmfEventReceiver, packets: list[tuple[bytes, int]], t0: float = 0.0) -> list[DigitEvent]:
+def feed(
+    rx: DtmfEventReceiver, packets: list[tuple[bytes, int]], t0: float = 0.0
+) -> list[DigitEvent]:
     out: list[DigitEvent] = []
     for i, (payload, ts) in enumerate(packets):
         out += rx.receive(payload, ts, i, i == 0, t0 + i * 0.02)
@@ -64,6 +66,7 @@ def test_lost_end_packets_end_by_timeout() -> None:
     out = feed(rx, press(9, 100)[:3])
     assert [e.ended for e in out] == [False]
     deadline = rx.next_deadline()
+    assert deadline is not None
     assert deadline == pytest.approx(0.04 + 0.3)
     assert rx.poll(deadline - 0.001) == []
     ended = rx.poll(deadline)
@@ -75,14 +78,24 @@ def test_lost_end_packets_end_by_timeout() -> None:
 def test_new_timestamp_ends_event_whose_end_was_lost() -> None:
     rx = DtmfEventReceiver(101)
     out = feed(rx, press(1, 100)[:2] + press(2, 2000))
-    assert [(e.digit, e.ended) for e in out] == [("1", False), ("1", True), ("2", False), ("2", True)]
+    assert [(e.digit, e.ended) for e in out] == [
+        ("1", False),
+        ("1", True),
+        ("2", False),
+        ("2", True),
+    ]
 
 
 def test_timestamp_wrap() -> None:
     rx = DtmfEventReceiver(101)
     first = (1 << 32) - 400
     out = feed(rx, press(3, first) + press(4, (first + 1600) % (1 << 32)))
-    assert [(e.digit, e.ended) for e in out] == [("3", False), ("3", True), ("4", False), ("4", True)]
+    assert [(e.digit, e.ended) for e in out] == [
+        ("3", False),
+        ("3", True),
+        ("4", False),
+        ("4", True),
+    ]
     assert out[2].start_ms - out[0].start_ms == 200  # 1600 samples later, across the wrap
     # A stale packet from before the wrap is ignored, not mistaken for a new digit.
     assert rx.receive(pkt(3, 160), first, 99, False, 1.0) == []
@@ -105,7 +118,12 @@ def test_multiple_events_in_one_packet() -> None:
     rx = DtmfEventReceiver(101)
     out = rx.receive(pkt(7, 800, end=True) + pkt(8, 400), 50_000, 1, True, 0.0)
     out += rx.receive(pkt(7, 800, end=True) + pkt(8, 800, end=True), 50_000, 2, False, 0.05)
-    assert [(e.digit, e.ended) for e in out] == [("7", False), ("7", True), ("8", False), ("8", True)]
+    assert [(e.digit, e.ended) for e in out] == [
+        ("7", False),
+        ("7", True),
+        ("8", False),
+        ("8", True),
+    ]
     assert out[2].start_ms - out[0].start_ms == 100
 
 
@@ -151,4 +169,7 @@ def test_sender_segments_long_events() -> None:
     out = []
     for i, p in enumerate(packets):
         out += rx.receive(p.payload, p.timestamp, i, p.marker, p.send_offset_ms / 1000)
-    assert [(e.digit, e.ended, e.duration_ms) for e in out] == [("1", False, 0), ("1", True, 10_000)]
+    assert [(e.digit, e.ended, e.duration_ms) for e in out] == [
+        ("1", False, 0),
+        ("1", True, 10_000),
+    ]
