@@ -92,3 +92,17 @@ def test_register_retransmitted_after_t1_when_lost(
     chal = challenge.header("WWW-Authenticate")
     assert chal is not None
     assert_digest_ok(chal, register)
+
+
+def test_node_removes_its_binding_when_stopped(start_node: NodeFactory, sipp: SippFactory) -> None:
+    port = free_port()
+    registrar = sipp("registrar_unregister.xml", local_port=port, timeout_s=15).start()
+    node = start_node(registrar_port=port)
+    assert node.wait_for_log("registered", 5.0), node.log()[-2000:]
+    assert node.stop() == 0
+    result = registrar.wait(10)
+    assert result.returncode == 0, result.describe()
+    last = result.received(method="REGISTER")[-1]
+    contact = last.header("Contact") or ""
+    # RFC 3261 section 10.2.2: Expires: 0, or expires=0 on the Contact (or "*" with Expires 0).
+    assert last.header("Expires") == "0" or "expires=0" in contact.replace(" ", ""), last.text

@@ -61,14 +61,14 @@ class _RtpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         shell = self.shell
         engine = shell.engine
-        out = engine.receive_packet(self.leg_id, data, addr, shell.loop.time())
+        out = engine.receive_packet(self.leg_id, data, addr, shell.time())
         if out:
+            # Relayed packets leave from the bridged peer's socket (Leg.io).
             peer = engine.legs[self.leg_id].peer
-            if peer is not None:
-                transport = shell.transports.get(peer.leg_id)
-                if transport is not None:
-                    for packet, dest in out:
-                        transport.sendto(packet, dest)
+            transport = peer.io if peer is not None else None
+            if transport is not None:
+                for packet, dest in out:
+                    transport.sendto(packet, dest)
         if engine.pending_events:
             shell.drain_events()
 
@@ -106,6 +106,7 @@ class MediaShell:
         self.on_event = on_event
         self._rng = rng or random.Random()
         self.loop = asyncio.get_running_loop()
+        self.time = self.loop.time
         self.transports: dict[str, asyncio.DatagramTransport] = {}
         self._rtcp_transports: dict[str, asyncio.DatagramTransport] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -136,7 +137,8 @@ class MediaShell:
                 self._rtcp_transports[leg_id] = rtcp_transport
             self._tune(transport)
             self.transports[leg_id] = transport
-            self.engine.create_leg(leg_id, bound, self.loop.time(), nat=nat)
+            leg = self.engine.create_leg(leg_id, bound, self.loop.time(), nat=nat)
+            leg.io = transport
             return int(bound)
         raise OSError("no free RTP port in range")
 

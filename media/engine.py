@@ -201,6 +201,7 @@ class Leg:
     inband_tx: collections.deque[npt.NDArray[np.int16]] = field(default_factory=collections.deque)
     tx_dsp: bool = False
     timed_out: bool = False
+    io: Any = None  # the shell's handle for this leg (its socket); opaque to the engine
     dropped_pt: int = 0
 
     @property
@@ -492,7 +493,8 @@ class MediaEngine:
         if leg is None:
             return []
         session = leg.session
-        if not session.accept(addr, now):
+        # The common case (latched, IPv4) is one tuple comparison; accept() does the rest.
+        if addr != session.latched and not session.accept(addr, now):
             return []
         if len(data) < 12:
             session.malformed += 1
@@ -507,8 +509,14 @@ class MediaEngine:
                 session.malformed += 1
                 return []
             payload = data[header.payload_offset : header.payload_end]
-        if session.note_received(ssrc, seq, ts, now, len(data)) and leg.jb is not None:
-            leg.jb.reset()
+        rx = session.rx
+        if rx is None or rx.ssrc != ssrc:
+            if session.note_received(ssrc, seq, ts, now, len(data)) and leg.jb is not None:
+                leg.jb.reset()
+        else:
+            session.packets_received += 1
+            session.last_rx = now
+            rx.update(seq, ts, now, len(data))
         if leg.timed_out:
             leg.timed_out = False
         pt = b1 & 0x7F

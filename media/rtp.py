@@ -135,24 +135,12 @@ class ReceptionStats:
 
     def update(self, seq: int, timestamp: int, arrival: float, size: int) -> bool:
         """Account one packet; False when RFC 3550 A.1 says it is not (yet) a valid packet."""
-        udelta = (seq - self.max_seq) & 0xFFFF
         if self.probation:
-            # A source is valid once MIN_SEQUENTIAL packets arrive in sequence (A.1).
-            if seq == (self.max_seq + 1) & 0xFFFF:
-                self.probation -= 1
-                self.max_seq = seq
-                if self.probation == 0:
-                    self._init_seq(seq)
-                    self.received = 1
-                    self.bytes = size
-                    self._jitter(timestamp, arrival)
-                    return True
-            else:
-                self.probation = MIN_SEQUENTIAL - 1
-                self.max_seq = seq
-            return False
+            return self._probation(seq, timestamp, arrival, size)
+        max_seq = self.max_seq
+        udelta = (seq - max_seq) & 0xFFFF
         if udelta < MAX_DROPOUT:
-            if seq < self.max_seq:
+            if seq < max_seq:
                 self.cycles += SEQ_MOD
             self.max_seq = seq
         elif udelta <= SEQ_MOD - MAX_MISORDER:
@@ -164,21 +152,32 @@ class ReceptionStats:
                 return False
         self.received += 1
         self.bytes += size
-        self._jitter(timestamp, arrival)
+        # RFC 3550 A.8: J += (|D| - J) / 16 in timestamp units (inlined: runs per packet).
+        transit = arrival * self.clock_rate - timestamp
+        last = self.transit
+        if last is not None:
+            d = abs(transit - last)
+            if d > TS_MOD / 2:
+                d = TS_MOD - d  # a timestamp wrap shows as a jump of 2^32
+            self.jitter += (d - self.jitter) * 0.0625
+        self.transit = transit
         return True
 
-    def _jitter(self, timestamp: int, arrival: float) -> None:
-        # RFC 3550 A.8: J += (|D| - J) / 16, all in timestamp units.
-        transit = arrival * self.clock_rate - timestamp
-        if self.transit is not None:
-            d = transit - self.transit
-            # A timestamp wrap shows as a jump of 2^32 in transit; fold it back.
-            if d > TS_MOD / 2:
-                d -= TS_MOD
-            elif d < -TS_MOD / 2:
-                d += TS_MOD
-            self.jitter += (abs(d) - self.jitter) / 16.0
-        self.transit = transit
+    def _probation(self, seq: int, timestamp: int, arrival: float, size: int) -> bool:
+        # A source is valid once MIN_SEQUENTIAL packets arrive in sequence (A.1).
+        if seq == (self.max_seq + 1) & 0xFFFF:
+            self.probation -= 1
+            self.max_seq = seq
+            if self.probation == 0:
+                self._init_seq(seq)
+                self.received = 1
+                self.bytes = size
+                self.transit = arrival * self.clock_rate - timestamp
+                return True
+        else:
+            self.probation = MIN_SEQUENTIAL - 1
+            self.max_seq = seq
+        return False
 
     @property
     def extended_max(self) -> int:

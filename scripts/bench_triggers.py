@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         f"trigger calls (INVITE/180/CANCEL/487/ACK), {duration:g} s per rate; peer on CPU "
         f"{args.node_cpu}, SIPp on CPU {args.sipp_cpu}; {os.cpu_count()} CPUs"
     )
+    # Other work on the two pinned CPUs lowers every figure and makes the p99 noisy: say so.
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"WARNING: load average {load:.2f} before the run: the machine is not idle")
     print(HEADER, flush=True)
     best: dict[str, Step | None] = {}
     kinds = [
@@ -332,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{ceiling.target} calls/s"
             )
     print("SUMMARY: " + "; ".join(parts) + ".")
+    print(f"(load average at the end: {os.getloadavg()[0]:.2f})")
     return 0
 
 

@@ -96,6 +96,8 @@ class Config:
     db_url: str = DEFAULT_DB
     trunk: TrunkConfig | None = None
     trigger_numbers: tuple[str, ...] = ()
+    #: Test lines: number -> seconds after which the switch hangs up (0: wait for the caller).
+    test_numbers: dict[str, float] = field(default_factory=dict)
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
@@ -269,6 +271,26 @@ def load_config(
         reader.finish()
         numbers.append(number.lstrip("+"))
     kwargs["trigger_numbers"] = tuple(numbers)
+
+    tests: dict[str, float] = {}
+    for index, item in enumerate(top.get("test_number", list, [])):
+        if not isinstance(item, dict):
+            raise top.error("test_number", "expected [[test_number]] tables")
+        reader = _Reader(item, "test_number", text, source)
+        number = reader.get("number", str)
+        if not number or not number.lstrip("+").isdigit():
+            raise reader.error(
+                "number", f"test number #{index + 1}: expected digits, got {number!r}"
+            )
+        hangup = float(reader.get("hangup_after", (int, float), 0))
+        if hangup < 0:
+            raise reader.error("hangup_after", "must be 0 (wait for the caller) or positive")
+        reader.finish()
+        tests[number.lstrip("+")] = hangup
+    clash = set(tests) & set(numbers)
+    if clash:
+        raise top.error("test_number", f"{sorted(clash)[0]} is also a trigger number")
+    kwargs["test_numbers"] = tests
     top.finish()
 
     if kwargs.get("t2", 4.0) < kwargs.get("t1", 0.5):

@@ -14,11 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from softswitch.config import Config
-from softswitch.service.trigger import CallbackRequested, TriggerOutcome, TriggerService
+from softswitch.service.trigger import (
+    CallbackRequested,
+    TriggerOutcome,
+    TriggerService,
+    normalize_number,
+)
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
 from softswitch.sip.message import Address
 from softswitch.sip.timers import TimerConfig
+from softswitch.testline import TestLines
 from softswitch.trunk import Trunk
 
 log = logging.getLogger("softswitch.node")
@@ -59,6 +65,7 @@ class Node:
         )
         self.triggers = TriggerService(config.trigger_numbers)
         self.trunk = Trunk(config.trunk, self.endpoint) if config.trunk is not None else None
+        self.test_lines = TestLines(self.endpoint, dict(config.test_numbers), ep_config.timers)
         self.ring_limit = ring_limit
         self._ringing: dict[int, _Ringing] = {}
         self._ring_heap: list[tuple[float, int]] = []
@@ -92,13 +99,14 @@ class Node:
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
+        self.test_lines.handle_timer(now)
         if self.trunk is not None:
             self.trunk.handle_timer(now)
         self._expire_ringing(now)
         self._process(now)
 
     def get_timer(self) -> float | None:
-        timers = [self.endpoint.get_timer()]
+        timers = [self.endpoint.get_timer(), self.test_lines.get_timer()]
         if self.trunk is not None:
             timers.append(self.trunk.get_timer())
         while self._ring_heap and self._ring_heap[0][1] not in self._ringing:
@@ -118,7 +126,11 @@ class Node:
         while (event := endpoint.next_event()) is not None:
             if self.trunk is not None and self.trunk.handle_event(event, now):
                 continue
-            if isinstance(event, ep.RequestReceived):
+            if self.test_lines.handle_event(event, now):
+                continue
+            if isinstance(event, ep.AckReceived):
+                self.test_lines.ack(event.request)
+            elif isinstance(event, ep.RequestReceived):
                 self._request(event, now)
             elif isinstance(event, ep.RequestCancelled):
                 self._trigger_over(event.tx, "CANCEL", now)
@@ -128,11 +140,16 @@ class Node:
     def _request(self, event: ep.RequestReceived, now: float) -> None:
         req = event.request
         tx = event.tx
+        if req.to.tag is not None:
+            # Inside a dialog: only test-line calls have dialogs (triggers are never answered).
+            if not self.test_lines.in_dialog(tx, req, now):
+                self.endpoint.respond(tx, 481, now=now)
+            return
         if req.method == "INVITE":
-            if req.to.tag is not None:
-                self.endpoint.respond(tx, 481, now=now)  # no dialogs yet: triggers never answer
+            dialled = normalize_number(req.uri.user or req.to.uri.user or "")
+            if self.test_lines.wants(dialled):
+                self.test_lines.invite(tx, req, event.source, dialled, now)
                 return
-            dialled = req.uri.user or req.to.uri.user or ""
             caller = req.from_.uri.user or req.from_.uri.host
             key = f"{req.call_id};{req.from_.tag}"
             outcome = self.triggers.trigger_started(key, dialled, caller)

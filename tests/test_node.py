@@ -296,3 +296,83 @@ def test_trunk_challenge_from_a_stranger_is_not_answered() -> None:
         answer(first, 401, f"WWW-Authenticate: {challenge}\r\n"), Address("127.0.0.1", 6666), 0.1
     )
     assert [r for r, _ in sent_requests(node) if r.header("Authorization")] == []
+
+
+# --- test lines: the answering path ---------------------------------------------------------
+
+TESTLINE = "815099990000"
+OFFER = (
+    "v=0\r\no=c 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    "m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def make_test_line_node(hangup_after: float = 0.0) -> Node:
+    return make_node(test_numbers={TESTLINE: hangup_after})
+
+
+def invite_test_line(node: Node, now: float = 0.0) -> Response:
+    extra = "Contact: <sip:caller@127.0.0.1:5999>\r\nContent-Type: application/sdp\r\n"
+    node.receive_datagram(sip("INVITE", TESTLINE, extra=extra, body=OFFER), PEER, now)
+    got = responses(node)
+    assert [r.status for r, _ in got] == [100, 200]
+    return got[1][0]
+
+
+def test_test_line_answers_with_inactive_sdp_and_retransmits_200_until_ack() -> None:
+    node = make_test_line_node()
+    ok = invite_test_line(node)
+    body = ok.body.decode()
+    assert "a=inactive" in body and "RTP/AVP 8 101" in body  # the offerer's payload types
+    assert ok.header("Contact") is not None and ok.to.tag
+    # RFC 3261 13.3.1.4: retransmitted at T1, then 2*T1 later, ... until the ACK.
+    seen = []
+    for now in (0.5, 1.5):
+        assert node.get_timer() == pytest.approx(now)
+        node.handle_timer(now)
+        seen += statuses(node)
+    assert seen == [200, 200]
+    node.receive_datagram(sip("ACK", TESTLINE, to_tag=ok.to.tag or ""), PEER, 2.0)
+    node.handle_timer(3.5)
+    assert statuses(node) == []
+    # The caller hangs up: 200 to the BYE, the call is gone.
+    node.receive_datagram(
+        sip("BYE", TESTLINE, seq=2, to_tag=ok.to.tag or "", branch="z9hG4bK-bye"), PEER, 5.0
+    )
+    assert statuses(node) == [200]
+    assert node.test_lines.active() == 0
+
+
+def test_test_line_hangs_up_after_the_configured_time() -> None:
+    node = make_test_line_node(hangup_after=3.0)
+    ok = invite_test_line(node)
+    node.receive_datagram(sip("ACK", TESTLINE, to_tag=ok.to.tag or ""), PEER, 0.1)
+    now = 0.1
+    bye = None
+    while bye is None and now < 10:
+        now = node.get_timer() or 10.0
+        node.handle_timer(now)
+        bye = next((r for r, _ in sent_requests(node) if r.method == "BYE"), None)
+    assert bye is not None and now == pytest.approx(3.0)
+    assert str(bye.uri) == "sip:caller@127.0.0.1:5999"  # the remote target (Contact)
+    assert bye.to.tag == "from1" and bye.from_.tag == ok.to.tag
+
+
+def test_test_line_hangs_up_when_the_ack_never_comes() -> None:
+    node = make_test_line_node()
+    invite_test_line(node)
+    now, bye = 0.0, None
+    while bye is None and now < 40:
+        now = node.get_timer() or 40.0
+        node.handle_timer(now)
+        for data, _ in node.datagrams_to_send():
+            msg = parse_message(data)
+            if isinstance(msg, Request) and msg.method == "BYE":
+                bye = msg
+    assert bye is not None and now == pytest.approx(32.0)
+
+
+def test_in_dialog_request_for_unknown_dialog_is_481() -> None:
+    node = make_node()
+    node.receive_datagram(sip("BYE", to_tag="nope"), PEER, 0.0)
+    assert statuses(node) == [481]

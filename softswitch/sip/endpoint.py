@@ -213,14 +213,21 @@ class Endpoint:
         headers: HeaderList = (),
         body: bytes = b"",
         now: float,
+        to_tag: str | None = None,
     ) -> Response:
-        """Answer ``tx``. Responses above 100 carry one To tag per transaction (RFC 3261 8.2.6.2)."""
+        """Answer ``tx``. Responses above 100 carry one To tag per transaction (RFC 3261 8.2.6.2).
+
+        ``to_tag`` fixes that tag (a dialog that chose its local tag); by default one is made.
+        """
         request = tx.request
-        to_tag = None
+        if to_tag is not None:
+            self._to_tags[id(tx)] = to_tag
         if status > 100 and request.to.tag is None:
             to_tag = self._to_tags.get(id(tx))
             if to_tag is None:
                 to_tag = self._to_tags[id(tx)] = self._token()
+        else:
+            to_tag = None
         extra: HeaderList = (("Server", self.config.user_agent),)
         if status in (405, 501) or (request.method == "OPTIONS" and 200 <= status < 300):
             extra += (("Allow", self._allow_header),)
@@ -232,6 +239,18 @@ class Endpoint:
         self._layer.send_response(tx, response, now)
         self._pump(now)
         return response
+
+    def send_response(self, tx: txl.ServerTransaction, response: Response, now: float) -> None:
+        """Send a response built elsewhere (a dialog's, or a 2xx retransmission, 13.3.1.4).
+
+        Once the transaction is gone (a 2xx retransmission after Timer L) it goes statelessly
+        to where the request came from, as the RFC's UAS core would.
+        """
+        if tx.terminated:
+            self._out.append((serialize(response), self._response_dest(response.vias, tx.source)))
+        else:
+            self._layer.send_response(tx, response, now)
+            self._pump(now)
 
     def send_request(self, request: Request, dest: Address, now: float) -> txl.ClientTransaction:
         """Start a client transaction; the top Via is ours and gets a fresh branch if it has none."""
@@ -323,7 +342,20 @@ class Endpoint:
             params = set_param(params, "rport", str(addr.port))
         if params is top.params:
             return req
-        return replace(req, vias=(replace(top, params=params), *req.vias[1:]))
+        # Direct construction: dataclasses.replace() costs several times more on this path.
+        via = Via(top.transport, top.host, top.port, params, top.protocol)
+        return Request(
+            req.method,
+            req.uri,
+            (via, *req.vias[1:]),
+            req.from_,
+            req.to,
+            req.call_id,
+            req.cseq,
+            req.headers,
+            req.body,
+            req.version,
+        )
 
     @staticmethod
     def _response_dest(vias: tuple[Via, ...], addr: Address) -> Address:

@@ -26,7 +26,8 @@ def get_param(params: Params, name: str) -> str | None:
     """Value of parameter ``name`` (case-insensitive); ``""`` for a flag; ``None`` if absent."""
     name = name.lower()
     for k, v in params:
-        if k.lower() == name:
+        # Parameters are nearly always written in lower case: compare as-is before lowering.
+        if k == name or k.lower() == name:
             return "" if v is None else v
     return None
 
