@@ -33,7 +33,12 @@ from media.engine import DigitReceived, Event, MediaEngine  # noqa: E402
 PY = sys.executable
 # numpy's BLAS must not spawn threads in a process pinned to one core: spinning BLAS threads
 # doubled the engine's CPU time in the first runs.
-CHILD_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+CHILD_ENV = {
+    **os.environ,
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 SERVER_CPU = 0
 GEN_CPU = 1
 THRESHOLD = 0.001

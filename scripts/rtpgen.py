@@ -37,8 +37,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from media.g711 import ulaw_encode  # noqa: E402
-from media.tones import dtmf_tone  # noqa: E402
+from media.g711 import ulaw_encode
+from media.tones import dtmf_tone
 
 SLOT_NS = 1_000_000
 SLOTS = 20  # per 20 ms packet interval

@@ -129,7 +129,10 @@ class Trunk:
                 if request is not None:
                     self._send(request, "register", now)
             elif owner == "keepalive" and self.keepalive is not None:
+                was_up = self.keepalive.is_up
                 self.keepalive.receive_response(event.response, now)
+                if self.keepalive.is_up and not was_up:
+                    self._network_up(now)
             return True
         if isinstance(event, ep.TransactionTimedOut):
             owner = self._owners.pop(id(event.tx), None)
@@ -141,6 +144,18 @@ class Trunk:
                 self.keepalive.on_timeout(now)
             return True
         return False
+
+    def _network_up(self, now: float) -> None:
+        """The trunk answers again: re-register at once instead of waiting out a back-off."""
+        registration = self.registration
+        if (
+            registration is not None
+            and not self._stopping
+            and registration.state is reg.RegState.BACKING_OFF
+        ):
+            request = registration.network_up(now)
+            if request is not None:
+                self._send(request, "register", now)
 
     def _send(self, request: Request, owner: str, now: float) -> None:
         tx = self.endpoint.send_request(request, self.proxy, now)

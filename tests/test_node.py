@@ -376,3 +376,35 @@ def test_in_dialog_request_for_unknown_dialog_is_481() -> None:
     node = make_node()
     node.receive_datagram(sip("BYE", to_tag="nope"), PEER, 0.0)
     assert statuses(node) == [481]
+
+
+def test_trunk_reregisters_as_soon_as_the_keepalive_sees_it_again() -> None:
+    cfg = TrunkConfig(
+        proxy=("127.0.0.1", 5080),
+        registrar="sip:carrier.test",
+        username="alice",
+        password="secret",
+        expires=600,
+        keepalive_interval=30,
+    )
+    node = make_node(trunk=cfg)
+    node.start(0.0)
+    # The network is down: nothing answers; REGISTER (Timer F) and OPTIONS time out.
+    now = 0.0
+    while now < 40:
+        now = node.get_timer() or 40.0
+        node.handle_timer(now)
+        node.datagrams_to_send()
+    assert node.trunk is not None and node.trunk.registration is not None
+    assert node.trunk.registration.state.name == "BACKING_OFF"
+    # The next OPTIONS probe is answered: the trunk is back, REGISTER leaves at once.
+    options = None
+    while options is None and now < 200:
+        now = node.get_timer() or 200.0
+        node.handle_timer(now)
+        options = next((r for r, _ in sent_requests(node) if r.method == "OPTIONS"), None)
+    assert options is not None
+    assert node.trunk.registration.state.name == "BACKING_OFF"  # still waiting out its back-off
+    node.receive_datagram(answer(options, 200), TRUNK, now + 0.01)
+    assert [r.method for r, _ in sent_requests(node)] == ["REGISTER"]
+    assert node.trunk.registration.state.name == "REGISTERING"
