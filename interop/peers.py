@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -72,14 +73,6 @@ def free_port(host: str = LOOPBACK) -> int:
                     continue
                 return port
     raise RuntimeError("no free UDP+TCP port found")
-
-
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """``count`` distinct free ports (see :func:`free_port`)."""
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_port(host))
-    return sorted(ports)
 
 
 # --- SIPp's logs ---------------------------------------------------------------------------
@@ -192,7 +185,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

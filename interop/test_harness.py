@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from interop.conftest import SippFactory
-from interop.peers import check_authorization, digest_response, free_port
+from interop.peers import check_authorization, digest_response, free_port, percentile
 
 # RFC 7616 section 3.9.1: the same credentials with MD5 and SHA-256.
 RFC7616 = {
@@ -79,3 +79,22 @@ def test_trigger_scenarios_run_sipp_against_sipp(sipp: SippFactory) -> None:
     assert uac.stat("SuccessfulCall") == 5
     assert len(uac.received(status=487)) == 5
     assert sorted(uac.rtt) == ["cancel", "ring"] and len(uac.rtt["ring"]) == 5
+
+
+@pytest.mark.interop
+def test_options_scenario_runs_sipp_against_sipp(sipp: SippFactory) -> None:
+    uas_port = free_port()
+    uas = sipp("uas_options.xml", local_port=uas_port).start()
+    uac = sipp("options.xml", remote=f"127.0.0.1:{uas_port}").run()
+    assert uac.returncode == 0, uac.describe()
+    assert uas.wait(10).returncode == 0
+    (ok,) = uac.received(status=200)
+    assert ok.header("Allow") == "INVITE, ACK, CANCEL, BYE, OPTIONS"
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.0
+    assert percentile([7.0], 99) == 7.0

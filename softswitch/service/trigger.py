@@ -35,6 +35,8 @@ class CallbackRequested:
 
 def normalize_number(text: str) -> str:
     """Digits of an E.164-ish number: ``+81 50-1234`` -> ``81501234``; '' if none."""
+    if text.isascii() and text.isdigit():
+        return text
     return "".join(ch for ch in text if ch.isdigit())
 
 

@@ -12,6 +12,7 @@ touches a socket.
 from __future__ import annotations
 
 import ipaddress
+import re
 import logging
 import os
 from collections import deque
@@ -28,6 +29,7 @@ from softswitch.sip.message import (
     Response,
     Via,
     set_param,
+    with_raw,
 )
 from softswitch.sip.parser import parse_message
 from softswitch.sip.serializer import serialize
@@ -56,6 +58,7 @@ KNOWN_METHODS = frozenset(
     )
 )
 MAGIC_COOKIE = "z9hG4bK"
+_BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +347,17 @@ class Endpoint:
             return req
         # Direct construction: dataclasses.replace() costs several times more on this path.
         via = Via(top.transport, top.host, top.port, params, top.protocol)
+        raw = top.raw
+        if raw is not None:
+            # Keep echoing the text as received (RFC 3261 8.2.6.2), with our two additions.
+            if top.rport == "":
+                raw, count = _BARE_RPORT.subn(f";rport={addr.port}", raw)
+                if count != 1:
+                    raw = None
+            if raw is not None and top.host != addr.host:
+                raw = f"{raw};received={addr.host}"
+            if raw is not None:
+                with_raw(via, raw)
         return Request(
             req.method,
             req.uri,

@@ -12,9 +12,11 @@ carries the status code to answer (400, 505, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 Params = tuple[tuple[str, str | None], ...]
+_Raw = TypeVar("_Raw", "NameAddr", "Via")
 HeaderList = tuple[tuple[str, str], ...]
 
 
@@ -77,6 +79,11 @@ class NameAddr:
     uri: URI
     display_name: str | None = None
     params: Params = ()
+    #: The header text this value was parsed from, echoed as-is in responses (RFC 3261 8.2.6.2
+    #: copies From/To; writing them again costs more than the rest of a response). Not an init
+    #: field, so ``dataclasses.replace`` and every constructor start without it: only the
+    #: parser sets it, through :func:`with_raw`, on values it read whole.
+    raw: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def tag(self) -> str | None:
@@ -103,6 +110,8 @@ class Via:
     port: int | None = None
     params: Params = ()
     protocol: str = "SIP/2.0"
+    #: The header text this entry was parsed from (see ``NameAddr.raw``).
+    raw: str | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def branch(self) -> str | None:
@@ -120,6 +129,8 @@ class Via:
         return get_param(self.params, name)
 
     def __str__(self) -> str:
+        if self.raw is not None:
+            return self.raw
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
         port = "" if self.port is None else f":{self.port}"
         return f"{self.protocol}/{self.transport} {host}{port}{_params_str(self.params)}"
@@ -204,6 +215,12 @@ class BadMessage:
     extra_headers: HeaderList = ()
 
 
+def with_raw(value: _Raw, text: str) -> _Raw:
+    """Remember the text ``value`` was parsed from (the parser's use only)."""
+    object.__setattr__(value, "raw", text)
+    return value
+
+
 def header_value(headers: HeaderList, name: str) -> str | None:
     """First value of header ``name`` (canonical long name, case-insensitive)."""
     low = name.lower()
@@ -254,4 +271,5 @@ __all__ = [
     "header_value",
     "header_values",
     "set_param",
+    "with_raw",
 ]

@@ -31,7 +31,16 @@ from softswitch.sip.headers import (
     parse_max_forwards,
     parse_via,
 )
-from softswitch.sip.message import URI, BadMessage, CSeq, NameAddr, Request, Response, Via
+from softswitch.sip.message import (
+    URI,
+    BadMessage,
+    CSeq,
+    NameAddr,
+    Request,
+    Response,
+    Via,
+    with_raw,
+)
 from softswitch.sip.uri import TOKEN_RE, UnsupportedScheme, parse_name_addr, parse_uri
 
 __all__ = [
@@ -316,7 +325,10 @@ def _vias(values: list[str], errors: _Errors) -> tuple[Via, ...]:
     out: list[Via] = []
     for value in values:
         try:
-            out.extend(parse_via(value))
+            parsed = parse_via(value)
+            if len(parsed) == 1:
+                with_raw(parsed[0], value)
+            out.extend(parsed)
         except ValueError as exc:
             errors.add(400, f"Bad Via header: {exc}")
             out.extend(_lax_via(value))
@@ -348,7 +360,7 @@ def _address(value: str | None, name: str, errors: _Errors) -> NameAddr | None:
         errors.add(400, f"Missing {name} header")
         return None
     try:
-        return parse_name_addr(value)
+        return with_raw(parse_name_addr(value), value)
     except ValueError as exc:
         errors.add(400, f"Bad {name} header: {exc}")
     # Recovery only: find something URI-shaped, keep the tag (the answer must echo it).

@@ -39,6 +39,7 @@ from softswitch.sip.message import (
     Request,
     Response,
     Via,
+    with_raw,
 )
 from softswitch.sip.timers import TimerConfig
 
@@ -301,7 +302,11 @@ def make_response(
     """
     to = request.to
     if to_tag is not None and to.tag is None:
+        raw = to.raw
         to = NameAddr(to.uri, to.display_name, (*to.params, ("tag", to_tag)))
+        if raw is not None:
+            # Header parameters come last in both name-addr and addr-spec forms.
+            with_raw(to, f"{raw};tag={to_tag}")
     if reason is None:
         reason = REASON_PHRASES.get(status) or _CLASS_REASON.get(status // 100, "Unknown")
     if status == 100:

@@ -388,7 +388,12 @@ def _parse_addr_spec(text: str) -> NameAddr:
 
 
 def format_name_addr(na: NameAddr) -> str:
-    """Write ``"Display" <uri>;params``; always the name-addr form, which is always valid."""
+    """Write ``"Display" <uri>;params``; always the name-addr form, which is always valid.
+
+    A value the parser read whole is written back as it arrived (``NameAddr.raw``).
+    """
+    if na.raw is not None:
+        return na.raw
     if is_wildcard(na):
         return "*"
     uri = format_uri(na.uri)
