@@ -12,9 +12,9 @@ touches a socket.
 from __future__ import annotations
 
 import ipaddress
-import re
 import logging
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
