@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from media.engine import TICK, Event, MediaEngine
+from media.engine import TICK, Event, Leg, MediaEngine
 
 __all__ = ["MediaShell", "loop_factory"]
 
@@ -47,11 +47,10 @@ def loop_factory(use_uvloop: bool | None = None) -> Callable[[], asyncio.Abstrac
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    __slots__ = ("leg_id", "shell", "transport")
-
     def __init__(self, shell: MediaShell, leg_id: str) -> None:
         self.shell = shell
         self.leg_id = leg_id
+        self.leg: Leg | None = None  # set once the engine has the leg; None after close
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,16 +58,17 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        leg = self.leg
+        if leg is None:
+            return
         shell = self.shell
         engine = shell.engine
-        out = engine.receive_packet(self.leg_id, data, addr, shell.time())
-        if out:
+        out = engine.receive_on(leg, data, addr, shell.time())
+        if out is not None:
             # Relayed packets leave from the bridged peer's socket (Leg.io).
-            peer = engine.legs[self.leg_id].peer
-            transport = peer.io if peer is not None else None
-            if transport is not None:
-                for packet, dest in out:
-                    transport.sendto(packet, dest)
+            peer = leg.peer
+            if peer is not None and peer.io is not None:
+                peer.io.sendto(out[0], out[1])
         if engine.pending_events:
             shell.drain_events()
 
@@ -109,6 +109,7 @@ class MediaShell:
         self.time = self.loop.time
         self.transports: dict[str, asyncio.DatagramTransport] = {}
         self._rtcp_transports: dict[str, asyncio.DatagramTransport] = {}
+        self._protocols: dict[str, _RtpProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._start = 0.0
         self._k = 0
@@ -120,7 +121,7 @@ class MediaShell:
         """Create the leg in the engine and bind its socket; returns the local RTP port."""
         for port in self._candidate_ports():
             try:
-                transport, _ = await self.loop.create_datagram_endpoint(
+                transport, proto = await self.loop.create_datagram_endpoint(
                     lambda: _RtpProtocol(self, leg_id), local_addr=(self.host, port)
                 )
             except OSError:
@@ -139,6 +140,8 @@ class MediaShell:
             self.transports[leg_id] = transport
             leg = self.engine.create_leg(leg_id, bound, self.loop.time(), nat=nat)
             leg.io = transport
+            proto.leg = leg
+            self._protocols[leg_id] = proto
             return int(bound)
         raise OSError("no free RTP port in range")
 
@@ -161,6 +164,9 @@ class MediaShell:
 
     def close_leg(self, leg_id: str) -> None:
         """Close the leg's sockets and remove it from the engine."""
+        proto = self._protocols.pop(leg_id, None)
+        if proto is not None:
+            proto.leg = None
         for table in (self.transports, self._rtcp_transports):
             transport = table.pop(leg_id, None)
             if transport is not None:

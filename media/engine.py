@@ -288,6 +288,7 @@ class MediaEngine:
             leg.receiver = None
             leg.receiver_pt = None
         leg.timed_out = False
+        leg.created = max(leg.created, now) if leg.session.last_rx is None else leg.created
         self._update_transcode(leg)
         self._dirty = True
 
@@ -488,17 +489,28 @@ class MediaEngine:
     def receive_packet(
         self, leg_id: str, data: bytes, addr: Addr, now: float
     ) -> list[tuple[bytes, Addr]]:
-        """Take one RTP datagram from a leg's socket; returns what to send (relay) at once."""
+        """Take one RTP datagram from a leg's socket; returns what to send (relay) at once.
+
+        Relayed datagrams must leave from the bridged peer's socket (symmetric RTP).
+        """
         leg = self._legs.get(leg_id)
         if leg is None:
             return []
+        out = self.receive_on(leg, data, addr, now)
+        return [] if out is None else [out]
+
+    def receive_on(
+        self, leg: Leg, data: bytes, addr: Addr, now: float
+    ) -> tuple[bytes, Addr] | None:
+        """`receive_packet` for the shell, which holds the Leg: at most one datagram out."""
         session = leg.session
         # The common case (latched, IPv4) is one tuple comparison; accept() does the rest.
         if addr != session.latched and not session.accept(addr, now):
-            return []
-        if len(data) < 12:
+            return None
+        size = len(data)
+        if size < 12:
             session.malformed += 1
-            return []
+            return None
         b0, b1, seq, ts, ssrc = HEADER.unpack_from(data)
         if b0 == 0x80:
             payload = data[12:]
@@ -507,53 +519,53 @@ class MediaEngine:
                 header = parse_header(data)
             except RtpError:
                 session.malformed += 1
-                return []
+                return None
             payload = data[header.payload_offset : header.payload_end]
         rx = session.rx
         if rx is None or rx.ssrc != ssrc:
-            if session.note_received(ssrc, seq, ts, now, len(data)) and leg.jb is not None:
+            if session.note_received(ssrc, seq, ts, now, size) and leg.jb is not None:
                 leg.jb.reset()
         else:
             session.packets_received += 1
             session.last_rx = now
-            rx.update(seq, ts, now, len(data))
+            rx.update(seq, ts, now, size)
         if leg.timed_out:
             leg.timed_out = False
         pt = b1 & 0x7F
-        peer = leg.peer
         if pt != session.pt:
             if pt == session.dtmf_pt:
                 return self._telephone_event(leg, payload, b1, seq, ts, ssrc, now)
             leg.dropped_pt += 1
-            return []
-        if leg.jb is not None:
-            leg.jb.put(seq, payload)
+            return None
+        jb = leg.jb
+        if jb is not None:
+            jb.put(seq, payload)
+        peer = leg.peer
         if peer is None or peer.tx_dsp:
-            return []
+            return None
         psession = peer.session
-        dest = psession.destination
+        dest = psession.latched or psession.remote
         if dest is None:
-            return []
+            return None
         if leg.transcode is not None:
             payload = payload.translate(leg.transcode)
-        return [(psession.relayed(psession.pt, b1 > 127, seq, ts, ssrc, payload, now), dest)]
+        return psession.relayed(psession.pt, b1 > 127, seq, ts, ssrc, payload, now), dest
 
     def _telephone_event(
         self, leg: Leg, payload: bytes, b1: int, seq: int, ts: int, ssrc: int, now: float
-    ) -> list[tuple[bytes, Addr]]:
+    ) -> tuple[bytes, Addr] | None:
         marker = b1 > 127
         if leg.receiver is not None:
             for event in leg.receiver.receive(payload, ts, seq, marker, now):
                 self._digit(leg, event, now)
         peer = leg.peer
-        if peer is None or peer.tx_dsp or peer.session.dtmf_pt is None:
-            return []
-        dest = peer.session.destination
-        if dest is None:
-            return []
+        if peer is None or peer.tx_dsp:
+            return None
         psession = peer.session
-        assert psession.dtmf_pt is not None
-        return [(psession.relayed(psession.dtmf_pt, marker, seq, ts, ssrc, payload, now), dest)]
+        dest = psession.destination
+        if dest is None or psession.dtmf_pt is None:
+            return None
+        return psession.relayed(psession.dtmf_pt, marker, seq, ts, ssrc, payload, now), dest
 
     def _digit(self, leg: Leg, event: DigitEvent, now: float) -> None:
         for ev in leg.digits.push(event, now):
@@ -673,8 +685,9 @@ class MediaEngine:
                     self._digit(target, event, now)
         if self._fax is not None and len(self._fax_rows):
             frames = pcm[self._fax_rows]
-            for leg_id, kind in self._fax.process(self._fax_slots, frames, sample_time):
-                self._fax_detected(str(leg_id), str(kind))
+            for leg_id, tone in self._fax.process(self._fax_slots, frames, sample_time):
+                # media.faxdetect reports FaxToneEvent(kind="cng"|"ced"|"ansam", ...).
+                self._fax_detected(str(leg_id), str(getattr(tone, "kind", tone)))
         for i, leg in enumerate(rx):
             rec = leg.recorder
             if rec is not None and rec.feed(pcm[i]):

@@ -70,6 +70,7 @@ class Step:
     rss_mb: float
     returncode: int
     note: str = ""
+    max_p99: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -78,6 +79,7 @@ class Step:
             and self.failed == 0
             and self.successful == self.calls
             and self.achieved >= 0.9 * self.target
+            and (self.max_p99 is None or self.ring_p99 <= self.max_p99)
         )
 
 
@@ -91,6 +93,7 @@ class Config:
     workdir: Path
     sipp: str
     softswitch: str | None
+    max_p99: float | None = None
 
 
 class UnderTest:
@@ -198,6 +201,7 @@ def run_step(kind: str, rate: int, cfg: Config) -> Step:
         rss_mb=rss / 2**20,
         returncode=result.returncode,
         note=note,
+        max_p99=cfg.max_p99,
     )
 
 
@@ -258,6 +262,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="about one minute: 4 s per rate")
     p.add_argument("--rates", help="comma-separated ladder of calls/s (default %(default)s)")
     p.add_argument("--bisect", type=int, default=3, help="bisection steps after the ladder")
+    p.add_argument(
+        "--max-p99",
+        type=float,
+        help="also require INVITE->180 p99 <= this many ms (default: failures only)",
+    )
     p.add_argument("--node-cpu", type=int, default=0, help="CPU for the node / SIPp UAS")
     p.add_argument("--sipp-cpu", type=int, default=1, help="CPU for the SIPp load generator")
     p.add_argument("--ceiling-only", action="store_true", help="measure SIPp against SIPp only")
@@ -285,7 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     sipp = find_program("sipp")
     softswitch = None if args.ceiling_only else find_softswitch()
     workdir = Path(tempfile.mkdtemp(prefix="bench_triggers_"))
-    cfg = Config(duration, rates, bisect, args.node_cpu, args.sipp_cpu, workdir, sipp, softswitch)
+    cfg = Config(
+        duration,
+        rates,
+        bisect,
+        args.node_cpu,
+        args.sipp_cpu,
+        workdir,
+        sipp,
+        softswitch,
+        args.max_p99,
+    )
     print(
         f"trigger calls (INVITE/180/CANCEL/487/ACK), {duration:g} s per rate; peer on CPU "
         f"{args.node_cpu}, SIPp on CPU {args.sipp_cpu}; {os.cpu_count()} CPUs"
@@ -294,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"WARNING: load average {load:.2f} before the run: the machine is not idle")
+    if args.max_p99 is not None:
+        print(f"a rate passes only with INVITE->180 p99 <= {args.max_p99:g} ms")
     print(HEADER, flush=True)
     best: dict[str, Step | None] = {}
     kinds = [
@@ -320,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             parts.append(f"softswitch: failed already at {cfg.rates[0]} trigger calls/s")
         else:
             capped = " (the top of the ladder)" if node.target == top else ""
+            bound = f" and p99 <= {cfg.max_p99:g} ms" if cfg.max_p99 is not None else ""
             parts.append(
-                f"softswitch handled {node.target} trigger calls/s{capped} with 0 failures on one "
+                f"softswitch handled {node.target} trigger calls/s{capped} with 0 failures{bound} on one "
                 f"core (INVITE->180 p50/p99 {fmt_ms(node.ring_p50, node.ring_p99)}, "
                 f"{node.cpu_ms_per_call:.2f} ms CPU per call, {node.cpu_percent:.0f}% CPU, "
                 f"{node.rss_mb:.0f} MB RSS)"

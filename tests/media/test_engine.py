@@ -364,3 +364,20 @@ def test_rtcp_reports_go_to_port_plus_one() -> None:
     assert reports["b"][0][1] == 200  # SR: leg b has sent relayed packets
     engine.receive_rtcp("a", reports["b"][0], ("198.51.100.1", 4001), 1.1)
     assert engine.leg("a").session.rejected_source == 1
+
+
+def test_real_fax_detector_on_ced_tone_switches_to_clear_channel() -> None:
+    engine = _bridged(dtmf_b=None)
+    engine.enable_dtmf("a", inband=True, fax=True)
+    phone = Phone(A_PEER, ssrc=1)
+    t = np.arange(160 * 200) / 8000
+    ced = (8000 * np.sin(2 * np.pi * 2100 * t)).astype(np.int16).reshape(-1, 160)
+    now = 0.0
+    for frame in ced:
+        engine.receive_packet("a", phone.packet(ulaw_encode(frame)), A_PEER, now)
+        engine.tick(now)
+        now += 0.02
+        if engine.leg("a").clear_channel:
+            break
+    faxes = [e for e in _events(engine) if isinstance(e, FaxDetected)]
+    assert [(f.leg_id, f.kind, f.clear_channel) for f in faxes] == [("a", "ced", True)]
