@@ -381,8 +381,12 @@ def node_config(
     password: str = "secret",
     realm: str | None = "carrier.test",
     expires: int = 60,
+    test_numbers: Iterable[tuple[str, float]] = (),
 ) -> str:
-    """The TOML text of a test configuration for ``softswitch serve --config``."""
+    """The TOML text of a test configuration for ``softswitch serve --config``.
+
+    ``test_numbers``: (number, hangup_after) pairs the node answers itself (test lines).
+    """
     lines = ["[sip]", f'listen = "{LOOPBACK}:{port}"', ""]
     if registrar_port is not None:
         lines += [
@@ -397,6 +401,8 @@ def node_config(
         lines += [f"expires = {expires}", ""]
     for number in triggers:
         lines += ["[[trigger]]", f'number = "{number}"', ""]
+    for number, hangup_after in test_numbers:
+        lines += ["[[test_number]]", f'number = "{number}"', f"hangup_after = {hangup_after}", ""]
     return "\n".join(lines)
 
 
