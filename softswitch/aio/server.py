@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -26,6 +27,7 @@ log = logging.getLogger("softswitch.server")
 #: this bounds what a slow-loris peer can make us hold).
 TCP_MAX_BUFFER = 256 * 1024
 SHUTDOWN_GRACE = 3.0
+GC_THRESHOLD0 = 50_000
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -182,6 +184,7 @@ class Server:
         )
         self.node.start(self.loop.time())
         self.transmit()
+        tune_gc()
 
     async def shutdown(self) -> None:
         log.info("shutting down")
@@ -269,6 +272,22 @@ class Server:
             return
         for data in self._pending_tcp.pop(key, []):
             protocol.send(data)
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector from stalling signalling.
+
+    Transactions linger after their final response (Timer J is 32 s on UDP), so a busy node
+    holds hundreds of thousands of small objects; with the default thresholds a full
+    collection walks them all every few seconds and stalls the loop for hundreds of
+    milliseconds (measured: 0.2 s per 10,000 lingering trigger calls), long enough for Timer G
+    to fire and for SIPp to count failed calls. Our message objects form no reference cycles
+    and are freed by reference counting, so: freeze what start-up allocated (it lives for
+    the whole run) and collect the young generation far less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD0, 50, 1000)
 
 
 def install_uvloop() -> str:

@@ -325,10 +325,7 @@ def _vias(values: list[str], errors: _Errors) -> tuple[Via, ...]:
     out: list[Via] = []
     for value in values:
         try:
-            parsed = parse_via(value)
-            if len(parsed) == 1:
-                with_raw(parsed[0], value)
-            out.extend(parsed)
+            out.extend(_cached_via(value) if len(value) <= _CACHED_LEN else _via(value))
         except ValueError as exc:
             errors.add(400, f"Bad Via header: {exc}")
             out.extend(_lax_via(value))
@@ -336,6 +333,33 @@ def _vias(values: list[str], errors: _Errors) -> tuple[Via, ...]:
         errors.add(400, "Too many Via headers")
         del out[MAX_VIAS:]
     return tuple(out)
+
+
+#: Header values up to this length are parse-cached (8192 each): bounded memory whatever
+#: a peer sends (at most a few MB), and real From/To/Via values are far shorter.
+_CACHED_LEN = 256
+
+
+def _via(value: str) -> tuple[Via, ...]:
+    parsed = tuple(parse_via(value))
+    if len(parsed) == 1:
+        with_raw(parsed[0], value)
+    return parsed
+
+
+@lru_cache(maxsize=8192)
+def _cached_via(value: str) -> tuple[Via, ...]:
+    """Parsed Via values, shared: a CANCEL and an ACK repeat their INVITE's Via word for word.
+
+    The values are frozen, so sharing one between messages is safe; errors are not cached.
+    """
+    return _via(value)
+
+
+@lru_cache(maxsize=8192)
+def _cached_name_addr(value: str) -> NameAddr:
+    """From/To values, shared like :func:`_cached_via` (the CANCEL repeats both)."""
+    return with_raw(parse_name_addr(value), value)
 
 
 def _lax_via(value: str) -> list[Via]:
@@ -360,6 +384,8 @@ def _address(value: str | None, name: str, errors: _Errors) -> NameAddr | None:
         errors.add(400, f"Missing {name} header")
         return None
     try:
+        if len(value) <= _CACHED_LEN:
+            return _cached_name_addr(value)
         return with_raw(parse_name_addr(value), value)
     except ValueError as exc:
         errors.add(400, f"Bad {name} header: {exc}")

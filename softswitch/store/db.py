@@ -1,0 +1,174 @@
+"""The database handle: one async SQLAlchemy engine for SQLite or PostgreSQL, and migrations.
+
+URLs as a sysadmin writes them are accepted and given their async driver:
+
+* ``sqlite:///var/softswitch.sqlite3`` (relative) or ``sqlite:////abs/path`` -> aiosqlite. Each
+  connection sets WAL journalling (readers never block the writer), ``synchronous=FULL`` (a
+  committed CDR is on disk when the write returns, even across a power cut), foreign keys on,
+  and a busy timeout so concurrent writers wait instead of failing.
+* ``postgresql://user:pw@host:port/db`` (or ``postgres://``) -> asyncpg.
+
+Transactions come in two kinds. ``read()`` is a plain transaction. ``write()`` is a transaction
+that will write: on SQLite it starts with ``BEGIN IMMEDIATE``, taking the single writer lock up
+front, so a read-then-write inside it (claiming callbacks, counting speed dials) cannot interleave
+with another writer; on PostgreSQL it is an ordinary READ COMMITTED transaction and the
+repositories use row locks (``FOR UPDATE``, ``SKIP LOCKED``) and conditional updates instead.
+
+``migrate()`` runs Alembic to ``head`` in-process; on PostgreSQL an advisory lock makes nodes
+that start together migrate one after the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine.url import URL
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("softswitch.store")
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Any constant will do: it names "the softswitch schema migration" among advisory locks.
+_PG_MIGRATE_LOCK = 0x50F75A17
+_WRITE = "softswitch_write"
+
+
+class DatabaseUrlError(ValueError):
+    """The database URL is not one the store can use."""
+
+
+def async_url(url: str) -> URL:
+    """The SQLAlchemy URL with the async driver for ``url`` (``sqlite:`` or ``postgresql:``)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(f"not a database URL: {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise DatabaseUrlError("SQLite needs a file: sqlite:///PATH")
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise DatabaseUrlError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+
+
+def us(seconds: float) -> int:
+    """Epoch seconds -> integer microseconds, as the tables keep time."""
+    return round(seconds * 1_000_000)
+
+
+def seconds(micro: int | None) -> float | None:
+    """Integer microseconds -> epoch seconds (``None`` stays ``None``)."""
+    return None if micro is None else micro / 1_000_000
+
+
+class Database:
+    """An async engine plus the transaction helpers the repositories use.
+
+    ``clock`` gives wall-clock epoch seconds for the created/updated stamps of rows; logic that
+    depends on time (leases, lockouts, expiry) takes ``now`` from the caller instead.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = async_url(url)
+        self.clock = clock
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "postgres":
+            self.dialect = "postgresql"
+        self.engine: AsyncEngine = self._create_engine()
+        self._writer = self.engine.execution_options(**{_WRITE: True})
+
+    def _create_engine(self) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            path = Path(self.url.database or "")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(
+                self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            )
+            _install_sqlite_hooks(engine)
+            return engine
+        return create_async_engine(self.url, pool_pre_ping=True)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction for reading; committed (harmlessly) on exit."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes; committed on normal exit, rolled back on an exception."""
+        async with self._writer.begin() as conn:
+            yield conn
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent)."""
+        async with self.write() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK}
+                )
+            await conn.run_sync(_upgrade_head)
+
+    async def revision(self) -> str | None:
+        """The schema revision the database is at (``None`` before the first migration)."""
+        async with self.read() as conn:
+            return await conn.run_sync(_current_revision)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    # pysqlite's own implicit BEGIN is turned off so that we choose BEGIN or BEGIN IMMEDIATE.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade_head(connection: Connection) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(connection), "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()

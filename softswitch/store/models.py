@@ -1,0 +1,208 @@
+"""Domain records the store hands to the service layer (SPEC section 7).
+
+Every record is a frozen dataclass: a snapshot of rows at the moment of reading, never a live
+object bound to a session. The service changes state only through the repositories.
+
+Conventions shared by every record:
+
+* Times are UTC Unix epoch seconds as ``float`` (the ``now`` the service already carries). The
+  database keeps them as integer microseconds, so a time survives a round trip to the
+  microsecond.
+* Money is an ``int`` in minor units of the service's single currency: 1 = 1 yen for a yen
+  service, 1 = 1 cent for a dollar service. No floats ever touch a balance.
+* Numbers are E.164 digits without ``+`` or the international prefix (``815012345678``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class AccountKind(enum.Enum):
+    """SPEC section 7: how the account's trigger behaves."""
+
+    STANDARD = "standard"
+    TRAVELER = "traveler"
+    HOTLINE = "hotline"
+
+
+class Language(enum.Enum):
+    """The prompt set an account hears."""
+
+    JA = "ja"
+    EN = "en"
+
+
+class AccountStatus(enum.Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class LegKind(enum.Enum):
+    """The legs of one customer session; a CDR row is one leg."""
+
+    TRIGGER = "trigger"
+    CALLBACK = "callback"
+    DESTINATION = "destination"
+    OPERATOR = "operator"
+
+
+class CallbackState(enum.Enum):
+    """A pending callback: ``pending`` -> ``claimed`` -> ``done`` | ``failed`` | ``pending``."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class CodeCheck(enum.Enum):
+    """The answer to a security code attempt (SPEC section 4)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    LOCKED = "locked"
+    NO_CODE = "no_code"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the switch calls the customer back: a number plus an optional extension/room."""
+
+    number: str
+    extension: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A customer account. ``available_credit`` is what a new call may still reserve."""
+
+    id: int
+    name: str
+    kind: AccountKind
+    language: Language
+    status: AccountStatus
+    location: Location | None
+    triggers: tuple[str, ...]
+    has_security_code: bool
+    failed_code_count: int
+    locked_until: float | None
+    recorded_name_path: str | None
+    credit_limit: int
+    credit_used: int
+    credit_reserved: int
+    hotline_destination: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def available_credit(self) -> int:
+        return self.credit_limit - self.credit_used - self.credit_reserved
+
+    @property
+    def active(self) -> bool:
+        return self.status is AccountStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredNumber:
+    """A number the customer keeps on file to choose as a location."""
+
+    id: int
+    account_id: int
+    number: str
+    extension: str | None
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedDial:
+    """``0`` + ``code`` at the dial prompt dials ``number`` (code is 2-4 digits in all)."""
+
+    account_id: int
+    code: str
+    number: str
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """The price of calls to numbers starting with ``prefix`` (longest prefix wins).
+
+    Billing (SPEC section 7) counts from the answer of the destination leg: at least
+    ``minimum_s`` seconds, then whole ``increment_s`` steps, at ``price_per_minute``.
+    """
+
+    prefix: str
+    description: str
+    price_per_minute: int
+    increment_s: int = 30
+    minimum_s: int = 30
+    blocked: bool = False
+
+    def billed_seconds(self, duration_s: float) -> int:
+        """Seconds charged for a call that was connected ``duration_s`` seconds (0 if none)."""
+        if duration_s <= 0:
+            return 0
+        whole = max(self.minimum_s, int(-(-duration_s // 1)))
+        extra = max(0, whole - self.minimum_s)
+        steps = -(-extra // self.increment_s)
+        return self.minimum_s + steps * self.increment_s
+
+    def cost(self, billed_s: int) -> int:
+        """Cost of ``billed_s`` seconds, rounded up to the next minor unit."""
+        return -(-(self.price_per_minute * billed_s) // 60)
+
+
+@dataclass(frozen=True, slots=True)
+class Cdr:
+    """A call detail record: one row per leg; ``call_uuid`` groups one customer session.
+
+    ``cause_code`` is the SIP final status of the leg (200, 486, 487 ...) or, where the leg
+    ended after answer, the status or Q.850 cause the service recorded; ``cause_text`` says it
+    in words. ``id`` is ``None`` until the record is written.
+    """
+
+    call_uuid: str
+    leg: LegKind
+    account_id: int | None
+    from_number: str
+    to_number: str
+    setup_at: float
+    ring_at: float | None = None
+    answer_at: float | None = None
+    end_at: float | None = None
+    cause_code: int | None = None
+    cause_text: str = ""
+    billed_seconds: int = 0
+    cost: int = 0
+    node_id: str = ""
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCallback:
+    """A callback the switch owes an account, kept in the database so no node loses it."""
+
+    id: int
+    account_id: int
+    trigger: str
+    requested_at: float
+    due_at: float
+    attempts: int
+    state: CallbackState
+    claimed_by: str | None
+    claimed_until: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreditReservation:
+    """Credit held for a live call until it is committed (charged) or released."""
+
+    call_uuid: str
+    account_id: int
+    amount: int
+    created_at: float
+    expires_at: float

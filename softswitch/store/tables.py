@@ -1,0 +1,199 @@
+"""The schema (SPEC section 7) as SQLAlchemy Core tables, one ``MetaData`` for Alembic.
+
+Portable on purpose: the same tables run on SQLite (one node) and PostgreSQL (several nodes).
+Hence times are ``BIGINT`` microseconds since the Unix epoch, UTC (exact, sortable, no time
+zone handling in either driver), money is ``BIGINT`` minor units, and enumerations are short
+strings guarded by CHECK constraints rather than native enum types.
+
+Credit is kept on the account row (``credit_used``, ``credit_reserved``) so that reserving is one
+conditional UPDATE of one row, which both databases make atomic (see ``repos.CreditRepo``).
+
+A migration in ``migrations/versions`` creates exactly these tables; a test compares the two.
+Change both together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+# Explicit names keep migrations stable across databases.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real 64-bit key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+MAX_SPEED_DIALS = 115
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False, server_default="standard"),
+    Column("language", String(2), nullable=False, server_default="ja"),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("location_number", String(32)),
+    Column("location_extension", String(16)),
+    Column("security_code_hash", String(200)),
+    Column("failed_code_count", Integer, nullable=False, server_default="0"),
+    Column("locked_until_us", BigInteger),
+    Column("recorded_name_path", Text),
+    Column("credit_limit", BigInteger, nullable=False, server_default="0"),
+    Column("credit_used", BigInteger, nullable=False, server_default="0"),
+    Column("credit_reserved", BigInteger, nullable=False, server_default="0"),
+    Column("hotline_destination", String(32)),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    CheckConstraint("kind IN ('standard', 'traveler', 'hotline')", name="kind"),
+    CheckConstraint("language IN ('ja', 'en')", name="language"),
+    CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    CheckConstraint("credit_reserved >= 0", name="reserved_not_negative"),
+)
+
+trigger_numbers = Table(
+    "trigger_numbers",
+    metadata,
+    Column("number", String(32), primary_key=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+)
+
+registered_numbers = Table(
+    "registered_numbers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("number", String(32), nullable=False),
+    Column("extension", String(16)),
+    Column("label", String(100), nullable=False, server_default=""),
+    UniqueConstraint("account_id", "number", "extension"),
+)
+
+speed_dials = Table(
+    "speed_dials",
+    metadata,
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("code", String(4), primary_key=True),
+    Column("number", String(32), nullable=False),
+    Column("label", String(100), nullable=False, server_default=""),
+)
+
+rates = Table(
+    "rates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("price_per_minute", BigInteger, nullable=False),
+    Column("increment_s", Integer, nullable=False, server_default="30"),
+    Column("minimum_s", Integer, nullable=False, server_default="30"),
+    Column("blocked", Boolean, nullable=False, server_default=text("false")),
+    CheckConstraint("increment_s > 0", name="increment_positive"),
+    CheckConstraint("minimum_s >= 0", name="minimum_not_negative"),
+)
+
+cdrs = Table(
+    "cdrs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("call_uuid", String(64), nullable=False, index=True),
+    Column("leg", String(16), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="SET NULL"), index=True),
+    Column("from_number", String(64), nullable=False, server_default=""),
+    Column("to_number", String(64), nullable=False, server_default=""),
+    Column("setup_us", BigInteger, nullable=False, index=True),
+    Column("ring_us", BigInteger),
+    Column("answer_us", BigInteger),
+    Column("end_us", BigInteger),
+    Column("cause_code", Integer),
+    Column("cause_text", String(200), nullable=False, server_default=""),
+    Column("billed_seconds", Integer, nullable=False, server_default="0"),
+    Column("cost", BigInteger, nullable=False, server_default="0"),
+    Column("node_id", String(64), nullable=False, server_default=""),
+    CheckConstraint("leg IN ('trigger', 'callback', 'destination', 'operator')", name="leg"),
+)
+
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("trigger_number", String(32), nullable=False),
+    Column("requested_us", BigInteger, nullable=False),
+    Column("due_us", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("claimed_by", String(64)),
+    Column("claimed_until_us", BigInteger),
+    Column("last_error", Text),
+    CheckConstraint("state IN ('pending', 'claimed', 'done', 'failed')", name="state"),
+    Index("ix_callbacks_state_due_us", "state", "due_us"),
+    # At most one open callback per account: a second trigger is absorbed (SPEC 1.3), even
+    # when two nodes take the two triggers at the same moment.
+    Index(
+        "uq_callbacks_open_account",
+        "account_id",
+        unique=True,
+        postgresql_where=text("state IN ('pending', 'claimed')"),
+        sqlite_where=text("state IN ('pending', 'claimed')"),
+    ),
+)
+
+credit_reservations = Table(
+    "credit_reservations",
+    metadata,
+    Column("call_uuid", String(64), primary_key=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("amount", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False, index=True),
+    CheckConstraint("amount >= 0", name="amount_not_negative"),
+)
