@@ -38,6 +38,7 @@ Quirks of baresip 1.0 found while building this (all handled here):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -257,10 +258,9 @@ class Baresip:
                 self.kill()
                 raise BaresipError(f"baresip did not start:\n{self.log()[-3000:]}")
             if "baresip is ready" in self.log():
-                try:
+                # ctrl_tcp listens before "ready" is logged; a refused connect is retried anyway.
+                with contextlib.suppress(OSError):
                     self.control = ControlConnection(self.ctrl_port)
-                except OSError:
-                    pass
             time.sleep(0.05)
         return self
 

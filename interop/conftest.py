@@ -137,3 +137,81 @@ def sipp(tmp_path: Path, sipp_bin: str) -> Iterator[SippFactory]:
     yield factory
     for run in runs:
         run.kill()
+
+
+# --- Kamailio (the carrier) and baresip (the customer's phone) -------------------------------
+# Imported here, not at the top: this block is appended to a file another engineer owns.
+from interop.baresip import MODULE_PATH, Baresip  # noqa: E402
+from interop.kamailio import Kamailio  # noqa: E402
+
+#: The baresip modules the driver loads (all in Debian's baresip-core).
+BARESIP_MODULES = ("g711", "aufile", "aubridge", "sndfile", "account", "menu", "ctrl_tcp")
+
+KamailioFactory = Callable[..., Kamailio]
+BaresipFactory = Callable[..., Baresip]
+
+
+@pytest.fixture(scope="session")
+def kamailio_bin() -> str:
+    """The Kamailio executable (Debian package kamailio)."""
+    try:
+        return find_program("kamailio")
+    except PeerMissing as exc:
+        missing_peer(f"{exc} (Debian package kamailio)")
+        raise
+
+
+@pytest.fixture(scope="session")
+def baresip_bin() -> str:
+    """The baresip executable, with the modules the driver needs."""
+    try:
+        binary = find_program("baresip")
+    except PeerMissing as exc:
+        missing_peer(f"{exc} (Debian package baresip)")
+        raise
+    absent = [m for m in BARESIP_MODULES if not Path(MODULE_PATH, f"{m}.so").exists()]
+    if absent:
+        missing_peer(f"baresip modules missing from {MODULE_PATH}: {absent}")
+    return binary
+
+
+@pytest.fixture
+def start_kamailio(tmp_path: Path, kamailio_bin: str) -> Iterator[KamailioFactory]:
+    """Start carriers: ``start_kamailio(customer_target=phone.sip_address, ...)`` -> running.
+
+    Keyword arguments are :class:`interop.kamailio.Kamailio` fields (the port defaults to a
+    free one). At teardown each gets SIGTERM and must exit 0.
+    """
+    started: list[Kamailio] = []
+
+    def factory(**kwargs: Any) -> Kamailio:
+        carrier = Kamailio(kamailio_bin, tmp_path, **kwargs)
+        started.append(carrier)
+        return carrier.start()
+
+    yield factory
+    failures = []
+    for carrier in started:
+        code = carrier.stop()
+        if code != 0:
+            failures.append(f"kamailio on {carrier.port} exited {code}:\n{carrier.log()[-2000:]}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+def start_baresip(tmp_path: Path, baresip_bin: str) -> Iterator[BaresipFactory]:
+    """Start phones: ``start_baresip(carrier=kamailio.address, ...)`` -> a running Baresip.
+
+    Keyword arguments are :class:`interop.baresip.Baresip` fields. Stopped at teardown (by PID;
+    baresip's exit code on SIGTERM is not asserted).
+    """
+    started: list[Baresip] = []
+
+    def factory(**kwargs: Any) -> Baresip:
+        phone = Baresip(baresip_bin, tmp_path, **kwargs)
+        started.append(phone)
+        return phone.start()
+
+    yield factory
+    for phone in started:
+        phone.stop()

@@ -132,6 +132,8 @@ class Kamailio:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group: kill() can then take the children with the main process.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + ready_timeout
@@ -194,7 +196,7 @@ class Kamailio:
         return int(self.proc.returncode)
 
     def kill(self) -> None:
-        """SIGKILL the main process by PID if still running."""
+        """SIGKILL the process group this driver started (main process and children)."""
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()

@@ -24,6 +24,7 @@ from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
 from softswitch.sip.message import Address
 from softswitch.sip.timers import TimerConfig
+from softswitch.outbound import OutboundCalls
 from softswitch.testline import TestLines
 from softswitch.trunk import Trunk
 
@@ -65,6 +66,9 @@ class Node:
         )
         self.triggers = TriggerService(config.trigger_numbers)
         self.trunk = Trunk(config.trunk, self.endpoint) if config.trunk is not None else None
+        self.outbound = (
+            OutboundCalls(self.endpoint, config.trunk) if config.trunk is not None else None
+        )
         self.test_lines = TestLines(self.endpoint, dict(config.test_numbers), ep_config.timers)
         self.ring_limit = ring_limit
         self._ringing: dict[int, _Ringing] = {}
@@ -100,6 +104,8 @@ class Node:
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
         self.test_lines.handle_timer(now)
+        if self.outbound is not None:
+            self.outbound.handle_timer(now)
         if self.trunk is not None:
             self.trunk.handle_timer(now)
         self._expire_ringing(now)
@@ -107,6 +113,8 @@ class Node:
 
     def get_timer(self) -> float | None:
         timers = [self.endpoint.get_timer(), self.test_lines.get_timer()]
+        if self.outbound is not None:
+            timers.append(self.outbound.get_timer())
         if self.trunk is not None:
             timers.append(self.trunk.get_timer())
         while self._ring_heap and self._ring_heap[0][1] not in self._ringing:
@@ -125,6 +133,8 @@ class Node:
         endpoint = self.endpoint
         while (event := endpoint.next_event()) is not None:
             if self.trunk is not None and self.trunk.handle_event(event, now):
+                continue
+            if self.outbound is not None and self.outbound.handle_event(event, now):
                 continue
             if self.test_lines.handle_event(event, now):
                 continue

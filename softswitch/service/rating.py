@@ -79,7 +79,7 @@ def billable_seconds(
         return 0
     seconds = -(-millis // 1000)
     if seconds <= minimum:
-        return max(minimum, seconds) if minimum else -(-seconds // increment) * increment
+        return minimum
     return minimum + -(-(seconds - minimum) // increment) * increment
 
 

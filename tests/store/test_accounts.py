@@ -1,0 +1,157 @@
+"""AccountRepo: accounts, trigger numbers, location, security code lockout, recorded name."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from softswitch.store import (
+    UNSET,
+    AccountKind,
+    AccountStatus,
+    CodeCheck,
+    Conflict,
+    InvalidInput,
+    Language,
+    Location,
+    NotFound,
+    Store,
+)
+from softswitch.store.repos import check_security_code, hash_security_code
+
+from .conftest import T0, FakeClock
+
+
+async def test_add_get_and_find_by_trigger(store: Store, clock: FakeClock) -> None:
+    added = await store.accounts.add(
+        "Alice",
+        kind=AccountKind.TRAVELER,
+        language=Language.EN,
+        triggers=["+81 50-1234-5678", "815099990000"],
+        location=Location("+1 212 555 0100", "1234"),
+        security_code="4321",
+        credit_limit=5000,
+    )
+    assert added.triggers == ("815012345678", "815099990000")
+    assert added.location == Location("12125550100", "1234")
+    assert added.kind is AccountKind.TRAVELER and added.language is Language.EN
+    assert added.status is AccountStatus.ACTIVE and added.active
+    assert added.has_security_code and added.available_credit == 5000
+    assert added.created_at == added.updated_at == T0
+    assert await store.accounts.get(added.id) == added
+    assert await store.accounts.by_trigger("+81 50 1234 5678") == added
+    assert await store.accounts.by_trigger("815000000000") is None
+    assert await store.accounts.by_trigger("not a number") is None
+    with pytest.raises(NotFound):
+        await store.accounts.get(999)
+
+
+async def test_trigger_numbers_are_unique_across_accounts(store: Store) -> None:
+    alice = await store.accounts.add("Alice", triggers=["815011110000"])
+    with pytest.raises(Conflict):
+        await store.accounts.add("Bob", triggers=["815011110000"])
+    bob = await store.accounts.add("Bob")
+    with pytest.raises(Conflict):
+        await store.accounts.add_trigger(bob.id, "815011110000")
+    bob = await store.accounts.add_trigger(bob.id, "815022220000")
+    assert bob.triggers == ("815022220000",)
+    alice = await store.accounts.remove_trigger(alice.id, "815011110000")
+    assert alice.triggers == ()
+    with pytest.raises(NotFound):
+        await store.accounts.remove_trigger(alice.id, "815011110000")
+    assert [a.name for a in await store.accounts.list()] == ["Alice", "Bob"]
+
+
+async def test_bad_input_is_refused(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        await store.accounts.add(" ")
+    with pytest.raises(InvalidInput):
+        await store.accounts.add("Hotline without destination", kind=AccountKind.HOTLINE)
+    with pytest.raises(InvalidInput):
+        await store.accounts.add("X", triggers=["81-50-abc"])
+    with pytest.raises(InvalidInput):
+        await store.accounts.add("X", security_code="12345")
+    with pytest.raises(InvalidInput):
+        await store.accounts.add("X", location=Location("8131", "12a"))
+    assert await store.accounts.list() == ()
+
+
+async def test_update_suspend_resume_location_name(store: Store, clock: FakeClock) -> None:
+    acct = await store.accounts.add("Alice", credit_limit=100)
+    clock.now += 10
+    changed = await store.accounts.update(
+        acct.id, name="Alice B", language=Language.EN, credit_limit=900
+    )
+    assert (changed.name, changed.language, changed.credit_limit) == ("Alice B", Language.EN, 900)
+    assert changed.updated_at == T0 + 10 and changed.created_at == T0
+    with pytest.raises(InvalidInput):
+        await store.accounts.update(acct.id, kind=AccountKind.HOTLINE)
+    hotline = await store.accounts.update(
+        acct.id, kind=AccountKind.HOTLINE, hotline_destination="81355550000"
+    )
+    assert hotline.kind is AccountKind.HOTLINE and hotline.hotline_destination == "81355550000"
+    assert (await store.accounts.update(acct.id, name=UNSET)).name == "Alice B"
+
+    suspended = await store.accounts.suspend(acct.id)
+    assert suspended.status is AccountStatus.SUSPENDED and not suspended.active
+    assert [a.id for a in await store.accounts.list(status=AccountStatus.SUSPENDED)] == [acct.id]
+    assert (await store.accounts.resume(acct.id)).active
+
+    moved = await store.accounts.set_location(acct.id, Location("6561234567", "812"))
+    assert moved.location == Location("6561234567", "812")
+    assert (await store.accounts.set_location(acct.id, None)).location is None
+    named = await store.accounts.set_recorded_name(acct.id, "/var/names/1.wav")
+    assert named.recorded_name_path == "/var/names/1.wav"
+    with pytest.raises(NotFound):
+        await store.accounts.suspend(4242)
+
+
+async def test_registered_numbers(store: Store) -> None:
+    acct = await store.accounts.add("Alice")
+    home = await store.accounts.add_registered_number(acct.id, "81312345678", None, "home")
+    hotel = await store.accounts.add_registered_number(acct.id, "6561234567", "812", "hotel")
+    assert await store.accounts.registered_numbers(acct.id) == (home, hotel)
+    with pytest.raises(Conflict):
+        await store.accounts.add_registered_number(acct.id, "6561234567", "812")
+    await store.accounts.remove_registered_number(acct.id, home.id)
+    assert await store.accounts.registered_numbers(acct.id) == (hotel,)
+    with pytest.raises(NotFound):
+        await store.accounts.remove_registered_number(acct.id, home.id)
+
+
+def test_security_code_hash_is_salted_and_checks() -> None:
+    one, two = hash_security_code("1234"), hash_security_code("1234")
+    assert one != two and "1234" not in one
+    assert check_security_code("1234", one) and not check_security_code("1235", one)
+    assert not check_security_code("1234", "garbage")
+
+
+async def test_security_code_lockout(
+    store: Store, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.accounts.max_code_failures = 3
+    store.accounts.lockout_s = 600
+    acct = await store.accounts.add("Alice", security_code="2468")
+    verify = store.accounts.verify_security_code
+    assert await verify(acct.id, "2468", T0) is CodeCheck.ACCEPTED
+    assert await verify(acct.id, "0000", T0) is CodeCheck.REJECTED
+    assert await verify(acct.id, "2468", T0) is CodeCheck.ACCEPTED  # success resets the count
+    assert await verify(acct.id, "0000", T0) is CodeCheck.REJECTED
+    assert await verify(acct.id, "1111", T0) is CodeCheck.REJECTED
+    with caplog.at_level(logging.WARNING, "softswitch.store"):
+        assert await verify(acct.id, "2222", T0 + 1) is CodeCheck.LOCKED
+    assert "locked" in caplog.text
+    locked = await store.accounts.get(acct.id)
+    assert locked.locked_until == T0 + 601
+    # While locked even the right code is refused; afterwards it works again.
+    assert await verify(acct.id, "2468", T0 + 600) is CodeCheck.LOCKED
+    assert await verify(acct.id, "2468", T0 + 601) is CodeCheck.ACCEPTED
+    assert (await store.accounts.get(acct.id)).locked_until is None
+
+    changed = await store.accounts.update(acct.id, security_code="1357")
+    assert await verify(changed.id, "1357", T0 + 700) is CodeCheck.ACCEPTED
+    bare = await store.accounts.update(acct.id, security_code=None)
+    assert await verify(bare.id, "1357", T0 + 700) is CodeCheck.NO_CODE
+    with pytest.raises(NotFound):
+        await verify(999, "1234", T0)
