@@ -32,6 +32,10 @@ Quirks of baresip 1.0 found while building this (all handled here):
   Request-URI user is the account's AOR user still matches (fallback match on the AOR).
 - ``sndfile`` names dumps by the second the call started: two calls in the same second share
   (overwrite) one file.
+- Events go only to connected ctrl_tcp clients and are not queued: ``REGISTER_OK`` is usually
+  over before the driver connects, so registration is polled with ``reginfo`` (whose status is
+  ANSI-coloured). With ``answermode=auto`` there is no ``CALL_INCOMING`` event, only
+  ``CALL_ESTABLISHED``; ``CALL_CLOSED``'s ``param`` is "Connection reset by peer" for a BYE.
 - ``sndcode`` sends the key and then the key release itself; without a running audio source
   the telephone-event packets are never sent (they ride the audio transmit path).
 """
@@ -41,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +60,7 @@ from interop.peers import LOOPBACK, free_port
 CUSTOMER_NUMBER = "815011110000"
 MODULE_PATH = "/usr/lib/baresip/modules"
 RATE = 8000
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class BaresipError(Exception):
@@ -296,9 +302,21 @@ class Baresip:
         """Wait until a call ended (BYE either way, rejection, or failure)."""
         return self.wait_event("CALL_CLOSED", timeout)
 
-    def wait_for_registered(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Wait for the carrier's 200 to the phone's REGISTER."""
-        return self.wait_event("REGISTER_OK", timeout)
+    def is_registered(self) -> bool:
+        """True if the account's registration stands (``reginfo`` says OK)."""
+        return re.search(r"\bOK\b", _ANSI.sub("", self.command("reginfo"))) is not None
+
+    def wait_for_registered(self, timeout: float = 10.0) -> None:
+        """Wait until the carrier accepted the phone's REGISTER; raise on timeout.
+
+        Polls ``reginfo``: the ``REGISTER_OK`` event usually fires before the control
+        connection exists (events only go to connected clients).
+        """
+        deadline = time.monotonic() + timeout
+        while not self.is_registered():
+            if time.monotonic() > deadline:
+                raise BaresipError(f"not registered after {timeout} s:\n{self.log()[-2000:]}")
+            time.sleep(0.05)
 
     def dial(self, uri: str) -> None:
         """Call ``uri`` (a SIP URI or a number at the carrier)."""

@@ -202,8 +202,8 @@ def start_kamailio(tmp_path: Path, kamailio_bin: str) -> Iterator[KamailioFactor
 def start_baresip(tmp_path: Path, baresip_bin: str) -> Iterator[BaresipFactory]:
     """Start phones: ``start_baresip(carrier=kamailio.address, ...)`` -> a running Baresip.
 
-    Keyword arguments are :class:`interop.baresip.Baresip` fields. Stopped at teardown (by PID;
-    baresip's exit code on SIGTERM is not asserted).
+    Keyword arguments are :class:`interop.baresip.Baresip` fields. At teardown each gets
+    SIGTERM and must exit 0.
     """
     started: list[Baresip] = []
 
@@ -213,5 +213,9 @@ def start_baresip(tmp_path: Path, baresip_bin: str) -> Iterator[BaresipFactory]:
         return phone.start()
 
     yield factory
+    failures = []
     for phone in started:
-        phone.stop()
+        code = phone.stop()
+        if code != 0:
+            failures.append(f"baresip on {phone.sip_port} exited {code}:\n{phone.log()[-2000:]}")
+    assert not failures, "\n".join(failures)

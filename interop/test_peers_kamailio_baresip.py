@@ -191,7 +191,6 @@ def test_call_to_customer_reaches_baresip(
     assert result.returncode == 0, result.describe() + phone.log()[-2000:]
     assert [m.status for m in result.received() if m.status and m.status >= 200] == [407, 200, 200]
     established = phone.wait_for_call_established(1)
-    print(phone.events)
     assert established["peeruri"].startswith(f"sip:{SWITCH_USER}@")
     phone.wait_for_call_closed(3)
     answer = result.received(status=200)[0]
