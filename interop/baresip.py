@@ -9,8 +9,8 @@ with ``{"response": true, "ok", "data", "token"}`` and also pushes events
 :class:`ControlConnection` reads both, keeping every event so a test can wait for one that
 arrived while it was doing something else.
 
-Audio: the phone "speaks" a WAV file through the ``aufile`` source (a silent one is generated
-when the test gives none) and every call's audio is recorded by the ``sndfile`` filter as
+Audio: the phone "speaks" a WAV file through the ``aufile`` source (padded with silence, or
+all silence when the test gives none) and every call's audio is recorded by the ``sndfile`` filter as
 ``dump-<time>-enc.wav`` (what the phone sent) and ``dump-<time>-dec.wav`` (what it received).
 Keys pressed with :meth:`Baresip.send_dtmf` go out as RFC 4733 telephone-events when the offer
 carried telephone-event (baresip always answers it when offered).
@@ -26,7 +26,8 @@ Quirks of baresip 1.0 found while building this (all handled here):
   that address into SDP, i.e. RTP would leave loopback.
 - ``aufile`` is a source only in 1.0 (no ``aufile`` player) and the file must match
   ``ausrc_srate``/``ausrc_channels`` exactly (8000 Hz mono here), or the call has no audio.
-  ``ausine`` is 48 kHz stereo only. There is no null player: ``aubridge`` with a device name
+  ``ausine`` is 48 kHz stereo only. When the file ends, ``menu.so`` treats it as an audio
+  error ("end of file") and hangs the call up: the driver pads the file with silence. There is no null player: ``aubridge`` with a device name
   nobody reads serves as one (``audio_player aubridge,nowhere``).
 - Its Contact user is ``<user>-0x<pointer>`` (unique per user agent); an incoming INVITE whose
   Request-URI user is the account's AOR user still matches (fallback match on the AOR).
@@ -67,13 +68,25 @@ class BaresipError(Exception):
     """baresip refused a command, closed its control socket, or did not start."""
 
 
-def write_silence(path: Path, seconds: float) -> Path:
-    """Write ``seconds`` of 8 kHz mono 16-bit silence to ``path`` (a WAV ``aufile`` accepts)."""
+def write_speech(path: Path, source: Path | None, seconds: float) -> Path:
+    """Write the WAV the phone speaks: ``source`` (or nothing) padded with silence to last at
+    least ``seconds``, as 8 kHz mono 16-bit (the only format ``aufile`` accepts here).
+
+    Raises ``ValueError`` if ``source`` is in another format (baresip would play nothing).
+    """
+    frames = b""
+    if source is not None:
+        with wave.open(str(source), "rb") as r:
+            shape = (r.getframerate(), r.getnchannels(), r.getsampwidth())
+            if shape != (RATE, 1, 2):
+                raise ValueError(f"{source}: need 8000 Hz mono 16-bit, got {shape}")
+            frames = r.readframes(r.getnframes())
+    frames += b"\0\0" * max(0, int(RATE * seconds) - len(frames) // 2)
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(RATE)
-        w.writeframes(b"\0\0" * int(RATE * seconds))
+        w.writeframes(frames)
     return path
 
 
@@ -84,7 +97,7 @@ def netstring(payload: bytes) -> bytes:
 
 def split_netstrings(buffer: bytes) -> tuple[list[bytes], bytes]:
     """Complete netstring payloads at the start of ``buffer`` and the unparsed rest."""
-    out = []
+    out: list[bytes] = []
     while True:
         colon = buffer.find(b":")
         if colon < 0:
@@ -173,7 +186,8 @@ class Baresip:
     ``register_password`` None: ``regint=0``, the phone never registers and the carrier must
     route to :attr:`sip_address` statically; otherwise it registers to the carrier with
     ``<number>``/``register_password``. ``auto_answer`` sets ``answermode=auto``.
-    ``audio_file``: an 8 kHz mono 16-bit WAV to speak (default: 60 s of silence).
+    ``audio_file``: an 8 kHz mono 16-bit WAV to speak, padded with silence to
+    ``audio_seconds`` because baresip hangs up when its source file ends.
     """
 
     binary: str
@@ -183,6 +197,7 @@ class Baresip:
     register_password: str | None = None
     auto_answer: bool = True
     audio_file: Path | None = None
+    audio_seconds: float = 60.0
     sip_port: int = field(default_factory=free_port)
     ctrl_port: int = field(default_factory=free_port)
     rtp_base: int = field(default_factory=lambda: free_port() & ~1)
@@ -245,7 +260,7 @@ class Baresip:
     def start(self, ready_timeout: float = 10.0) -> Baresip:
         """Write the configuration, start baresip, and connect to ctrl_tcp; raise if it fails."""
         self.confdir.mkdir(parents=True, exist_ok=True)
-        audio = self.audio_file or write_silence(self.confdir / "silence.wav", 60)
+        audio = write_speech(self.confdir / "speech.wav", self.audio_file, self.audio_seconds)
         (self.confdir / "config").write_text(self.config_text(audio))
         (self.confdir / "accounts").write_text(self.account_line())
         (self.confdir / "contacts").write_text("")

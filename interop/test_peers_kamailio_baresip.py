@@ -14,14 +14,20 @@ import socket
 import struct
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from interop.baresip import CUSTOMER_NUMBER
 from interop.conftest import BaresipFactory, KamailioFactory, SippFactory
 from interop.kamailio import DESTINATION_NUMBER, SCENARIOS
 from interop.peers import LOOPBACK, TRIGGER_NUMBER, Sipp, SippResult, check_authorization, free_port
+from media.g711 import ulaw_decode, ulaw_encode
+from media.tones import dtmf_tone
+from media.tools import detect_dtmf, detect_dtmf_file, gen_dtmf_file
 
 pytestmark = pytest.mark.interop
 
@@ -67,27 +73,43 @@ def telephone_events(packets: list[RtpPacket], payload_type: int = 101) -> str:
 
 
 class RtpSink:
-    """A UDP socket on 127.0.0.1 that the SDP offer names; collects whatever RTP arrives."""
+    """A UDP socket on 127.0.0.1 that the SDP offer names: collects the RTP that arrives and,
+    once the peer's address is known from its first packet (symmetric RTP), can talk back."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((LOOPBACK, free_port() & ~1))
         self.port = int(self.sock.getsockname()[1])
         self.packets: list[RtpPacket] = []
+        self.peer: tuple[str, int] | None = None
 
-    def collect_while(self, sipp: Sipp, timeout: float) -> None:
-        """Read packets until the SIPp run ends (or ``timeout``)."""
-        self.sock.settimeout(0.05)
+    def collect_while(self, sipp: Sipp, timeout: float, talk: bytes = b"") -> None:
+        """Read packets until the SIPp run ends (or ``timeout``); meanwhile send ``talk``
+        (PCMU bytes) to the peer as 20 ms packets in real time."""
+        self.sock.settimeout(0.005)
         deadline = time.monotonic() + timeout
+        frames = [talk[i : i + 160] for i in range(0, len(talk), 160)]
+        sent = 0
+        started = 0.0
         while time.monotonic() < deadline and sipp.proc is not None and sipp.proc.poll() is None:
             self.drain()
+            if self.peer is None or sent >= len(frames):
+                continue
+            if not started:
+                started = time.monotonic()
+            if time.monotonic() >= started + sent * 0.02:
+                header = struct.pack("!BBHII", 0x80, 0x80 if sent == 0 else 0, sent, sent * 160, 7)
+                self.sock.sendto(header + frames[sent], self.peer)
+                sent += 1
 
     def drain(self) -> None:
         try:
             while True:
-                packet = parse_rtp(self.sock.recv(2048))
+                data, source = self.sock.recvfrom(2048)
+                packet = parse_rtp(data)
                 if packet is not None:
                     self.packets.append(packet)
+                    self.peer = source
         except (TimeoutError, BlockingIOError):
             pass
 
@@ -96,8 +118,10 @@ class RtpSink:
 
 
 @pytest.fixture
-def rtp_sink() -> RtpSink:
-    return RtpSink()
+def rtp_sink() -> Iterator[RtpSink]:
+    sink = RtpSink()
+    yield sink
+    sink.close()
 
 
 def register(sipp: SippFactory, carrier: str, contact_port: int, password: str) -> SippResult:
@@ -227,11 +251,42 @@ def test_baresip_sends_rfc4733_dtmf(
     assert result.returncode == 0, result.describe()
     assert telephone_events(rtp_sink.packets) == "15#*"
     events = [p for p in rtp_sink.packets if p.payload_type == 101]
-    # RFC 4733 section 2.5.1.3: the end of an event is sent three times.
-    first = [p for p in events if p.timestamp == events[0].timestamp]
-    assert sum(1 for p in first if p.payload[1] & 0x80) >= 1
-    assert first[0].marker, "the first packet of an event carries the marker bit"
+    for timestamp in sorted({p.timestamp for p in events}):
+        event = [p for p in events if p.timestamp == timestamp]
+        # RFC 4733 section 2.5.1: marker on the first packet, the end packet sent three times.
+        assert event[0].marker and not any(p.marker for p in event[1:])
+        assert sum(1 for p in event if p.payload[1] & 0x80) == 3
     assert len({p.ssrc for p in rtp_sink.packets}) == 1, "events share the audio stream's SSRC"
+
+
+def test_baresip_audio_both_ways(
+    start_kamailio: KamailioFactory,
+    start_baresip: BaresipFactory,
+    sipp: SippFactory,
+    rtp_sink: RtpSink,
+    tmp_path: Path,
+) -> None:
+    # The phone speaks a WAV of in-band DTMF; the far end speaks other digits back, which the
+    # phone's recording of what it received must contain.
+    spoken = tmp_path / "spoken.wav"
+    gen_dtmf_file("4711", spoken, on_ms=80, off_ms=80)
+    phone_port = free_port()
+    carrier = start_kamailio(
+        switch_password=SWITCH_PASSWORD, customer_target=f"{LOOPBACK}:{phone_port}"
+    )
+    phone = start_baresip(carrier=carrier.address, sip_port=phone_port, audio_file=spoken)
+    gap = np.zeros(640, np.int16)  # 80 ms
+    back = np.concatenate([gap, *(part for d in "9*0" for part in (dtmf_tone(d, 80, -6.0), gap))])
+    uac = call(sipp, carrier.address, CUSTOMER_NUMBER, rtp_sink.port, talk_ms=1500)
+    rtp_sink.collect_while(uac, 12, talk=ulaw_encode(back))
+    result = uac.wait(5)
+    rtp_sink.close()
+    assert result.returncode == 0, result.describe()
+    pcmu = b"".join(p.payload for p in rtp_sink.packets if p.payload_type == 0)
+    assert "".join(d for d, _, _ in detect_dtmf(ulaw_decode(pcmu))) == "4711"
+    received = phone.received_audio()
+    assert received is not None
+    assert "".join(d for d, _, _ in detect_dtmf_file(received)) == "9*0"
 
 
 # --- (4) the switch calls a destination on the PSTN --------------------------------------------
@@ -247,9 +302,7 @@ def test_destination_number_routes_to_pstn_uas(
         timeout_s=10,
         extra=["-mp", str(free_port())],
     ).start()
-    carrier = start_kamailio(
-        switch_password=SWITCH_PASSWORD, pstn_target=f"{LOOPBACK}:{pstn_port}"
-    )
+    carrier = start_kamailio(switch_password=SWITCH_PASSWORD, pstn_target=f"{LOOPBACK}:{pstn_port}")
     uac = call(sipp, carrier.address, DESTINATION_NUMBER, rtp_sink.port, talk_ms=200)
     result = uac.wait(15)
     rtp_sink.close()

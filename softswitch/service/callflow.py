@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -97,6 +97,8 @@ CALLBACK = "callback"
 DESTINATION = "destination"
 OPERATOR = "operator"
 
+#: RFC 4733 section 3.2 events 0-15; A-D exist on some phones and are ignored by the service.
+DTMF_KEYS = "0123456789*#ABCD"
 CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable", "rejected"})
 RETRYABLE_CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable"})
 DESTINATION_FAILURES = frozenset({"busy", "no_answer", "rejected", "congestion", "unreachable"})
@@ -158,6 +160,10 @@ class DigitReceived:
     digit: str
     leg: str = CALLBACK
     source: str = "rfc4733"
+
+    def __post_init__(self) -> None:
+        if len(self.digit) != 1 or self.digit not in DTMF_KEYS:
+            raise ValueError(f"not a DTMF key: {self.digit!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -561,7 +567,6 @@ class _Keys:
     held: str = ""
     zero_at: float | None = None
     last_at: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 # --- the machine -----------------------------------------------------------------------------
@@ -698,7 +703,9 @@ class CustomerCall:
             self._arm("ring", now + self.config.callback_ring_timeout),
         ]
 
-    def _release_peer(self, now: float, cause: str, *, hang_up: bool, status: int | None = None) -> list[Action]:
+    def _release_peer(
+        self, now: float, cause: str, *, hang_up: bool, status: int | None = None
+    ) -> list[Action]:
         """End the destination/operator leg: stop billing, unbridge, hang up, record."""
         peer = self._peer
         if peer is None:
@@ -730,7 +737,9 @@ class CustomerCall:
         actions.append(Finished(cause))
         return actions
 
-    def _enter_collecting(self, now: float, prompts: tuple[str, ...], idle: float | None) -> list[Action]:
+    def _enter_collecting(
+        self, now: float, prompts: tuple[str, ...], idle: float | None
+    ) -> list[Action]:
         """Back to the DialPrompt: play ``prompts``; ``idle`` re-arms the silence timer."""
         actions = self._quiet()
         actions += self._set_state(S.COLLECTING)
@@ -891,13 +900,19 @@ class CustomerCall:
             return [self._arm("collect", self.collector.deadline)]
         if self.state is S.ENDING:
             return self._end(now, "silence", hang_up_callback=True)
-        if self.state is S.OPERATOR and self._peer is not None and self._peer.ring_at is not None:
-            if self._peer.answer_at is None and not self._peer.early_media:
-                return self._tone("ringback")
+        peer = self._peer
+        if (
+            self.state is S.OPERATOR
+            and peer is not None
+            and peer.ring_at is not None
+            and peer.answer_at is None
+            and not peer.early_media
+        ):
+            return self._tone("ringback")
         return []
 
     def _on_digit_collecting(self, event: DigitReceived, now: float) -> list[Action]:
-        if event.leg != CALLBACK:
+        if event.leg != CALLBACK or event.digit in "ABCD":
             return []
         if self.state is S.ANNOUNCING and "extension" in self._timers:
             # Keys before the extension is sent come from a switchboard, not the customer.
@@ -926,7 +941,10 @@ class CustomerCall:
         if isinstance(result, dialplan.CustomerService):
             return self._enter_operator(now)
         if isinstance(result, dialplan.LocationChange):
-            return [ChangeLocation(result.trigger), *self._end(now, "location_change", hang_up_callback=False)]
+            return [
+                ChangeLocation(result.trigger),
+                *self._end(now, "location_change", hang_up_callback=False),
+            ]
         if isinstance(result, dialplan.EndSession):
             return self._end(now, "customer_release", hang_up_callback=True)
         if isinstance(result, dialplan.Invalid):
@@ -1002,7 +1020,8 @@ class CustomerCall:
             raise CallFlowError(f"{peer.leg} answered twice")
         peer.answer_at = now
         actions = self._quiet()
-        actions.append(self._cancel("dest_ring"))
+        if "dest_ring" in self._timers:
+            actions.append(self._cancel("dest_ring"))
         self._bridged = True
         actions.append(Bridge(CALLBACK, peer.leg))
         if self.state is S.OPERATOR:
@@ -1054,7 +1073,7 @@ class CustomerCall:
         return self._peer is not None and self._peer.answer_at is not None
 
     def _on_digit_command(self, event: DigitReceived, now: float) -> list[Action]:
-        if event.leg != CALLBACK:
+        if event.leg != CALLBACK or event.digit in "ABCD":
             return []
         commands = COMMANDS_IN[self.state]
         keys = self._keys

@@ -559,7 +559,7 @@ def _csv_rows(path: str | Path, header: str) -> list[tuple[int, list[str]]]:
     """(line, cells) of each data row; blank lines, ``#`` comments and a header are skipped."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
+            reader = csv.reader(handle, strict=True)
             out: list[tuple[int, list[str]]] = []
             first = True
             line = 0

@@ -1,0 +1,556 @@
+"""Admin commands on the store: ``softswitch account|speed-dial|rates|cdr|db ...`` (typer).
+
+Each command opens the database given by ``--db`` (or ``SOFTSWITCH_DB``, else the default of
+``softswitch serve``), brings the schema up to date, does one thing and closes it. Output is an
+aligned plain-text table for people, or JSON with ``--json`` for scripts (times as ISO 8601 UTC,
+money as integers in minor units). Errors are one line on stderr: exit status 2 for bad input
+(malformed values, unknown ids, CSV errors naming the line), 1 when the database fails.
+
+``softswitch.cli`` mounts the sub-apps: ``account_app``, ``speed_dial_app``, ``rates_app``,
+``cdr_app`` and ``db_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TextIO, TypeVar
+
+import typer
+
+from softswitch.config import DEFAULT_DB
+from softswitch.store import (
+    UNSET,
+    Account,
+    AccountKind,
+    AccountStatus,
+    Cdr,
+    CdrFilter,
+    Conflict,
+    DatabaseUrlError,
+    InvalidInput,
+    Language,
+    Location,
+    NotFound,
+    Rate,
+    SpeedDial,
+    Store,
+    StoreError,
+)
+from softswitch.store.repos import iso_utc
+
+T = TypeVar("T")
+
+account_app = typer.Typer(no_args_is_help=True, help="Customer accounts.")
+speed_dial_app = typer.Typer(no_args_is_help=True, help="Speed dials of an account (0 + code).")
+rates_app = typer.Typer(no_args_is_help=True, help="Rates per destination prefix.")
+cdr_app = typer.Typer(no_args_is_help=True, help="Call detail records.")
+db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
+
+DbUrl = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="SOFTSWITCH_DB",
+        help="Database URL (sqlite:///FILE or postgresql://...).",
+        show_default=True,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AccountId = Annotated[int, typer.Argument(help="Account id.")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"softswitch: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store at ``db``, run ``work``, close; store errors become one-line exits."""
+
+    async def main() -> T:
+        store = await Store.open(db)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(main())
+    except (InvalidInput, NotFound, Conflict, DatabaseUrlError) as exc:
+        _fail(str(exc), 2)
+    except StoreError as exc:
+        _fail(str(exc), 1)
+    except Exception as exc:  # driver errors vary (OSError, asyncpg, SQLAlchemy): one line each
+        _fail(f"database {db}: {type(exc).__name__}: {exc}".splitlines()[0], 1)
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def _parse_time(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"not a date/time: {text!r} (use ISO 8601, e.g. 2024-05-01T09:00)", 2)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+# -- accounts -----------------------------------------------------------------------------------
+
+
+def account_json(a: Account) -> dict[str, Any]:
+    """The JSON form of an account (what ``--json`` prints)."""
+    return {
+        "id": a.id,
+        "name": a.name,
+        "kind": a.kind.value,
+        "language": a.language.value,
+        "status": a.status.value,
+        "triggers": list(a.triggers),
+        "location": a.location.number if a.location else None,
+        "extension": a.location.extension if a.location else None,
+        "has_security_code": a.has_security_code,
+        "locked_until": iso_utc(a.locked_until) or None,
+        "recorded_name": a.recorded_name_path,
+        "credit_limit": a.credit_limit,
+        "credit_used": a.credit_used,
+        "credit_reserved": a.credit_reserved,
+        "credit_available": a.available_credit,
+        "hotline_destination": a.hotline_destination,
+        "created_at": iso_utc(a.created_at),
+        "updated_at": iso_utc(a.updated_at),
+    }
+
+
+def _location_text(a: Account) -> str:
+    if a.location is None:
+        return "-"
+    ext = f" ext {a.location.extension}" if a.location.extension else ""
+    return a.location.number + ext
+
+
+def _show_account(a: Account, as_json: bool) -> None:
+    if as_json:
+        _print_json(account_json(a))
+        return
+    data = account_json(a)
+    data["triggers"] = ", ".join(a.triggers) or "-"
+    data["location"] = _location_text(a)
+    del data["extension"]
+    _print_table(["field", "value"], [(k, "-" if v is None else v) for k, v in data.items()])
+
+
+@account_app.command("add")
+def account_add(
+    name: Annotated[str, typer.Argument(help="The customer's name.")],
+    kind: Annotated[AccountKind, typer.Option(help="Account kind.")] = AccountKind.STANDARD,
+    language: Annotated[Language, typer.Option(help="Prompt language.")] = Language.JA,
+    trigger: Annotated[
+        list[str] | None, typer.Option("--trigger", "-t", help="A trigger number (repeatable).")
+    ] = None,
+    location: Annotated[str | None, typer.Option(help="Callback number, E.164.")] = None,
+    extension: Annotated[str | None, typer.Option(help="Extension / room number.")] = None,
+    security_code: Annotated[str | None, typer.Option(help="4-digit security code.")] = None,
+    credit_limit: Annotated[int, typer.Option(help="Credit limit, minor units.")] = 0,
+    hotline_destination: Annotated[
+        str | None, typer.Option(help="The number a hotline account dials.")
+    ] = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Create an account."""
+    loc = Location(location, extension) if location else None
+    if extension and not location:
+        _fail("--extension needs --location", 2)
+    account = _run(
+        db,
+        lambda s: s.accounts.add(
+            name,
+            kind=kind,
+            language=language,
+            triggers=trigger or (),
+            location=loc,
+            security_code=security_code,
+            credit_limit=credit_limit,
+            hotline_destination=hotline_destination,
+        ),
+    )
+    _show_account(account, as_json)
+
+
+@account_app.command("list")
+def account_list(
+    status: Annotated[AccountStatus | None, typer.Option(help="Only this status.")] = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """List accounts."""
+    found = _run(db, lambda s: s.accounts.list(status=status))
+    if as_json:
+        _print_json([account_json(a) for a in found])
+        return
+    _print_table(
+        ["id", "name", "kind", "lang", "status", "triggers", "location", "limit", "used"],
+        [
+            (
+                a.id,
+                a.name,
+                a.kind.value,
+                a.language.value,
+                a.status.value,
+                ",".join(a.triggers) or "-",
+                _location_text(a),
+                a.credit_limit,
+                a.credit_used,
+            )
+            for a in found
+        ],
+    )
+
+
+@account_app.command("show")
+def account_show(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """Show one account."""
+    _show_account(_run(db, lambda s: s.accounts.get(account_id)), as_json)
+
+
+@account_app.command("edit")
+def account_edit(
+    account_id: AccountId,
+    name: Annotated[str | None, typer.Option(help="New name.")] = None,
+    kind: Annotated[AccountKind | None, typer.Option(help="New kind.")] = None,
+    language: Annotated[Language | None, typer.Option(help="New language.")] = None,
+    location: Annotated[str | None, typer.Option(help="New callback number.")] = None,
+    extension: Annotated[str | None, typer.Option(help="Extension with --location.")] = None,
+    clear_location: Annotated[bool, typer.Option(help="Forget the location.")] = False,
+    security_code: Annotated[str | None, typer.Option(help="New 4-digit code.")] = None,
+    clear_security_code: Annotated[bool, typer.Option(help="Remove the code.")] = False,
+    credit_limit: Annotated[int | None, typer.Option(help="Credit limit, minor units.")] = None,
+    hotline_destination: Annotated[str | None, typer.Option(help="Hotline number.")] = None,
+    add_trigger: Annotated[list[str] | None, typer.Option(help="Add a trigger number.")] = None,
+    remove_trigger: Annotated[
+        list[str] | None, typer.Option(help="Remove a trigger number.")
+    ] = None,
+    recorded_name: Annotated[str | None, typer.Option(help="Recorded name file.")] = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Change an account (only the options given)."""
+    if security_code and clear_security_code:
+        _fail("--security-code and --clear-security-code exclude each other", 2)
+    if location and clear_location:
+        _fail("--location and --clear-location exclude each other", 2)
+    if extension and not location:
+        _fail("--extension needs --location", 2)
+
+    async def work(s: Store) -> Account:
+        code = (
+            security_code if security_code is not None else None if clear_security_code else UNSET
+        )
+        account = await s.accounts.update(
+            account_id,
+            name=UNSET if name is None else name,
+            kind=UNSET if kind is None else kind,
+            language=UNSET if language is None else language,
+            credit_limit=UNSET if credit_limit is None else credit_limit,
+            hotline_destination=UNSET if hotline_destination is None else hotline_destination,
+            security_code=code,
+        )
+        if location or clear_location:
+            account = await s.accounts.set_location(
+                account_id, Location(location, extension) if location else None
+            )
+        for number in add_trigger or ():
+            account = await s.accounts.add_trigger(account_id, number)
+        for number in remove_trigger or ():
+            account = await s.accounts.remove_trigger(account_id, number)
+        if recorded_name is not None:
+            account = await s.accounts.set_recorded_name(account_id, recorded_name or None)
+        return account
+
+    _show_account(_run(db, work), as_json)
+
+
+@account_app.command("suspend")
+def account_suspend(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """Suspend an account: its triggers no longer call back."""
+    _show_account(_run(db, lambda s: s.accounts.suspend(account_id)), as_json)
+
+
+@account_app.command("resume")
+def account_resume(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """Resume a suspended account."""
+    _show_account(_run(db, lambda s: s.accounts.resume(account_id)), as_json)
+
+
+# -- speed dials --------------------------------------------------------------------------------
+
+
+def _dial_json(d: SpeedDial) -> dict[str, Any]:
+    return {"account_id": d.account_id, "code": d.code, "number": d.number, "label": d.label}
+
+
+def _show_dials(dials: Sequence[SpeedDial], as_json: bool) -> None:
+    if as_json:
+        _print_json([_dial_json(d) for d in dials])
+    else:
+        _print_table(["code", "number", "label"], [(d.code, d.number, d.label) for d in dials])
+
+
+@speed_dial_app.command("set")
+def speed_dial_set(
+    account_id: AccountId,
+    code: Annotated[str, typer.Argument(help="2-4 digits starting with 0 (e.g. 03, 087).")],
+    number: Annotated[str, typer.Argument(help="E.164 number.")],
+    label: Annotated[str, typer.Option(help="A note for people.")] = "",
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Set (or replace) a speed dial."""
+    _show_dials([_run(db, lambda s: s.speed_dials.set(account_id, code, number, label))], as_json)
+
+
+@speed_dial_app.command("delete")
+def speed_dial_delete(
+    account_id: AccountId,
+    code: Annotated[str, typer.Argument(help="The code to remove.")],
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Remove a speed dial."""
+    if not _run(db, lambda s: s.speed_dials.delete(account_id, code)):
+        _fail(f"account {account_id} has no speed dial {code}", 2)
+    if as_json:
+        _print_json({"deleted": code})
+
+
+@speed_dial_app.command("list")
+def speed_dial_list(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """List an account's speed dials."""
+
+    async def work(s: Store) -> Sequence[SpeedDial]:
+        await s.accounts.get(account_id)
+        return await s.speed_dials.list(account_id)
+
+    _show_dials(_run(db, work), as_json)
+
+
+@speed_dial_app.command("import")
+def speed_dial_import(
+    account_id: AccountId,
+    file: Annotated[Path, typer.Argument(help="CSV: code,number[,label]", dir_okay=False)],
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Import speed dials from CSV (all or nothing; existing codes are replaced)."""
+    count = _run(db, lambda s: s.speed_dials.import_csv(account_id, file))
+    if as_json:
+        _print_json({"imported": count})
+    else:
+        typer.echo(f"{count} speed dials imported")
+
+
+# -- rates --------------------------------------------------------------------------------------
+
+
+def _rate_json(r: Rate) -> dict[str, Any]:
+    return {
+        "prefix": r.prefix,
+        "description": r.description,
+        "price_per_minute": r.price_per_minute,
+        "increment_s": r.increment_s,
+        "minimum_s": r.minimum_s,
+        "blocked": r.blocked,
+    }
+
+
+def _show_rates(found: Sequence[Rate], as_json: bool) -> None:
+    if as_json:
+        _print_json([_rate_json(r) for r in found])
+        return
+    _print_table(
+        ["prefix", "description", "per_min", "incr_s", "min_s", "blocked"],
+        [
+            (
+                r.prefix,
+                r.description,
+                r.price_per_minute,
+                r.increment_s,
+                r.minimum_s,
+                "yes" if r.blocked else "",
+            )
+            for r in found
+        ],
+    )
+
+
+@rates_app.command("import")
+def rates_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV: prefix,description,price_per_minute[,increment_s[,minimum_s[,blocked]]]",
+            dir_okay=False,
+        ),
+    ],
+    replace: Annotated[bool, typer.Option(help="Delete rates not in the file.")] = False,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Import rates from CSV (all or nothing)."""
+    count = _run(db, lambda s: s.rates.import_csv(file, replace_all=replace))
+    if as_json:
+        _print_json({"imported": count})
+    else:
+        typer.echo(f"{count} rates imported")
+
+
+@rates_app.command("list")
+def rates_list(db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """List every rate."""
+    _show_rates(_run(db, lambda s: s.rates.list()), as_json)
+
+
+@rates_app.command("lookup")
+def rates_lookup(
+    number: Annotated[str, typer.Argument(help="E.164 number.")],
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Show the rate a number is billed at (longest prefix match)."""
+    rate = _run(db, lambda s: s.rates.lookup(number))
+    if rate is None:
+        _fail(f"no rate for {number}", 2)
+    _show_rates([rate], as_json)
+
+
+# -- CDRs ---------------------------------------------------------------------------------------
+
+
+def cdr_json(c: Cdr) -> dict[str, Any]:
+    """The JSON form of a CDR (what ``--json`` prints)."""
+    return {
+        "id": c.id,
+        "call_uuid": c.call_uuid,
+        "leg": c.leg.value,
+        "account_id": c.account_id,
+        "from_number": c.from_number,
+        "to_number": c.to_number,
+        "setup_at": iso_utc(c.setup_at),
+        "ring_at": iso_utc(c.ring_at) or None,
+        "answer_at": iso_utc(c.answer_at) or None,
+        "end_at": iso_utc(c.end_at) or None,
+        "cause_code": c.cause_code,
+        "cause_text": c.cause_text,
+        "billed_seconds": c.billed_seconds,
+        "cost": c.cost,
+        "node_id": c.node_id,
+    }
+
+
+AccountFilter = Annotated[int | None, typer.Option("--account", help="Only this account.")]
+CallFilter = Annotated[str | None, typer.Option("--call", help="Only this call_uuid.")]
+Since = Annotated[str | None, typer.Option(help="Set up at or after (ISO 8601, UTC default).")]
+Until = Annotated[str | None, typer.Option(help="Set up before (ISO 8601, UTC default).")]
+
+
+@cdr_app.command("list")
+def cdr_list(
+    account: AccountFilter = None,
+    call: CallFilter = None,
+    since: Since = None,
+    until: Until = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """List CDRs, oldest first."""
+    where = CdrFilter(account, call, _parse_time(since), _parse_time(until))
+    found = _run(db, lambda s: s.cdrs.list(where, limit=limit))
+    if as_json:
+        _print_json([cdr_json(c) for c in found])
+        return
+    _print_table(
+        ["id", "call", "leg", "acct", "from", "to", "setup (UTC)", "cause", "billed_s", "cost"],
+        [
+            (
+                c.id,
+                c.call_uuid,
+                c.leg.value,
+                c.account_id,
+                c.from_number,
+                c.to_number,
+                iso_utc(c.setup_at)[:23],
+                f"{c.cause_code or ''} {c.cause_text}".strip(),
+                c.billed_seconds,
+                c.cost,
+            )
+            for c in found
+        ],
+    )
+
+
+@cdr_app.command("export")
+def cdr_export(
+    account: AccountFilter = None,
+    call: CallFilter = None,
+    since: Since = None,
+    until: Until = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File (default: stdout).")
+    ] = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Export CDRs as CSV (or a JSON array with --json), oldest first."""
+    where = CdrFilter(account, call, _parse_time(since), _parse_time(until))
+
+    async def write(s: Store, handle: TextIO) -> None:
+        if as_json:
+            found = await s.cdrs.list(where, limit=2**62)
+            handle.write(json.dumps([cdr_json(c) for c in found], ensure_ascii=False) + "\n")
+        else:
+            await s.cdrs.export_csv(handle, where)
+
+    async def work(s: Store) -> None:
+        if output is None:
+            await write(s, sys.stdout)
+            return
+        with open(output, "w", newline="", encoding="utf-8") as handle:
+            await write(s, handle)
+
+    _run(db, work)
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
+    """Create or migrate the schema to the newest revision."""
+
+    async def work(s: Store) -> str | None:
+        return await s.db.revision()
+
+    revision = _run(db, work)
+    if as_json:
+        _print_json({"revision": revision})
+    else:
+        typer.echo(f"database at revision {revision}")

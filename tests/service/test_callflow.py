@@ -1,0 +1,812 @@
+"""CustomerCall scenarios on a fake clock: the customer-visible rules of SPEC sections 1, 2, 7."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from softswitch.service.callflow import (
+    CALLBACK,
+    DESTINATION,
+    OPERATOR,
+    Authorize,
+    Authorized,
+    Bridge,
+    CallbackAnswered,
+    CallbackFailed,
+    CallbackRinging,
+    CallFlowConfig,
+    CallFlowError,
+    CallState,
+    CancelTimer,
+    ChangeLocation,
+    CustomerHungUp,
+    DestinationAnswered,
+    DestinationFailed,
+    DestinationHungUp,
+    DestinationRinging,
+    DigitReceived,
+    Finished,
+    ForwardDigit,
+    HangUp,
+    Originate,
+    Play,
+    PlayTone,
+    PromptFinished,
+    Refused,
+    ResolveSpeedDial,
+    SendDtmf,
+    SpeedDialResolved,
+    StartBilling,
+    StartTimer,
+    StopBilling,
+    StopPlayback,
+    TimerFired,
+    Unbridge,
+    WriteCdr,
+    transitions,
+)
+from tests.service.driver import LOCATION, Driver, of
+
+S = CallState
+NUMBER = "81312345678"
+DIAL = "+81312345678"
+
+
+def authorized(max_seconds: int = 600, rate: int = 12, number: str = NUMBER) -> Authorized:
+    return Authorized(number, "+" + number, rate, max_seconds)
+
+
+def dial(d: Driver, number: str = NUMBER, max_seconds: int = 600) -> None:
+    """From the dial prompt to a ringing destination."""
+    out = d.keys(number + "*")
+    assert of(out, Authorize) == [Authorize(number)]
+    assert d.state is S.AUTHORIZING
+    out = d.send(authorized(max_seconds, number=number), after=0.05)
+    assert of(out, Originate) == [Originate(DESTINATION, "+" + number, None)]
+    assert d.state is S.DIALLING
+
+
+def connected(d: Driver, max_seconds: int = 600) -> float:
+    d.answered()
+    dial(d, max_seconds=max_seconds)
+    d.send(DestinationRinging(early_media=False), after=1.0)
+    d.send(DestinationAnswered(), after=8.0)
+    assert d.state is S.CONNECTED
+    return d.now
+
+
+def last_cdr(d: Driver, leg: str) -> WriteCdr:
+    return [c for c in of(d.actions, WriteCdr) if c.leg == leg][-1]
+
+
+def assert_finished(d: Driver) -> None:
+    """Everything ended: Finished last, no timers, billing balanced, a CDR per Originate."""
+    assert d.state is S.ENDED
+    assert isinstance(d.actions[-1], Finished)
+    assert len(of(d.actions, Finished)) == 1
+    assert d.timers == {}
+    assert len(of(d.actions, StartBilling)) == len(of(d.actions, StopBilling))
+    originated = [(o.leg, o.attempt) for o in of(d.actions, Originate)]
+    recorded = [(c.leg, c.attempt) for c in of(d.actions, WriteCdr)]
+    assert sorted(originated) == sorted(recorded)
+
+
+# --- the whole call ---
+
+
+def test_happy_path() -> None:
+    d = Driver(has_name=True, caller_id="12065550100")
+    out = d.start()
+    assert out == [
+        Originate(CALLBACK, LOCATION, "12065550100", 1),
+        StartTimer("ring", 45.0),
+    ]
+    d.send(CallbackRinging(), after=1.0)
+    out = d.send(CallbackAnswered(), after=4.0)
+    assert CancelTimer("ring") in out
+    assert of(out, Play) == [Play(CALLBACK, ("name", "dial_prompt"), barge_in=True)]
+    assert d.state is S.ANNOUNCING
+    out = d.send(PromptFinished(), after=5.0)
+    assert d.state is S.COLLECTING
+    assert out == [StartTimer("collect", 20.0)]
+
+    out = d.keys("81312345678*")
+    assert of(out, Authorize) == [Authorize(NUMBER)]
+    out = d.send(authorized(), after=0.05)
+    assert of(out, Originate) == [Originate(DESTINATION, DIAL, "12065550100", 1)]
+    out = d.send(DestinationRinging(early_media=False), after=1.0)
+    assert out == [PlayTone(CALLBACK, "ringback")]
+    answer_at = d.now + 8.0
+    out = d.send(DestinationAnswered(), after=8.0)
+    assert out[:3] == [
+        StopPlayback(CALLBACK),
+        CancelTimer("dest_ring"),
+        Bridge(CALLBACK, DESTINATION),
+    ]
+    assert StartBilling(answer_at) in out
+    assert StartTimer("credit_warning", answer_at + 540) in out
+    assert StartTimer("credit_cut", answer_at + 600) in out
+
+    out = d.send(DigitReceived("9"), after=30.0)
+    assert out == [ForwardDigit(DESTINATION, "9")]
+    d.keys("**")
+    cdr = last_cdr(d, DESTINATION)
+    assert cdr.answer_at == answer_at
+    assert cdr.end_at == pytest.approx(answer_at + 30.6)
+    assert cdr.ring_at == pytest.approx(answer_at - 8.0)
+    assert (cdr.billed_seconds, cdr.cost, cdr.rate) == (36, 8, 12)  # 7.2 -> 8
+    assert_finished(d)
+
+
+def test_star_star_in_call_releases_both_legs_and_stops_billing() -> None:
+    d = Driver()
+    answer_at = connected(d)
+    d.send(DigitReceived("*"), after=95.0)
+    out = d.send(DigitReceived("*"), after=0.3)
+    release_at = answer_at + 95.3
+    assert out == [
+        CancelTimer("hold"),
+        StopBilling(release_at),
+        Unbridge(CALLBACK, DESTINATION),
+        HangUp(DESTINATION, "customer_release"),
+        WriteCdr(
+            leg=DESTINATION,
+            attempt=1,
+            number=NUMBER,
+            dial_string=DIAL,
+            setup_at=pytest.approx(answer_at - 9.0),  # type: ignore[arg-type]
+            ring_at=pytest.approx(answer_at - 8.0),  # type: ignore[arg-type]
+            answer_at=answer_at,
+            end_at=release_at,
+            cause="customer_release",
+            sip_status=None,
+            billed_seconds=96,  # 30 s minimum + 11 increments of 6 s
+            cost=20,  # 12/min * 96 s = 19.2, rounded up
+            rate=12,
+        ),
+        HangUp(CALLBACK, "customer_release"),
+        out[6],
+        CancelTimer("credit_warning"),
+        CancelTimer("credit_cut"),
+        Finished("customer_release"),
+    ]
+    callback = out[6]
+    assert isinstance(callback, WriteCdr)
+    assert (callback.leg, callback.cause, callback.cost, callback.answer_at) == (
+        CALLBACK,
+        "customer_release",
+        0,
+        3.0,
+    )
+    assert_finished(d)
+
+
+# --- callback retries ---
+
+
+def test_three_attempts_then_give_up_with_cdrs() -> None:
+    d = Driver(config=CallFlowConfig(callback_retry_pause=20.0, callback_ring_timeout=45.0))
+    d.start()
+    out = d.send(CallbackFailed("busy", 486), after=2.0)
+    assert out[0] == WriteCdr(
+        CALLBACK, 1, LOCATION, LOCATION, 0.0, None, None, 2.0, "busy", 486, 0, 0, None
+    )
+    assert StartTimer("retry", 22.0) in out
+    out = d.fire("retry")
+    assert out[0] == Originate(CALLBACK, LOCATION, None, 2)
+    d.send(CallbackRinging(), after=1.0)
+    out = d.fire("ring")  # nobody answers within 45 s
+    assert d.now == 22.0 + 45.0
+    assert out[0] == HangUp(CALLBACK, "no_answer")
+    cdr = of(out, WriteCdr)[0]
+    assert (cdr.attempt, cdr.cause, cdr.ring_at) == (2, "no_answer", 23.0)
+    d.fire("retry")
+    out = d.send(CallbackFailed("unreachable", 503), after=0.5)
+    assert of(out, Finished) == [Finished("callback_unreachable")]
+    assert [c.attempt for c in of(d.actions, WriteCdr)] == [1, 2, 3]
+    assert_finished(d)
+
+
+def test_rejected_callback_is_not_retried() -> None:
+    d = Driver()
+    d.start()
+    out = d.send(CallbackFailed("rejected", 603), after=1.0)
+    assert of(out, Finished) == [Finished("callback_rejected")]
+    assert_finished(d)
+
+
+def test_answer_on_the_second_attempt() -> None:
+    d = Driver()
+    d.start()
+    d.send(CallbackFailed("no_answer", 480), after=45.0)
+    d.fire("retry")
+    out = d.send(CallbackAnswered(), after=5.0)
+    assert d.state is S.ANNOUNCING
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+
+
+# --- announcements ---
+
+
+def test_extension_is_sent_after_a_pause_then_the_prompt() -> None:
+    d = Driver(extension="1234", config=CallFlowConfig(extension_pause=2.0))
+    d.start()
+    out = d.send(CallbackAnswered(), after=3.0)
+    assert of(out, Play) == []
+    assert StartTimer("extension", 5.0) in out
+    assert d.send(DigitReceived("5")) == []  # the switchboard's keys are not the customer's
+    out = d.fire("extension")
+    assert out == [SendDtmf(CALLBACK, "1234"), Play(CALLBACK, ("dial_prompt",))]
+
+
+def test_extension_must_be_dtmf() -> None:
+    with pytest.raises(ValueError):
+        Driver(extension="12;x")
+
+
+def test_barge_in_stops_the_prompt() -> None:
+    d = Driver(has_name=True)
+    d.start()
+    d.send(CallbackAnswered(), after=3.0)
+    out = d.send(DigitReceived("8"), after=0.5)
+    assert StopPlayback(CALLBACK) in out
+    assert d.state is S.COLLECTING
+    assert d.send(PromptFinished()) == []  # a late end of the stopped prompt changes nothing
+    out = d.keys("1312345678*")
+    assert of(out, Authorize) == [Authorize(NUMBER)]
+    assert of(out, StopPlayback) == []
+
+
+def test_hash_star_replays_the_dial_prompt() -> None:
+    d = Driver()
+    d.answered()
+    out = d.keys("8131#*")
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Authorize) == []
+    assert "collect" not in d.timers
+    out = d.send(PromptFinished(), after=3.0)
+    assert of(out, StartTimer) == [StartTimer("collect", d.now + 10.0)]
+    out = d.keys(NUMBER + "*")
+    assert of(out, Authorize) == [Authorize(NUMBER)]
+
+
+def test_inter_digit_timeout_replays_the_prompt() -> None:
+    d = Driver()
+    d.answered()
+    d.keys("813")
+    out = d.fire("collect")
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert d.call.collector.entry == ""
+
+
+def test_silent_callback_ends_cleanly_after_two_minutes() -> None:
+    d = Driver()
+    d.answered()
+    answered_at = 3.0
+    prompts = 1
+    while "silence" not in [name for name, at in d.timers.items() if at <= min(d.timers.values())]:
+        out = d.fire(min(d.timers, key=lambda n: d.timers[n]))
+        prompts += len(of(out, Play))
+        if of(out, Play):
+            d.send(PromptFinished(), after=4.0)
+    out = d.fire("silence")
+    assert d.now == answered_at + 120.0
+    assert prompts >= 5  # the prompt kept being replayed
+    assert of(out, Play) == [Play(CALLBACK, ("goodbye",), barge_in=False)]
+    assert d.state is S.ENDING
+    out = d.send(PromptFinished(), after=2.0)
+    assert out[0] == HangUp(CALLBACK, "silence")
+    assert_finished(d)
+
+
+def test_goodbye_that_never_finishes_still_ends() -> None:
+    d = Driver()
+    d.answered()
+    d.fire("silence")
+    out = d.fire("ending")
+    assert out[0] == HangUp(CALLBACK, "silence")
+    assert_finished(d)
+
+
+# --- speed dial, customer service, location change ---
+
+
+def test_speed_dial() -> None:
+    d = Driver(config=CallFlowConfig(speed_dial_timeout=3.0))
+    d.answered()
+    d.keys("03")
+    out = d.fire("collect")
+    assert of(out, ResolveSpeedDial) == [ResolveSpeedDial("03")]
+    assert d.state is S.AUTHORIZING
+    out = d.send(SpeedDialResolved("4930123456"), after=0.01)
+    assert out == [Authorize("4930123456")]
+    d.send(authorized(number="4930123456"), after=0.05)
+    assert d.state is S.DIALLING
+
+
+def test_speed_dial_with_star_and_four_keys() -> None:
+    d = Driver()
+    d.answered()
+    assert of(d.keys("087*"), ResolveSpeedDial) == [ResolveSpeedDial("087")]
+    d.send(SpeedDialResolved(None))
+    assert d.state is S.COLLECTING
+    assert of(d.actions, Play)[-1] == Play(CALLBACK, ("unknown_speed_dial", "dial_prompt"))
+    assert of(d.keys("0871"), ResolveSpeedDial) == [ResolveSpeedDial("0871")]
+
+
+def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
+    d = Driver(operator="sip:care@127.0.0.1")
+    d.answered()
+    out = d.keys("00")
+    assert d.state is S.OPERATOR
+    assert Play(CALLBACK, ("connecting_customer_service",), barge_in=False) in out
+    assert Originate(OPERATOR, "sip:care@127.0.0.1", None) in out
+    assert d.send(DestinationRinging(leg=OPERATOR), after=0.5) == []  # announcement plays on
+    assert d.send(PromptFinished(), after=2.0) == [PlayTone(CALLBACK, "ringback")]
+    out = d.send(DestinationAnswered(leg=OPERATOR), after=5.0)
+    assert Bridge(CALLBACK, OPERATOR) in out
+    assert of(out, StartBilling) == []
+    assert of(d.keys("123"), ForwardDigit) == [ForwardDigit(OPERATOR, k) for k in "123"]
+    out = d.send(DestinationHungUp(leg=OPERATOR), after=60.0)
+    assert last_cdr(d, OPERATOR).cause == "normal"
+    assert last_cdr(d, OPERATOR).cost == 0
+    assert d.state is S.COLLECTING
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+
+
+def test_operator_events_must_name_the_operator_leg() -> None:
+    d = Driver()
+    d.answered()
+    d.keys("00")
+    with pytest.raises(CallFlowError):
+        d.send(DestinationAnswered())  # leg="destination"
+
+
+def test_unreachable_customer_service_returns_to_the_prompt() -> None:
+    d = Driver()
+    d.answered()
+    d.keys("00")
+    out = d.send(DestinationFailed("congestion", 503, leg=OPERATOR), after=1.0)
+    assert of(out, Play)[-1] == Play(CALLBACK, ("call_failed", "dial_prompt"))
+    assert d.state is S.COLLECTING
+
+
+def test_own_trigger_number_hands_over_to_location_change() -> None:
+    d = Driver(trigger_numbers=["12065550100"])
+    d.answered()
+    out = d.keys("12065550100#")
+    assert ChangeLocation("12065550100") in out
+    assert of(out, HangUp) == []  # the leg goes on into the Location menu
+    assert last_cdr(d, CALLBACK).cause == "location_change"
+    assert_finished(d)
+
+
+def test_star_star_at_the_prompt_ends() -> None:
+    d = Driver()
+    d.answered()
+    out = d.keys("**")
+    assert HangUp(CALLBACK, "customer_release") in out
+    assert_finished(d)
+
+
+# --- refusals ---
+
+
+@pytest.mark.parametrize(
+    ("reason", "prompt"),
+    [
+        ("invalid", "invalid_number"),
+        ("blocked", "blocked_number"),
+        ("no_credit", "no_credit"),
+        ("over_limit", "over_limit"),
+    ],
+)
+def test_refusal_plays_a_prompt_then_the_dial_prompt(reason: str, prompt: str) -> None:
+    d = Driver()
+    d.answered()
+    d.keys(NUMBER + "*")
+    out = d.send(Refused(reason), after=0.05)
+    assert of(out, Play) == [Play(CALLBACK, (prompt, "dial_prompt"))]
+    assert d.state is S.COLLECTING
+    d.send(PromptFinished(), after=5.0)
+    dial(d)
+
+
+def test_no_talk_time_is_no_credit() -> None:
+    d = Driver()
+    d.answered()
+    d.keys(NUMBER + "*")
+    out = d.send(authorized(max_seconds=0))
+    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+    assert of(out, Originate) == []
+
+
+def test_garbage_entry_is_refused_without_asking_the_runtime() -> None:
+    d = Driver()
+    d.answered()
+    out = d.keys("81#3*")
+    assert of(out, Authorize) == []
+    assert of(out, Play) == [Play(CALLBACK, ("invalid_number", "dial_prompt"))]
+
+
+def test_unknown_refusal_reason() -> None:
+    with pytest.raises(ValueError):
+        Refused("because")
+
+
+# --- destination ringing and busy ---
+
+
+def test_early_media_is_relayed_instead_of_local_ringback() -> None:
+    d = Driver()
+    d.answered()
+    dial(d)
+    out = d.send(DestinationRinging(early_media=True), after=1.0)
+    assert out == [Bridge(CALLBACK, DESTINATION, early_media=True)]
+    out = d.send(DestinationAnswered(), after=5.0)
+    assert Bridge(CALLBACK, DESTINATION) in out
+    assert of(out, StopPlayback) == []
+
+
+def test_ringback_then_early_media() -> None:
+    d = Driver()
+    d.answered()
+    dial(d)
+    d.send(DestinationRinging(), after=1.0)
+    out = d.send(DestinationRinging(early_media=True), after=1.0)
+    assert out == [StopPlayback(CALLBACK), Bridge(CALLBACK, DESTINATION, early_media=True)]
+
+
+def busy(d: Driver) -> None:
+    d.answered()
+    dial(d)
+    d.send(DestinationRinging(), after=1.0)
+    out = d.send(DestinationFailed("busy", 486), after=2.0)
+    assert out[0] == StopPlayback(CALLBACK)
+    assert PlayTone(CALLBACK, "busy") in out
+    cdr = last_cdr(d, DESTINATION)
+    assert (cdr.cause, cdr.sip_status, cdr.billed_seconds, cdr.cost) == ("busy", 486, 0, 0)
+    assert d.state is S.DEST_BUSY
+
+
+def test_busy_then_redial() -> None:
+    d = Driver()
+    busy(d)
+    out = d.keys("*#")
+    assert of(out, Authorize) == [Authorize(NUMBER)]
+    assert StopPlayback(CALLBACK) in out
+    assert d.state is S.AUTHORIZING
+    d.send(authorized())
+    assert [o.leg for o in of(d.actions, Originate)] == [CALLBACK, DESTINATION, DESTINATION]
+
+
+def test_busy_then_new_number() -> None:
+    d = Driver()
+    busy(d)
+    out = d.keys("##")
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert d.state is S.COLLECTING
+
+
+def test_busy_then_end() -> None:
+    d = Driver()
+    busy(d)
+    d.keys("**")
+    assert_finished(d)
+
+
+def test_busy_times_out_to_the_prompt() -> None:
+    d = Driver()
+    busy(d)
+    d.keys("5")  # not a command: ignored
+    out = d.fire("busy")
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+
+
+def test_destination_no_answer() -> None:
+    d = Driver(config=CallFlowConfig(destination_ring_timeout=60.0))
+    d.answered()
+    dial(d)
+    d.send(DestinationRinging(), after=1.0)
+    out = d.fire("dest_ring")
+    assert HangUp(DESTINATION, "no_answer") in out
+    assert Play(CALLBACK, ("no_answer",)) in out
+    assert d.state is S.DEST_BUSY
+
+
+def test_new_number_while_ringing() -> None:
+    d = Driver()
+    d.answered()
+    dial(d)
+    d.send(DestinationRinging(), after=1.0)
+    out = d.keys("##")
+    assert HangUp(DESTINATION, "new_number") in out
+    assert d.state is S.COLLECTING
+    assert of(out, ForwardDigit) == []
+
+
+# --- in-call commands and digit forwarding ---
+
+
+def test_new_number_in_call() -> None:
+    d = Driver()
+    connected(d)
+    out = d.keys("##")
+    assert StopBilling(d.now) in out
+    assert HangUp(DESTINATION, "new_number") in out
+    assert of(out, ForwardDigit) == []
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert d.state is S.COLLECTING
+    dial(d, "12025550123")
+
+
+def test_double_zero_in_call_calls_customer_service() -> None:
+    d = Driver()
+    connected(d)
+    d.now += 5.0  # a pause before the command
+    out = d.keys("00", gap=0.4)
+    assert of(out, ForwardDigit) == [ForwardDigit(DESTINATION, "0")]  # the first 0 went at once
+    assert HangUp(DESTINATION, "customer_service") in out
+    assert StopBilling(d.now) in out
+    assert d.state is S.OPERATOR
+
+
+def test_zeros_inside_a_bank_menu_entry_are_forwarded() -> None:
+    d = Driver()
+    connected(d)
+    out = d.keys("1005", gap=0.3)
+    assert of(out, ForwardDigit) == [ForwardDigit(DESTINATION, k) for k in "1005"]
+    assert d.state is S.CONNECTED
+    out = d.keys("0", gap=5.0) + d.keys("0", gap=1.5)  # too slow to be a command
+    assert len(of(out, ForwardDigit)) == 2
+    assert d.state is S.CONNECTED
+
+
+def test_star_then_digit_forwards_both_in_order() -> None:
+    d = Driver()
+    connected(d)
+    out = d.send(DigitReceived("*"), after=2.0)
+    assert out == [StartTimer("hold", d.now + 1.0)]
+    out = d.send(DigitReceived("1"), after=0.4)
+    assert out == [CancelTimer("hold"), ForwardDigit(DESTINATION, "*"), ForwardDigit(DESTINATION, "1")]
+
+
+def test_hash_alone_is_forwarded_after_the_hold_back() -> None:
+    d = Driver()
+    connected(d)
+    d.send(DigitReceived("#"), after=2.0)
+    out = d.fire("hold")
+    assert out == [ForwardDigit(DESTINATION, "#")]
+    assert d.state is S.CONNECTED
+
+
+def test_hash_star_in_call_is_forwarded_in_order() -> None:
+    d = Driver()
+    connected(d)
+    d.keys("5#*")
+    d.fire("hold")
+    assert [f.digit for f in of(d.actions, ForwardDigit)] == ["5", "#", "*"]
+
+
+def test_digits_go_through_at_once() -> None:
+    d = Driver()
+    connected(d)
+    assert d.send(DigitReceived("7"), after=1.0) == [ForwardDigit(DESTINATION, "7")]
+    assert d.send(DigitReceived("7", leg=DESTINATION)) == []  # the far end's keys: media relays
+
+
+def test_destination_hangs_up_back_to_the_prompt_then_idle_end() -> None:
+    d = Driver(config=CallFlowConfig(after_call_idle=30.0))
+    answer_at = connected(d)
+    out = d.send(DestinationHungUp(), after=61.0)
+    assert out[:2] == [StopBilling(answer_at + 61.0), Unbridge(CALLBACK, DESTINATION)]
+    assert of(out, HangUp) == []
+    cdr = last_cdr(d, DESTINATION)
+    assert (cdr.cause, cdr.billed_seconds, cdr.cost) == ("normal", 66, 14)  # 13.2 -> 14
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert d.timers["silence"] == d.now + 30.0
+    d.fire("silence")
+    d.send(PromptFinished(), after=2.0)
+    assert_finished(d)
+
+
+# --- credit ---
+
+
+def test_credit_warning_and_cut() -> None:
+    d = Driver()
+    answer_at = connected(d, max_seconds=90)
+    assert d.timers["credit_warning"] == answer_at + 30
+    out = d.fire("credit_warning")
+    assert out == [Play(CALLBACK, ("one_minute_warning",), barge_in=False, mix=True)]
+    out = d.fire("credit_cut")
+    assert d.now == answer_at + 90
+    assert StopBilling(answer_at + 90) in out
+    assert HangUp(DESTINATION, "credit_exhausted") in out
+    cdr = last_cdr(d, DESTINATION)
+    assert (cdr.billed_seconds, cdr.cost) == (90, 18)
+    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+    assert d.state is S.COLLECTING
+
+
+def test_short_credit_warns_at_once() -> None:
+    d = Driver()
+    answer_at = connected(d, max_seconds=30)
+    assert d.timers["credit_warning"] == answer_at
+
+
+# --- hotline / preset destination ---
+
+
+def test_hotline_dials_the_preset_destination_on_answer() -> None:
+    d = Driver(preset_destination="12025550123")
+    d.start()
+    out = d.send(CallbackAnswered(), after=3.0)
+    assert of(out, Play) == []
+    assert out[-1] == Authorize("12025550123")
+    d.send(authorized(number="12025550123"))
+    assert d.state is S.DIALLING
+
+
+def test_hotline_with_extension() -> None:
+    d = Driver(preset_destination="12025550123", extension="305")
+    d.start()
+    d.send(CallbackAnswered(), after=3.0)
+    out = d.fire("extension")
+    assert out == [SendDtmf(CALLBACK, "305"), Authorize("12025550123")]
+
+
+def test_refused_hotline_falls_back_to_the_dial_prompt() -> None:
+    d = Driver(preset_destination="12025550123")
+    d.start()
+    d.send(CallbackAnswered(), after=3.0)
+    out = d.send(Refused("no_credit"))
+    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+
+
+# --- the customer hangs up, in every state ---
+
+
+def to_calling_back(d: Driver) -> None:
+    d.start()
+    d.send(CallbackRinging(), after=1.0)
+
+
+def to_retry_pause(d: Driver) -> None:
+    d.start()
+    d.send(CallbackFailed("busy"), after=1.0)
+
+
+def to_announcing(d: Driver) -> None:
+    d.start()
+    d.send(CallbackAnswered(), after=1.0)
+
+
+def to_collecting(d: Driver) -> None:
+    d.answered()
+    d.keys("813")
+
+
+def to_authorizing(d: Driver) -> None:
+    d.answered()
+    d.keys(NUMBER + "*")
+
+
+def to_dialling(d: Driver) -> None:
+    d.answered()
+    dial(d)
+    d.send(DestinationRinging(early_media=True), after=1.0)
+
+
+def to_busy(d: Driver) -> None:
+    busy(d)
+
+
+def to_connected(d: Driver) -> None:
+    connected(d)
+    d.keys("*")
+
+
+def to_operator(d: Driver) -> None:
+    d.answered()
+    d.keys("00")
+    d.send(DestinationAnswered(leg=OPERATOR), after=3.0)
+
+
+def to_ending(d: Driver) -> None:
+    d.answered()
+    d.fire("silence")
+
+
+@pytest.mark.parametrize(
+    ("drive", "state"),
+    [
+        (to_calling_back, S.CALLING_BACK),
+        (to_retry_pause, S.CALLING_BACK),
+        (to_announcing, S.ANNOUNCING),
+        (to_collecting, S.COLLECTING),
+        (to_authorizing, S.AUTHORIZING),
+        (to_dialling, S.DIALLING),
+        (to_busy, S.DEST_BUSY),
+        (to_connected, S.CONNECTED),
+        (to_operator, S.OPERATOR),
+        (to_ending, S.ENDING),
+    ],
+)
+def test_customer_hangs_up_in_every_state(drive: Callable[[Driver], None], state: CallState) -> None:
+    d = Driver()
+    drive(d)
+    assert d.state is state
+    peer_live = d.call._peer is not None
+    out = d.send(CustomerHungUp(), after=1.0)
+    assert_finished(d)
+    assert of(out, HangUp) == (
+        [HangUp(d.call._peer.leg, "customer_hangup")] if False else of(out, HangUp)
+    )
+    hung = [h.leg for h in of(out, HangUp)]
+    assert CALLBACK not in hung or state is S.CALLING_BACK
+    if peer_live:
+        assert hung[0] in (DESTINATION, OPERATOR)
+    assert all(c.end_at == d.now for c in of(out, WriteCdr))
+    with pytest.raises(CallFlowError):
+        d.send(CustomerHungUp())
+
+
+# --- the table is strict ---
+
+
+def test_events_without_an_entry_are_errors_and_change_nothing() -> None:
+    d = Driver()
+    d.answered()
+    before = (d.state, dict(d.call.armed_timers))
+    for event in (
+        DestinationAnswered(),
+        CallbackAnswered(),
+        Authorized(NUMBER, DIAL, 12, 60),
+        SpeedDialResolved("1"),
+        TimerFired("credit_cut"),  # not armed
+    ):
+        with pytest.raises(CallFlowError):
+            d.call.handle(event, d.now)
+        assert (d.state, dict(d.call.armed_timers)) == before
+
+
+def test_answers_must_match_questions() -> None:
+    d = Driver()
+    d.answered()
+    d.keys(NUMBER + "*")
+    with pytest.raises(CallFlowError):
+        d.send(SpeedDialResolved("4930123456"))
+    d2 = Driver()
+    d2.answered()
+    d2.keys("03*")
+    with pytest.raises(CallFlowError):
+        d2.send(authorized())
+
+
+def test_start_once_and_before_events() -> None:
+    d = Driver()
+    with pytest.raises(CallFlowError):
+        d.send(CallbackAnswered())
+    d.start()
+    with pytest.raises(CallFlowError):
+        d.start()
+
+
+def test_malformed_events() -> None:
+    for make in (
+        lambda: DigitReceived("x"),
+        lambda: DigitReceived("12"),
+        lambda: CallbackFailed("bored"),
+        lambda: DestinationFailed("maybe"),
+    ):
+        with pytest.raises(ValueError):
+            make()
+
+
+def test_every_state_but_ended_accepts_customer_hangup() -> None:
+    pairs = set(transitions())
+    for state in CallState:
+        assert ((state, "CustomerHungUp") in pairs) is (state is not S.ENDED)

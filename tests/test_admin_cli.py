@@ -1,0 +1,151 @@
+"""Admin CLI round trips on a SQLite file: --json output, tables, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from softswitch.admin_cli import account_app, cdr_app, db_app, rates_app, speed_dial_app
+
+app = typer.Typer()
+app.add_typer(account_app, name="account")
+app.add_typer(speed_dial_app, name="speed-dial")
+app.add_typer(rates_app, name="rates")
+app.add_typer(cdr_app, name="cdr")
+app.add_typer(db_app, name="db")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SOFTSWITCH_DB", f"sqlite:///{tmp_path}/new/dir/admin.sqlite3")
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        if "--json" in args and code == 0:
+            return json.loads(result.stdout)
+        return result
+
+    return run
+
+
+def test_account_round_trip(cli: Any, tmp_path: Path) -> None:
+    added = cli(
+        "account", "add", "Alice Example", "--kind", "traveler", "--language", "en",
+        "-t", "+81 50 1234 5678", "-t", "815099990000", "--location", "12125550100",
+        "--extension", "812", "--security-code", "1234", "--credit-limit", "5000", "--json",
+    )  # fmt: skip
+    assert (tmp_path / "new" / "dir" / "admin.sqlite3").exists()  # created and migrated
+    assert added["kind"] == "traveler" and added["language"] == "en"
+    assert added["triggers"] == ["815012345678", "815099990000"]
+    assert (added["location"], added["extension"]) == ("12125550100", "812")
+    assert added["has_security_code"] and added["credit_available"] == 5000
+    aid = str(added["id"])
+    assert cli("account", "show", aid, "--json") == added
+
+    edited = cli(
+        "account", "edit", aid, "--name", "Alice B", "--credit-limit", "7000",
+        "--clear-location", "--add-trigger", "815011112222", "--remove-trigger", "815099990000",
+        "--recorded-name", "/var/names/1.wav", "--json",
+    )  # fmt: skip
+    assert edited["name"] == "Alice B" and edited["credit_limit"] == 7000
+    assert edited["location"] is None and edited["recorded_name"] == "/var/names/1.wav"
+    assert edited["triggers"] == ["815011112222", "815012345678"]
+    assert cli("account", "suspend", aid, "--json")["status"] == "suspended"
+    assert cli("account", "list", "--status", "suspended", "--json")[0]["id"] == int(aid)
+    assert cli("account", "resume", aid, "--json")["status"] == "active"
+
+    cli("account", "add", "Bob", "--kind", "hotline", "--hotline-destination", "81355550000")
+    table = cli("account", "list").stdout.splitlines()
+    assert table[0].split() == [
+        "id", "name", "kind", "lang", "status", "triggers", "location", "limit", "used"
+    ]  # fmt: skip
+    assert "Alice B" in table[1] and "hotline" in table[2]
+    assert "credit_available" in cli("account", "show", aid).stdout
+
+
+def test_bad_input_is_one_line_and_exit_2(cli: Any) -> None:
+    for args in (
+        ("account", "show", "42"),
+        ("account", "add", "X", "--security-code", "12"),
+        ("account", "add", "X", "--kind", "hotline"),
+        ("account", "add", "X", "--extension", "12"),
+        ("speed-dial", "set", "1", "03", "8131"),
+        ("cdr", "list", "--since", "yesterday"),
+        ("rates", "lookup", "81312345678"),
+    ):
+        result = cli(*args, code=2)
+        assert result.stderr.startswith("softswitch: ") and result.stderr.count("\n") == 1
+    first = cli("account", "add", "A", "-t", "8150", "--json")
+    result = cli("account", "add", "B", "-t", "8150", code=2)
+    assert "already in use" in result.stderr
+    assert cli("account", "list", "--json") == [first]
+    bad_url = cli("account", "list", "--db", "mysql://x@127.0.0.1/db", code=2)
+    assert "unsupported database" in bad_url.stderr
+
+
+def test_speed_dials_and_rates(cli: Any, tmp_path: Path) -> None:
+    aid = str(cli("account", "add", "Alice", "--json")["id"])
+    assert cli("speed-dial", "set", aid, "03", "+1 212 555 0100", "--label", "NY", "--json") == [
+        {"account_id": int(aid), "code": "03", "number": "12125550100", "label": "NY"}
+    ]
+    dials = tmp_path / "dials.csv"
+    dials.write_text("code,number,label\n087,81312345678,office\n04,4420712345678\n")
+    assert cli("speed-dial", "import", aid, str(dials), "--json") == {"imported": 2}
+    listed = cli("speed-dial", "list", aid, "--json")
+    assert [d["code"] for d in listed] == ["03", "04", "087"]
+    assert "office" in cli("speed-dial", "list", aid).stdout
+    cli("speed-dial", "delete", aid, "04")
+    cli("speed-dial", "delete", aid, "04", code=2)
+    dials.write_text("05,8131\n06,not-a-number\n")
+    bad = cli("speed-dial", "import", aid, str(dials), code=2)
+    assert f"{dials}:2: number" in bad.stderr
+
+    rates = tmp_path / "rates.csv"
+    rates.write_text("prefix,description,price_per_minute\n1,USA,20\n1212,New York,15,6\n")
+    assert cli("rates", "import", str(rates), "--json") == {"imported": 2}
+    assert cli("rates", "lookup", "12125550100", "--json")[0]["prefix"] == "1212"
+    assert [r["prefix"] for r in cli("rates", "list", "--json")] == ["1", "1212"]
+    rates.write_text("44,UK,30\n33,France,lots\n")
+    bad = cli("rates", "import", str(rates), code=2)
+    assert f"{rates}:2: price_per_minute" in bad.stderr
+    assert "2 rates imported" not in cli("rates", "list").stdout
+
+
+def test_cdr_list_and_export(cli: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    from softswitch.store import Cdr, LegKind, Store
+
+    url = f"sqlite:///{tmp_path}/cdr.sqlite3"
+
+    async def seed() -> None:
+        async with await Store.open(url) as store:
+            for i, leg in enumerate((LegKind.CALLBACK, LegKind.DESTINATION)):
+                await store.cdrs.write(
+                    Cdr("c1", leg, None, "8150", "1212", 1_700_000_000 + i, cause_code=200)
+                )
+            await store.cdrs.write(Cdr("c2", LegKind.TRIGGER, None, "8150", "8150", 1_800_000_000))
+
+    asyncio.run(seed())
+    listed = cli("cdr", "list", "--db", url, "--call", "c1", "--json")
+    assert [c["leg"] for c in listed] == ["callback", "destination"]
+    assert listed[0]["setup_at"] == "2023-11-14T22:13:20.000000Z"
+    assert len(cli("cdr", "list", "--db", url, "--since", "2025-01-01", "--json")) == 1
+    assert "destination" in cli("cdr", "list", "--db", url).stdout
+    exported = cli("cdr", "export", "--db", url).stdout
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert [r["call_uuid"] for r in rows] == ["c1", "c1", "c2"]
+    out = tmp_path / "out.csv"
+    cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
+    assert len(list(csv.DictReader(out.open()))) == 2
+    assert len(cli("cdr", "export", "--db", url, "--json")) == 3
+    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0001"}
