@@ -13,6 +13,14 @@ a tone when that bin carries ``ENERGY_FRACTION`` of the half's power and is abov
   depth); otherwise "ced". The reversal test compares the phase advance over 20 ms with the
   one 20 ms earlier, so a constant frequency error (V.25 allows +-15 Hz) cancels out.
 One event per tone. Sans-IO: the sample clock comes in as ``sample_time``.
+
+Cost. A leg is analysed only when a tone is in progress or one of its halves could hold a tone:
+at least a quarter of the minimum tone power (a DFT bin shows at most twice a half's mean
+power) and not too peaky (a bin's power is also at most 2 (sum |x|)^2 / N^2, so a click that
+fills a few samples cannot put ``ENERGY_FRACTION`` of its power in one bin). The gate is two
+float32 passes over the batch. A skipped leg has no tone in progress, so its run counters
+stay at zero and its phase and envelope history are refilled before they are used again (the
+tests need 6 and 55 halves inside a tone); only the reversal refractory count is aged.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ ENV_LEN = 64
 _PROBES = probe_matrix(np.array([CNG_HZ, ANS_HZ]), HALF)
 _POWER_SCALE = 2.0 / HALF**2
 _MIN_POWER = (DBM0_PEAK**2 / 2) * 10 ** (MIN_LEVEL_DBM0 / 10)
+# Sum of squares of a half below which no bin can reach _MIN_POWER (with a factor 2 to spare).
+_GATE_ENERGY = np.float32(HALF * _MIN_POWER / 4)
+_GATE_CREST = np.float32(ENERGY_FRACTION * HALF / 2 * 0.99)  # 1 % for float32 rounding
+_ONES = np.ones(HALF, dtype=np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +126,24 @@ class FaxDetector:
         if n == 0:
             return []
         t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
+        x = np.abs(frames.astype(np.float32)).reshape(-1, HALF)
+        magnitude = x @ _ONES
+        x *= x
+        energy = x @ _ONES
+        # A bin's power is at most 2 (sum |x|)^2 / N^2 (triangle inequality) and must reach
+        # ENERGY_FRACTION of the mean power sum(x^2) / N: clicks and other sparse signals fail.
+        tonal = (energy >= _GATE_ENERGY) & (magnitude * magnitude >= _GATE_CREST * energy)
+        run = self._run[slots]
+        busy = tonal[0::2] | tonal[1::2]
+        busy |= (run[:, 0] > 0) | (run[:, 1] > 0)
+        if not busy.all():
+            idle = slots[~busy]
+            self._refractory[idle] = np.maximum(self._refractory[idle] - 2, 0)
+            keep = np.flatnonzero(busy)
+            if len(keep) == 0:
+                return []
+            slots, frames, t0 = slots[keep], frames[keep], t0[keep]
+            n = len(slots)
         halves = frames.astype(np.float32).reshape(n * 2, HALF)
         ri = halves @ _PROBES
         power = (ri[:, :2] ** 2 + ri[:, 2:] ** 2) * _POWER_SCALE

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from softswitch import __version__
+from softswitch import __version__, admin_cli
 
 app = typer.Typer(
     add_completion=False,
@@ -19,6 +19,11 @@ app = typer.Typer(
 )
 tools_app = typer.Typer(no_args_is_help=True, help="Tools for debugging calls (DTMF, audio).")
 app.add_typer(tools_app, name="tools")
+app.add_typer(admin_cli.account_app, name="account")
+app.add_typer(admin_cli.speed_dial_app, name="speed-dial")
+app.add_typer(admin_cli.rates_app, name="rates")
+app.add_typer(admin_cli.cdr_app, name="cdr")
+app.add_typer(admin_cli.db_app, name="db")
 
 
 class _UtcFormatter(logging.Formatter):
@@ -36,6 +41,8 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Alembic narrates every plugin it loads; a sysadmin needs only the migration lines.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 @app.command()

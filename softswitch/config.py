@@ -105,6 +105,16 @@ class Config:
     log_level: str = "INFO"
     tcp_idle_timeout: float = 300.0
     tcp_max_connections: int = 1024
+    # The callback service ([service], [media], [prompts]).
+    operator: str = "customer-service"
+    tone_country: str = "ITU"
+    callback_ring_timeout: float = 45.0
+    destination_ring_timeout: float = 60.0
+    blocked_prefixes: tuple[str, ...] = ()
+    media_host: str = "127.0.0.1"
+    rtp_ports: tuple[int, int] | None = (16384, 32767)
+    prompts_dir: Path | None = None
+    service: bool = True
     source: str = "<defaults>"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -271,6 +281,43 @@ def load_config(
         reader.finish()
         numbers.append(number.lstrip("+"))
     kwargs["trigger_numbers"] = tuple(numbers)
+
+    service = _Reader(top.get("service", dict, {}), "service", text, source)
+    kwargs["service"] = service.get("enabled", bool, True)
+    kwargs["operator"] = service.get("operator", str, "customer-service")
+    country = service.get("tone_country", str, "ITU").upper()
+    if country not in ("ITU", "US", "JP"):
+        raise service.error("tone_country", f"unknown {country!r} (ITU, US, JP)")
+    kwargs["tone_country"] = country
+    for key in ("callback_ring_timeout", "destination_ring_timeout"):
+        value = service.get(key, (int, float))
+        if value is not None:
+            if not 5 <= value <= 300:
+                raise service.error(key, "must be between 5 and 300 seconds")
+            kwargs[key] = float(value)
+    blocked = service.get("blocked_prefixes", list, [])
+    if not all(isinstance(p, str) and p.lstrip("+").isdigit() for p in blocked):
+        raise service.error("blocked_prefixes", "expected a list of digit strings")
+    kwargs["blocked_prefixes"] = tuple(p.lstrip("+") for p in blocked)
+    service.finish()
+
+    media = _Reader(top.get("media", dict, {}), "media", text, source)
+    kwargs["media_host"] = media.get("host", str, "127.0.0.1")
+    ports = media.get("rtp_ports", list, [16384, 32767])
+    if (
+        len(ports) != 2
+        or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports)
+        or not 1024 <= ports[0] < ports[1] <= 65535
+    ):
+        raise media.error("rtp_ports", "expected [low, high] with 1024 <= low < high <= 65535")
+    kwargs["rtp_ports"] = (ports[0], ports[1])
+    media.finish()
+
+    prompts = _Reader(top.get("prompts", dict, {}), "prompts", text, source)
+    directory = prompts.get("dir", str)
+    if directory is not None:
+        kwargs["prompts_dir"] = Path(directory)
+    prompts.finish()
 
     tests: dict[str, float] = {}
     for index, item in enumerate(top.get("test_number", list, [])):

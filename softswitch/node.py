@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from softswitch.config import Config
+from softswitch.outbound import OutboundCalls
 from softswitch.service.trigger import (
     CallbackRequested,
     TriggerOutcome,
@@ -24,7 +25,6 @@ from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
 from softswitch.sip.message import Address
 from softswitch.sip.timers import TimerConfig
-from softswitch.outbound import OutboundCalls
 from softswitch.testline import TestLines
 from softswitch.trunk import Trunk
 

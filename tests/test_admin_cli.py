@@ -146,6 +146,6 @@ def test_cdr_list_and_export(cli: Any, tmp_path: Path) -> None:
     assert [r["call_uuid"] for r in rows] == ["c1", "c1", "c2"]
     out = tmp_path / "out.csv"
     cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
-    assert len(list(csv.DictReader(out.open()))) == 2
+    assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2
     assert len(cli("cdr", "export", "--db", url, "--json")) == 3
     assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0001"}

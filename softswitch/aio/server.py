@@ -14,12 +14,17 @@ import gc
 import logging
 import signal
 import socket
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from softswitch.config import Config
 from softswitch.node import Node
 from softswitch.sip.message import Address
 from softswitch.sip.parser import StreamFramer
+
+if TYPE_CHECKING:
+    from softswitch.aio.switch import Switch
+    from softswitch.store.db import Database
 
 log = logging.getLogger("softswitch.server")
 
@@ -41,6 +46,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         server = self.server
         server.node.receive_datagram(data, Address(addr[0], addr[1], "UDP"), server.loop.time())
+        if server.switch is not None:
+            server.switch.poll()
         server.transmit()
 
     def error_received(self, exc: Exception) -> None:
@@ -92,6 +99,8 @@ class _TcpProtocol(asyncio.Protocol):
         now = server.loop.time()
         for msg in messages:
             server.node.receive_message(msg, self.address, now)
+        if server.switch is not None:
+            server.switch.poll()
         if framer.pings != pings:
             # RFC 5626 section 3.5.1: each double-CRLF ping gets a single CRLF pong.
             self.transport.write(b"\r\n" * (framer.pings - pings))
@@ -122,7 +131,9 @@ class _TcpProtocol(asyncio.Protocol):
 class Server:
     """Runs one node until told to stop."""
 
-    def __init__(self, config: Config, node: Node | None = None) -> None:
+    def __init__(
+        self, config: Config, node: Node | None = None, *, with_service: bool = False
+    ) -> None:
         self.config = config
         self.node = node or Node(config)
         self.loop: asyncio.AbstractEventLoop  # set by startup(), inside the running loop
@@ -134,6 +145,9 @@ class Server:
         self._stop = asyncio.Event()
         self._pending_tcp: dict[tuple[str, int], list[bytes]] = {}
         self.bound: list[tuple[str, str, int]] = []
+        self.with_service = with_service
+        self.switch: Switch | None = None
+        self._db: Database | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -175,6 +189,8 @@ class Server:
                 self._tcp_servers.append(tcp_server)
                 bound = tcp_server.sockets[0].getsockname()
                 self.bound.append(("tcp", bound[0], bound[1]))
+        if self.with_service and self.config.service:
+            await self._start_service()
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound)
         log.info(
             "softswitch listening on %s (config %s, loop %s)",
@@ -186,8 +202,21 @@ class Server:
         self.transmit()
         tune_gc()
 
+    async def _start_service(self) -> None:
+        from softswitch.aio.switch import Switch
+        from softswitch.store.db import Database
+
+        url = self.config.db_url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._db = Database(url)
+        self.switch = Switch(self.config, self.node, self._db, transmit=self.transmit)
+        await self.switch.start()
+
     async def shutdown(self) -> None:
         log.info("shutting down")
+        if self.switch is not None:
+            await self.switch.stop()
         self.node.stop(self.loop.time())
         self.transmit()
         trunk = self.node.trunk
@@ -211,6 +240,8 @@ class Server:
         for tcp_server in self._tcp_servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
+        if self._db is not None:
+            await self._db.close()
         log.info("stopped")
 
     def _on_signal(self, sig: int) -> None:
@@ -244,6 +275,8 @@ class Server:
         self._timer = None
         self._timer_at = None
         self.node.handle_timer(self.loop.time())
+        if self.switch is not None:
+            self.switch.poll()
         self.transmit()
 
     def _send_tcp(self, data: bytes, addr: Address) -> None:
@@ -303,7 +336,7 @@ def install_uvloop() -> str:
 def run(config: Config) -> int:
     """Run a node until SIGTERM/SIGINT; the exit status for the CLI."""
     install_uvloop()
-    server = Server(config)
+    server = Server(config, with_service=True)
     try:
         asyncio.run(server.serve())
     except OSError as exc:

@@ -49,6 +49,13 @@ class TriggerService:
         self._pending: dict[str, float] = {}
         self.absorb_window = absorb_window
 
+    def set_numbers(self, numbers: Iterable[str]) -> None:
+        """Replace the trigger numbers (accounts added or removed in the store)."""
+        fresh = {normalize_number(n) for n in numbers if normalize_number(n)}
+        if fresh != self._numbers:
+            log.info("%d trigger numbers (was %d)", len(fresh), len(self._numbers))
+        self._numbers = fresh
+
     @property
     def numbers(self) -> frozenset[str]:
         return frozenset(self._numbers)

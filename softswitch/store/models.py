@@ -130,29 +130,17 @@ class SpeedDial:
 class Rate:
     """The price of calls to numbers starting with ``prefix`` (longest prefix wins).
 
-    Billing (SPEC section 7) counts from the answer of the destination leg: at least
-    ``minimum_s`` seconds, then whole ``increment_s`` steps, at ``price_per_minute``.
+    Billing (SPEC section 7, arithmetic in ``softswitch.service.rating``) counts from the answer
+    of the destination leg: at least ``minimum_s`` seconds, then whole ``increment_s`` steps, at
+    ``price_per_minute`` minor units. ``blocked`` prefixes cannot be dialled.
     """
 
     prefix: str
     description: str
     price_per_minute: int
-    increment_s: int = 30
+    increment_s: int = 6
     minimum_s: int = 30
     blocked: bool = False
-
-    def billed_seconds(self, duration_s: float) -> int:
-        """Seconds charged for a call that was connected ``duration_s`` seconds (0 if none)."""
-        if duration_s <= 0:
-            return 0
-        whole = max(self.minimum_s, int(-(-duration_s // 1)))
-        extra = max(0, whole - self.minimum_s)
-        steps = -(-extra // self.increment_s)
-        return self.minimum_s + steps * self.increment_s
-
-    def cost(self, billed_s: int) -> int:
-        """Cost of ``billed_s`` seconds, rounded up to the next minor unit."""
-        return -(-(self.price_per_minute * billed_s) // 60)
 
 
 @dataclass(frozen=True, slots=True)

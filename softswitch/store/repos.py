@@ -814,7 +814,7 @@ class RateRepo:
         """Load rates (all or nothing); returns the rows stored. Errors name file and line.
 
         Columns: ``prefix,description,price_per_minute[,increment_s[,minimum_s[,blocked]]]``
-        (defaults 30, 30, not blocked; ``blocked`` is yes/no/1/0/true/false). A header line
+        (defaults 6, 30, not blocked; ``blocked`` is yes/no/1/0/true/false). A header line
         starting with ``prefix`` is skipped. ``replace_all`` deletes rates not in the file.
         """
         items: list[Rate] = []
@@ -837,7 +837,7 @@ class RateRepo:
             increment = (
                 _int_cell(path, line, "increment_s", cells[3], minimum=1)
                 if len(cells) > 3 and cells[3]
-                else 30
+                else 6
             )
             minimum = (
                 _int_cell(path, line, "minimum_s", cells[4], minimum=0)

@@ -122,7 +122,7 @@ rates = Table(
     Column("prefix", String(16), nullable=False, unique=True),
     Column("description", String(200), nullable=False, server_default=""),
     Column("price_per_minute", BigInteger, nullable=False),
-    Column("increment_s", Integer, nullable=False, server_default="30"),
+    Column("increment_s", Integer, nullable=False, server_default="6"),
     Column("minimum_s", Integer, nullable=False, server_default="30"),
     Column("blocked", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("increment_s > 0", name="increment_positive"),

@@ -286,8 +286,8 @@ def test_silent_callback_ends_cleanly_after_two_minutes() -> None:
     d.answered()
     answered_at = 3.0
     prompts = 1
-    while "silence" not in [name for name, at in d.timers.items() if at <= min(d.timers.values())]:
-        out = d.fire(min(d.timers, key=lambda n: d.timers[n]))
+    while (due := min(d.timers, key=d.timers.__getitem__)) != "silence":
+        out = d.fire(due)
         prompts += len(of(out, Play))
         if of(out, Play):
             d.send(PromptFinished(), after=4.0)
@@ -570,7 +570,11 @@ def test_star_then_digit_forwards_both_in_order() -> None:
     out = d.send(DigitReceived("*"), after=2.0)
     assert out == [StartTimer("hold", d.now + 1.0)]
     out = d.send(DigitReceived("1"), after=0.4)
-    assert out == [CancelTimer("hold"), ForwardDigit(DESTINATION, "*"), ForwardDigit(DESTINATION, "1")]
+    assert out == [
+        CancelTimer("hold"),
+        ForwardDigit(DESTINATION, "*"),
+        ForwardDigit(DESTINATION, "1"),
+    ]
 
 
 def test_hash_alone_is_forwarded_after_the_hold_back() -> None:
@@ -735,17 +739,17 @@ def to_ending(d: Driver) -> None:
         (to_ending, S.ENDING),
     ],
 )
-def test_customer_hangs_up_in_every_state(drive: Callable[[Driver], None], state: CallState) -> None:
+def test_customer_hangs_up_in_every_state(
+    drive: Callable[[Driver], None], state: CallState
+) -> None:
     d = Driver()
     drive(d)
     assert d.state is state
     peer_live = d.call._peer is not None
     out = d.send(CustomerHungUp(), after=1.0)
     assert_finished(d)
-    assert of(out, HangUp) == (
-        [HangUp(d.call._peer.leg, "customer_hangup")] if False else of(out, HangUp)
-    )
     hung = [h.leg for h in of(out, HangUp)]
+    assert all(h.reason == "customer_hangup" for h in of(out, HangUp))
     assert CALLBACK not in hung or state is S.CALLING_BACK
     if peer_live:
         assert hung[0] in (DESTINATION, OPERATOR)

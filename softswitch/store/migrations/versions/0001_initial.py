@@ -49,7 +49,7 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("description", sa.String(length=200), server_default="", nullable=False),
         sa.Column("price_per_minute", sa.BigInteger(), nullable=False),
-        sa.Column("increment_s", sa.Integer(), server_default="30", nullable=False),
+        sa.Column("increment_s", sa.Integer(), server_default="6", nullable=False),
         sa.Column("minimum_s", sa.Integer(), server_default="30", nullable=False),
         sa.Column("blocked", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.CheckConstraint("increment_s > 0", name=op.f("ck_rates_increment_positive")),

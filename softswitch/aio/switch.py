@@ -1,0 +1,595 @@
+"""The callback service on a running node: sessions, media, store and SIP legs joined.
+
+:class:`Switch` is the runtime the sans-IO service needs. It takes the node's trigger
+callbacks, queues them durably (:class:`softswitch.store.repos.CallbackQueue`), claims them,
+and runs one :class:`softswitch.service.callflow.CustomerCall` per callback. Every action the
+state machine returns is carried out here: SIP legs through :class:`softswitch.outbound.
+OutboundCalls`, audio through the media engine (:class:`media.aio.MediaShell`), questions about
+rates, credit and speed dials through the store (as tasks whose answers come back as events),
+timers with ``loop.call_at``, CDRs written durably before the session may forget them.
+
+Times: the state machines run on ``loop.time()``; the store keeps wall-clock UTC seconds, so
+times crossing that boundary are converted with one offset taken at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from media import engine as me
+from media.aio import MediaShell
+from media.player import Tone
+from media.prompts import prompt_path
+from softswitch.config import Config
+from softswitch.node import Node
+from softswitch.outbound import LegAnswered, LegEnded, LegFailed, LegRinging
+from softswitch.service import callflow as cf
+from softswitch.service import dialplan, rating
+from softswitch.sip import sdp
+from softswitch.store.db import Database
+from softswitch.store.models import Account, Cdr, LegKind, PendingCallback
+from softswitch.store.repos import (
+    AccountRepo,
+    CallbackQueue,
+    CdrRepo,
+    CreditRepo,
+    RateRepo,
+    SpeedDialRepo,
+)
+
+log = logging.getLogger("softswitch.switch")
+
+#: How long a claimed callback stays ours before another node may take it over.
+CALLBACK_LEASE = 300.0
+#: How often due callbacks (retries, other nodes' leftovers, a restart's backlog) are claimed.
+CLAIM_INTERVAL = 1.0
+#: How often trigger numbers are re-read from the store (accounts added by the CLI).
+TRIGGER_REFRESH = 10.0
+
+_LEG_KINDS = {
+    cf.CALLBACK: LegKind.CALLBACK,
+    cf.DESTINATION: LegKind.DESTINATION,
+    cf.OPERATOR: LegKind.OPERATOR,
+}
+
+
+def callback_failure(status: int) -> str:
+    """SIP final status of a callback attempt -> the service's failure reason."""
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no_answer"
+    if status in (403, 603):
+        return "rejected"
+    return "unreachable"
+
+
+def destination_failure(status: int) -> str:
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no_answer"
+    if status in (403, 404, 484, 603, 604):
+        return "rejected"
+    if status in (503, 502):
+        return "congestion"
+    return "unreachable"
+
+
+@dataclass(slots=True)
+class Session:
+    """One customer's callback session and the resources it holds."""
+
+    sid: str
+    account: Account
+    callback: PendingCallback
+    call: cf.CustomerCall
+    legs: dict[str, str] = field(default_factory=dict)  # callflow leg name -> leg id
+    offers: dict[str, sdp.SessionDescription] = field(default_factory=dict)
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    reserved: bool = False
+    finished: bool = False
+    cdrs: list[Cdr] = field(default_factory=list)
+
+
+class Switch:
+    """Runs callback sessions on one node."""
+
+    def __init__(
+        self, config: Config, node: Node, db: Database, *, transmit: Callable[[], None]
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.db = db
+        self.transmit = transmit
+        self.node_id = f"{os.uname().nodename}:{os.getpid()}"
+        self.accounts = AccountRepo(db)
+        self.rates = RateRepo(db)
+        self.credit = CreditRepo(db)
+        self.cdrs = CdrRepo(db)
+        self.speed_dials = SpeedDialRepo(db)
+        self.queue = CallbackQueue(db)
+        self.sessions: dict[str, Session] = {}
+        self._by_leg: dict[str, tuple[Session, str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._wall_offset = time.time() - self._loop.time()
+        self.media = MediaShell(
+            me.MediaEngine(),
+            host=config.media_host,
+            port_range=config.rtp_ports,
+            on_event=self._media_event,
+        )
+        self._claim_timer: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self._claiming = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        await self._refresh_triggers()
+        self.media.start()
+        self._schedule_claim()
+        log.info("callback service ready (node %s, store %s)", self.node_id, self.db.url)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._claim_timer is not None:
+            self._claim_timer.cancel()
+        now = self._loop.time()
+        for session in list(self.sessions.values()):
+            # A stopping node hangs up its live calls (their CDRs are written as they end)
+            # and hands unfinished callbacks back to the queue for another node.
+            self._apply(
+                session,
+                session.call.handle(cf.CustomerHungUp(), now) if not session.call.finished else [],
+            )
+        self.transmit()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        self.media.stop()
+
+    def wall(self, now: float) -> float:
+        return now + self._wall_offset
+
+    # --- driven by the server after every input -----------------------------------------------
+
+    def poll(self) -> None:
+        """Take what the node produced: new callback requests and leg events."""
+        node = self.node
+        while node.callbacks:
+            request = node.callbacks.pop(0)
+            self._spawn(self._enqueue(request.trigger, request.caller))
+        outbound = node.outbound
+        if outbound is None:
+            return
+        while (event := outbound.next_event()) is not None:
+            self._leg_event(event)
+
+    # --- callbacks: queue, claim, start ---------------------------------------------------------
+
+    async def _refresh_triggers(self) -> None:
+        accounts = await self.accounts.list()
+        numbers = {n for a in accounts for n in a.triggers} | set(self.config.trigger_numbers)
+        self.node.triggers.set_numbers(numbers)
+
+    async def _enqueue(self, trigger: str, caller: str) -> None:
+        account = await self.accounts.by_trigger(trigger)
+        if account is None:
+            log.info(
+                "trigger %s from %s: no account owns it (configured static trigger)",
+                trigger,
+                caller,
+            )
+            return
+        if not account.active:
+            log.warning(
+                "trigger %s from %s: account %d (%s) is suspended, no callback",
+                trigger,
+                caller,
+                account.id,
+                account.name,
+            )
+            return
+        now = time.time()
+        pending, created = await self.queue.enqueue(account.id, trigger, now, now=now)
+        if not created:
+            log.info(
+                "trigger %s: callback %d already pending for account %d, absorbed",
+                trigger,
+                pending.id,
+                account.id,
+            )
+            return
+        await self._claim()
+
+    def _schedule_claim(self) -> None:
+        if self._stopping:
+            return
+        self._claim_timer = self._loop.call_later(CLAIM_INTERVAL, self._claim_tick)
+
+    def _claim_tick(self) -> None:
+        self._spawn(self._claim_and_refresh())
+        self._schedule_claim()
+
+    async def _claim_and_refresh(self) -> None:
+        await self._claim()
+        if int(self._loop.time()) % int(TRIGGER_REFRESH) == 0:
+            await self._refresh_triggers()
+
+    async def _claim(self) -> None:
+        if self._claiming or self._stopping:
+            return
+        self._claiming = True
+        try:
+            due = await self.queue.claim_due(self.node_id, time.time(), CALLBACK_LEASE)
+            for pending in due:
+                await self._start_session(pending)
+        finally:
+            self._claiming = False
+
+    async def _start_session(self, pending: PendingCallback) -> None:
+        account = await self.accounts.get(pending.account_id)
+        if account.location is None:
+            log.warning(
+                "callback %d: account %d has no location to call back", pending.id, account.id
+            )
+            await self.queue.fail(pending.id, "no location", node_id=self.node_id)
+            return
+        try:
+            location = dialplan.normalize_destination(
+                account.location.number, self._prefix()
+            ).dial_string
+        except dialplan.DestinationRefused as exc:
+            await self.queue.fail(pending.id, f"bad location: {exc}", node_id=self.node_id)
+            return
+        call = cf.CustomerCall(
+            location=location,
+            caller_id=self._caller_id(),
+            extension=account.location.extension or "",
+            has_name=bool(account.recorded_name_path),
+            preset_destination=account.hotline_destination,
+            trigger_numbers=account.triggers,
+            operator=self.config.operator,
+        )
+        sid = uuid.uuid4().hex
+        session = Session(sid, account, pending, call)
+        self.sessions[sid] = session
+        log.info(
+            "session %s: calling back account %d (%s) at %s",
+            sid[:8],
+            account.id,
+            account.name,
+            account.location.number,
+        )
+        self._apply(session, call.start(self._loop.time()))
+        self.transmit()
+
+    def _prefix(self) -> str:
+        trunk = self.config.trunk
+        return trunk.international_prefix if trunk is not None else "+"
+
+    def _caller_id(self) -> str | None:
+        trunk = self.config.trunk
+        return trunk.caller_id if trunk is not None else None
+
+    # --- events into sessions -----------------------------------------------------------------
+
+    def _feed(self, session: Session, event: cf.Event) -> None:
+        if session.finished:
+            return
+        try:
+            actions = session.call.handle(event, self._loop.time())
+        except cf.CallFlowError as exc:
+            log.info("session %s: %s ignored (%s)", session.sid[:8], type(event).__name__, exc)
+            return
+        self._apply(session, actions)
+        self.transmit()
+
+    def _leg_event(self, event: LegRinging | LegAnswered | LegFailed | LegEnded) -> None:
+        found = self._by_leg.get(event.leg_id)
+        if found is None:
+            return
+        session, name = found
+        if isinstance(event, LegRinging):
+            if event.sdp is not None:
+                self._set_remote(session, name, event.sdp)
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CallbackRinging())
+            elif name == cf.DESTINATION:
+                self._feed(session, cf.DestinationRinging(early_media=event.sdp is not None))
+        elif isinstance(event, LegAnswered):
+            self._set_remote(session, name, event.sdp)
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CallbackAnswered())
+            else:
+                self._feed(session, cf.DestinationAnswered(leg=name))
+        elif isinstance(event, LegFailed):
+            self._close_leg(event.leg_id)
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CallbackFailed(callback_failure(event.status), event.status))
+            else:
+                self._feed(
+                    session,
+                    cf.DestinationFailed(destination_failure(event.status), event.status, leg=name),
+                )
+        elif isinstance(event, LegEnded) and event.by_remote:
+            self._close_leg(event.leg_id)
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CustomerHungUp())
+            else:
+                self._feed(session, cf.DestinationHungUp(leg=name))
+
+    def _media_event(self, event: me.Event) -> None:
+        found = self._by_leg.get(event.leg_id)
+        if found is None:
+            return
+        session, name = found
+        if isinstance(event, me.DigitReceived):
+            if event.digit in cf.DTMF_KEYS:
+                self._feed(session, cf.DigitReceived(event.digit, leg=name, source=event.source))
+        elif isinstance(event, me.PlayFinished):
+            if not event.interrupted:
+                self._feed(session, cf.PromptFinished(leg=name))
+        elif isinstance(event, me.RtpTimeout):
+            log.warning(
+                "session %s: no RTP from the %s leg for %.0f s",
+                session.sid[:8],
+                name,
+                event.silent_s,
+            )
+
+    def _set_remote(self, session: Session, name: str, body: bytes) -> None:
+        leg_id = session.legs.get(name)
+        offer = session.offers.get(name)
+        if leg_id is None or offer is None or not body:
+            return
+        try:
+            media = sdp.parse_answer(offer, sdp.parse_sdp(body))
+        except sdp.SdpError as exc:
+            log.warning("session %s: bad SDP answer on the %s leg: %s", session.sid[:8], name, exc)
+            return
+        self.media.engine.set_remote(
+            leg_id,
+            media.remote_address,
+            media.remote_port,
+            media.codec,
+            media.telephone_event_pt,
+            self._loop.time(),
+        )
+
+    # --- actions out of sessions --------------------------------------------------------------
+
+    def _apply(self, session: Session, actions: list[cf.Action]) -> None:
+        for action in actions:
+            try:
+                self._do(session, action)
+            except Exception:
+                log.exception("session %s: action %r failed", session.sid[:8], action)
+
+    def _do(self, session: Session, action: cf.Action) -> None:
+        engine = self.media.engine
+        now = self._loop.time()
+        if isinstance(action, cf.Originate):
+            self._spawn(self._originate(session, action))
+        elif isinstance(action, cf.HangUp):
+            leg_id = session.legs.get(action.leg)
+            if leg_id is not None and self.node.outbound is not None:
+                self.node.outbound.hangup(leg_id, now)
+                self._close_leg(leg_id)
+        elif isinstance(action, cf.Play):
+            leg_id = session.legs[action.leg]
+            items = [self._prompt(session, name) for name in action.prompts]
+            engine.play(leg_id, items, barge_in=action.barge_in, mix=action.mix)
+        elif isinstance(action, cf.PlayTone):
+            engine.play(
+                session.legs[action.leg],
+                [Tone(action.tone, country=self.config.tone_country)],
+                barge_in=False,
+            )
+        elif isinstance(action, cf.StopPlayback):
+            leg_id = session.legs.get(action.leg)
+            if leg_id is not None and leg_id in engine.legs:
+                engine.stop_play(leg_id)
+        elif isinstance(action, cf.SendDtmf):
+            for digit in action.digits:
+                engine.send_dtmf(session.legs[action.leg], digit, mode="both")
+        elif isinstance(action, cf.ForwardDigit):
+            leg_id = session.legs.get(action.to_leg)
+            if leg_id is not None:
+                engine.send_dtmf(leg_id, action.digit, mode="rfc4733")
+        elif isinstance(action, cf.Bridge):
+            engine.bridge(session.legs[action.leg_a], session.legs[action.leg_b])
+        elif isinstance(action, cf.Unbridge):
+            leg_id = session.legs.get(action.leg_a)
+            if leg_id is not None and leg_id in engine.legs:
+                engine.unbridge(leg_id)
+        elif isinstance(action, cf.Authorize):
+            self._spawn(self._authorize(session, action.number))
+        elif isinstance(action, cf.ResolveSpeedDial):
+            self._spawn(self._speed_dial(session, action.code))
+        elif isinstance(action, cf.StartTimer):
+            self._start_timer(session, action.name, action.at)
+        elif isinstance(action, cf.CancelTimer):
+            handle = session.timers.pop(action.name, None)
+            if handle is not None:
+                handle.cancel()
+        elif isinstance(action, cf.WriteCdr):
+            self._spawn(self._write_cdr(session, action))
+        elif isinstance(action, cf.ChangeLocation):
+            log.info("session %s: location change by phone is not available yet", session.sid[:8])
+        elif isinstance(action, cf.Finished):
+            self._spawn(self._finish(session, action.reason))
+        # StartBilling / StopBilling: billing is computed from the CDR times.
+
+    def _prompt(self, session: Session, name: str) -> Path:
+        if name == "name" and session.account.recorded_name_path:
+            return Path(session.account.recorded_name_path)
+        return prompt_path(session.account.language.value, name, self.config.prompts_dir)
+
+    def _start_timer(self, session: Session, name: str, at: float) -> None:
+        old = session.timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+
+        def fire() -> None:
+            session.timers.pop(name, None)
+            self._feed(session, cf.TimerFired(name))
+
+        session.timers[name] = self._loop.call_at(at, fire)
+
+    async def _originate(self, session: Session, action: cf.Originate) -> None:
+        outbound = self.node.outbound
+        if outbound is None:
+            log.error("session %s: no trunk configured, cannot call out", session.sid[:8])
+            self._feed(
+                session,
+                cf.CallbackFailed("unreachable", None)
+                if action.leg == cf.CALLBACK
+                else cf.DestinationFailed("unreachable", None, leg=action.leg),
+            )
+            return
+        old = session.legs.get(action.leg)
+        if old is not None:
+            self._close_leg(old)
+        leg_id = f"{session.sid[:8]}-{action.leg}-{action.attempt}-{uuid.uuid4().hex[:4]}"
+        port = await self.media.open_leg(leg_id)
+        self.media.engine.enable_dtmf(leg_id, inband=True, fax=True)
+        offer = sdp.make_offer(self.config.media_host, port, session_id=int(time.time()))
+        session.legs[action.leg] = leg_id
+        session.offers[action.leg] = offer
+        self._by_leg[leg_id] = (session, action.leg)
+        timeout = (
+            self.config.callback_ring_timeout
+            if action.leg == cf.CALLBACK
+            else self.config.destination_ring_timeout
+        )
+        outbound.originate(
+            leg_id,
+            action.dial_string.lstrip("+")
+            if action.dial_string.startswith("+") and self._prefix() == "+"
+            else action.dial_string,
+            bytes(offer),
+            self._loop.time(),
+            caller_id=action.caller_id,
+            ring_timeout=timeout,
+        )
+        self.transmit()
+
+    async def _authorize(self, session: Session, number: str) -> None:
+        account = await self.accounts.get(session.account.id)
+        try:
+            dial = dialplan.normalize_destination(
+                number, self._prefix(), blocked_prefixes=self.config.blocked_prefixes
+            )
+        except dialplan.DestinationRefused as exc:
+            self._feed(session, cf.Refused(exc.reason.value))
+            return
+        rate = await self.rates.lookup(number)
+        if rate is None or rate.blocked:
+            self._feed(session, cf.Refused("blocked" if rate is not None else "invalid"))
+            return
+        reservation = rating.reservation_for(
+            account.available_credit, rate.price_per_minute, rate.minimum_s, rate.increment_s
+        )
+        if reservation.max_seconds <= 0:
+            self._feed(session, cf.Refused("no_credit"))
+            return
+        ok = await self.credit.reserve(account.id, reservation.amount, session.sid, now=time.time())
+        if not ok:
+            self._feed(session, cf.Refused("no_credit"))
+            return
+        session.reserved = True
+        self._feed(
+            session,
+            cf.Authorized(
+                number,
+                dial.dial_string,
+                rate.price_per_minute,
+                reservation.max_seconds,
+                rate.minimum_s,
+                rate.increment_s,
+            ),
+        )
+
+    async def _speed_dial(self, session: Session, code: str) -> None:
+        found = await self.speed_dials.get(session.account.id, code)
+        self._feed(session, cf.SpeedDialResolved(found.number if found else None))
+
+    async def _write_cdr(self, session: Session, cdr: cf.WriteCdr) -> None:
+        record = Cdr(
+            call_uuid=session.sid,
+            leg=_LEG_KINDS.get(cdr.leg, LegKind.DESTINATION),
+            account_id=session.account.id,
+            from_number=self._caller_id() or "",
+            to_number=cdr.number,
+            setup_at=self.wall(cdr.setup_at),
+            ring_at=None if cdr.ring_at is None else self.wall(cdr.ring_at),
+            answer_at=None if cdr.answer_at is None else self.wall(cdr.answer_at),
+            end_at=self.wall(cdr.end_at),
+            cause_code=cdr.sip_status,
+            cause_text=cdr.cause,
+            billed_seconds=cdr.billed_seconds,
+            cost=cdr.cost,
+            node_id=self.node_id,
+        )
+        written = await self.cdrs.write(record)
+        session.cdrs.append(written)
+        if cdr.leg == cf.DESTINATION and cdr.cost and session.reserved:
+            await self.credit.commit(session.sid, cdr.cost)
+            session.reserved = False
+        log.info(
+            "session %s: CDR %s leg to %s, %s, billed %d s, cost %d",
+            session.sid[:8],
+            cdr.leg,
+            cdr.number,
+            cdr.cause,
+            cdr.billed_seconds,
+            cdr.cost,
+        )
+
+    async def _finish(self, session: Session, reason: str) -> None:
+        session.finished = True
+        for handle in session.timers.values():
+            handle.cancel()
+        session.timers.clear()
+        for leg_id in list(session.legs.values()):
+            self._close_leg(leg_id)
+        # Let the CDR writes queued before Finished land first.
+        pending = [t for t in self._tasks if t is not asyncio.current_task()]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        if session.reserved:
+            await self.credit.release(session.sid)
+        if reason in ("callback_failed",):
+            await self.queue.fail(session.callback.id, reason, node_id=self.node_id)
+        else:
+            await self.queue.complete(session.callback.id, node_id=self.node_id)
+        self.node.triggers.callback_done(session.callback.trigger)
+        self.sessions.pop(session.sid, None)
+        log.info("session %s: finished (%s)", session.sid[:8], reason)
+
+    def _close_leg(self, leg_id: str) -> None:
+        self._by_leg.pop(leg_id, None)
+        if leg_id in self.media.transports:
+            self.media.close_leg(leg_id)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("switch task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
