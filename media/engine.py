@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from media.digits import DigitEvent, DigitStream
 from media.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
-from media.jitter import JitterBuffer
+from media.jitter import FrameRing, JitterBuffer
 from media.mixer import Bridge, Conference, saturate
 from media.player import FRAME, PlayItem, PromptPlayer, dtmf_frames
 from media.recorder import Recorder
@@ -70,6 +70,8 @@ _DECODE512 = np.concatenate([ULAW_DECODE, ALAW_DECODE]).astype(np.int16)
 _U2A = bytes(ALAW_ENCODE[ULAW_DECODE.view(np.uint16)].tobytes())
 _A2U = bytes(ULAW_ENCODE[ALAW_DECODE.view(np.uint16)].tobytes())
 _DTMF_CODES = {d: i for i, d in enumerate("0123456789*#ABCD")}
+_RING_SLOT = FrameRing.SLOT
+_RING_MASK = FrameRing.DEPTH - 1
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -187,6 +189,8 @@ class Leg:
     conference: Conference | None = None
     transcode: bytes | None = None
     jb: JitterBuffer | None = None
+    ring: memoryview | None = None  # this leg's slots in the engine's FrameRing
+    ring_row: int = -1
     inband: bool = False
     fax_detect: bool = False
     clear_channel: bool = False
@@ -238,6 +242,9 @@ class MediaEngine:
         self._rx: list[Leg] = []
         self._rx_row: dict[str, int] = {}
         self._rx_offsets = np.zeros((0, 1), dtype=np.uint16)
+        self._rx_law: int | None = None  # the table offset when every rx leg uses one law
+        self._rx_jb: list[Leg] = []
+        self._ring = FrameRing([])
         self._dtmf_rows = np.zeros(0, dtype=np.intp)
         self._dtmf_slots = np.zeros(0, dtype=np.intp)
         self._dtmf_slot_of: dict[str, int] = {}
@@ -523,8 +530,11 @@ class MediaEngine:
             payload = data[header.payload_offset : header.payload_end]
         rx = session.rx
         if rx is None or rx.ssrc != ssrc:
-            if session.note_received(ssrc, seq, ts, now, size) and leg.jb is not None:
-                leg.jb.reset()
+            if session.note_received(ssrc, seq, ts, now, size):
+                if leg.jb is not None:
+                    leg.jb.reset()
+                if leg.ring is not None:
+                    self._ring.reset(leg.ring_row)
         else:
             session.packets_received += 1
             session.last_rx = now
@@ -537,9 +547,18 @@ class MediaEngine:
                 return self._telephone_event(leg, payload, b1, seq, ts, ssrc, now)
             leg.dropped_pt += 1
             return None
-        jb = leg.jb
-        if jb is not None:
-            jb.put(seq, payload)
+        ring = leg.ring
+        if ring is not None:
+            pos = (seq & _RING_MASK) * _RING_SLOT
+            if size == _RING_SLOT and b0 == 0x80:
+                ring[pos : pos + _RING_SLOT] = data
+            else:
+                ring[pos : pos + _RING_SLOT] = data[:4] + bytes(8) + (payload + leg.silence)[:FRAME]
+                ring[pos] = 0x80
+        else:
+            jb = leg.jb
+            if jb is not None:
+                jb.put(seq, payload)
         peer = leg.peer
         if peer is None or peer.tx_dsp:
             return None
@@ -606,26 +625,34 @@ class MediaEngine:
                 leg.player is not None or leg.conference or leg.dtmf_tx or leg.inband_tx
             )
         rx: list[Leg] = []
+        analysed: list[Leg] = []
         for leg in self._legs.values():
             peer = leg.peer
-            need = (
-                leg.inband
-                or leg.fax_detect
-                or leg.recorder is not None
+            heard = (
+                leg.recorder is not None
                 or leg.conference is not None
                 or (peer is not None and peer.tx_dsp and peer.mix_peer and peer.player is not None)
             )
-            if need and leg.jb is None:
+            # Audio that is heard or recorded goes through a jitter buffer with concealment;
+            # audio that only feeds the detectors goes through the vectorised FrameRing.
+            if heard and leg.jb is None:
                 leg.jb = JitterBuffer(target=self.jitter_target)
-            elif not need:
+            elif not heard:
                 leg.jb = None
-            if need:
+            if heard:
                 rx.append(leg)
+            elif leg.inband or leg.fax_detect:
+                analysed.append(leg)
+        self._rx_jb = list(rx)
+        self._rebuild_ring(analysed)
+        rx.extend(analysed)
         self._rx = rx
         self._rx_row = {leg.leg_id: i for i, leg in enumerate(rx)}
         self._rx_offsets = np.array(
             [[_LAW_OFFSET[leg.session.codec]] for leg in rx], dtype=np.uint16
         ).reshape(-1, 1)
+        laws = {int(x) for x in self._rx_offsets.ravel()}
+        self._rx_law = laws.pop() if len(laws) == 1 else None
         dtmf = [(i, self._dtmf_slot_of[leg.leg_id]) for i, leg in enumerate(rx) if leg.inband]
         self._dtmf_rows = np.array([r for r, _ in dtmf], dtype=np.intp)
         self._dtmf_slots = np.array([s for _, s in dtmf], dtype=np.intp)
@@ -634,6 +661,24 @@ class MediaEngine:
         self._fax_slots = np.array([s for _, s in fax], dtype=np.intp)
         self._tx = [leg for leg in self._legs.values() if leg.tx_dsp]
         self._dirty = False
+
+    def _rebuild_ring(self, legs: list[Leg]) -> None:
+        """A new FrameRing for `legs`, keeping what the old one held for legs in both."""
+        old = self._ring
+        ring = FrameRing([leg.silence[0] for leg in legs])
+        rows, old_rows = [], []
+        for row, leg in enumerate(legs):
+            if leg.ring is not None:
+                rows.append(row)
+                old_rows.append(leg.ring_row)
+        ring.copy_rows(old, rows, old_rows)
+        for leg in self._legs.values():
+            leg.ring = None
+            leg.ring_row = -1
+        for row, leg in enumerate(legs):
+            leg.ring = ring.row_view(row)
+            leg.ring_row = row
+        self._ring = ring
 
     def tick(self, now: float) -> list[tuple[str, bytes, Addr]]:
         """Run one 20 ms DSP step for every leg that needs it; returns datagrams to send."""
@@ -661,7 +706,7 @@ class MediaEngine:
         payloads: list[bytes] = []
         gains: list[float] = []
         concealed = False
-        for leg in rx:
+        for leg in self._rx_jb:
             assert leg.jb is not None
             payload, gain = leg.jb.pop()
             if payload is None:
@@ -672,23 +717,30 @@ class MediaEngine:
                 concealed = True
             payloads.append(payload)
             gains.append(gain)
-        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(rx), FRAME)
-        pcm: npt.NDArray[np.int16] = _DECODE512[raw + self._rx_offsets]
+        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), FRAME)
+        if len(self._ring):
+            raw = np.concatenate([raw, self._ring.pop()]) if payloads else self._ring.pop()
+        # All legs on one law (the usual case) decode without the offset into the joint table.
+        law = self._rx_law
+        pcm: npt.NDArray[np.int16] = (
+            _DECODE512[raw + self._rx_offsets] if law is None else _DECODE512[law : law + 256][raw]
+        )
         if concealed:
+            gains.extend([1.0] * len(self._ring))
             scale = np.array(gains, dtype=np.float32)[:, np.newaxis]
             pcm = (pcm * scale).astype(np.int16)
         if len(self._dtmf_rows):
-            frames = pcm[self._dtmf_rows]
+            frames = pcm if len(self._dtmf_rows) == len(pcm) else pcm[self._dtmf_rows]
             for leg_id, event in self._dtmf.process(self._dtmf_slots, frames, sample_time):
                 target = self._legs.get(str(leg_id))
                 if target is not None:
                     self._digit(target, event, now)
         if self._fax is not None and len(self._fax_rows):
-            frames = pcm[self._fax_rows]
+            frames = pcm if len(self._fax_rows) == len(pcm) else pcm[self._fax_rows]
             for leg_id, tone in self._fax.process(self._fax_slots, frames, sample_time):
                 # media.faxdetect reports FaxToneEvent(kind="cng"|"ced"|"ansam", ...).
                 self._fax_detected(str(leg_id), str(getattr(tone, "kind", tone)))
-        for i, leg in enumerate(rx):
+        for i, leg in enumerate(self._rx_jb):
             rec = leg.recorder
             if rec is not None and rec.feed(pcm[i]):
                 self._finish_recording(leg)

@@ -475,9 +475,7 @@ class Switch:
         )
         outbound.originate(
             leg_id,
-            action.dial_string.lstrip("+")
-            if action.dial_string.startswith("+") and self._prefix() == "+"
-            else action.dial_string,
+            action.dial_string,
             bytes(offer),
             self._loop.time(),
             caller_id=action.caller_id,

@@ -277,7 +277,11 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Originate:
-    """Place ``leg`` (an INVITE through the trunk, or to the operator URI)."""
+    """Place ``leg`` (an INVITE through the trunk, or to the operator URI).
+
+    ``attempt`` numbers the legs of one name within the session (callback retries, every
+    destination dialled); the matching :class:`WriteCdr` carries the same number.
+    """
 
     leg: str
     dial_string: str
@@ -623,6 +627,7 @@ class CustomerCall:
         self._awaiting: str | None = None  # "speed_dial" or "authorize" while AUTHORIZING
         self._number: str | None = None  # the last number sent to Authorize (for *# redial)
         self._keys = _Keys()
+        self._placed: dict[str, int] = {}
 
     # --- public API ---
 
@@ -769,10 +774,15 @@ class CustomerCall:
         actions = self._quiet()
         actions += self._set_state(S.OPERATOR)
         actions += self._play("connecting_customer_service", barge_in=False)
-        self._peer = _Leg(OPERATOR, 1, self.operator, self.operator, now)
-        actions.append(Originate(OPERATOR, self.operator, self.caller_id))
+        self._peer = _Leg(OPERATOR, self._next(OPERATOR), self.operator, self.operator, now)
+        actions.append(Originate(OPERATOR, self.operator, self.caller_id, self._peer.attempt))
         actions.append(self._arm("dest_ring", now + self.config.destination_ring_timeout))
         return actions
+
+    def _next(self, leg: str) -> int:
+        """The number of the next ``leg`` placed in this session (CDR ``attempt``), from 1."""
+        self._placed[leg] = self._placed.get(leg, 0) + 1
+        return self._placed[leg]
 
     def _touch(self, now: float) -> list[Action]:
         """A customer key press: the session is not silent."""
@@ -975,7 +985,7 @@ class CustomerCall:
         self._awaiting = None
         self._peer = _Leg(
             DESTINATION,
-            1,
+            self._next(DESTINATION),
             event.number,
             event.dial_string,
             now,
@@ -984,7 +994,9 @@ class CustomerCall:
             minimum=event.minimum,
             increment=event.increment,
         )
-        actions.append(Originate(DESTINATION, event.dial_string, self.caller_id))
+        actions.append(
+            Originate(DESTINATION, event.dial_string, self.caller_id, self._peer.attempt)
+        )
         actions.append(self._arm("dest_ring", now + self.config.destination_ring_timeout))
         return actions
 

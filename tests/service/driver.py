@@ -40,6 +40,10 @@ class Driver:
     def state(self) -> CallState:
         return self.call.state
 
+    def in_state(self, state: CallState) -> bool:
+        """The machine is in ``state`` (a call, so mypy does not narrow across events)."""
+        return self.call.state is state
+
     def _apply(self, actions: list[Action]) -> list[Action]:
         for action in actions:
             if isinstance(action, StartTimer):

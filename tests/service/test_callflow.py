@@ -62,10 +62,11 @@ def dial(d: Driver, number: str = NUMBER, max_seconds: int = 600) -> None:
     """From the dial prompt to a ringing destination."""
     out = d.keys(number + "*")
     assert of(out, Authorize) == [Authorize(number)]
-    assert d.state is S.AUTHORIZING
+    assert d.in_state(S.AUTHORIZING)
     out = d.send(authorized(max_seconds, number=number), after=0.05)
-    assert of(out, Originate) == [Originate(DESTINATION, "+" + number, None)]
-    assert d.state is S.DIALLING
+    [originate] = of(out, Originate)
+    assert (originate.leg, originate.dial_string) == (DESTINATION, "+" + number)
+    assert d.in_state(S.DIALLING)
 
 
 def connected(d: Driver, max_seconds: int = 600) -> float:
@@ -73,7 +74,7 @@ def connected(d: Driver, max_seconds: int = 600) -> float:
     dial(d, max_seconds=max_seconds)
     d.send(DestinationRinging(early_media=False), after=1.0)
     d.send(DestinationAnswered(), after=8.0)
-    assert d.state is S.CONNECTED
+    assert d.in_state(S.CONNECTED)
     return d.now
 
 
@@ -83,7 +84,7 @@ def last_cdr(d: Driver, leg: str) -> WriteCdr:
 
 def assert_finished(d: Driver) -> None:
     """Everything ended: Finished last, no timers, billing balanced, a CDR per Originate."""
-    assert d.state is S.ENDED
+    assert d.in_state(S.ENDED)
     assert isinstance(d.actions[-1], Finished)
     assert len(of(d.actions, Finished)) == 1
     assert d.timers == {}
@@ -107,9 +108,9 @@ def test_happy_path() -> None:
     out = d.send(CallbackAnswered(), after=4.0)
     assert CancelTimer("ring") in out
     assert of(out, Play) == [Play(CALLBACK, ("name", "dial_prompt"), barge_in=True)]
-    assert d.state is S.ANNOUNCING
+    assert d.in_state(S.ANNOUNCING)
     out = d.send(PromptFinished(), after=5.0)
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     assert out == [StartTimer("collect", 20.0)]
 
     out = d.keys("81312345678*")
@@ -223,7 +224,7 @@ def test_answer_on_the_second_attempt() -> None:
     d.send(CallbackFailed("no_answer", 480), after=45.0)
     d.fire("retry")
     out = d.send(CallbackAnswered(), after=5.0)
-    assert d.state is S.ANNOUNCING
+    assert d.in_state(S.ANNOUNCING)
     assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
 
 
@@ -252,7 +253,7 @@ def test_barge_in_stops_the_prompt() -> None:
     d.send(CallbackAnswered(), after=3.0)
     out = d.send(DigitReceived("8"), after=0.5)
     assert StopPlayback(CALLBACK) in out
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     assert d.send(PromptFinished()) == []  # a late end of the stopped prompt changes nothing
     out = d.keys("1312345678*")
     assert of(out, Authorize) == [Authorize(NUMBER)]
@@ -295,7 +296,7 @@ def test_silent_callback_ends_cleanly_after_two_minutes() -> None:
     assert d.now == answered_at + 120.0
     assert prompts >= 5  # the prompt kept being replayed
     assert of(out, Play) == [Play(CALLBACK, ("goodbye",), barge_in=False)]
-    assert d.state is S.ENDING
+    assert d.in_state(S.ENDING)
     out = d.send(PromptFinished(), after=2.0)
     assert out[0] == HangUp(CALLBACK, "silence")
     assert_finished(d)
@@ -319,11 +320,11 @@ def test_speed_dial() -> None:
     d.keys("03")
     out = d.fire("collect")
     assert of(out, ResolveSpeedDial) == [ResolveSpeedDial("03")]
-    assert d.state is S.AUTHORIZING
+    assert d.in_state(S.AUTHORIZING)
     out = d.send(SpeedDialResolved("4930123456"), after=0.01)
     assert out == [Authorize("4930123456")]
     d.send(authorized(number="4930123456"), after=0.05)
-    assert d.state is S.DIALLING
+    assert d.in_state(S.DIALLING)
 
 
 def test_speed_dial_with_star_and_four_keys() -> None:
@@ -331,7 +332,7 @@ def test_speed_dial_with_star_and_four_keys() -> None:
     d.answered()
     assert of(d.keys("087*"), ResolveSpeedDial) == [ResolveSpeedDial("087")]
     d.send(SpeedDialResolved(None))
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     assert of(d.actions, Play)[-1] == Play(CALLBACK, ("unknown_speed_dial", "dial_prompt"))
     assert of(d.keys("0871"), ResolveSpeedDial) == [ResolveSpeedDial("0871")]
 
@@ -340,7 +341,7 @@ def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
     d = Driver(operator="sip:care@127.0.0.1")
     d.answered()
     out = d.keys("00")
-    assert d.state is S.OPERATOR
+    assert d.in_state(S.OPERATOR)
     assert Play(CALLBACK, ("connecting_customer_service",), barge_in=False) in out
     assert Originate(OPERATOR, "sip:care@127.0.0.1", None) in out
     assert d.send(DestinationRinging(leg=OPERATOR), after=0.5) == []  # announcement plays on
@@ -352,7 +353,7 @@ def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
     out = d.send(DestinationHungUp(leg=OPERATOR), after=60.0)
     assert last_cdr(d, OPERATOR).cause == "normal"
     assert last_cdr(d, OPERATOR).cost == 0
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
 
 
@@ -370,7 +371,7 @@ def test_unreachable_customer_service_returns_to_the_prompt() -> None:
     d.keys("00")
     out = d.send(DestinationFailed("congestion", 503, leg=OPERATOR), after=1.0)
     assert of(out, Play)[-1] == Play(CALLBACK, ("call_failed", "dial_prompt"))
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
 
 
 def test_own_trigger_number_hands_over_to_location_change() -> None:
@@ -409,7 +410,7 @@ def test_refusal_plays_a_prompt_then_the_dial_prompt(reason: str, prompt: str) -
     d.keys(NUMBER + "*")
     out = d.send(Refused(reason), after=0.05)
     assert of(out, Play) == [Play(CALLBACK, (prompt, "dial_prompt"))]
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     d.send(PromptFinished(), after=5.0)
     dial(d)
 
@@ -468,7 +469,7 @@ def busy(d: Driver) -> None:
     assert PlayTone(CALLBACK, "busy") in out
     cdr = last_cdr(d, DESTINATION)
     assert (cdr.cause, cdr.sip_status, cdr.billed_seconds, cdr.cost) == ("busy", 486, 0, 0)
-    assert d.state is S.DEST_BUSY
+    assert d.in_state(S.DEST_BUSY)
 
 
 def test_busy_then_redial() -> None:
@@ -477,7 +478,7 @@ def test_busy_then_redial() -> None:
     out = d.keys("*#")
     assert of(out, Authorize) == [Authorize(NUMBER)]
     assert StopPlayback(CALLBACK) in out
-    assert d.state is S.AUTHORIZING
+    assert d.in_state(S.AUTHORIZING)
     d.send(authorized())
     assert [o.leg for o in of(d.actions, Originate)] == [CALLBACK, DESTINATION, DESTINATION]
 
@@ -487,7 +488,7 @@ def test_busy_then_new_number() -> None:
     busy(d)
     out = d.keys("##")
     assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
 
 
 def test_busy_then_end() -> None:
@@ -513,7 +514,7 @@ def test_destination_no_answer() -> None:
     out = d.fire("dest_ring")
     assert HangUp(DESTINATION, "no_answer") in out
     assert Play(CALLBACK, ("no_answer",)) in out
-    assert d.state is S.DEST_BUSY
+    assert d.in_state(S.DEST_BUSY)
 
 
 def test_new_number_while_ringing() -> None:
@@ -523,7 +524,7 @@ def test_new_number_while_ringing() -> None:
     d.send(DestinationRinging(), after=1.0)
     out = d.keys("##")
     assert HangUp(DESTINATION, "new_number") in out
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     assert of(out, ForwardDigit) == []
 
 
@@ -538,8 +539,11 @@ def test_new_number_in_call() -> None:
     assert HangUp(DESTINATION, "new_number") in out
     assert of(out, ForwardDigit) == []
     assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
     dial(d, "12025550123")
+    assert of(d.actions, Originate)[-1] == Originate(DESTINATION, "+12025550123", None, 2)
+    d.send(DestinationFailed("rejected", 403), after=2.0)
+    assert [c.attempt for c in of(d.actions, WriteCdr) if c.leg == DESTINATION] == [1, 2]
 
 
 def test_double_zero_in_call_calls_customer_service() -> None:
@@ -550,7 +554,7 @@ def test_double_zero_in_call_calls_customer_service() -> None:
     assert of(out, ForwardDigit) == [ForwardDigit(DESTINATION, "0")]  # the first 0 went at once
     assert HangUp(DESTINATION, "customer_service") in out
     assert StopBilling(d.now) in out
-    assert d.state is S.OPERATOR
+    assert d.in_state(S.OPERATOR)
 
 
 def test_zeros_inside_a_bank_menu_entry_are_forwarded() -> None:
@@ -558,10 +562,10 @@ def test_zeros_inside_a_bank_menu_entry_are_forwarded() -> None:
     connected(d)
     out = d.keys("1005", gap=0.3)
     assert of(out, ForwardDigit) == [ForwardDigit(DESTINATION, k) for k in "1005"]
-    assert d.state is S.CONNECTED
+    assert d.in_state(S.CONNECTED)
     out = d.keys("0", gap=5.0) + d.keys("0", gap=1.5)  # too slow to be a command
     assert len(of(out, ForwardDigit)) == 2
-    assert d.state is S.CONNECTED
+    assert d.in_state(S.CONNECTED)
 
 
 def test_star_then_digit_forwards_both_in_order() -> None:
@@ -583,7 +587,7 @@ def test_hash_alone_is_forwarded_after_the_hold_back() -> None:
     d.send(DigitReceived("#"), after=2.0)
     out = d.fire("hold")
     assert out == [ForwardDigit(DESTINATION, "#")]
-    assert d.state is S.CONNECTED
+    assert d.in_state(S.CONNECTED)
 
 
 def test_hash_star_in_call_is_forwarded_in_order() -> None:
@@ -632,7 +636,7 @@ def test_credit_warning_and_cut() -> None:
     cdr = last_cdr(d, DESTINATION)
     assert (cdr.billed_seconds, cdr.cost) == (90, 18)
     assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
-    assert d.state is S.COLLECTING
+    assert d.in_state(S.COLLECTING)
 
 
 def test_short_credit_warns_at_once() -> None:
@@ -651,7 +655,7 @@ def test_hotline_dials_the_preset_destination_on_answer() -> None:
     assert of(out, Play) == []
     assert out[-1] == Authorize("12025550123")
     d.send(authorized(number="12025550123"))
-    assert d.state is S.DIALLING
+    assert d.in_state(S.DIALLING)
 
 
 def test_hotline_with_extension() -> None:
