@@ -99,8 +99,9 @@ def test_whole_callback_call_with_rfc2833_digits(
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
     provision(db_url)
     dest_port = free_port()
-    carrier = start_kamailio(trigger_number=TRIGGER, customer_number=CUSTOMER,
-                             pstn_target=f"127.0.0.1:{dest_port}")
+    carrier = start_kamailio(
+        trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
+    )
     destination = sipp(
         str(KAMAILIO_SCENARIOS / "uas_answer.xml"), local_port=dest_port, timeout_s=60
     ).start()

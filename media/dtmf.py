@@ -118,6 +118,7 @@ class DtmfDetector:
         self._leg_of_slot: list[Hashable | None] = [None] * max_legs
         self._slot_of_leg: dict[Hashable, int] = {}
         self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.int16)
+        self._tail_energy = np.zeros((max_legs, 2), dtype=np.float32)  # its two quarters
         self._cur = np.full(max_legs, -1, dtype=np.int8)
         self._cand = np.full(max_legs, -1, dtype=np.int8)
         self._cand_count = np.zeros(max_legs, dtype=np.int32)
@@ -152,6 +153,7 @@ class DtmfDetector:
 
     def _reset(self, slot: int) -> None:
         self._tail[slot] = 0
+        self._tail_energy[slot] = 0
         self._cur[slot] = -1
         self._cand[slot] = -1
         self._cand_count[slot] = 0
@@ -176,15 +178,15 @@ class DtmfDetector:
         if frames.shape != (n, FRAME):
             raise ValueError(f"frames must have shape ({n}, {FRAME}), got {frames.shape}")
         t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
-        buf = np.empty((n, WINDOW - HOP + FRAME), dtype=np.int16)
-        buf[:, : WINDOW - HOP] = self._tail[slots]
-        buf[:, WINDOW - HOP :] = frames
-        self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
-        # The gate, in float32 for the whole batch: quarter energies of the 240 samples as
-        # rows (6, n); the two windows are quarters 0-3 and 2-5 since HOP is two quarters.
-        x = buf.astype(np.float32)
+        # The gate, in float32 for the whole batch: the quarter energies of this frame, after
+        # the last two of the previous one (kept per slot), as rows (6, n). The two windows
+        # are quarters 0-3 and 2-5 since HOP is two quarters.
+        x = frames.astype(np.float32)
         x *= x
-        e = (x.reshape(-1, QUARTER) @ _ONES).reshape(n, -1).T
+        e = np.empty((6, n), dtype=np.float32)
+        e[:2] = self._tail_energy[slots].T
+        e[2:] = (x.reshape(-1, QUARTER) @ _ONES).reshape(n, 4).T
+        self._tail_energy[slots] = e[4:].T
         lo01, lo23, lo45 = np.minimum(e[0], e[1]), np.minimum(e[2], e[3]), np.minimum(e[4], e[5])
         hi01, hi23, hi45 = np.maximum(e[0], e[1]), np.maximum(e[2], e[3]), np.maximum(e[4], e[5])
         sum23 = e[2] + e[3]
@@ -200,11 +202,15 @@ class DtmfDetector:
         levels = np.zeros((2, n, 2), dtype=np.float64)
         k_idx, leg_idx = np.nonzero(live)
         if len(k_idx):
-            # Window k of leg i is buf[i, k * HOP : k * HOP + WINDOW].
+            # Window k of leg i is (tail + frame)[i, k * HOP : k * HOP + WINDOW].
+            legs = np.unique(leg_idx)
+            buf = np.concatenate([self._tail[slots[legs]], frames[legs]], axis=1)
+            row = np.searchsorted(legs, leg_idx)
             cols = k_idx[:, None] * HOP + np.arange(WINDOW)[None, :]
-            d, lv = self._classify(buf[leg_idx[:, None], cols])
+            d, lv = self._classify(buf[row[:, None], cols])
             digits[k_idx, leg_idx] = d
             levels[k_idx, leg_idx] = lv
+        self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
         out: list[tuple[Hashable, DigitEvent]] = []
         for k in range(2):
             d = digits[k]

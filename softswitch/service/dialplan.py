@@ -267,9 +267,12 @@ class DialString:
 
 
 def validate_international_prefix(prefix: str) -> str:
-    """``prefix`` if it is ``+`` or 1-4 ASCII digits (``00``, ``011``, ``0011`` ...), else ValueError."""
-    if not (prefix.isascii() and _PREFIX_RE.fullmatch(prefix)):
-        raise ValueError(f"international prefix must be '+' or 1-4 digits, got {prefix!r}")
+    """``prefix`` if it is ``+``, 1-4 ASCII digits (``00``, ``011`` ...) or empty, else ValueError.
+
+    Empty: the trunk takes bare E.164 digits (country code first), as many carriers do.
+    """
+    if prefix and not (prefix.isascii() and _PREFIX_RE.fullmatch(prefix)):
+        raise ValueError(f"international prefix must be '+', 1-4 digits or empty, got {prefix!r}")
     return prefix
 
 

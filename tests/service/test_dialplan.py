@@ -156,7 +156,11 @@ def test_blocked_prefixes() -> None:
     assert normalize_destination("12025550123", "+", blocked_prefixes=blocked).dial_string
 
 
-@pytest.mark.parametrize("prefix", ["", "+1", "00;", "0x", "00000", "+ ", "\u0660\u0660", "%2B"])
+def test_empty_prefix_means_bare_e164_digits() -> None:
+    assert normalize_destination("81312345678", "").dial_string == "81312345678"
+
+
+@pytest.mark.parametrize("prefix", ["+1", "00;", "0x", "00000", "+ ", "\u0660\u0660", "%2B"])
 def test_bad_international_prefix_is_a_config_error(prefix: str) -> None:
     with pytest.raises(ValueError) as info:
         normalize_destination("81312345678", prefix)
