@@ -61,7 +61,6 @@ def cdrs(db_url: str) -> list[object]:
 
 
 def switch_config(port: int, carrier: str, db_url: str) -> str:
-    host, carrier_port = carrier.rsplit(":", 1)
     return f"""
 [sip]
 listen = "127.0.0.1:{port}"

@@ -44,6 +44,11 @@ GEN_CPU = 1
 THRESHOLD = 0.001
 
 
+def _loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def _rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -217,6 +222,21 @@ def run_once(
     return stats
 
 
+def run_point(kind: str, loop: str, calls: int, seconds: float, log: bool) -> dict[str, Any]:
+    """`run_once`, repeated once when it fails: on a shared machine one preemption of the
+    pinned server by another job (tens of ms) is enough to make 0.1 % of the packets late."""
+    r = run_once(kind, loop, calls, seconds)
+    if log:
+        _progress(kind, loop, r)
+    if not r["ok"]:
+        again = run_once(kind, loop, calls, seconds)
+        if log:
+            _progress(kind, loop, again, "retry")
+        if again["bad_ratio"] < r["bad_ratio"]:
+            r = again
+    return r
+
+
 def search(
     kind: str, loop: str, seconds: float, lo: int, hi: int, log: bool = True
 ) -> dict[str, Any]:
@@ -225,9 +245,7 @@ def search(
     n = lo
     fail = hi + 1
     while n <= hi:
-        r = run_once(kind, loop, n, seconds)
-        if log:
-            _progress(kind, loop, r)
+        r = run_point(kind, loop, n, seconds, log)
         if not r["ok"]:
             fail = n
             break
@@ -237,9 +255,7 @@ def search(
     if best is not None and fail <= hi:
         while fail - good > max(10, good // 20):
             mid = (good + fail) // 2
-            r = run_once(kind, loop, mid, seconds)
-            if log:
-                _progress(kind, loop, r)
+            r = run_point(kind, loop, mid, seconds, log)
             if r["ok"]:
                 good, best = mid, r
             else:
@@ -252,11 +268,12 @@ def search(
     return best
 
 
-def _progress(kind: str, loop: str, r: dict[str, Any]) -> None:
+def _progress(kind: str, loop: str, r: dict[str, Any], note: str = "") -> None:
     print(
         f"  {kind:8s} {loop:8s} N={r['calls']:5d} bad={100 * r['bad_ratio']:.3f}% "
+        f"(lost {r['lost']}, late {r['late']}) "
         f"cpu={100 * r.get('cpu', 0):.0f}% gen_cpu={100 * r['gen_cpu']:.0f}% "
-        f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {'ok' if r['ok'] else 'FAIL'}",
+        f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {'ok' if r['ok'] else 'FAIL'} {note}",
         flush=True,
     )
 
@@ -270,6 +287,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=50)
     ap.add_argument("--max-calls", type=int, default=2400)
     ap.add_argument("--loops", default="uvloop,asyncio")
+    ap.add_argument("--kinds", default="engine,relay,trivial")
     args = ap.parse_args()
     if args.serve:
         os.sched_setaffinity(0, {SERVER_CPU})
@@ -287,11 +305,12 @@ def main() -> None:
         return
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs two CPUs (server and generator pinned apart)")
+    print(f"load average before: {_loadavg()}", flush=True)
     results = []
     for loop in args.loops.split(","):
-        for kind in ("engine", "relay", "trivial"):
+        for kind in args.kinds.split(","):
             results.append(search(kind, loop, args.seconds, args.start, args.max_calls))
-    top = max(r["calls"] for r in results if r["passed"])
+    top = max((r["calls"] for r in results if r["passed"]), default=args.start)
     probe = max(top, args.start)
     loopback = run_once("loopback", "none", probe, args.seconds)
     print()
@@ -306,7 +325,7 @@ def main() -> None:
         f"{'RSS/call':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'digits':>9s} {'vs triv':>7s} "
         f"{'N@85%cpu':>8s} {'vs triv':>7s}"
     )
-    trivial = {r["loop"]: r for r in results if r["kind"] == "trivial"}
+    trivial = {r["loop"]: r for r in results if r["kind"] == "trivial" and r["passed"]}
     for r in results:
         pps = r["calls"] * 200
         us = r["cpu"] * 1e6 / pps
@@ -321,6 +340,7 @@ def main() -> None:
             f"{us:7.2f} {r['rss_per_call_kb']:7.1f}kB {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
             f"{digits:>9s} {ratio:7.2f} {n85:8.0f} {ratio85:7.2f}"
         )
+    print(f"load average after: {_loadavg()} (other jobs on the machine disturb the runs)")
     print("engine = relay + in-band DTMF and fax detection on every leg; relay = engine, no DSP")
     print("N@85%cpu extrapolates the CPU per call measured at `calls` to 85 % of the core.")
     print("(pkt/s counts packets in + out; a bridged call is 100 in + 100 out per second)")
