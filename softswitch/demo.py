@@ -1,17 +1,21 @@
-"""``softswitch demo``: a real node and a SIPp carrier on loopback, shown step by step.
+"""``softswitch demo``: a whole callback call on loopback, shown step by step.
 
-What it proves at this stage: the node starts through the same code path as ``softswitch
-serve``, registers to the carrier with digest authentication (SIPp challenges and verifies the
-response), rings a trigger call without answering it, answers the CANCEL with 200 and 487,
-schedules the callback, and unregisters when stopped. The timeline printed at the end is read
-from SIPp's own message traces (the carrier's view of the wire), merged with the node's log.
-Exit status 0 only if every step really happened.
+A real node (``softswitch serve`` in a subprocess: the same code path, real UDP sockets, a
+temporary SQLite store with a demo account and a rate) and, in this process, an emulated
+carrier (:mod:`softswitch.demo_carrier`) with the customer's phone and the destination's phone,
+built from the project's own SIP stack and media engine. The node registers to the carrier with
+digest authentication; the customer rings the trigger number and hangs up after one ring; the
+node calls the customer back, plays the dial prompt; the customer dials the destination with
+RFC 4733 digits; the node dials it through the carrier, the destination answers, both sides
+speak (a 1 kHz tone one way, 440 Hz the other, each checked at the far end); ``**`` ends the
+call. Then the timeline (the carrier's view of the wire merged with the node's log) and the
+CDRs from the store. Exit status 0 only if every check held: audio is measured, not assumed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
-import contextlib
 import os
 import re
 import shutil
@@ -25,7 +29,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "interop" / "scenarios"
 TRIGGER = "815012345678"
 
 
@@ -79,50 +82,6 @@ def _say(step: str, ok: bool | None = None) -> None:
     print(f"  [{mark}] {step}", flush=True)
 
 
-def _sipp(args: list[str], logdir: Path, name: str) -> list[str]:
-    return [
-        "sipp",
-        *args,
-        "-i",
-        "127.0.0.1",
-        "-nostdin",
-        "-trace_msg",
-        "-trace_err",
-        "-message_file",
-        str(logdir / f"{name}_messages.log"),
-        "-error_file",
-        str(logdir / f"{name}_errors.log"),
-    ]
-
-
-_TRACE_HEAD = re.compile(
-    r"^-+ (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d(?:[.:]\d+)?)\s*\n(UDP|TCP) message (sent|received)",
-    re.M,
-)
-
-
-def _parse_trace(path: Path, who: str) -> list[tuple[float, str]]:
-    """(unix time, 'carrier -> node  INVITE sip:...') from a SIPp -trace_msg file."""
-    if not path.exists():
-        return []
-    text = path.read_text(errors="replace")
-    events = []
-    for match in _TRACE_HEAD.finditer(text):
-        stamp = (
-            match.group(1).replace(":", ".", 3) if match.group(1).count(":") > 2 else match.group(1)
-        )
-        try:
-            when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        except ValueError:
-            continue
-        rest = text[match.end() :]
-        body = rest.split("\n\n", 1)[1] if "\n\n" in rest[:200] else rest
-        first = next((ln.strip() for ln in body.splitlines() if ln.strip()), "?")
-        arrow = f"{who} -> node " if match.group(3) == "sent" else f"node -> {who}"
-        events.append((when, f"{arrow}  {first}"))
-    return events
-
-
 def _log_time(line: str) -> float | None:
     """The node's own UTC timestamp at the start of a log line."""
     try:
@@ -132,61 +91,135 @@ def _log_time(line: str) -> float | None:
     return calendar.timegm(stamp.timetuple()) + stamp.microsecond / 1e6
 
 
+DEMO_CUSTOMER = "819012345678"
+DEMO_DESTINATION = "441234567890"
+
+
+def _provision(db_url: str) -> None:
+    from softswitch.store import Store
+    from softswitch.store.models import AccountKind, Language, Location, Rate
+
+    async def go() -> None:
+        store = await Store.open(db_url)
+        try:
+            await store.accounts.add(
+                "Demo Customer",
+                kind=AccountKind.TRAVELER,
+                language=Language.EN,
+                triggers=[TRIGGER],
+                location=Location(DEMO_CUSTOMER),
+                credit_limit=10_000,
+            )
+            await store.rates.set(Rate("44", "United Kingdom", 20, 6, 30))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def _cdr_rows(db_url: str) -> list[str]:
+    from softswitch.store import Store
+
+    async def go() -> list[str]:
+        store = await Store.open(db_url)
+        try:
+            rows = []
+            for cdr in await store.cdrs.list():
+                answered = (
+                    "-" if cdr.answer_at is None else f"{cdr.answer_at - cdr.setup_at:5.1f} s"
+                )
+                talk = (
+                    "-"
+                    if cdr.answer_at is None or cdr.end_at is None
+                    else f"{cdr.end_at - cdr.answer_at:5.1f} s"
+                )
+                rows.append(
+                    f"  {cdr.leg.value:<12} to {cdr.to_number:<15} answer after {answered:>7}  "
+                    f"talk {talk:>7}  {cdr.cause_text:<18} billed {cdr.billed_seconds:>3} s  "
+                    f"cost {cdr.cost}"
+                )
+            return rows
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
 def run_demo(*, keep: bool = False) -> int:
     """Run the demo; return the process exit status."""
-    if shutil.which("sipp") is None:
-        print(
-            "softswitch demo needs SIPp (Debian package sip-tester): run `make demo`, which "
-            "installs it.",
-            file=sys.stderr,
-        )
-        return 2
     tmp = Path(tempfile.mkdtemp(prefix="softswitch-demo-"))
-    node_port, carrier_port, caller_port = free_port(), free_port(), free_port()
-    config = tmp / "node.toml"
-    config.write_text(
-        f'[sip]\nlisten = "127.0.0.1:{node_port}"\n\n'
-        f'[database]\nurl = "sqlite:///{tmp / "demo.sqlite3"}"\n\n'
-        f'[trunk]\nregistrar = "sip:carrier.test"\nproxy = "127.0.0.1:{carrier_port}"\n'
-        f'username = "alice"\npassword = "secret"\nrealm = "carrier.test"\nexpires = 600\n'
-        f"keepalive_interval = 0\n\n"
-        f'[[trigger]]\nnumber = "{TRIGGER}"\n'
-    )
-    print("softswitch demo: a node, a SIPp carrier and a trigger call, all on 127.0.0.1\n")
-    print(f"  node     udp+tcp 127.0.0.1:{node_port}   (softswitch serve --config {config})")
+    db_url = f"sqlite:///{tmp / 'demo.sqlite3'}"
+    print("softswitch demo: a whole callback call on 127.0.0.1\n")
+    _provision(db_url)
     print(
-        f"  carrier  SIPp registrar on 127.0.0.1:{carrier_port}, trigger caller on "
-        f"127.0.0.1:{caller_port}"
+        f"  account  'Demo Customer', trigger {TRIGGER}, calls back {DEMO_CUSTOMER}, credit 10000"
     )
-    print(f"  trigger  number {TRIGGER}, trunk credentials alice/secret, MD5 digest\n")
+    print("  rate     +44 at 20 per minute, 30 s minimum, 6 s steps")
+    ok, node_lines, carrier_timeline, checks, start = asyncio.run(_run(tmp, db_url))
+    print("\nChecks:")
+    for name, passed, detail in checks:
+        _say(f"{name}: {detail}", passed)
+    events = list(carrier_timeline)
+    for when, line in node_lines:
+        if " INFO " in line or " WARNING" in line or " ERROR" in line:
+            events.append((_log_time(line) or when, "node:  " + line.split(": ", 1)[-1]))
+    events.sort()
+    print("\nTimeline (seconds since start; the carrier's view of the wire and the node's log):")
+    for when, what in events:
+        print(f"  {when - start:7.3f}  {what[:150]}")
+    print("\nCDRs (one per leg, from the node's store):")
+    rows = _cdr_rows(db_url)
+    for row in rows:
+        print(row)
+    ok = ok and len(rows) >= 2
+    print(
+        f"\n{'demo passed' if ok else 'demo FAILED'}"
+        + (f"; files in {tmp}" if keep or not ok else "")
+    )
+    if ok and not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
 
-    ok = True
-    procs: list[subprocess.Popen[str]] = []
+
+async def _run(
+    tmp: Path, db_url: str
+) -> tuple[
+    bool, list[tuple[float, str]], list[tuple[float, str]], list[tuple[str, bool, str]], float
+]:
+    from softswitch.demo_carrier import CarrierConfig, EmulatedCarrier, call_checks
+
     start = time.time()
     node: subprocess.Popen[str] | None = None
-    try:
-        registrar = subprocess.Popen(
-            _sipp(
-                [
-                    "-sf",
-                    str(SCENARIOS / "demo_registrar.xml"),
-                    "-p",
-                    str(carrier_port),
-                    "-m",
-                    "1",
-                    "-timeout",
-                    "30",
-                ],
-                tmp,
-                "carrier_registrar",
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp,
+    node_log: _LogTail | None = None
+    checks: list[tuple[str, bool, str]] = []
+    ok = True
+    carrier = EmulatedCarrier(
+        CarrierConfig(
+            username="alice",
+            password="secret",
+            customer_number=DEMO_CUSTOMER,
+            destination_number=DEMO_DESTINATION,
         )
-        procs.append(registrar)
-        time.sleep(0.3)
+    )
+    await carrier.start()
+    try:
+        node_port = free_port()
+        config = tmp / "node.toml"
+        config.write_text(
+            f'[sip]\nlisten = "127.0.0.1:{node_port}"\n\n'
+            f'[database]\nurl = "{db_url}"\n\n'
+            f'[trunk]\nregistrar = "sip:carrier.test"\n'
+            f'proxy = "{carrier.address.host}:{carrier.address.port}"\n'
+            f'username = "alice"\npassword = "secret"\nrealm = "carrier.test"\n'
+            f'expires = 600\nkeepalive_interval = 0\ncaller_id = "81300000000"\n'
+            f'international_prefix = "+"\n\n'
+            f'[media]\nhost = "127.0.0.1"\nrtp_ports = [31000, 31999]\n'
+        )
+        print(f"  node     softswitch serve --config {config} (udp+tcp 127.0.0.1:{node_port})")
+        print(
+            f"  carrier  emulated, 127.0.0.1:{carrier.address.port}; customer phone "
+            f"{DEMO_CUSTOMER}, destination phone +{DEMO_DESTINATION}\n"
+        )
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         node = subprocess.Popen(
             [sys.executable, "-m", "softswitch.cli", "serve", "--config", str(config)],
@@ -196,85 +229,44 @@ def run_demo(*, keep: bool = False) -> int:
             env=env,
             cwd=tmp,
         )
-        procs.append(node)
         node_log = _LogTail(node)
-        listening = node_log.wait_for(r"listening on", 10)
+        listening = await asyncio.to_thread(node_log.wait_for, r"listening on", 20)
         _say("node started (softswitch serve)", listening is not None)
         ok &= listening is not None
-        registered = node_log.wait_for(r"registered", 10) if ok else None
-        _say(
-            "node registered to the carrier with digest auth (401, then 200)",
-            registered is not None,
-        )
-        ok &= registered is not None
-
+        registered = ok and await carrier.wait_registered(10)
+        _say("node registered to the carrier with digest auth (401, then 200)", registered)
+        ok &= registered
         if ok:
-            caller = subprocess.run(
-                _sipp(
-                    [
-                        f"127.0.0.1:{node_port}",
-                        "-sf",
-                        str(SCENARIOS / "invite_cancel.xml"),
-                        "-s",
-                        TRIGGER,
-                        "-p",
-                        str(caller_port),
-                        "-m",
-                        "1",
-                        "-timeout",
-                        "15",
-                    ],
-                    tmp,
-                    "carrier_caller",
-                ),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=tmp,
-                timeout=30,
-            )
-            rang = caller.returncode == 0
+            result = await carrier.trigger(TRIGGER, DEMO_CUSTOMER)
             _say(
-                "trigger call rang (100, 180), was CANCELled: 200 + 487, ACK; never answered", rang
+                "the customer rang the trigger number and hung up after one ring: 180, "
+                "CANCEL -> 200 + 487, never answered",
+                result.ok,
             )
-            ok &= rang
-            scheduled = node_log.wait_for(r"callback scheduled", 5)
-            _say("node scheduled the callback", scheduled is not None)
-            ok &= scheduled is not None
-
+            ok &= result.ok
+        if ok:
+            over = await carrier.wait_call_over(60)
+            _say(
+                "callback, dial prompt, digits, destination, talk, ** : the call ran to its end",
+                over,
+            )
+            ok &= over
+            checks = [(c.name, c.ok, c.detail) for c in call_checks(carrier)]
+            ok &= all(c[1] for c in checks)
+            finished = await asyncio.to_thread(node_log.wait_for, r"finished", 10)
+            ok &= finished is not None
         node.send_signal(signal.SIGTERM)
-        code = node.wait(timeout=15)
-        unregistered = registrar.wait(timeout=10) == 0
-        _say(
-            "node unregistered (Expires: 0) and stopped on SIGTERM with status 0",
-            code == 0 and unregistered,
-        )
+        code = await asyncio.to_thread(node.wait, 15)
+        unregistered = await carrier.wait_unregistered(5)
+        _say("node unregistered and stopped on SIGTERM with status 0", code == 0 and unregistered)
         ok &= code == 0 and unregistered
     except (subprocess.TimeoutExpired, OSError) as exc:
         _say(f"demo failed: {exc}", False)
         ok = False
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-
-    events = _parse_trace(tmp / "carrier_registrar_messages.log", "carrier")
-    events += _parse_trace(tmp / "carrier_caller_messages.log", "caller ")
-    if node is not None:
-        for when, line in node_log.lines:
-            if " INFO " in line or " WARNING" in line or " ERROR" in line:
-                events.append((_log_time(line) or when, "node:  " + line.split(": ", 1)[-1]))
-    events.sort()
-    print("\nTimeline (ms since start; SIP messages as the SIPp peers saw them):")
-    for when, what in events:
-        print(f"  {1000 * (when - start):8.1f}  {what}")
-    print(
-        f"\n{'demo passed' if ok else 'demo FAILED'}; logs in {tmp}"
-        if keep or not ok
-        else f"\n{'demo passed' if ok else 'demo FAILED'}"
-    )
-    if ok and not keep:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0 if ok else 1
+        if node is not None and node.poll() is None:
+            node.kill()
+            node.wait(timeout=5)
+        await carrier.stop()
+    lines = node_log.lines if node_log is not None else []
+    return ok, lines, list(carrier.timeline), checks, start

@@ -529,7 +529,12 @@ class Switch:
             leg=_LEG_KINDS.get(cdr.leg, LegKind.DESTINATION),
             account_id=session.account.id,
             from_number=self._caller_id() or "",
-            to_number=cdr.number,
+            # E.164 digits, whatever prefix the trunk wanted in the dial string.
+            to_number=(
+                session.account.location.number
+                if cdr.leg == cf.CALLBACK and session.account.location is not None
+                else cdr.number.lstrip("+")
+            ),
             setup_at=self.wall(cdr.setup_at),
             ring_at=None if cdr.ring_at is None else self.wall(cdr.ring_at),
             answer_at=None if cdr.answer_at is None else self.wall(cdr.answer_at),
