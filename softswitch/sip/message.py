@@ -145,8 +145,28 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
+class _HeaderAccess:
+    """What requests and responses share: header look-ups and the wire form."""
+
+    __slots__ = ()
+    headers: HeaderList
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (long name, case-insensitive), or ``None``."""
+        return header_value(self.headers, name)
+
+    def header_all(self, name: str) -> list[str]:
+        """Every value of ``name``, comma-separated lists split."""
+        return header_values(self.headers, name)
+
+    def __bytes__(self) -> bytes:
+        from softswitch.sip.serializer import serialize
+
+        return serialize(self)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
-class Request:
+class Request(_HeaderAccess):
     method: str
     uri: URI
     vias: tuple[Via, ...]
@@ -158,20 +178,9 @@ class Request:
     body: bytes = b""
     version: str = "SIP/2.0"
 
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
-
-    def header_all(self, name: str) -> list[str]:
-        return header_values(self.headers, name)
-
-    def __bytes__(self) -> bytes:
-        from softswitch.sip.serializer import serialize
-
-        return serialize(self)
-
 
 @dataclass(frozen=True, slots=True)
-class Response:
+class Response(_HeaderAccess):
     status: int
     reason: str
     vias: tuple[Via, ...]
@@ -182,17 +191,6 @@ class Response:
     headers: HeaderList = ()
     body: bytes = b""
     version: str = "SIP/2.0"
-
-    def header(self, name: str) -> str | None:
-        return header_value(self.headers, name)
-
-    def header_all(self, name: str) -> list[str]:
-        return header_values(self.headers, name)
-
-    def __bytes__(self) -> bytes:
-        from softswitch.sip.serializer import serialize
-
-        return serialize(self)
 
 
 Message = Request | Response
