@@ -337,7 +337,9 @@ def test_trigger_call_routes_to_registered_switch(
     carrier = start_kamailio(switch_password=SWITCH_PASSWORD)
     registered = register(sipp, carrier.address, switch_port, SWITCH_PASSWORD)
     assert registered.returncode == 0, registered.describe()
-    caller = sipp("invite_cancel.xml", remote=carrier.address, service=TRIGGER_NUMBER).run()
+    caller = sipp(
+        "invite_cancel_via_proxy.xml", remote=carrier.address, service=TRIGGER_NUMBER
+    ).run()
     switch_result = switch.wait(5)
     assert caller.returncode == 0, caller.describe()
     assert switch_result.returncode == 0, switch_result.describe()
@@ -352,6 +354,8 @@ def test_trigger_call_without_switch_is_480(
     start_kamailio: KamailioFactory, sipp: SippFactory
 ) -> None:
     carrier = start_kamailio(switch_password=SWITCH_PASSWORD)
-    caller = sipp("invite_cancel.xml", remote=carrier.address, service=TRIGGER_NUMBER).run()
+    caller = sipp(
+        "invite_cancel_via_proxy.xml", remote=carrier.address, service=TRIGGER_NUMBER
+    ).run()
     assert caller.returncode != 0
     assert 480 in [m.status for m in caller.received()]
