@@ -1,0 +1,539 @@
+"""Shared set-up for the whole-callback-call interop tests and the callback benchmark.
+
+Theory of operation: a callback call needs a store with accounts (:func:`provision`), a node
+configuration with a trunk (:func:`switch_config`), and around the node Kamailio as the
+carrier, baresip as the customer's phone and a SIPp UAS as the destination
+(:func:`start_callback_rig`). Evidence is gathered three ways: the CDRs in the store
+(:func:`cdrs`), the audio baresip recorded, and a packet capture on the loopback interface
+(:class:`Capture`, ``dumpcap`` writing classic pcap, read back by :func:`read_pcap` without
+tshark's dissectors). :func:`write_rtp_pcap` makes the RTP stream a SIPp UAS replays with
+``play_pcap_audio``; the audio helpers (:func:`tone_ratio`, :func:`active_frames`) judge what
+was heard with a Goertzel filter per 20 ms frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from interop.baresip import Baresip
+from interop.kamailio import Kamailio
+from interop.peers import LOOPBACK, Node, Sipp, free_port
+from media import g711
+from softswitch.store import Store
+from softswitch.store.models import AccountKind, Cdr, Language, Location, Rate
+
+TRIGGER = "815012345678"
+CUSTOMER = "815011110000"
+DESTINATION = "441234567890"
+RATE = 8000
+FRAME = 160  # samples in 20 ms
+
+# --- the store and the node's configuration --------------------------------------------------
+
+
+def provision(
+    db_url: str,
+    accounts: Iterable[tuple[str, str]] = ((TRIGGER, CUSTOMER),),
+    *,
+    language: Language = Language.EN,
+) -> int:
+    """Create one account per ``(trigger number, location number)`` and the UK rate.
+
+    Accounts are named ``Alice`` (the first) and ``customer<i>`` after it. Returns how many
+    accounts were created.
+    """
+
+    async def go() -> int:
+        store = await Store.open(db_url)
+        count = 0
+        try:
+            for i, (trigger, location) in enumerate(accounts):
+                await store.accounts.add(
+                    "Alice" if i == 0 else f"customer{i}",
+                    kind=AccountKind.STANDARD,
+                    language=language,
+                    triggers=[trigger],
+                    location=Location(location),
+                    credit_limit=100_000,
+                )
+                count += 1
+            await store.rates.set(Rate("44", "United Kingdom", 20, 6, 30))
+        finally:
+            await store.close()
+        return count
+
+    return asyncio.run(go())
+
+
+def cdrs(db_url: str) -> list[Cdr]:
+    """Every CDR in the store."""
+
+    async def go() -> list[Cdr]:
+        store = await Store.open(db_url)
+        try:
+            return list(await store.cdrs.list())
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def rtp_range(size: int = 200) -> tuple[int, int]:
+    """A random even-based RTP port range, so parallel tests and captures rarely overlap."""
+    low = random.randrange(20000, 29000 - size) & ~1
+    return low, low + size - 1
+
+
+def switch_config(
+    port: int,
+    carrier: str,
+    db_url: str,
+    *,
+    rtp_ports: tuple[int, int] = (30000, 30999),
+    log_level: str = "DEBUG",
+    ip_auth: bool = False,
+) -> str:
+    """The node's TOML: SIP on ``port``, the trunk at ``carrier`` (registering with digest
+    unless ``ip_auth``), bare E.164 numbers to the trunk, RTP on loopback in ``rtp_ports``."""
+    if ip_auth:
+        trunk = f'proxy = "{carrier}"\nip_auth = true'
+    else:
+        trunk = (
+            f'registrar = "sip:carrier.test"\nproxy = "{carrier}"\n'
+            'username = "switch"\npassword = "secret"\nrealm = "carrier.test"\nexpires = 300'
+        )
+    return f"""
+[sip]
+listen = "127.0.0.1:{port}"
+
+[database]
+url = "{db_url}"
+
+[trunk]
+{trunk}
+keepalive_interval = 0
+caller_id = "81300000000"
+international_prefix = ""     # this carrier routes bare E.164 digits
+
+[media]
+host = "127.0.0.1"
+rtp_ports = [{rtp_ports[0]}, {rtp_ports[1]}]
+
+[log]
+level = "{log_level}"
+"""
+
+
+# --- the trigger call ---------------------------------------------------------------------------
+
+#: A trigger call through a carrier: INVITE, (100), 180, CANCEL, then the CANCEL's 200 and the
+#: INVITE's 487 in either order (Kamailio answers the CANCEL in one worker process while another
+#: relays the switch's 487, so they cross), ACK. ``{number}`` is the Request-URI user: SIPp's
+#: ``[service]`` (tests) or ``[field0]`` from an injection file (the benchmark). Each call has
+#: its own caller number (8150000 + call number).
+TRIGGER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="trigger call via a carrier (INVITE, 180, CANCEL, 200/487 either order, ACK)">
+  <send start_rtd="ring">
+    <![CDATA[
+
+      INVITE sip:{number}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
+      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{number}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:8150000[call_number]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=carrier 1 1 IN IP4 [local_ip]
+      s=-
+      c=IN IP4 [local_ip]
+      t=0 0
+      m=audio 40000 RTP/AVP 0 8 101
+      a=rtpmap:0 PCMU/8000
+      a=rtpmap:8 PCMA/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+
+    ]]>
+  </send>
+
+  <recv response="100" optional="true"/>
+
+  <recv response="180" rtd="ring"/>
+
+  <send start_rtd="cancel">
+    <![CDATA[
+
+      CANCEL sip:{number}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
+      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{number}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+
+  <recv response="200" optional="true" next="cancel_ok"/>
+
+  <recv response="487" rtd="cancel"/>
+
+  <send>
+    <![CDATA[
+
+      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
+      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{number}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+
+  <recv response="200" timeout="1000" ontimeout="done"/>
+
+  <nop next="done"/>
+
+  <label id="cancel_ok"/>
+
+  <recv response="487" rtd="cancel"/>
+
+  <send>
+    <![CDATA[
+
+      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
+      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{number}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+
+  <label id="done"/>
+
+  <ResponseTimeRepartition value="1, 2, 5, 10, 20, 50, 100, 200, 500, 1000"/>
+  <CallLengthRepartition value="10, 50, 100, 500, 1000, 5000"/>
+</scenario>
+"""
+
+
+def trigger_scenario(workdir: Path, number: str = "[service]") -> Path:
+    """Write :data:`TRIGGER_SCENARIO` with ``number`` as the Request-URI user; its path."""
+    path = workdir / ("trigger_cancel.xml" if number == "[service]" else "trigger_cancel_inf.xml")
+    path.write_text(TRIGGER_SCENARIO.replace("{number}", number), encoding="latin-1")
+    return path
+
+
+def ring_trigger(sipp: Callable[..., Sipp], workdir: Path, carrier: str) -> None:
+    """Ring the trigger number through ``carrier`` and hang up; raise if SIPp saw a failure."""
+    result = sipp(str(trigger_scenario(workdir)), remote=carrier, service=TRIGGER).run()
+    assert result.returncode == 0, result.describe()
+
+
+# --- the rig: carrier, phone, destination, node ------------------------------------------------
+
+
+@dataclass
+class CallbackRig:
+    """Everything a whole callback call runs against (stopped by the fixtures that made it)."""
+
+    db_url: str
+    carrier: Kamailio
+    phone: Baresip
+    destination: Sipp
+    node: Node
+    rtp_ports: tuple[int, int]
+
+    def node_log(self) -> str:
+        """The tail of the node's log, for assertion messages."""
+        return self.node.log()[-4000:]
+
+
+def start_callback_rig(
+    tmp_path: Path,
+    softswitch_bin: str,
+    start_kamailio: Callable[..., Kamailio],
+    start_baresip: Callable[..., Baresip],
+    sipp: Callable[..., Sipp],
+    *,
+    destination_scenario: str,
+    destination_port: int | None = None,
+    destination_extra: Sequence[str] = (),
+    audio_file: Path | None = None,
+    rtp_ports: tuple[int, int] | None = None,
+) -> CallbackRig:
+    """Provision the store, start the carrier, the destination UAS, the phone and the node,
+    and wait until the node has registered to the carrier. The caller stops the node."""
+    db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
+    provision(db_url)
+    dest_port = destination_port or free_port()
+    carrier = start_kamailio(
+        trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
+    )
+    destination = sipp(
+        destination_scenario, local_port=dest_port, timeout_s=60, extra=tuple(destination_extra)
+    ).start()
+    phone = start_baresip(
+        carrier=carrier.address, number=CUSTOMER, register_password="phone", audio_file=audio_file
+    )
+    phone.wait_for_registered(10)
+    ports = rtp_ports or rtp_range()
+    port = free_port()
+    node = Node(
+        softswitch_bin,
+        tmp_path,
+        port,
+        switch_config(port, carrier.address, db_url, rtp_ports=ports),
+    )
+    node.start()
+    rig = CallbackRig(db_url, carrier, phone, destination, node, ports)
+    if not node.wait_for_log("registered to", timeout=10):
+        node.stop()
+        raise AssertionError(f"node did not register to the carrier:\n{rig.node_log()}")
+    return rig
+
+
+# --- packet capture on loopback ----------------------------------------------------------------
+
+
+class CaptureError(Exception):
+    """dumpcap is missing, not allowed to capture, or did not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPacket:
+    """One captured IPv4 UDP datagram."""
+
+    time: float
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    payload: bytes
+
+
+@dataclass
+class Capture:
+    """``dumpcap`` on the loopback interface with a BPF ``bpf`` filter, into a classic pcap.
+
+    Root (or dumpcap's capabilities) is needed: :meth:`start` raises :class:`CaptureError`
+    when capturing is not possible, so a test can skip or fail with the reason.
+    """
+
+    workdir: Path
+    bpf: str
+    name: str = "capture"
+    binary: str = "dumpcap"
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def path(self) -> Path:
+        return self.workdir / f"{self.name}.pcap"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, ready_timeout: float = 10.0) -> Capture:
+        """Start capturing; return once dumpcap says it is capturing."""
+        cmd = [self.binary, "-q", "-i", "lo", "-f", self.bpf, "-P", "-w", str(self.path)]
+        # A large kernel buffer: a 200 calls/s burst must not be dropped by the capture itself.
+        cmd += ["-B", "64"]
+        log = self.log_path.open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        except OSError as exc:
+            raise CaptureError(f"cannot run {self.binary}: {exc}") from None
+        finally:
+            log.close()
+        deadline = time.monotonic() + ready_timeout
+        while "Capturing on" not in self._log():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise CaptureError(f"{self.binary} did not start capturing: {self._log()[-800:]}")
+            time.sleep(0.02)
+        return self
+
+    def _log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> list[UdpPacket]:
+        """Stop dumpcap (SIGINT lets it flush) and return what it captured."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return read_pcap(self.path) if self.path.exists() else []
+
+
+_PCAP_HEADER = struct.Struct("<IHHiIII")
+_PCAP_RECORD = struct.Struct("<IIII")
+_LINK_OFFSETS = {1: 14, 113: 16, 276: 20, 0: 4}  # Ethernet, Linux SLL, SLL2, BSD loopback
+
+
+def read_pcap(path: Path) -> list[UdpPacket]:
+    """The IPv4 UDP datagrams of a classic (little-endian, microsecond) pcap file."""
+    data = path.read_bytes()
+    if len(data) < _PCAP_HEADER.size:
+        return []
+    magic, _, _, _, _, _, linktype = _PCAP_HEADER.unpack_from(data)
+    if magic != 0xA1B2C3D4:
+        raise ValueError(f"{path}: not a little-endian microsecond pcap (magic {magic:#x})")
+    link = _LINK_OFFSETS.get(linktype)
+    if link is None:
+        raise ValueError(f"{path}: link type {linktype} not supported")
+    out: list[UdpPacket] = []
+    pos = _PCAP_HEADER.size
+    while pos + _PCAP_RECORD.size <= len(data):
+        sec, usec, caplen, _ = _PCAP_RECORD.unpack_from(data, pos)
+        pos += _PCAP_RECORD.size
+        frame = data[pos : pos + caplen]
+        pos += caplen
+        ip = frame[link:]
+        if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        sport, dport, length = struct.unpack_from("!HHH", ip, ihl)
+        src = ".".join(str(b) for b in ip[12:16])
+        dst = ".".join(str(b) for b in ip[16:20])
+        payload = ip[ihl + 8 : ihl + length]
+        out.append(UdpPacket(sec + usec / 1e6, (src, sport), (dst, dport), payload))
+    return out
+
+
+def write_rtp_pcap(
+    path: Path,
+    pcm: NDArray[np.int16],
+    *,
+    src_port: int = 6000,
+    dst_port: int = 7000,
+    ssrc: int = 0x5EED0001,
+) -> Path:
+    """Write ``pcm`` (8 kHz) as a PCMU RTP stream, one 20 ms packet per frame, 20 ms apart,
+    in an Ethernet pcap that SIPp's ``play_pcap_audio`` replays (it rewrites the addresses
+    and ports, keeping the RTP header and payload as they are)."""
+    frames = len(pcm) // FRAME
+    records = [_PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i in range(frames):
+        payload = g711.ulaw_encode(pcm[i * FRAME : (i + 1) * FRAME])
+        rtp = struct.pack("!BBHII", 0x80, 0x80 if i == 0 else 0, i & 0xFFFF, i * FRAME, ssrc)
+        udp = struct.pack("!HHHH", src_port, dst_port, 8 + len(rtp) + len(payload), 0)
+        ip_len = 20 + len(udp) + len(rtp) + len(payload)
+        ip = struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, ip_len, i & 0xFFFF, 0, 64, 17, 0, bytes(4), bytes(4)
+        )
+        ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
+        ether = bytes(12) + b"\x08\x00"
+        frame = ether + ip + udp + rtp + payload
+        usec = i * 20_000
+        records.append(_PCAP_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
+        records.append(frame)
+    path.write_bytes(b"".join(records))
+    return path
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def rtp_payloads(packets: Iterable[UdpPacket], *, pt: int = 0) -> list[bytes]:
+    """The payloads of the RTP packets with payload type ``pt``, in capture order."""
+    out = []
+    for p in packets:
+        if len(p.payload) > 12 and p.payload[0] >> 6 == 2 and p.payload[1] & 0x7F == pt:
+            out.append(p.payload[12:])
+    return out
+
+
+# --- judging audio -----------------------------------------------------------------------------
+
+
+def tone(freq: float, seconds: float, level_dbfs: float = -12.0) -> NDArray[np.int16]:
+    """A sine of ``freq`` Hz, ``seconds`` long, at 8 kHz."""
+    t = np.arange(int(RATE * seconds)) / RATE
+    return np.rint(32767 * 10 ** (level_dbfs / 20) * np.sin(2 * np.pi * freq * t)).astype(
+        np.int16
+    )
+
+
+def frames_of(pcm: NDArray[Any]) -> NDArray[np.float64]:
+    """``pcm`` as (n, 160) float frames (the tail that does not fill a frame is dropped)."""
+    n = len(pcm) // FRAME
+    return np.asarray(pcm[: n * FRAME], dtype=np.float64).reshape(n, FRAME)
+
+
+def frame_dbfs(pcm: NDArray[Any]) -> NDArray[np.float64]:
+    """The RMS level of every 20 ms frame, dBFS (silence is about -100)."""
+    rms = np.sqrt(np.mean(frames_of(pcm) ** 2, axis=1)) / 32768.0
+    return np.asarray(20 * np.log10(np.maximum(rms, 1e-5)), dtype=np.float64)
+
+
+def active_frames(pcm: NDArray[Any], threshold_dbfs: float = -45.0) -> NDArray[np.bool_]:
+    """Which 20 ms frames are louder than ``threshold_dbfs``."""
+    return frame_dbfs(pcm) > threshold_dbfs
+
+
+def tone_ratio(pcm: NDArray[Any], freq: float) -> NDArray[np.float64]:
+    """Per 20 ms frame, the share of the frame's energy at ``freq`` (Goertzel, 0..1).
+
+    A clean sine at ``freq`` gives about 1; speech, silence or another tone give near 0.
+    """
+    frames = frames_of(pcm)
+    if not len(frames):
+        return np.zeros(0)
+    n = np.arange(FRAME)
+    ref = np.exp(-2j * np.pi * freq * n / RATE)
+    power = np.abs(frames @ ref) ** 2 * 2 / FRAME
+    energy = np.sum(frames**2, axis=1)
+    return np.asarray(np.where(energy > 0, power / np.maximum(energy, 1e-9), 0.0))
+
+
+def spans(mask: NDArray[np.bool_], max_gap: int = 0) -> list[tuple[int, int]]:
+    """``(first, last)`` frame indices of the runs of True in ``mask``, joining runs separated
+    by at most ``max_gap`` False frames (pauses between words)."""
+    out: list[tuple[int, int]] = []
+    for i in np.flatnonzero(mask):
+        idx = int(i)
+        if out and idx - out[-1][1] - 1 <= max_gap:
+            out[-1] = (out[-1][0], idx)
+        else:
+            out.append((idx, idx))
+    return out
+
+
+def loopback_only(packets: Iterable[UdpPacket]) -> bool:
+    """True if every packet stayed on 127.0.0.1 (the suite never sends anywhere else)."""
+    return all(p.src[0] == LOOPBACK and p.dst[0] == LOOPBACK for p in packets)
