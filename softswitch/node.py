@@ -40,6 +40,26 @@ class _Ringing:
     tx: txl.ServerTransaction
     key: str
     deadline: float
+    trigger: str
+    caller: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerCall:
+    """A trigger call that has ended: the record its CDR is made from (SPEC section 7).
+
+    ``callback`` is True when it scheduled a callback (False: absorbed by a pending one).
+    Times are the node's ``now`` (the ring began when the INVITE was answered with 180).
+    """
+
+    trigger: str
+    caller: str
+    started_at: float
+    ended_at: float
+    how: str
+    status: int
+    callback: bool
 
 
 class Node:
@@ -74,6 +94,9 @@ class Node:
         self._ringing: dict[int, _Ringing] = {}
         self._ring_heap: list[tuple[float, int]] = []
         self.callbacks: list[CallbackRequested] = []
+        #: Every finished trigger call, for the service's trigger-leg CDRs (drained by it).
+        self.trigger_calls: list[TriggerCall] = []
+        self.keep_trigger_calls = False
 
     @staticmethod
     def _allow_from(config: Config) -> tuple[str, ...]:
@@ -169,14 +192,16 @@ class Node:
             self.endpoint.respond(tx, 100, now=now)
             self.endpoint.respond(tx, 180, now=now)
             deadline = now + self.ring_limit
-            self._ringing[id(tx)] = _Ringing(tx, key, deadline)
+            self._ringing[id(tx)] = _Ringing(tx, key, deadline, dialled, caller, now)
             heapq.heappush(self._ring_heap, (deadline, id(tx)))
         elif req.method == "BYE":
             self.endpoint.respond(tx, 481, now=now)
         else:
             self.endpoint.respond(tx, 405, now=now)
 
-    def _trigger_over(self, tx: txl.ServerTransaction, how: str, now: float) -> None:
+    def _trigger_over(
+        self, tx: txl.ServerTransaction, how: str, now: float, status: int = 487
+    ) -> None:
         ringing = self._ringing.pop(id(tx), None)
         if ringing is None:
             return
@@ -185,6 +210,18 @@ class Node:
             self.callbacks.append(callback)
             if len(self.callbacks) > 10000:
                 del self.callbacks[:5000]
+        if self.keep_trigger_calls:
+            self.trigger_calls.append(
+                TriggerCall(
+                    ringing.trigger,
+                    ringing.caller,
+                    ringing.started_at,
+                    now,
+                    how,
+                    status,
+                    callback is not None,
+                )
+            )
         self.endpoint.forget(tx)
 
     def _expire_ringing(self, now: float) -> None:
@@ -197,7 +234,7 @@ class Node:
             if ringing.tx.can_send_final():
                 # The caller kept ringing: release the trigger (480) and treat it as a trigger.
                 self.endpoint.respond(ringing.tx, 480, now=now)
-            self._trigger_over(ringing.tx, "ring timeout", now)
+            self._trigger_over(ringing.tx, "ring timeout", now, 480)
         self.triggers.expire(now)
 
 

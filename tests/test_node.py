@@ -408,3 +408,16 @@ def test_trunk_reregisters_as_soon_as_the_keepalive_sees_it_again() -> None:
     node.receive_datagram(answer(options, 200), TRUNK, now + 0.01)
     assert [r.method for r, _ in sent_requests(node)] == ["REGISTER"]
     assert node.trunk.registration.state.name == "REGISTERING"
+
+
+def test_finished_trigger_calls_are_reported_for_their_cdrs() -> None:
+    node = make_node()
+    node.keep_trigger_calls = True
+    trigger_call(node, 0.0, "c1", "z9hG4bK-1")
+    node.receive_datagram(sip("CANCEL", call_id="c1", branch="z9hG4bK-1"), PEER, 1.5)
+    trigger_call(node, 5.0, "c2", "z9hG4bK-2")
+    node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 6.0)
+    first, second = node.trigger_calls
+    assert (first.trigger, first.caller, first.status) == (TRIGGER, "815000000001", 487)
+    assert (first.started_at, first.ended_at, first.how) == (0.0, 1.5, "CANCEL")
+    assert first.callback and not second.callback  # the second was absorbed

@@ -29,7 +29,7 @@ from media.aio import MediaShell
 from media.player import Tone
 from media.prompts import prompt_path
 from softswitch.config import Config
-from softswitch.node import Node
+from softswitch.node import Node, TriggerCall
 from softswitch.outbound import LegAnswered, LegEnded, LegFailed, LegRinging
 from softswitch.service import callflow as cf
 from softswitch.service import dialplan, rating
@@ -131,6 +131,8 @@ class Switch:
         self._claim_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._claiming = False
+        self._account_triggers: set[str] = set()
+        node.keep_trigger_calls = True
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -169,6 +171,11 @@ class Switch:
         while node.callbacks:
             request = node.callbacks.pop(0)
             self._spawn(self._enqueue(request.trigger, request.caller))
+        while node.trigger_calls:
+            call = node.trigger_calls.pop(0)
+            # Static test triggers from the config belong to no account: no CDR for them.
+            if call.trigger in self._account_triggers:
+                self._spawn(self._trigger_cdr(call))
         outbound = node.outbound
         if outbound is None:
             return
@@ -177,10 +184,30 @@ class Switch:
 
     # --- callbacks: queue, claim, start ---------------------------------------------------------
 
+    async def _trigger_cdr(self, call: TriggerCall) -> None:
+        """The trigger leg's CDR: never answered, never billed, but on record (SPEC 7)."""
+        account = await self.accounts.by_trigger(call.trigger)
+        await self.cdrs.write(
+            Cdr(
+                call_uuid=uuid.uuid4().hex,
+                leg=LegKind.TRIGGER,
+                account_id=account.id if account is not None else None,
+                from_number=call.caller,
+                to_number=call.trigger,
+                setup_at=self.wall(call.started_at),
+                ring_at=self.wall(call.started_at),
+                end_at=self.wall(call.ended_at),
+                cause_code=call.status,
+                cause_text=f"trigger ended by {call.how}"
+                + ("" if call.callback else "; a callback was already pending"),
+                node_id=self.node_id,
+            )
+        )
+
     async def _refresh_triggers(self) -> None:
         accounts = await self.accounts.list()
-        numbers = {n for a in accounts for n in a.triggers} | set(self.config.trigger_numbers)
-        self.node.triggers.set_numbers(numbers)
+        self._account_triggers = {n for a in accounts for n in a.triggers}
+        self.node.triggers.set_numbers(self._account_triggers | set(self.config.trigger_numbers))
 
     async def _enqueue(self, trigger: str, caller: str) -> None:
         account = await self.accounts.by_trigger(trigger)
