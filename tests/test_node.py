@@ -415,6 +415,7 @@ def test_finished_trigger_calls_are_reported_for_their_cdrs() -> None:
     node.keep_trigger_calls = True
     trigger_call(node, 0.0, "c1", "z9hG4bK-1")
     node.receive_datagram(sip("CANCEL", call_id="c1", branch="z9hG4bK-1"), PEER, 1.5)
+    assert statuses(node) == [200, 487]
     trigger_call(node, 5.0, "c2", "z9hG4bK-2")
     node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 6.0)
     first, second = node.trigger_calls
