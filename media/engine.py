@@ -9,15 +9,18 @@ Fast path. A packet for a bridged leg is checked (latched source), counted, and 
 the peer's send stream (SSRC, sequence, timestamp, payload type; PCMU<->PCMA by a 256-byte
 `bytes.translate` table) and returned at once: no decode, no waiting for the tick.
 
-DSP path. A leg whose received audio is needed (in-band DTMF or fax detection, recording,
-mixing into another leg, conference) also queues the payload in its jitter buffer; a leg whose
+DSP path. A leg whose received audio is heard or recorded (recording, mixing into another
+leg, conference) also queues the payload in its jitter buffer; a leg whose audio only feeds the
+detectors (in-band DTMF, fax) copies the datagram into its slots of one shared `FrameRing`,
+which the tick empties for all such legs at once with no Python loop per leg; a leg whose
 sent audio is produced here (prompt or tone, mix over a bridge, conference, DTMF we send) is
 generated on the tick. Each tick pops one frame from every receiving leg, decodes all of them
 with one table lookup into an (n, 160) batch, runs the DTMF and fax detectors on the whole batch,
 feeds recorders, sums the outputs in int32, saturates, encodes by table and packetises. Which
-legs are in which batch is recomputed only when a command changes it, so a tick costs a few
-dictionary operations per leg. A bridged leg with in-band detection keeps the fast path: its
-payloads are relayed on arrival and copied into the detector batch.
+legs are in which batch is recomputed only when a command changes it (the ring's queued frames
+are carried over), so a tick costs a few dictionary operations per jitter-buffered leg. A
+bridged leg with in-band detection keeps the fast path: its payloads are relayed on arrival and
+copied into the detector batch.
 """
 
 from __future__ import annotations
@@ -200,6 +203,10 @@ class Leg:
     digits: DigitStream = field(default_factory=DigitStream)
     receiver: EventReceiver | None = None
     receiver_pt: int | None = None
+    #: Relay this leg's RFC 4733 events to its bridge peer. Off when the application handles
+    #: the digits itself (the callback service holds ``*`` and ``#`` back to see whether they
+    #: start a command, then forwards them with ``send_dtmf``).
+    relay_events: bool = True
     dtmf_tx: collections.deque[tuple[bytes, bool]] = field(default_factory=collections.deque)
     dtmf_tx_ts: int | None = None
     inband_tx: collections.deque[npt.NDArray[np.int16]] = field(default_factory=collections.deque)
@@ -428,6 +435,14 @@ class MediaEngine:
             del self._fax_slot_of[leg.leg_id]
         leg.fax_detect = on
 
+    def relay_dtmf_events(self, leg_id: str, on: bool) -> None:
+        """Relay (default) or keep the RFC 4733 events a leg receives from its bridge peer.
+
+        Digits are detected and reported either way; with relaying off only the application's
+        ``send_dtmf`` reaches the peer.
+        """
+        self._legs[leg_id].relay_events = on
+
     def send_dtmf(
         self, leg_id: str, digit: str, duration_ms: int = 100, mode: str = "rfc4733"
     ) -> None:
@@ -577,6 +592,8 @@ class MediaEngine:
         if leg.receiver is not None:
             for event in leg.receiver.receive(payload, ts, seq, marker, now):
                 self._digit(leg, event, now)
+        if not leg.relay_events:
+            return None
         peer = leg.peer
         if peer is None or peer.tx_dsp:
             return None

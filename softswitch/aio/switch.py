@@ -491,6 +491,10 @@ class Switch:
         leg_id = f"{session.sid[:8]}-{action.leg}-{action.attempt}-{uuid.uuid4().hex[:4]}"
         port = await self.media.open_leg(leg_id)
         self.media.engine.enable_dtmf(leg_id, inband=True, fax=True)
+        if action.leg == cf.CALLBACK:
+            # The service decides which of the customer's keys reach the destination (``**``
+            # and ``##`` are commands, ``*``/``#`` are held back): no relaying by the bridge.
+            self.media.engine.relay_dtmf_events(leg_id, False)
         offer = sdp.make_offer(self.config.media_host, port, session_id=int(time.time()))
         session.legs[action.leg] = leg_id
         session.offers[action.leg] = offer
