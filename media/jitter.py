@@ -1,4 +1,7 @@
-"""A clock-free jitter buffer for one received G.711 stream on the 20 ms DSP clock.
+"""Clock-free receive buffers for G.711 streams on the 20 ms DSP clock.
+
+`JitterBuffer` (one per leg whose audio is heard or recorded) is described here; `FrameRing`
+(all legs whose audio is only analysed, in one array) in its own docstring.
 
 Packets go in as they arrive (`put(seq, payload)`); the engine's tick takes exactly one frame
 out (`pop()`). The buffer knows no time: depth is counted in frames. It starts playing once
@@ -191,7 +194,9 @@ class FrameRing:
         result: npt.NDArray[np.uint8] = frames
         return result
 
-    def _holds(self, rows: npt.NDArray[np.intp], seq: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
+    def _holds(
+        self, rows: npt.NDArray[np.intp], seq: npt.NDArray[np.int32]
+    ) -> npt.NDArray[np.bool_]:
         """Whether each leg's slot for ``seq`` holds that sequence number (unplayed)."""
         head = self.data[rows, seq & (self.DEPTH - 1), :4]
         got = (head[:, 2].astype(np.int32) << 8) | head[:, 3]

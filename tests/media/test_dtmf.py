@@ -203,3 +203,80 @@ def test_tools_round_trip(tmp_path: Path, ext: str) -> None:
     if ext != "mp3":  # mp3 adds encoder delay
         assert [s for _, s, _ in found] == [50 + 100 * k for k in range(16)]
     assert all(40 <= dur <= 60 for _, _, dur in found)
+
+
+def _mixed_legs(n_legs: int, seconds: float) -> np.ndarray:
+    """Digits at many levels and twists, speech-like chords, noise, clicks and silence."""
+    local = np.random.default_rng(99)
+    legs = []
+    for _ in range(n_legs):
+        parts: list[np.ndarray] = []
+        while sum(len(p) for p in parts) < seconds * 8000:
+            kind = local.integers(0, 5)
+            n = int(local.integers(40, 1200))
+            level = DBM0_PEAK * 10 ** (local.uniform(-60, -3) / 20)
+            if kind == 0:
+                parts.append(np.zeros(n))
+            elif kind == 1:
+                parts.append(local.normal(0, level, n))
+            elif kind == 2:
+                digit = ALL[local.integers(16)]
+                tone = dtmf_tone(
+                    digit,
+                    float(local.uniform(15, 120)),
+                    float(local.uniform(-42, -20)),  # down to the level threshold
+                    twist_db=float(local.uniform(-12, 9)),
+                    freq_dev=float(local.uniform(-0.04, 0.04)),
+                )
+                parts.append(tone.astype(float))
+            elif kind == 3:
+                f = local.uniform(300, 1500)
+                parts.append(sine((f, 2 * f, 3 * f), n / 8, float(local.uniform(-40, -10))))
+            else:
+                click = np.zeros(n)
+                click[::160] = local.uniform(-32000, 32000, len(click[::160]))
+                parts.append(click)
+        legs.append(np.clip(np.concatenate(parts)[: int(seconds * 8000)], -32768, 32767))
+    return np.stack(legs).astype(np.int16)
+
+
+def _run_batch(sig: np.ndarray) -> list[tuple[Hashable, DigitEvent]]:
+    det = DtmfDetector(len(sig))
+    slots = np.array([det.add_leg(i) for i in range(len(sig))])
+    out: list[tuple[Hashable, DigitEvent]] = []
+    for t in range(0, sig.shape[1], 160):
+        out += det.process(slots, sig[:, t : t + 160], t)
+    return out
+
+
+def test_quiet_window_gate_changes_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    sig = _mixed_legs(12, 6.0)
+    gated = _run_batch(sig)
+    assert sum(1 for _, e in gated if not e.ended) >= 20
+    import media.dtmf
+
+    monkeypatch.setattr(media.dtmf, "_GATE_ENERGY", np.float32(-1.0))
+    monkeypatch.setattr(media.dtmf, "_GATE_FILL", np.float32(0.0))
+    assert _run_batch(sig) == gated  # every window analysed: the same events
+
+
+def test_silence_and_clicks_skip_the_probe_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = DtmfDetector._classify
+
+    def counting(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(pcm))
+        return real(pcm)
+
+    monkeypatch.setattr(DtmfDetector, "_classify", staticmethod(counting))
+    det = DtmfDetector(64)
+    slots = np.array([det.add_leg(i) for i in range(64)])
+    frames = np.zeros((64, 160), np.int16)
+    frames[:, :8] = -32124  # the benchmark's timestamp: loud, but one quarter only
+    frames[:32, 8:] = rng.normal(0, 20, (32, 152)).astype(np.int16)  # -60 dBm0 noise
+    for t in range(10):
+        assert det.process(slots, frames, t * 160) == []
+    assert calls == []
+    frames[5] = dtmf_tone("9", 20)
+    det.process(slots, frames, 1600)
+    assert calls == [1]  # only the window that holds the tone

@@ -381,3 +381,61 @@ def test_real_fax_detector_on_ced_tone_switches_to_clear_channel() -> None:
             break
     faxes = [e for e in _events(engine) if isinstance(e, FaxDetected)]
     assert [(f.leg_id, f.kind, f.clear_channel) for f in faxes] == [("a", "ced", True)]
+
+
+class _FrameLog:
+    """A BatchDetector that records the first sample of every frame it is given, per leg."""
+
+    def __init__(self) -> None:
+        self.slots: dict[Hashable, int] = {}
+        self.seen: dict[int, list[int]] = {}
+
+    def add_leg(self, leg_id: Hashable) -> int:
+        self.slots[leg_id] = slot = len(self.slots)
+        self.seen[slot] = []
+        return slot
+
+    def remove_leg(self, leg_id: Hashable) -> None:
+        del self.slots[leg_id]
+
+    def process(
+        self, slots: npt.NDArray[np.intp], frames: npt.NDArray[np.int16], sample_time: int
+    ) -> list[tuple[Hashable, Any]]:
+        for slot, frame in zip(slots, frames, strict=True):
+            self.seen[int(slot)].append(int(frame[0]))
+        return []
+
+
+def test_detection_only_leg_uses_frame_ring_which_survives_rebuilds(tmp_path: Path) -> None:
+    log = _FrameLog()
+    engine = MediaEngine(max_legs=16, dtmf_detector=log)
+    engine.create_leg("a", 20000, 0.0)
+    engine.create_leg("b", 20002, 0.0)
+    engine.set_remote("a", *A_PEER, "PCMU", None, 0.0)
+    engine.set_remote("b", *B_PEER, "PCMU", None, 0.0)
+    engine.bridge("a", "b")
+    engine.enable_dtmf("a", inband=True, fax=False)
+    engine.tick(0.0)
+    leg = engine.leg("a")
+    assert leg.jb is None and leg.ring is not None  # analysed only: no jitter buffer
+    phone = Phone(A_PEER, ssrc=9, seq=65533)  # crosses the sequence wrap
+    codes = list(range(0x20, 0x40))
+    now = 0.02
+    for i, code in enumerate(codes):
+        out = engine.receive_packet("a", phone.packet(bytes([code]) * 160), A_PEER, now)
+        assert len(out) == 1  # relayed on arrival
+        if i % 5 == 2:
+            # Any command rebuilds the batches; frames queued in the ring must survive it.
+            engine.create_leg(f"x{i}", 21000 + 2 * i, now)
+            engine.enable_dtmf(f"x{i}", inband=True, fax=False)
+        if i == 20:
+            engine.record("a", str(tmp_path / "a.wav"))  # now heard: moves to a jitter buffer
+        engine.tick(now)
+        now += 0.02
+    seen = log.seen[log.slots["a"]]
+    expected = [int(v) for v in ulaw_decode(bytes(codes))]
+    # The first tick had no packet; then one frame behind the newest while in the ring (no
+    # frame lost across the rebuilds); the jitter buffer then primes again.
+    assert seen[:21] == [0, 0, *expected[:19]]
+    assert engine.leg("a").jb is not None and engine.leg("a").ring is None
+    assert all(x == 0 or x in expected for x in seen)

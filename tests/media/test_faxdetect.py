@@ -79,3 +79,52 @@ def test_batch_of_legs() -> None:
     assert [(leg, ev.kind) for leg, ev in got] == [("a", "cng")]
     det.remove_leg("a")
     assert det.add_leg("c") == 0
+
+
+def _mixed_legs(n_legs: int, seconds: float) -> np.ndarray:
+    """CNG, CED and ANSam bursts at many levels, between noise, clicks and silence."""
+    local = np.random.default_rng(7)
+    legs = []
+    for _ in range(n_legs):
+        parts: list[np.ndarray] = []
+        while sum(len(p) for p in parts) < seconds * 8000:
+            kind = local.integers(0, 5)
+            n = int(local.integers(80, 8000))
+            t = np.arange(n) / 8000
+            level = dbm0_to_peak(float(local.uniform(-50, -10)))
+            if kind == 0:
+                parts.append(np.zeros(n))
+            elif kind == 1:
+                parts.append(local.normal(0, level / 3, n))
+            elif kind == 2:
+                parts.append(level * np.sin(2 * np.pi * 1100 * t))
+            elif kind == 3:
+                rev = np.pi * np.floor(t / 0.45) if local.random() < 0.5 else 0.0
+                am = 1 + 0.2 * np.sin(2 * np.pi * 15 * t) if local.random() < 0.5 else 1.0
+                parts.append(level * am * np.sin(2 * np.pi * 2100 * t + rev))
+            else:
+                click = np.zeros(n)
+                click[::160] = local.uniform(-32000, 32000, len(click[::160]))
+                parts.append(click)
+        legs.append(np.clip(np.concatenate(parts)[: int(seconds * 8000)], -32768, 32767))
+    return np.stack(legs).astype(np.int16)
+
+
+def _run_batch(sig: np.ndarray) -> list[tuple[Hashable, FaxToneEvent]]:
+    det = FaxDetector(len(sig))
+    slots = np.array([det.add_leg(i) for i in range(len(sig))])
+    out: list[tuple[Hashable, FaxToneEvent]] = []
+    for t in range(0, sig.shape[1], 160):
+        out += det.process(slots, sig[:, t : t + 160], t)
+    return out
+
+
+def test_gate_changes_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    sig = _mixed_legs(16, 20.0)
+    gated = _run_batch(sig)
+    assert {e.kind for _, e in gated} == {"cng", "ced", "ansam"}
+    import media.faxdetect
+
+    monkeypatch.setattr(media.faxdetect, "_GATE_ENERGY", np.float32(-1.0))
+    monkeypatch.setattr(media.faxdetect, "_GATE_CREST", np.float32(0.0))
+    assert _run_batch(sig) == gated  # every leg analysed on every frame: the same events
