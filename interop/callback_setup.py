@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from interop.baresip import Baresip
+from interop.baresip import Baresip, BaresipError
 from interop.kamailio import Kamailio
 from interop.peers import LOOPBACK, Node, Sipp, free_port
 from media import g711
@@ -139,121 +139,11 @@ level = "{log_level}"
 
 # --- the trigger call ---------------------------------------------------------------------------
 
-#: A trigger call through a carrier: INVITE, (100), 180, CANCEL, then the CANCEL's 200 and the
-#: INVITE's 487 in either order (Kamailio answers the CANCEL in one worker process while another
-#: relays the switch's 487, so they cross), ACK. ``{number}`` is the Request-URI user: SIPp's
-#: ``[service]`` (tests) or ``[field0]`` from an injection file (the benchmark). Each call has
-#: its own caller number (8150000 + call number).
-TRIGGER_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="trigger call via a carrier (INVITE, 180, CANCEL, 200/487 either order, ACK)">
-  <send start_rtd="ring">
-    <![CDATA[
 
-      INVITE sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
-      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{number}@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:8150000[call_number]@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=carrier 1 1 IN IP4 [local_ip]
-      s=-
-      c=IN IP4 [local_ip]
-      t=0 0
-      m=audio 40000 RTP/AVP 0 8 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:8 PCMA/8000
-      a=rtpmap:101 telephone-event/8000
-      a=fmtp:101 0-15
-
-    ]]>
-  </send>
-
-  <recv response="100" optional="true"/>
-
-  <recv response="180" rtd="ring"/>
-
-  <send start_rtd="cancel">
-    <![CDATA[
-
-      CANCEL sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
-      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{number}@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 CANCEL
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-
-  <recv response="200" optional="true" next="cancel_ok"/>
-
-  <recv response="487" rtd="cancel"/>
-
-  <send>
-    <![CDATA[
-
-      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
-      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{number}@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-
-  <recv response="200" timeout="1000" ontimeout="done"/>
-
-  <nop next="done"/>
-
-  <label id="cancel_ok"/>
-
-  <recv response="487" rtd="cancel"/>
-
-  <send>
-    <![CDATA[
-
-      ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv;rport
-      From: <sip:8150000[call_number]@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{number}@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-
-  <label id="done"/>
-
-  <ResponseTimeRepartition value="1, 2, 5, 10, 20, 50, 100, 200, 500, 1000"/>
-  <CallLengthRepartition value="10, 50, 100, 500, 1000, 5000"/>
-</scenario>
-"""
-
-
-def trigger_scenario(workdir: Path, number: str = "[service]") -> Path:
-    """Write :data:`TRIGGER_SCENARIO` with ``number`` as the Request-URI user; its path."""
-    path = workdir / ("trigger_cancel.xml" if number == "[service]" else "trigger_cancel_inf.xml")
-    path.write_text(TRIGGER_SCENARIO.replace("{number}", number), encoding="latin-1")
-    return path
-
-
-def ring_trigger(sipp: Callable[..., Sipp], workdir: Path, carrier: str) -> None:
-    """Ring the trigger number through ``carrier`` and hang up; raise if SIPp saw a failure."""
-    result = sipp(str(trigger_scenario(workdir)), remote=carrier, service=TRIGGER).run()
+def ring_trigger(sipp: Callable[..., Sipp], carrier: str, number: str = TRIGGER) -> None:
+    """Ring ``number`` through the proxy ``carrier`` and hang up (the CANCEL's 200 and the 487
+    may cross there); raise if SIPp saw a failure."""
+    result = sipp("invite_cancel_via_proxy.xml", remote=carrier, service=number).run()
     assert result.returncode == 0, result.describe()
 
 
@@ -300,10 +190,7 @@ def start_callback_rig(
     destination = sipp(
         destination_scenario, local_port=dest_port, timeout_s=60, extra=tuple(destination_extra)
     ).start()
-    phone = start_baresip(
-        carrier=carrier.address, number=CUSTOMER, register_password="phone", audio_file=audio_file
-    )
-    phone.wait_for_registered(10)
+    phone = _start_phone(start_baresip, carrier.address, audio_file)
     ports = rtp_ports or rtp_range()
     port = free_port()
     node = Node(
@@ -318,6 +205,25 @@ def start_callback_rig(
         node.stop()
         raise AssertionError(f"node did not register to the carrier:\n{rig.node_log()}")
     return rig
+
+
+def _start_phone(
+    start_baresip: Callable[..., Baresip], carrier: str, audio_file: Path | None
+) -> Baresip:
+    """A registered phone. free_port() can race with other processes on this machine: when
+    baresip could not bind its control port, the driver talked to a stranger; try new ports."""
+    for attempt in range(3):
+        phone = start_baresip(
+            carrier=carrier, number=CUSTOMER, register_password="phone", audio_file=audio_file
+        )
+        try:
+            phone.wait_for_registered(10)
+            return phone
+        except BaresipError:
+            if attempt == 2 or "Address already in use" not in phone.log():
+                raise
+            phone.stop()
+    raise AssertionError("unreachable")
 
 
 # --- packet capture on loopback ----------------------------------------------------------------
@@ -456,14 +362,16 @@ def write_rtp_pcap(
         ether = bytes(12) + b"\x08\x00"
         frame = ether + ip + udp + rtp + payload
         usec = i * 20_000
-        records.append(_PCAP_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame), len(frame)))
+        records.append(
+            _PCAP_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame), len(frame))
+        )
         records.append(frame)
     path.write_bytes(b"".join(records))
     return path
 
 
 def _ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -484,9 +392,7 @@ def rtp_payloads(packets: Iterable[UdpPacket], *, pt: int = 0) -> list[bytes]:
 def tone(freq: float, seconds: float, level_dbfs: float = -12.0) -> NDArray[np.int16]:
     """A sine of ``freq`` Hz, ``seconds`` long, at 8 kHz."""
     t = np.arange(int(RATE * seconds)) / RATE
-    return np.rint(32767 * 10 ** (level_dbfs / 20) * np.sin(2 * np.pi * freq * t)).astype(
-        np.int16
-    )
+    return np.rint(32767 * 10 ** (level_dbfs / 20) * np.sin(2 * np.pi * freq * t)).astype(np.int16)
 
 
 def frames_of(pcm: NDArray[Any]) -> NDArray[np.float64]:

@@ -61,10 +61,7 @@ def test_whole_callback_call_with_rfc2833_digits(
     )
     node, phone = rig.node, rig.phone
     try:
-        trigger = sipp(
-            "invite_cancel_via_proxy.xml", remote=rig.carrier.address, service=TRIGGER
-        ).run()
-        assert trigger.returncode == 0, trigger.describe()
+        ring_trigger(sipp, rig.carrier.address)
         phone.wait_for_call_established(15)
         time.sleep(1.5)  # the dial prompt is playing; digits barge in
         phone.send_dtmf(DESTINATION + "*")

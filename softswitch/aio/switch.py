@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from media import engine as me
 from media.aio import MediaShell
@@ -46,6 +46,8 @@ from softswitch.store.repos import (
 )
 
 log = logging.getLogger("softswitch.switch")
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: How long a claimed callback stays ours before another node may take it over.
 CALLBACK_LEASE = 300.0
@@ -82,6 +84,46 @@ def destination_failure(status: int) -> str:
     if status in (503, 502):
         return "congestion"
     return "unreachable"
+
+
+class GroupCommit(Generic[T, R]):
+    """Run store writes in batches: whatever queued while one batch commits goes in the next.
+
+    Each commit costs milliseconds whatever it holds, so a busy node (hundreds of triggers or
+    CDRs per second) writes them together; each caller still waits until its item is durable.
+    """
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._draining = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if not self._draining:
+            self._draining = True
+            # Keep a reference: the loop holds tasks only weakly.
+            self._task = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._draining = False
 
 
 @dataclass(slots=True)
@@ -131,7 +173,13 @@ class Switch:
         self._claim_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._claiming = False
-        self._account_triggers: set[str] = set()
+        self._account_triggers: dict[str, Account] = {}
+        self._enqueues: GroupCommit[tuple[int, str], tuple[PendingCallback, bool]] = GroupCommit(
+            lambda items: self.queue.enqueue_many(
+                items, now=time.time(), claim_for=(self.node_id, CALLBACK_LEASE)
+            )
+        )
+        self._cdr_writes: GroupCommit[Cdr, Cdr] = GroupCommit(self.cdrs.write_many)
         node.keep_trigger_calls = True
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -206,11 +254,15 @@ class Switch:
 
     async def _refresh_triggers(self) -> None:
         accounts = await self.accounts.list()
-        self._account_triggers = {n for a in accounts for n in a.triggers}
-        self.node.triggers.set_numbers(self._account_triggers | set(self.config.trigger_numbers))
+        self._account_triggers = {n: a for a in accounts for n in a.triggers}
+        self.node.triggers.set_numbers(
+            set(self._account_triggers) | set(self.config.trigger_numbers)
+        )
 
     async def _enqueue(self, trigger: str, caller: str) -> None:
-        account = await self.accounts.by_trigger(trigger)
+        # The account as last read (every few seconds); the store is asked only for a trigger
+        # number the cache does not know yet. Money questions always go to the store.
+        account = self._account_triggers.get(trigger) or await self.accounts.by_trigger(trigger)
         if account is None:
             log.info(
                 "trigger %s from %s: no account owns it (configured static trigger)",
@@ -227,8 +279,9 @@ class Switch:
                 account.name,
             )
             return
-        now = time.time()
-        pending, created = await self.queue.enqueue(account.id, trigger, now, now=now)
+        # Queued already claimed by this node: durable at once (a crash leaves it to another
+        # node when the lease runs out) and no second write before the callback leaves.
+        pending, created = await self._enqueues.submit((account.id, trigger))
         if not created:
             log.info(
                 "trigger %s: callback %d already pending for account %d, absorbed",
@@ -237,7 +290,7 @@ class Switch:
                 account.id,
             )
             return
-        await self._claim()
+        await self._start_session(pending, account)
 
     def _schedule_claim(self) -> None:
         if self._stopping:
@@ -264,8 +317,11 @@ class Switch:
         finally:
             self._claiming = False
 
-    async def _start_session(self, pending: PendingCallback) -> None:
-        account = await self.accounts.get(pending.account_id)
+    async def _start_session(
+        self, pending: PendingCallback, account: Account | None = None
+    ) -> None:
+        if account is None:
+            account = await self.accounts.get(pending.account_id)
         if account.location is None:
             log.warning(
                 "callback %d: account %d has no location to call back", pending.id, account.id
@@ -576,7 +632,7 @@ class Switch:
             cost=cdr.cost,
             node_id=self.node_id,
         )
-        written = await self.cdrs.write(record)
+        written = await self._cdr_writes.submit(record)
         session.cdrs.append(written)
         if cdr.leg == cf.DESTINATION and cdr.cost and session.reserved:
             await self.credit.commit(session.sid, cdr.cost)

@@ -1,0 +1,137 @@
+"""The whole callback call with the destination dialled as IN-BAND tones and ``**`` as RFC 2833.
+
+The same call as :mod:`interop.test_callback_e2e` (Kamailio carrier, baresip customer, SIPp
+trigger and destination), but baresip's microphone is a WAV made with the project's DTMF
+generator (:func:`media.tones.dtmf_tone`, 80 ms on / 80 ms off at -6 dBm0): silence while the
+dial prompt starts, the destination number and ``*`` as tones, silence, one more tone (``5``)
+well after the bridge, then silence. ``**`` to end goes out as RFC 2833 events
+(``baresip.send_dtmf``), so both kinds of digits are used on the same leg (SPEC section 2).
+A capture of the switch's RTP ports proves which path carried what: no telephone-event
+packet reached the switch before ``**``.
+
+What happens with in-band tones, by phase (the media engine runs the in-band detector on the
+callback leg from the moment it is opened):
+
+* DialPrompt: the callback leg's audio is decoded and detected; a tone digit barges into the
+  prompt and feeds the number exactly as an RFC 4733 event does (a press seen on both paths
+  counts once, at the first onset).
+* Connected (bridged): the customer's audio is relayed to the destination packet by packet as
+  it arrives, tones included, so the destination hears an in-band digit at once (the test checks
+  that the ``5`` reaches the destination's RTP as a decodable tone). The switch detects the tone
+  too: ``*`` and ``#`` are held back about a second to see whether a command (``**``, ``##``)
+  follows, but their audio has already been relayed and cannot be held back; a digit that is
+  not a command is also forwarded to the destination as an RFC 4733 event
+  (``ForwardDigit``), so a destination may get such a digit both ways.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interop.callback_setup import (
+    DESTINATION,
+    Capture,
+    CaptureError,
+    ring_trigger,
+    rtp_payloads,
+    start_callback_rig,
+)
+from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
+from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
+from interop.test_callback_e2e import check_cdrs
+from media import g711
+from media.tones import RATE, dtmf_tone
+from media.tools import detect_dtmf, read_audio, write_audio
+
+pytestmark = pytest.mark.interop
+
+LEAD_IN_S = 1.5  # the dial prompt has started; the first tone barges in
+ON_MS = OFF_MS = 80
+LEVEL_DBM0 = -6.0
+LATE_DIGIT_AT_S = 10.0  # well after the bridge (about 3 s after the last dialled tone)
+TELEPHONE_EVENT_PT = 101
+
+
+def inband_speech(path: Path) -> Path:
+    """The phone's microphone: lead-in, ``DESTINATION*`` as tones, then ``5`` at 10 s."""
+    gap = np.zeros(OFF_MS * RATE // 1000, dtype=np.int16)
+    parts = [np.zeros(int(LEAD_IN_S * RATE), dtype=np.int16)]
+    for digit in DESTINATION + "*":
+        parts += [dtmf_tone(digit, ON_MS, LEVEL_DBM0), gap]
+    pcm = np.concatenate(parts)
+    pad = int(LATE_DIGIT_AT_S * RATE) - len(pcm)
+    pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16), dtmf_tone("5", ON_MS, LEVEL_DBM0)])
+    write_audio(path, pcm)
+    return path
+
+
+def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
+    tmp_path: Path,
+    softswitch_bin: str,
+    start_kamailio: KamailioFactory,
+    start_baresip: BaresipFactory,
+    sipp: SippFactory,
+) -> None:
+    speech = inband_speech(tmp_path / "inband_digits.wav")
+    # The tones really are what the switch's own detector recognises, before any network.
+    assert "".join(d for d, _, _ in detect_dtmf(read_audio(speech))) == DESTINATION + "*5"
+    rig = start_callback_rig(
+        tmp_path,
+        softswitch_bin,
+        start_kamailio,
+        start_baresip,
+        sipp,
+        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
+        audio_file=speech,
+    )
+    node, phone = rig.node, rig.phone
+    low, high = rig.rtp_ports
+    capture = Capture(tmp_path, f"udp and portrange {low}-{high}", name="rtp")
+    try:
+        try:
+            capture.start()
+        except CaptureError as exc:
+            missing_peer(f"cannot capture on lo: {exc}")
+        ring_trigger(sipp, rig.carrier.address)
+        phone.wait_for_call_established(15)
+        established = time.monotonic()
+        # Nothing is pressed here: the WAV dials by itself.
+        assert node.wait_for_log("calling " + DESTINATION, timeout=12), rig.node_log()
+        assert node.wait_for_log("-> CONNECTED", timeout=8), rig.node_log()
+        # Past the late in-band "5" (and its second of hold-back), then end with RFC 2833.
+        time.sleep(max(0.0, established + LATE_DIGIT_AT_S + 1.5 - time.monotonic()))
+        rfc2833_from = time.time()
+        phone.send_dtmf("**")
+        phone.wait_for_call_closed(10)
+        result = rig.destination.wait(20)
+        assert result.returncode == 0, result.describe()
+        assert node.wait_for_log("finished", timeout=10), rig.node_log()
+    finally:
+        packets = capture.stop()
+        code = node.stop()
+    assert code == 0, rig.node_log()
+    check_cdrs(rig)
+    assert "command ** in CONNECTED" in node.log(), rig.node_log()
+
+    phone_ports = range(phone.rtp_base, phone.rtp_base + 20)
+    from_phone = [p for p in packets if p.src[1] in phone_ports]
+    assert from_phone, f"no RTP from the phone captured ({len(packets)} packets)"
+    events = [
+        p for p in from_phone if len(p.payload) > 12 and p.payload[1] & 0x7F == TELEPHONE_EVENT_PT
+    ]
+    early = [p for p in events if p.time < rfc2833_from]
+    assert not early, f"{len(early)} telephone-event packets before ** (digits not in-band?)"
+    assert events, "the ** was not sent as RFC 2833 telephone-events"
+
+    # The switch relays the customer's audio to the destination: the late "5" arrives in-band.
+    switch_ports = range(low, high + 1)
+    to_destination = [
+        p for p in packets if p.src[1] in switch_ports and p.dst[1] not in phone_ports
+    ]
+    audio = g711.ulaw_decode(b"".join(rtp_payloads(to_destination, pt=0)))
+    heard = "".join(d for d, _, _ in detect_dtmf(audio))
+    assert "5" in heard, f"destination's decoded audio has digits {heard!r}, expected a 5"
