@@ -140,6 +140,7 @@ class Session:
     reserved: bool = False
     finished: bool = False
     cdrs: list[Cdr] = field(default_factory=list)
+    writes: list[asyncio.Future[Any]] = field(default_factory=list)
 
 
 class Switch:
@@ -161,7 +162,7 @@ class Switch:
         self.queue = CallbackQueue(db)
         self.sessions: dict[str, Session] = {}
         self._by_leg: dict[str, tuple[Session, str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._loop = asyncio.get_running_loop()
         self._wall_offset = time.time() - self._loop.time()
         self.media = MediaShell(
@@ -180,6 +181,9 @@ class Switch:
             )
         )
         self._cdr_writes: GroupCommit[Cdr, Cdr] = GroupCommit(self.cdrs.write_many)
+        self._settlements: GroupCommit[tuple[int, str, str | None], bool] = GroupCommit(
+            lambda items: self.queue.settle_many(items, node_id=self.node_id)
+        )
         node.keep_trigger_calls = True
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -507,7 +511,7 @@ class Switch:
             if handle is not None:
                 handle.cancel()
         elif isinstance(action, cf.WriteCdr):
-            self._spawn(self._write_cdr(session, action))
+            session.writes.append(self._spawn(self._write_cdr(session, action)))
         elif isinstance(action, cf.ChangeLocation):
             log.info("session %s: location change by phone is not available yet", session.sid[:8])
         elif isinstance(action, cf.Finished):
@@ -654,16 +658,15 @@ class Switch:
         session.timers.clear()
         for leg_id in list(session.legs.values()):
             self._close_leg(leg_id)
-        # Let the CDR writes queued before Finished land first.
-        pending = [t for t in self._tasks if t is not asyncio.current_task()]
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
+        # This session's CDRs land before its callback is settled (and before it is forgotten).
+        if session.writes:
+            await asyncio.wait(session.writes, timeout=10.0)
         if session.reserved:
             await self.credit.release(session.sid)
-        if reason in ("callback_failed",):
-            await self.queue.fail(session.callback.id, reason, node_id=self.node_id)
-        else:
-            await self.queue.complete(session.callback.id, node_id=self.node_id)
+        event = "fail" if reason.startswith("callback_") else "complete"
+        await self._settlements.submit(
+            (session.callback.id, event, reason if event == "fail" else None)
+        )
         self.node.triggers.callback_done(session.callback.trigger)
         self.sessions.pop(session.sid, None)
         log.info("session %s: finished (%s)", session.sid[:8], reason)
@@ -673,13 +676,14 @@ class Switch:
         if leg_id in self.media.transports:
             self.media.close_leg(leg_id)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
-        def done(t: asyncio.Task[Any]) -> None:
+        def done(t: asyncio.Future[Any]) -> None:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("switch task failed", exc_info=t.exception())
 
         task.add_done_callback(done)
+        return task

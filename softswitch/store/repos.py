@@ -22,6 +22,7 @@ transition the table does not allow raises ``IllegalTransition``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import csv
 import enum
 import hashlib
@@ -1105,6 +1106,7 @@ class CdrRepo:
                 )
                 written.append(replace(cdr, id=int(result.scalar_one())))
         return written
+
     async def list(self, where: CdrFilter | None = None, *, limit: int = 1000) -> tuple[Cdr, ...]:
         """CDRs matching ``where`` in setup order (oldest first), at most ``limit``."""
         where = where or CdrFilter()
@@ -1225,9 +1227,7 @@ class CallbackQueue:
                 if existing is not None:
                     return existing, False
                 row = (
-                    await conn.execute(
-                        insert(callbacks).values(**values).returning(*callbacks.c)
-                    )
+                    await conn.execute(insert(callbacks).values(**values).returning(*callbacks.c))
                 ).one()
                 return _callback(row), True
         except IntegrityError:
@@ -1280,9 +1280,7 @@ class CallbackQueue:
                 return out
         except IntegrityError:
             # Another node raced us on one of them (PostgreSQL): take them one by one.
-            return [
-                await self.enqueue(a, t, now, now=now, claim_for=claim_for) for a, t in items
-            ]
+            return [await self.enqueue(a, t, now, now=now, claim_for=claim_for) for a, t in items]
 
     @staticmethod
     async def _open_for(conn: AsyncConnection, account_id: int) -> PendingCallback | None:
@@ -1387,6 +1385,42 @@ class CallbackQueue:
     async def fail(self, callback_id: int, error: str, *, node_id: str | None = None) -> bool:
         """Give up on the callback (attempts exhausted, account suspended ...)."""
         return await self._move(callback_id, "fail", node_id, last_error=error)
+
+    async def settle_many(
+        self, items: Sequence[tuple[int, str, str | None]], *, node_id: str
+    ) -> builtins.list[bool]:
+        """``complete`` / ``fail`` several callbacks of ``node_id`` in one transaction.
+
+        ``items`` are ``(callback_id, "complete" | "fail", error)``. Each result is False when
+        the move did not apply (the claim was lost, or the state allows no such move); those
+        are logged, not raised, so one stale callback cannot fail the others' commit.
+        """
+        out: list[bool] = []
+        async with self.db.write() as conn:
+            for callback_id, event, error in items:
+                sources, target = CALLBACK_TRANSITIONS[event]
+                values: dict[str, Any] = {} if error is None else {"last_error": error}
+                result = await conn.execute(
+                    update(callbacks)
+                    .where(
+                        callbacks.c.id == callback_id,
+                        callbacks.c.state.in_([st.value for st in sources]),
+                        callbacks.c.claimed_by == node_id,
+                    )
+                    .values(state=target.value, claimed_by=None, claimed_until_us=None, **values)
+                )
+                moved = bool(result.rowcount)
+                if moved:
+                    log.info("callback %d: claimed -> %s (%s)", callback_id, target.value, event)
+                else:
+                    log.warning(
+                        "callback %d: %s by %s did not apply (claim lost?)",
+                        callback_id,
+                        event,
+                        node_id,
+                    )
+                out.append(moved)
+        return out
 
     async def _move(self, callback_id: int, event: str, node_id: str | None, **values: Any) -> bool:
         """Apply ``event``; ``False`` if ``node_id`` lost its claim (lease taken over)."""
