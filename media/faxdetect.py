@@ -126,10 +126,9 @@ class FaxDetector:
         if n == 0:
             return []
         t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
-        x = np.abs(frames.astype(np.float32)).reshape(-1, HALF)
-        magnitude = x @ _ONES
-        x *= x
-        energy = x @ _ONES
+        x = frames.astype(np.float32).reshape(-1, HALF)
+        energy = np.einsum("ij,ij->i", x, x)
+        magnitude = np.abs(x, out=x) @ _ONES
         # A bin's power is at most 2 (sum |x|)^2 / N^2 (triangle inequality) and must reach
         # ENERGY_FRACTION of the mean power sum(x^2) / N: clicks and other sparse signals fail.
         tonal = (energy >= _GATE_ENERGY) & (magnitude * magnitude >= _GATE_CREST * energy)
