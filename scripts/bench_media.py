@@ -9,7 +9,14 @@ load generator (scripts/rtpgen.py, another process) to CPU 1. The generator is f
 alone in a no-relay loopback run at the largest N so it is not the bottleneck. Prints a table:
 N, packet rate, server CPU, RSS per call, delay p50/p99, digits detected / sent.
 
-Usage: bench_media.py [--seconds 4] [--max-calls 2000] [--quick]
+A point that fails is run once more (other jobs on a shared machine preempt the pinned server
+or generator for tens of ms, which alone makes 0.1 % of the packets late). `--fixed N` skips the
+search and reports, per server, the cheapest of `--reps` runs at N calls: a cost measurement.
+Note that the CPU per packet falls as the load rises (more datagrams per event-loop wake-up), so
+the N@85%cpu extrapolation from a small N is pessimistic.
+
+Usage: bench_media.py [--seconds 4] [--start 50] [--max-calls 2400] [--loops uvloop,asyncio]
+                      [--kinds engine,relay,trivial] [--fixed N --reps 3]
 Internal: bench_media.py --serve engine|trivial --calls N --loop uvloop|asyncio
 """
 

@@ -15,6 +15,7 @@ CANCELLING while a CANCEL waits for the INVITE's final response.
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class OutboundCalls:
         self._legs: dict[str, _Leg] = {}
         self._by_tx: dict[int, str] = {}
         self._events: deque[LegEvent] = deque()
+        self._ring_heap: list[tuple[float, str]] = []
 
     # --- the service's side -------------------------------------------------------------------
 
@@ -166,6 +168,8 @@ class OutboundCalls:
         )
         self._legs[leg_id] = leg
         self._by_tx[id(tx)] = leg_id
+        if leg.ring_deadline is not None:
+            heapq.heappush(self._ring_heap, (leg.ring_deadline, leg_id))
         log.info("leg %s: calling %s (Call-ID %s)", leg_id, number, invite.call_id)
 
     def hangup(self, leg_id: str, now: float) -> None:
@@ -188,18 +192,23 @@ class OutboundCalls:
     # --- timers ---------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        deadlines = [
-            leg.ring_deadline for leg in self._legs.values() if leg.ring_deadline is not None
-        ]
-        return min(deadlines) if deadlines else None
+        heap = self._ring_heap
+        # Lazy deletion: entries of legs that were answered, failed or re-armed are skipped.
+        while heap and self._legs.get(heap[0][1]) is None:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def handle_timer(self, now: float) -> None:
-        for leg in list(self._legs.values()):
-            if leg.ring_deadline is not None and now >= leg.ring_deadline:
-                leg.ring_deadline = None
-                if leg.state in (LegState.CALLING, LegState.RINGING):
-                    log.info("leg %s: no answer, cancelling", leg.leg_id)
-                    self._cancel(leg, now)
+        heap = self._ring_heap
+        while heap and heap[0][0] <= now:
+            deadline, leg_id = heapq.heappop(heap)
+            leg = self._legs.get(leg_id)
+            if leg is None or leg.ring_deadline != deadline:
+                continue
+            leg.ring_deadline = None
+            if leg.state in (LegState.CALLING, LegState.RINGING):
+                log.info("leg %s: no answer, cancelling", leg.leg_id)
+                self._cancel(leg, now)
 
     # --- endpoint events ----------------------------------------------------------------------
 

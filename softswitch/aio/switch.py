@@ -243,12 +243,14 @@ class Switch:
 
     async def _trigger_cdr(self, call: TriggerCall) -> None:
         """The trigger leg's CDR: never answered, never billed, but on record (SPEC 7)."""
-        account = await self.accounts.by_trigger(call.trigger)
-        await self.cdrs.write(
+        account = self._account_triggers.get(call.trigger)
+        if account is None:
+            return
+        await self._cdr_writes.submit(
             Cdr(
                 call_uuid=uuid.uuid4().hex,
                 leg=LegKind.TRIGGER,
-                account_id=account.id if account is not None else None,
+                account_id=account.id,
                 from_number=call.caller,
                 to_number=call.trigger,
                 setup_at=self.wall(call.started_at),
