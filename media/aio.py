@@ -17,7 +17,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from media.engine import TICK, Event, Leg, MediaEngine
@@ -125,21 +125,25 @@ class MediaShell:
     async def open_leg(self, leg_id: str, *, nat: bool = False) -> int:
         """Create the leg in the engine and bind its socket; returns the local RTP port."""
         for port in self._candidate_ports():
+            # Bind here, synchronously: given an address, create_datagram_endpoint resolves
+            # it in the executor (a thread hop per leg, tens of ms under load).
             try:
-                transport, proto = await self.loop.create_datagram_endpoint(
-                    lambda: _RtpProtocol(self, leg_id), local_addr=(self.host, port)
-                )
+                sock = self._bind(port)
             except OSError:
                 continue
+            transport, proto = await self.loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(self, leg_id), sock=sock
+            )
             bound = transport.get_extra_info("sockname")[1]
             if self.rtcp and self.port_range is not None:
                 try:
-                    rtcp_transport, _ = await self.loop.create_datagram_endpoint(
-                        lambda: _RtcpProtocol(self, leg_id), local_addr=(self.host, bound + 1)
-                    )
+                    rtcp_sock = self._bind(bound + 1)
                 except OSError:
                     transport.close()
                     continue
+                rtcp_transport, _ = await self.loop.create_datagram_endpoint(
+                    lambda: _RtcpProtocol(self, leg_id), sock=rtcp_sock
+                )
                 self._rtcp_transports[leg_id] = rtcp_transport
             self._tune(transport)
             self.transports[leg_id] = transport
@@ -150,13 +154,28 @@ class MediaShell:
             return int(bound)
         raise OSError("no free RTP port in range")
 
-    def _candidate_ports(self) -> list[int]:
+    def _bind(self, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    def _candidate_ports(self) -> Iterator[int]:
+        """Even ports of the range from a random start (a lazy walk: no list per leg)."""
         if self.port_range is None:
-            return [0]
+            yield 0
+            return
         low, high = self.port_range
-        evens = list(range(low + (low & 1), high, 2))
-        start = self._rng.randrange(len(evens))
-        return evens[start:] + evens[:start]
+        first = low + (low & 1)
+        count = (high - first + 1) // 2
+        start = self._rng.randrange(count)
+        for k in range(count):
+            yield first + 2 * ((start + k) % count)
 
     @staticmethod
     def _tune(transport: asyncio.DatagramTransport) -> None:
