@@ -16,8 +16,10 @@ the host) followed by 0xFF silence, so the receiver measures the one-way delay t
 Phone A of every call sends an in-band DTMF digit (100 ms tone, 100 ms gap) every
 `--digit-every` seconds; those frames carry no stamp. `--loopback` sends every packet straight
 back to the generator's own sockets: the no-relay run that shows what the generator sustains.
-Prints one JSON line: sent, received, lost, late (> 20 ms), delay p50/p99 (ms), digits sent,
-generator CPU seconds.
+The delay is taken from the kernel's receive timestamp (SO_TIMESTAMPNS), not from when this
+process gets round to reading, so a generator preempted by another job does not count as
+server delay. Prints one JSON line: sent, received, lost, late (> 20 ms), delay p50/p99 (ms),
+digits sent, generator CPU seconds.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ RECV_BATCH = 1024
 DIGITS = "0123456789*#"
 DIGIT_FRAMES = 10
 MSG_DONTWAIT = 0x40
+# Linux: receive timestamps (struct timespec, CLOCK_REALTIME) as a control message, so a
+# generator that is itself preempted for a while does not count the wait as server delay.
+SO_TIMESTAMPNS = 35
+CMSG_SIZE = 32  # CMSG_SPACE(sizeof(struct timespec)) on 64-bit Linux
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -92,10 +98,12 @@ def _sockaddr(port: int) -> bytes:
 
 
 class Batch:
-    """Preallocated mmsghdr array over rows of a numpy buffer."""
+    """Preallocated mmsghdr array over rows of a numpy buffer (and of a control buffer, for the
+    kernel's receive timestamps)."""
 
-    def __init__(self, count: int, size: int) -> None:
+    def __init__(self, count: int, size: int, control: bool = False) -> None:
         self.buf = np.zeros((count, size), dtype=np.uint8)
+        self.ctrl = np.zeros((count, CMSG_SIZE), dtype=np.uint8)
         self.iov = (IoVec * count)()
         self.msgs = (MMsgHdr * count)()
         base = self.buf.ctypes.data
@@ -104,6 +112,18 @@ class Batch:
             self.iov[i].len = size
             self.msgs[i].hdr.iov = ctypes.pointer(self.iov[i])
             self.msgs[i].hdr.iovlen = 1
+            if control:
+                self.msgs[i].hdr.control = self.ctrl.ctypes.data + i * CMSG_SIZE
+                self.msgs[i].hdr.controllen = CMSG_SIZE
+
+    def arrivals(self, got: int, fallback: int, offset: int) -> np.ndarray:
+        """Kernel receive times of the first `got` messages on the monotonic clock (ns)."""
+        ctrl = self.ctrl[:got]
+        level = ctrl[:, 8:12].copy().view("<i4").reshape(-1)
+        kind = ctrl[:, 12:16].copy().view("<i4").reshape(-1)
+        ts = ctrl[:, 16:32].copy().view("<i8")
+        ok = (level == socket.SOL_SOCKET) & (kind == SO_TIMESTAMPNS)
+        return np.where(ok, ts[:, 0] * 1_000_000_000 + ts[:, 1] - offset, fallback)
 
 
 def main() -> None:
@@ -123,6 +143,7 @@ def main() -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 24)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.bind(("127.0.0.1", 0))
         s.setblocking(False)
         socks.append(s)
@@ -172,7 +193,8 @@ def main() -> None:
             per_sock.append((idx, batch, namebuf))
         plan.append(per_sock)
     del names
-    recv_batch = Batch(RECV_BATCH, 2048)
+    recv_batch = Batch(RECV_BATCH, 2048, control=True)
+    realtime_offset = time.time_ns() - time.monotonic_ns()
     fds = [s.fileno() for s in socks]
 
     sent = received = late = digits_sent = 0
@@ -193,13 +215,14 @@ def main() -> None:
                 if got <= 0:
                     break
                 arrival = time.monotonic_ns()
+                arrivals = recv_batch.arrivals(got, arrival, realtime_offset)
                 buf = recv_batch.buf[:got]
                 stamps = buf[:, 12:20].copy().view(">u8").reshape(-1).astype(np.int64)
                 stamped = (
                     np.all(buf[:, 20:24] == 0xFF, axis=1) & (stamps > t0) & (stamps <= arrival)
                 )
                 in_window = stamped & (stamps >= measure_from) & (stamps < end)
-                d = arrival - stamps[in_window]
+                d = np.maximum(arrivals[in_window] - stamps[in_window], 0)
                 delays.append(d)
                 late += int(np.count_nonzero(d > LATE_NS))
                 received += int(np.count_nonzero(in_window))

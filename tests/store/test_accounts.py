@@ -122,7 +122,11 @@ async def test_registered_numbers(store: Store) -> None:
 
 def test_security_code_hash_is_salted_and_checks() -> None:
     one, two = hash_security_code("1234"), hash_security_code("1234")
-    assert one != two and "1234" not in one
+    # Never stored in clear: only the scrypt fields (a random hex salt and digest may contain
+    # "1234" by chance, so the check is on whole fields, not substrings).
+    fields = one.split("$")
+    assert one != two and fields[0] == "scrypt" and "1234" not in fields
+    assert len(fields[4]) == 32 and len(fields[5]) == 64
     assert check_security_code("1234", one) and not check_security_code("1235", one)
     assert not check_security_code("1234", "garbage")
 
