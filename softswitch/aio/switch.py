@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,8 @@ class Session:
     finished: bool = False
     cdrs: list[Cdr] = field(default_factory=list)
     writes: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: How each of the customer's recent keys arrived, oldest first ("rfc4733" / "inband").
+    key_sources: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=32))
 
 
 class Switch:
@@ -458,6 +461,8 @@ class Switch:
         session, name = found
         if isinstance(event, me.DigitReceived):
             if event.digit in cf.DTMF_KEYS:
+                if name == cf.CALLBACK:
+                    session.key_sources.append((event.digit, event.source))
                 self._feed(session, cf.DigitReceived(event.digit, leg=name, source=event.source))
         elif isinstance(event, me.PlayFinished):
             if not event.interrupted:
@@ -527,10 +532,13 @@ class Switch:
                 engine.send_dtmf(session.legs[action.leg], digit, mode="both")
         elif isinstance(action, cf.ForwardDigit):
             leg_id = session.legs.get(action.to_leg)
-            if leg_id is not None:
+            if leg_id is not None and self._key_source(session, action.digit) != "inband":
+                # An in-band key already reached the far end inside the relayed audio; only
+                # RFC 4733 keys (kept back from the bridge) are sent on.
                 engine.send_dtmf(leg_id, action.digit, mode="rfc4733")
         elif isinstance(action, cf.Bridge):
             engine.bridge(session.legs[action.leg_a], session.legs[action.leg_b])
+            session.key_sources.clear()  # keys dialled before the bridge are never forwarded
         elif isinstance(action, cf.Unbridge):
             leg_id = session.legs.get(action.leg_a)
             if leg_id is not None and leg_id in engine.legs:
@@ -552,6 +560,15 @@ class Switch:
         elif isinstance(action, cf.Finished):
             self._spawn(self._finish(session, action.reason))
         # StartBilling / StopBilling: billing is computed from the CDR times.
+
+    @staticmethod
+    def _key_source(session: Session, digit: str) -> str:
+        """How the oldest unforwarded ``digit`` arrived (and forget it)."""
+        for index, (key, source) in enumerate(session.key_sources):
+            if key == digit:
+                del session.key_sources[index]
+                return source
+        return "rfc4733"
 
     def _prompt(self, session: Session, name: str) -> Path:
         if name == "name" and session.account.recorded_name_path:
