@@ -44,8 +44,14 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check softswitch media tests interop scripts
 	$(VENV)/bin/mypy softswitch media
 
+# Each prints its figure beside a baseline measured in the same run (see README).
 bench: setup
-	$(PY) scripts/bench_triggers.py
+	$(PY) scripts/bench_parser.py
+	$(PY) scripts/bench_node.py
+	$(PY) scripts/bench_triggers.py --quick
+	$(PY) scripts/bench_callback.py --quick
+	$(PY) scripts/bench_dtmf.py --quick
+	$(PY) scripts/bench_media.py --seconds 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
