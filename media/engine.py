@@ -259,6 +259,7 @@ class MediaEngine:
         self._fax_slots = np.zeros(0, dtype=np.intp)
         self._fax_slot_of: dict[str, int] = {}
         self._tx: list[Leg] = []
+        self._idle: list[Leg] = []
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -677,6 +678,19 @@ class MediaEngine:
         self._fax_rows = np.array([r for r, _ in fax], dtype=np.intp)
         self._fax_slots = np.array([s for _, s in fax], dtype=np.intp)
         self._tx = [leg for leg in self._legs.values() if leg.tx_dsp]
+        # Legs with nothing to send (between prompts, while the customer dials) still get a
+        # silent frame every tick: a peer or a NAT on the way may end a call whose RTP stops,
+        # and a phone's jitter buffer expects a steady stream. Bridged legs get their peer's
+        # packets instead; clear-channel (fax) legs are left untouched.
+        self._idle = [
+            leg
+            for leg in self._legs.values()
+            if not leg.tx_dsp
+            and leg.peer is None
+            and leg.conference is None
+            and not leg.clear_channel
+            and leg.session.remote is not None
+        ]
         self._dirty = False
 
     def _rebuild_ring(self, legs: list[Leg]) -> None:
@@ -707,6 +721,10 @@ class MediaEngine:
         pcm = self._receive_batch(sample_time, now)
         if self._tx:
             self._send_batch(pcm, now, out)
+        for leg in self._idle:
+            dest = leg.session.destination
+            if dest is not None:
+                out.append((leg.leg_id, leg.session.generated(leg.silence, now), dest))
         if self._ticks % RECEIVER_POLL_TICKS == 0:
             for leg in list(self._legs.values()):
                 if leg.receiver is not None:

@@ -168,10 +168,14 @@ def test_prompt_on_unbridged_leg_plays_then_finishes_and_barge_in(tmp_path: Path
     packets = []
     for k in range(15):
         packets += engine.tick(k * 0.02)
-    assert len(packets) == 10
+    # The beep (10 frames), then silence: an unbridged leg's stream goes on (the tick on
+    # which the player runs dry sends nothing: one 20 ms gap).
+    assert len(packets) == 14
     hs = [parse_header(p) for _, p, _ in packets]
-    assert [(h.sequence - hs[0].sequence) & 0xFFFF for h in hs] == list(range(10))
+    assert [(h.sequence - hs[0].sequence) & 0xFFFF for h in hs] == list(range(14))
+    assert len({h.ssrc for h in hs}) == 1
     assert max(np.abs(ulaw_decode(packets[3][1][12:]))) > 3000
+    assert all(max(np.abs(ulaw_decode(p[12:]))) < 10 for _, p, _ in packets[10:])
     assert _events(engine) == [PlayFinished("a", False)]
     engine.play("a", [Tone("ringback", "US")], barge_in=True)
     engine.tick(0.4)
@@ -182,7 +186,8 @@ def test_prompt_on_unbridged_leg_plays_then_finishes_and_barge_in(tmp_path: Path
     digit, finished = _events(engine)
     assert isinstance(digit, DigitReceived) and (digit.digit, digit.source) == ("3", "rfc4733")
     assert finished == PlayFinished("a", True)
-    assert engine.tick(0.44) == []
+    [(leg_id, silence, dest)] = engine.tick(0.44)  # barged in: silence, not the ringback
+    assert (leg_id, dest) == ("a", A_PEER) and max(np.abs(ulaw_decode(silence[12:]))) < 10
 
 
 def test_prompt_over_bridge_mixes_peer_audio_and_suspends_relay() -> None:
