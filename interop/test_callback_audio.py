@@ -20,6 +20,7 @@ captures on lo; without them the test is skipped (failed under ``CI``).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -128,6 +129,19 @@ def test_audio_both_ways_through_the_callback_call(
         f"only {len(from_dest)} RTP packets from the destination (SIPp play_pcap_audio) reached "
         f"the switch; {len(packets)} captured"
     )
+    # The customer's leg never goes quiet on the wire: prompt, silence while dialling, then
+    # the destination's audio (carriers and NATs drop calls whose RTP stops).
+    to_phone = sorted(
+        (
+            p
+            for p in packets
+            if p.src[1] in switch_ports and p.dst[1] not in switch_ports and p.dst[1] != media_port
+        ),
+        key=lambda p: p.time,
+    )
+    assert len(to_phone) >= min_packets, f"only {len(to_phone)} RTP packets to the phone"
+    gaps = [b.time - a.time for a, b in itertools.pairwise(to_phone)]
+    assert max(gaps) < 0.5, f"the switch sent no RTP to the phone for {max(gaps):.2f} s"
     payloads = rtp_payloads(to_dest, pt=0)
     assert len(payloads) >= min_packets, (
         f"the destination got {len(payloads)} PCMU packets from the switch, want >= {min_packets}"
