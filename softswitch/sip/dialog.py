@@ -38,6 +38,7 @@ from softswitch.sip.message import (
     Via,
     set_param,
 )
+from softswitch.sip.transaction import make_response
 
 log = logging.getLogger(__name__)
 
@@ -230,24 +231,13 @@ def build_response(
     headers: HeaderList = (),
     body: bytes = b"",
 ) -> Response:
-    """A response to ``request`` per RFC 3261 section 8.2.6.2 (Via, From, Call-ID, CSeq copied).
+    """A response to ``request`` per RFC 3261 section 8.2.6.2, with a body.
 
-    ``to_tag`` is added to To unless the request's To already carries one.
+    The transaction layer's :func:`~softswitch.sip.transaction.make_response` builds it (Via,
+    From, Call-ID and CSeq copied; ``to_tag`` added unless To already has one).
     """
-    to = request.to
-    if to.tag is None and to_tag is not None:
-        to = to.with_tag(to_tag)
-    return Response(
-        status=status,
-        reason=reason,
-        vias=request.vias,
-        from_=request.from_,
-        to=to,
-        call_id=request.call_id,
-        cseq=request.cseq,
-        headers=headers,
-        body=body,
-    )
+    response = make_response(request, status, reason, to_tag=to_tag, headers=headers)
+    return replace(response, body=body) if body else response
 
 
 def reject_small_session_interval(
