@@ -824,6 +824,7 @@ class MediaEngine:
                     leg.player = None
                     self._events.append(PlayFinished(leg.leg_id, False))
                     self._dirty = True
+                    sound = True  # a silent frame: the stream has no gap where a prompt ends
                 else:
                     acc[i] += frame
                     sound = True

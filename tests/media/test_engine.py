@@ -168,11 +168,13 @@ def test_prompt_on_unbridged_leg_plays_then_finishes_and_barge_in(tmp_path: Path
     packets = []
     for k in range(15):
         packets += engine.tick(k * 0.02)
-    # The beep (10 frames), then silence: an unbridged leg's stream goes on (the tick on
-    # which the player runs dry sends nothing: one 20 ms gap).
-    assert len(packets) == 14
+    # The beep (10 frames), then silence: an unbridged leg's stream goes on without a gap.
+    assert len(packets) == 15
     hs = [parse_header(p) for _, p, _ in packets]
-    assert [(h.sequence - hs[0].sequence) & 0xFFFF for h in hs] == list(range(14))
+    assert [(h.sequence - hs[0].sequence) & 0xFFFF for h in hs] == list(range(15))
+    assert [(h.timestamp - hs[0].timestamp) & 0xFFFFFFFF for h in hs] == [
+        160 * k for k in range(15)
+    ]
     assert len({h.ssrc for h in hs}) == 1
     assert max(np.abs(ulaw_decode(packets[3][1][12:]))) > 3000
     assert all(max(np.abs(ulaw_decode(p[12:]))) < 10 for _, p, _ in packets[10:])
