@@ -32,10 +32,14 @@ pytestmark = pytest.mark.interop
 
 
 def check_cdrs(rig: CallbackRig) -> None:
-    """One callback leg and one answered destination leg, billed the 30 s minimum."""
+    """The trigger, callback and destination legs of one call, the destination billed 30 s."""
     records = cdrs(rig.db_url)
     legs = {r.leg: r for r in records}
-    assert set(legs) >= {LegKind.CALLBACK, LegKind.DESTINATION}, records
+    assert set(legs) >= {LegKind.TRIGGER, LegKind.CALLBACK, LegKind.DESTINATION}, records
+    trigger = legs[LegKind.TRIGGER]
+    assert trigger.answer_at is None and trigger.cost == 0 and trigger.cause_code == 487
+    # One customer call: the three legs share its call_uuid.
+    assert len({r.call_uuid for r in records}) == 1, records
     callback = legs[LegKind.CALLBACK]
     assert callback.answer_at is not None, records
     dest = legs[LegKind.DESTINATION]

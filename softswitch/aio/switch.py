@@ -228,14 +228,19 @@ class Switch:
     def poll(self) -> None:
         """Take what the node produced: new callback requests and leg events."""
         node = self.node
+        # A trigger that schedules a callback and the session it starts share one call_uuid,
+        # so the trigger, callback and destination CDRs of a customer's call group together.
+        sids: dict[str, str] = {}
         while node.callbacks:
             request = node.callbacks.pop(0)
-            self._spawn(self._enqueue(request.trigger, request.caller))
+            sid = sids[request.trigger] = uuid.uuid4().hex
+            self._spawn(self._enqueue(request.trigger, request.caller, sid))
         while node.trigger_calls:
             call = node.trigger_calls.pop(0)
             # Static test triggers from the config belong to no account: no CDR for them.
             if call.trigger in self._account_triggers:
-                self._spawn(self._trigger_cdr(call))
+                shared = sids.pop(call.trigger, None) if call.callback else None
+                self._spawn(self._trigger_cdr(call, shared or uuid.uuid4().hex))
         outbound = node.outbound
         if outbound is None:
             return
@@ -244,14 +249,14 @@ class Switch:
 
     # --- callbacks: queue, claim, start ---------------------------------------------------------
 
-    async def _trigger_cdr(self, call: TriggerCall) -> None:
+    async def _trigger_cdr(self, call: TriggerCall, call_uuid: str) -> None:
         """The trigger leg's CDR: never answered, never billed, but on record (SPEC 7)."""
         account = self._account_triggers.get(call.trigger)
         if account is None:
             return
         await self._cdr_writes.submit(
             Cdr(
-                call_uuid=uuid.uuid4().hex,
+                call_uuid=call_uuid,
                 leg=LegKind.TRIGGER,
                 account_id=account.id,
                 from_number=call.caller,
@@ -273,7 +278,7 @@ class Switch:
             set(self._account_triggers) | set(self.config.trigger_numbers)
         )
 
-    async def _enqueue(self, trigger: str, caller: str) -> None:
+    async def _enqueue(self, trigger: str, caller: str, sid: str) -> None:
         # The account as last read (every few seconds); the store is asked only for a trigger
         # number the cache does not know yet. Money questions always go to the store.
         account = self._account_triggers.get(trigger) or await self.accounts.by_trigger(trigger)
@@ -298,7 +303,7 @@ class Switch:
         # same few milliseconds, instead of in front of it: a store commit costs more than
         # the whole 50 ms budget allows under load.
         enqueued = asyncio.ensure_future(self._enqueues.submit((account.id, trigger)))
-        session = await self._start_session(None, account, trigger)
+        session = await self._start_session(None, account, trigger, sid)
         try:
             pending, created = await enqueued
         except Exception:
@@ -353,6 +358,7 @@ class Switch:
         pending: PendingCallback | None,
         account: Account | None = None,
         trigger: str = "",
+        sid: str | None = None,
     ) -> Session | None:
         """Start calling back; ``pending`` is None while its queue row is being written."""
         if account is None:
@@ -377,7 +383,7 @@ class Switch:
             trigger_numbers=account.triggers,
             operator=self.config.operator,
         )
-        sid = uuid.uuid4().hex
+        sid = sid or uuid.uuid4().hex
         session = Session(
             sid,
             account,
