@@ -178,11 +178,12 @@ def start_callback_rig(
     destination_extra: Sequence[str] = (),
     audio_file: Path | None = None,
     rtp_ports: tuple[int, int] | None = None,
+    language: Language = Language.EN,
 ) -> CallbackRig:
     """Provision the store, start the carrier, the destination UAS, the phone and the node,
     and wait until the node has registered to the carrier. The caller stops the node."""
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
-    provision(db_url)
+    provision(db_url, language=language)
     dest_port = destination_port or free_port()
     carrier = start_kamailio(
         trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"

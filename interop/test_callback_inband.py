@@ -46,6 +46,7 @@ from interop.test_callback_e2e import check_cdrs
 from media import g711
 from media.tones import RATE, dtmf_tone
 from media.tools import detect_dtmf, read_audio, write_audio
+from softswitch.store.models import Language
 
 pytestmark = pytest.mark.interop
 
@@ -87,6 +88,7 @@ def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
         sipp,
         destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
         audio_file=speech,
+        language=Language.JA,  # the other tests use English: both prompt sets in CI
     )
     node, phone = rig.node, rig.phone
     low, high = rig.rtp_ports
@@ -101,6 +103,7 @@ def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
         established = time.monotonic()
         # Nothing is pressed here: the WAV dials by itself.
         assert node.wait_for_log("calling " + DESTINATION, timeout=12), rig.node_log()
+        assert node.wait_for_log("prompts/ja/dial_prompt", timeout=1), rig.node_log()
         assert node.wait_for_log("-> CONNECTED", timeout=8), rig.node_log()
         # Past the late in-band "5" (and its second of hold-back), then end with RFC 2833.
         time.sleep(max(0.0, established + LATE_DIGIT_AT_S + 1.5 - time.monotonic()))

@@ -522,6 +522,12 @@ class Switch:
         elif isinstance(action, cf.Play):
             leg_id = session.legs[action.leg]
             items = [self._prompt(session, name) for name in action.prompts]
+            log.debug(
+                "session %s: playing %s on the %s leg",
+                session.sid[:8],
+                " + ".join(str(i) for i in items),
+                action.leg,
+            )
             engine.play(leg_id, items, barge_in=action.barge_in, mix=action.mix)
         elif isinstance(action, cf.PlayTone):
             engine.play(
