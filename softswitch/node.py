@@ -23,7 +23,7 @@ from softswitch.service.trigger import (
 )
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
-from softswitch.sip.message import Address
+from softswitch.sip.message import Address, BadMessage, Request, Response
 from softswitch.sip.timers import TimerConfig
 from softswitch.testline import TestLines
 from softswitch.trunk import Trunk
@@ -120,8 +120,11 @@ class Node:
         self.endpoint.receive_datagram(data, addr, now)
         self._process(now)
 
-    def receive_message(self, msg: object, addr: Address, now: float) -> None:
-        self.endpoint.receive_message(msg, addr, now)  # type: ignore[arg-type]
+    def receive_message(
+        self, msg: Request | Response | BadMessage, addr: Address, now: float
+    ) -> None:
+        """A message the TCP framer has already cut out and parsed."""
+        self.endpoint.receive_message(msg, addr, now)
         self._process(now)
 
     def handle_timer(self, now: float) -> None:

@@ -18,7 +18,7 @@ import enum
 import heapq
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from softswitch.config import TrunkConfig
 from softswitch.sip import auth
@@ -101,7 +101,6 @@ class _Leg:
     cancel_requested: bool = False
     cancel_sent: bool = False
     sdp_offer: bytes = b""
-    early: set[str] = field(default_factory=set)
 
 
 class OutboundCalls:

@@ -158,9 +158,6 @@ class Server:
         finally:
             await self.shutdown()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -145,7 +145,6 @@ class Session:
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     reserved: bool = False
     finished: bool = False
-    cdrs: list[Cdr] = field(default_factory=list)
     writes: list[asyncio.Future[Any]] = field(default_factory=list)
     #: How each of the customer's recent keys arrived, oldest first ("rfc4733" / "inband").
     key_sources: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=32))
@@ -183,6 +182,7 @@ class Switch:
         self._stopping = False
         self._claiming = False
         self._account_triggers: dict[str, Account] = {}
+        self._next_refresh = self._loop.time() + TRIGGER_REFRESH
         self._enqueues: GroupCommit[tuple[int, str], tuple[PendingCallback, bool]] = GroupCommit(
             lambda items: self.queue.enqueue_many(
                 items, now=time.time(), claim_for=(self.node_id, CALLBACK_LEASE)
@@ -207,14 +207,10 @@ class Switch:
         self._stopping = True
         if self._claim_timer is not None:
             self._claim_timer.cancel()
-        now = self._loop.time()
         for session in list(self.sessions.values()):
-            # A stopping node hangs up its live calls (their CDRs are written as they end)
-            # and hands unfinished callbacks back to the queue for another node.
-            self._apply(
-                session,
-                session.call.handle(cf.CustomerHungUp(), now) if not session.call.finished else [],
-            )
+            # A stopping node hangs up its live calls: each ends as if the customer had hung
+            # up, so its CDRs are written and its callback settled before the store closes.
+            self._feed(session, cf.CustomerHungUp())
         self.transmit()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5.0)
@@ -339,7 +335,8 @@ class Switch:
 
     async def _claim_and_refresh(self) -> None:
         await self._claim()
-        if int(self._loop.time()) % int(TRIGGER_REFRESH) == 0:
+        if self._loop.time() >= self._next_refresh:
+            self._next_refresh = self._loop.time() + TRIGGER_REFRESH
             await self._refresh_triggers()
 
     async def _claim(self) -> None:
@@ -700,8 +697,7 @@ class Switch:
             cost=cdr.cost,
             node_id=self.node_id,
         )
-        written = await self._cdr_writes.submit(record)
-        session.cdrs.append(written)
+        await self._cdr_writes.submit(record)
         if cdr.leg == cf.DESTINATION and cdr.cost and session.reserved:
             await self.credit.commit(session.sid, cdr.cost)
             session.reserved = False

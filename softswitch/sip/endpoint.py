@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from softswitch.sip import transaction as txl
@@ -267,9 +267,6 @@ class Endpoint:
         ack = self.stamp_via(ack, dest.transport)
         self._out.append((serialize(ack), dest))
 
-    def send_stateless(self, message: Request | Response, dest: Address) -> None:
-        self._out.append((serialize(message), dest))
-
     def new_branch(self) -> str:
         return MAGIC_COOKIE + self._token()
 
@@ -477,9 +474,3 @@ def _reason_for(bad: BadMessage) -> str:
     # A short, safe reason phrase: the parser's detail, without CR/LF.
     detail = bad.reason.replace("\r", " ").replace("\n", " ")[:80]
     return f"{default} ({detail})" if detail and detail != default else default
-
-
-def iter_events(endpoint: Endpoint) -> Iterable[EndpointEvent]:
-    """Drain ``endpoint``'s events."""
-    while (event := endpoint.next_event()) is not None:
-        yield event
