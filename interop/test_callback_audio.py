@@ -50,8 +50,8 @@ from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missi
 from interop.peers import SCENARIOS, free_port
 from interop.test_callback_e2e import check_cdrs
 from media import g711
-from media.prompts import prompt_path
 from media.tools import read_audio, write_audio
+from softswitch.prompts import prompt_path
 
 pytestmark = pytest.mark.interop
 

@@ -14,7 +14,7 @@ import pstats
 import time
 
 from softswitch.config import Config
-from softswitch.node import Node
+from softswitch.node.node import Node
 from softswitch.sip.message import Address
 from softswitch.sip.parser import parse_message
 from softswitch.sip.serializer import serialize

@@ -52,7 +52,7 @@ LANGUAGES = ("ja", "en")
 ESPEAK_ARGS = ("-v", "en-us", "-s", "150")
 # The HTS voice's default pace is slower than espeak-ng at 150 words a minute; this evens it out.
 JA_SPEED = 1.1
-ROOT = Path(__file__).resolve().parent.parent / "prompts"
+ROOT = Path(__file__).resolve().parent.parent / "softswitch" / "prompts"
 
 Float = npt.NDArray[np.float64]
 

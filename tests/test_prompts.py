@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 
 from media.player import clear_cache, load_audio
-from media.prompts import (
+from softswitch.prompts import (
     DIGIT_PROMPTS,
     LANGUAGES,
     PROMPT_NAMES,

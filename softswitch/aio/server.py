@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softswitch.config import Config
-from softswitch.node import Node
+from softswitch.node.node import Node
 from softswitch.sip.message import Address
 from softswitch.sip.parser import StreamFramer
 

@@ -28,10 +28,10 @@ from typing import Any, Generic, TypeVar
 from media import engine as me
 from media.aio import MediaShell
 from media.player import Tone
-from media.prompts import prompt_path
 from softswitch.config import Config
-from softswitch.node import Node, TriggerCall
-from softswitch.outbound import LegAnswered, LegEnded, LegFailed, LegRinging
+from softswitch.node.node import Node, TriggerCall
+from softswitch.node.outbound import LegAnswered, LegEnded, LegFailed, LegRinging
+from softswitch.prompts import prompt_path
 from softswitch.service import callflow as cf
 from softswitch.service import dialplan, rating
 from softswitch.sip import sdp

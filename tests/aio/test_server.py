@@ -7,7 +7,7 @@ import socket
 
 from softswitch.aio.server import Server
 from softswitch.config import Config
-from softswitch.demo import free_port
+from softswitch.demo.run import free_port
 from softswitch.sip.message import Response
 from softswitch.sip.parser import StreamFramer, parse_message
 

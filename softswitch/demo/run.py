@@ -2,7 +2,7 @@
 
 A real node (``softswitch serve`` in a subprocess: the same code path, real UDP sockets, a
 temporary SQLite store with a demo account and a rate) and, in this process, an emulated
-carrier (:mod:`softswitch.demo_carrier`) with the customer's phone and the destination's phone,
+carrier (:mod:`softswitch.demo.carrier`) with the customer's phone and the destination's phone,
 built from the project's own SIP stack and media engine. The node registers to the carrier with
 digest authentication; the customer rings the trigger number and hangs up after one ring; the
 node calls the customer back, plays the dial prompt; the customer dials the destination with
@@ -186,7 +186,7 @@ async def _run(
 ) -> tuple[
     bool, list[tuple[float, str]], list[tuple[float, str]], list[tuple[str, bool, str]], float
 ]:
-    from softswitch.demo_carrier import CarrierConfig, EmulatedCarrier, call_checks
+    from softswitch.demo.carrier import CarrierConfig, EmulatedCarrier, call_checks
 
     start = time.time()
     node: subprocess.Popen[str] | None = None
@@ -222,7 +222,7 @@ async def _run(
         )
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         node = subprocess.Popen(
-            [sys.executable, "-m", "softswitch.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "softswitch", "serve", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

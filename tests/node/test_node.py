@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from softswitch.config import Config, TrunkConfig
-from softswitch.node import Node
+from softswitch.node.node import Node
 from softswitch.sip.message import Address, Request, Response
 from softswitch.sip.parser import parse_message
 

@@ -32,7 +32,7 @@ __all__ = [
     "prompt_path",
 ]
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(__file__).resolve().parent
 LANGUAGES: tuple[str, ...] = ("ja", "en")
 SUFFIX = ".wav"
 

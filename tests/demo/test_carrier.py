@@ -18,7 +18,7 @@ from media.aio import MediaShell
 from media.engine import DigitReceived, Event
 from media.g711 import ULAW_DECODE, ulaw_encode
 from media.tones import dtmf_tone, sine
-from softswitch.demo_carrier import (
+from softswitch.demo.carrier import (
     CarrierConfig,
     CustomerScript,
     EmulatedCarrier,

@@ -58,13 +58,13 @@ from media.g711 import ALAW_DECODE, ULAW_DECODE
 from media.rtp import RtpError, parse_header
 from media.session import Addr
 from media.tones import sine
+from softswitch.node.testline import next_hop
 from softswitch.sip import endpoint as ep
 from softswitch.sip import sdp
 from softswitch.sip import transaction as txl
 from softswitch.sip.dialog import AckTimeout, Dialog, DialogError, InviteResponder
 from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Response
 from softswitch.sip.uri import parse_name_addr
-from softswitch.testline import next_hop
 
 __all__ = [
     "FRAME",
@@ -88,7 +88,7 @@ __all__ = [
     "verify_digest",
 ]
 
-log = logging.getLogger("softswitch.demo_carrier")
+log = logging.getLogger("softswitch.demo.carrier")
 
 RATE = 8000
 FRAME = 160

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from softswitch.config import Config, TrunkConfig
-from softswitch.node import Node
-from softswitch.outbound import LegAnswered, LegEnded, LegFailed, LegRinging, OutboundCalls
+from softswitch.node.node import Node
+from softswitch.node.outbound import LegAnswered, LegEnded, LegFailed, LegRinging, OutboundCalls
 from softswitch.sip.message import Address, Request
 from softswitch.sip.parser import parse_message
 

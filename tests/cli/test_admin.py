@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from softswitch.admin_cli import account_app, cdr_app, db_app, rates_app, speed_dial_app
+from softswitch.cli.admin import account_app, cdr_app, db_app, rates_app, speed_dial_app
 
 app = typer.Typer()
 app.add_typer(account_app, name="account")

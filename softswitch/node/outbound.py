@@ -21,12 +21,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from softswitch.config import TrunkConfig
+from softswitch.node.testline import next_hop
 from softswitch.sip import auth
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
 from softswitch.sip.dialog import Dialog
 from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Response
-from softswitch.testline import next_hop
 
 log = logging.getLogger("softswitch.outbound")
 

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from softswitch import __version__, admin_cli
+from softswitch import __version__
+from softswitch.cli import admin as admin_cli
 
 app = typer.Typer(
     add_completion=False,
@@ -78,7 +79,7 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory with logs.")] = False,
 ) -> None:
     """Start a node and a SIPp carrier on loopback and show a registration and a trigger call."""
-    from softswitch.demo import run_demo
+    from softswitch.demo.run import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
 

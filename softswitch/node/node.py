@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from softswitch.config import Config
-from softswitch.outbound import OutboundCalls
+from softswitch.node.outbound import OutboundCalls
+from softswitch.node.testline import TestLines
+from softswitch.node.trunk import Trunk
 from softswitch.service.trigger import (
     CallbackRequested,
     TriggerOutcome,
@@ -25,8 +27,6 @@ from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
 from softswitch.sip.message import Address, BadMessage, Request, Response
 from softswitch.sip.timers import TimerConfig
-from softswitch.testline import TestLines
-from softswitch.trunk import Trunk
 
 log = logging.getLogger("softswitch.node")
 
