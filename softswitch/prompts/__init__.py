@@ -69,6 +69,10 @@ PROMPT_NAMES: tuple[str, ...] = (
     "name_saved",
     "beep",
     *DIGIT_PROMPTS.values(),
+    "call_failed",
+    "no_answer",
+    "unknown_speed_dial",
+    "location_unavailable",
 )
 
 _NAMES = frozenset(PROMPT_NAMES)
