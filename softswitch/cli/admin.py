@@ -22,6 +22,7 @@ from typing import Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
 
+from softswitch.cli import csvio
 from softswitch.config import DEFAULT_DB
 from softswitch.store import (
     UNSET,
@@ -360,7 +361,7 @@ def speed_dial_import(
     as_json: Json = False,
 ) -> None:
     """Import speed dials from CSV (all or nothing; existing codes are replaced)."""
-    count = _run(db, lambda s: s.speed_dials.import_csv(account_id, file))
+    count = _run(db, lambda s: csvio.import_speed_dials(s.speed_dials, account_id, file))
     if as_json:
         _print_json({"imported": count})
     else:
@@ -415,7 +416,7 @@ def rates_import(
     as_json: Json = False,
 ) -> None:
     """Import rates from CSV (all or nothing)."""
-    count = _run(db, lambda s: s.rates.import_csv(file, replace_all=replace))
+    count = _run(db, lambda s: csvio.import_rates(s.rates, file, replace_all=replace))
     if as_json:
         _print_json({"imported": count})
     else:
@@ -527,7 +528,7 @@ def cdr_export(
             found = await s.cdrs.list(where, limit=2**62)
             handle.write(json.dumps([cdr_json(c) for c in found], ensure_ascii=False) + "\n")
         else:
-            await s.cdrs.export_csv(handle, where)
+            await csvio.write_cdrs(handle, s.cdrs.stream(where))
 
     async def work(s: Store) -> None:
         if output is None:

@@ -39,6 +39,7 @@ from softswitch.store.repos import (
     SpeedDialRepo,
     Store,
     StoreError,
+    TooManySpeedDials,
 )
 
 __all__ = [
@@ -73,4 +74,5 @@ __all__ = [
     "SpeedDialRepo",
     "Store",
     "StoreError",
+    "TooManySpeedDials",
 ]

@@ -1,0 +1,460 @@
+"""Accounts: trigger and registered numbers, location, security code, recorded name.
+
+Security codes are kept as a salted scrypt hash (stdlib), checked in a worker thread so the
+event loop never stalls; ``max_code_failures`` wrong codes in a row lock the location menu for
+``lockout_s`` (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from softswitch.store.db import Database, seconds, us
+from softswitch.store.models import (
+    Account,
+    AccountKind,
+    AccountStatus,
+    CodeCheck,
+    Language,
+    Location,
+    RegisteredNumber,
+)
+from softswitch.store.repos.common import (
+    SECURITY_CODE,
+    UNSET,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    _Unset,
+    check_extension,
+    log,
+    number_digits,
+    to_seconds,
+)
+from softswitch.store.tables import accounts, registered_numbers, trigger_numbers
+
+# -- security codes -----------------------------------------------------------------------------
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_security_code(code: str) -> str:
+    """A salted scrypt hash of a 4-digit code: ``scrypt$n$r$p$salt$hash`` (hex)."""
+    if not SECURITY_CODE.fullmatch(code):
+        raise InvalidInput("security code: exactly 4 digits")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        code.encode(), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=32
+    )
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_security_code(code: str, stored: str) -> bool:
+    """Whether ``code`` matches a hash from ``hash_security_code`` (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            code.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got, bytes.fromhex(digest))
+
+
+# -- accounts -----------------------------------------------------------------------------------
+
+
+def _account(row: Row[Any], triggers: Sequence[str]) -> Account:
+    m = row._mapping
+    location = (
+        Location(m["location_number"], m["location_extension"]) if m["location_number"] else None
+    )
+    return Account(
+        id=m["id"],
+        name=m["name"],
+        kind=AccountKind(m["kind"]),
+        language=Language(m["language"]),
+        status=AccountStatus(m["status"]),
+        location=location,
+        triggers=tuple(sorted(triggers)),
+        has_security_code=m["security_code_hash"] is not None,
+        failed_code_count=m["failed_code_count"],
+        locked_until=seconds(m["locked_until_us"]),
+        recorded_name_path=m["recorded_name_path"],
+        credit_limit=m["credit_limit"],
+        credit_used=m["credit_used"],
+        credit_reserved=m["credit_reserved"],
+        hotline_destination=m["hotline_destination"],
+        created_at=to_seconds(m["created_us"]),
+        updated_at=to_seconds(m["updated_us"]),
+    )
+
+
+class AccountRepo:
+    """Accounts, their trigger and registered numbers, location, security code and name."""
+
+    def __init__(
+        self, db: Database, *, max_code_failures: int = 5, lockout_s: float = 1800.0
+    ) -> None:
+        self.db = db
+        self.max_code_failures = max_code_failures
+        self.lockout_s = lockout_s
+
+    async def add(
+        self,
+        name: str,
+        *,
+        kind: AccountKind = AccountKind.STANDARD,
+        language: Language = Language.JA,
+        triggers: Iterable[str] = (),
+        location: Location | None = None,
+        security_code: str | None = None,
+        credit_limit: int = 0,
+        hotline_destination: str | None = None,
+    ) -> Account:
+        """Create an active account; trigger numbers must not belong to another account."""
+        if not name.strip():
+            raise InvalidInput("account name: must not be empty")
+        numbers = sorted({number_digits(t, "trigger number") for t in triggers})
+        hotline = (
+            number_digits(hotline_destination, "hotline destination")
+            if (hotline_destination)
+            else None
+        )
+        if kind is AccountKind.HOTLINE and hotline is None:
+            raise InvalidInput("a hotline account needs a hotline destination")
+        if credit_limit < 0:
+            raise InvalidInput("credit limit: must not be negative")
+        code_hash = await _hash(security_code) if security_code is not None else None
+        loc_number, loc_ext = _location_values(location)
+        stamp = us(self.db.clock())
+        try:
+            async with self.db.write() as conn:
+                result = await conn.execute(
+                    insert(accounts)
+                    .values(
+                        name=name.strip(),
+                        kind=kind.value,
+                        language=language.value,
+                        status=AccountStatus.ACTIVE.value,
+                        location_number=loc_number,
+                        location_extension=loc_ext,
+                        security_code_hash=code_hash,
+                        credit_limit=credit_limit,
+                        hotline_destination=hotline,
+                        created_us=stamp,
+                        updated_us=stamp,
+                    )
+                    .returning(accounts.c.id)
+                )
+                account_id = int(result.scalar_one())
+                for number in numbers:
+                    await conn.execute(
+                        insert(trigger_numbers).values(number=number, account_id=account_id)
+                    )
+        except IntegrityError:
+            raise Conflict(f"trigger number already in use: {', '.join(numbers)}") from None
+        log.info("account %d (%s) added, triggers %s", account_id, name, numbers)
+        return await self.get(account_id)
+
+    async def get(self, account_id: int) -> Account:
+        """The account, or ``NotFound``."""
+        async with self.db.read() as conn:
+            found = await _load_accounts(conn, accounts.c.id == account_id)
+        if not found:
+            raise NotFound(f"no account {account_id}")
+        return found[0]
+
+    async def by_trigger(self, number: str) -> Account | None:
+        """The account a trigger number belongs to (``None`` for an unknown number)."""
+        try:
+            digits = number_digits(number, "trigger number")
+        except InvalidInput:
+            return None
+        async with self.db.read() as conn:
+            owner = select(trigger_numbers.c.account_id).where(trigger_numbers.c.number == digits)
+            found = await _load_accounts(conn, accounts.c.id.in_(owner))
+        return found[0] if found else None
+
+    async def list(self, *, status: AccountStatus | None = None) -> tuple[Account, ...]:
+        """All accounts (or those with ``status``), by id."""
+        where = accounts.c.status == status.value if status else None
+        async with self.db.read() as conn:
+            return tuple(await _load_accounts(conn, where))
+
+    async def update(
+        self,
+        account_id: int,
+        *,
+        name: str | _Unset = UNSET,
+        kind: AccountKind | _Unset = UNSET,
+        language: Language | _Unset = UNSET,
+        credit_limit: int | _Unset = UNSET,
+        hotline_destination: str | _Unset | None = UNSET,
+        security_code: str | _Unset | None = UNSET,
+    ) -> Account:
+        """Change the given fields (``UNSET`` ones stay); ``security_code=None`` removes it."""
+        values: dict[str, Any] = {}
+        if not isinstance(name, _Unset):
+            if not name.strip():
+                raise InvalidInput("account name: must not be empty")
+            values["name"] = name.strip()
+        if not isinstance(kind, _Unset):
+            values["kind"] = kind.value
+        if not isinstance(language, _Unset):
+            values["language"] = language.value
+        if not isinstance(credit_limit, _Unset):
+            if credit_limit < 0:
+                raise InvalidInput("credit limit: must not be negative")
+            values["credit_limit"] = credit_limit
+        if not isinstance(hotline_destination, _Unset):
+            values["hotline_destination"] = (
+                number_digits(hotline_destination, "hotline destination")
+                if hotline_destination
+                else None
+            )
+        if not isinstance(security_code, _Unset):
+            values["security_code_hash"] = (
+                await _hash(security_code) if security_code is not None else None
+            )
+            values["failed_code_count"] = 0
+            values["locked_until_us"] = None
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.kind, accounts.c.hotline_destination)
+                    .where(accounts.c.id == account_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no account {account_id}")
+            final_kind = values.get("kind", row.kind)
+            final_hotline = values.get("hotline_destination", row.hotline_destination)
+            if final_kind == AccountKind.HOTLINE.value and not final_hotline:
+                raise InvalidInput("a hotline account needs a hotline destination")
+            await _touch(conn, self.db, account_id, **values)
+        return await self.get(account_id)
+
+    async def suspend(self, account_id: int) -> Account:
+        """Stop serving the account: its triggers no longer cause callbacks."""
+        return await self._set_status(account_id, AccountStatus.SUSPENDED)
+
+    async def resume(self, account_id: int) -> Account:
+        """Serve a suspended account again."""
+        return await self._set_status(account_id, AccountStatus.ACTIVE)
+
+    async def _set_status(self, account_id: int, status: AccountStatus) -> Account:
+        async with self.db.write() as conn:
+            await _touch(conn, self.db, account_id, status=status.value)
+        log.info("account %d: status %s", account_id, status.value)
+        return await self.get(account_id)
+
+    async def set_location(self, account_id: int, location: Location | None) -> Account:
+        """Make ``location`` the account's current callback location (SPEC section 4)."""
+        number, extension = _location_values(location)
+        async with self.db.write() as conn:
+            await _touch(
+                conn, self.db, account_id, location_number=number, location_extension=extension
+            )
+        return await self.get(account_id)
+
+    async def set_recorded_name(self, account_id: int, path: str | None) -> Account:
+        """Remember the file holding the customer's recorded name (SPEC section 5)."""
+        async with self.db.write() as conn:
+            await _touch(conn, self.db, account_id, recorded_name_path=path)
+        return await self.get(account_id)
+
+    async def add_trigger(self, account_id: int, number: str) -> Account:
+        """Give the account another trigger number (``Conflict`` if any account has it)."""
+        digits = number_digits(number, "trigger number")
+        try:
+            async with self.db.write() as conn:
+                await _touch(conn, self.db, account_id)
+                await conn.execute(
+                    insert(trigger_numbers).values(number=digits, account_id=account_id)
+                )
+        except IntegrityError:
+            raise Conflict(f"trigger number {digits} is already in use") from None
+        return await self.get(account_id)
+
+    async def remove_trigger(self, account_id: int, number: str) -> Account:
+        """Take a trigger number away from the account."""
+        digits = number_digits(number, "trigger number")
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(trigger_numbers).where(
+                    trigger_numbers.c.number == digits, trigger_numbers.c.account_id == account_id
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"account {account_id} has no trigger number {digits}")
+            await _touch(conn, self.db, account_id)
+        return await self.get(account_id)
+
+    async def add_registered_number(
+        self, account_id: int, number: str, extension: str | None = None, label: str = ""
+    ) -> RegisteredNumber:
+        """Keep a number on file that the customer may pick as a location."""
+        digits = number_digits(number)
+        ext = check_extension(extension)
+        try:
+            async with self.db.write() as conn:
+                await _touch(conn, self.db, account_id)
+                result = await conn.execute(
+                    insert(registered_numbers)
+                    .values(account_id=account_id, number=digits, extension=ext, label=label)
+                    .returning(registered_numbers.c.id)
+                )
+                reg_id = int(result.scalar_one())
+        except IntegrityError:
+            raise Conflict(f"account {account_id} already has {digits}") from None
+        return RegisteredNumber(reg_id, account_id, digits, ext, label)
+
+    async def registered_numbers(self, account_id: int) -> tuple[RegisteredNumber, ...]:
+        """The account's registered numbers, oldest first."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(registered_numbers)
+                .where(registered_numbers.c.account_id == account_id)
+                .order_by(registered_numbers.c.id)
+            )
+            return tuple(
+                RegisteredNumber(r.id, r.account_id, r.number, r.extension, r.label) for r in rows
+            )
+
+    async def remove_registered_number(self, account_id: int, registered_id: int) -> None:
+        """Forget a registered number (``NotFound`` if the account has no such entry)."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(registered_numbers).where(
+                    registered_numbers.c.id == registered_id,
+                    registered_numbers.c.account_id == account_id,
+                )
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"account {account_id} has no registered number {registered_id}")
+
+    async def verify_security_code(self, account_id: int, code: str, now: float) -> CodeCheck:
+        """Check a code typed at the location menu (SPEC section 4).
+
+        ``ACCEPTED`` resets the failure count. ``REJECTED`` counts a failure; the failure that
+        reaches ``max_code_failures`` locks the menu for ``lockout_s`` and answers ``LOCKED``, as
+        does every attempt (right or wrong) until the lock expires. ``NO_CODE``: none is set.
+        """
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(accounts.c.security_code_hash, accounts.c.locked_until_us).where(
+                        accounts.c.id == account_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no account {account_id}")
+        if row.security_code_hash is None:
+            return CodeCheck.NO_CODE
+        now_us = us(now)
+        if row.locked_until_us is not None and now_us < row.locked_until_us:
+            log.warning("account %d: security code tried while locked", account_id)
+            return CodeCheck.LOCKED
+        ok = await asyncio.to_thread(check_security_code, code, row.security_code_hash)
+        unlocked = or_(accounts.c.locked_until_us.is_(None), accounts.c.locked_until_us <= now_us)
+        async with self.db.write() as conn:
+            if ok:
+                result = await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, unlocked)
+                    .values(failed_code_count=0, locked_until_us=None)
+                )
+                return CodeCheck.ACCEPTED if result.rowcount else CodeCheck.LOCKED
+            failures = (
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id, unlocked)
+                    .values(failed_code_count=accounts.c.failed_code_count + 1)
+                    .returning(accounts.c.failed_code_count)
+                )
+            ).scalar_one_or_none()
+            if failures is None:
+                return CodeCheck.LOCKED
+            if failures < self.max_code_failures:
+                log.info("account %d: wrong security code (%d in a row)", account_id, failures)
+                return CodeCheck.REJECTED
+            await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(failed_code_count=0, locked_until_us=now_us + us(self.lockout_s))
+            )
+        log.warning(
+            "account %d: %d wrong security codes, location menu locked for %.0f s",
+            account_id,
+            failures,
+            self.lockout_s,
+        )
+        return CodeCheck.LOCKED
+
+
+async def _hash(code: str) -> str:
+    return await asyncio.to_thread(hash_security_code, code)
+
+
+def _location_values(location: Location | None) -> tuple[str | None, str | None]:
+    if location is None:
+        return None, None
+    return number_digits(location.number, "location"), check_extension(location.extension)
+
+
+async def _touch(conn: AsyncConnection, db: Database, account_id: int, **values: Any) -> None:
+    result = await conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(updated_us=us(db.clock()), **values)
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no account {account_id}")
+
+
+async def _load_accounts(conn: AsyncConnection, where: Any) -> list[Account]:
+    query = select(accounts).order_by(accounts.c.id)
+    if where is not None:
+        query = query.where(where)
+    rows = (await conn.execute(query)).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    numbers: dict[int, list[str]] = {i: [] for i in ids}
+    for t in await conn.execute(
+        select(trigger_numbers.c.account_id, trigger_numbers.c.number).where(
+            trigger_numbers.c.account_id.in_(ids)
+        )
+    ):
+        numbers[t.account_id].append(t.number)
+    return [_account(r, numbers[r.id]) for r in rows]
+
+
+async def lock_account(conn: AsyncConnection, account_id: int) -> None:
+    """Lock the account's row for the rest of ``conn``'s transaction (``NotFound`` if none).
+
+    The row lock (PostgreSQL; SQLite's writer lock already excludes other writers) serialises
+    per-account limits such as the 115 speed dials.
+    """
+    found = (
+        await conn.execute(
+            select(accounts.c.id).where(accounts.c.id == account_id).with_for_update()
+        )
+    ).first()
+    if found is None:
+        raise NotFound(f"no account {account_id}")

@@ -1,0 +1,329 @@
+"""The callback queue: callbacks owed to customers, shared by every node through the database.
+
+``CallbackQueue.claim_due`` selects due rows ``FOR UPDATE SKIP LOCKED`` (ignored by SQLite,
+where the writer lock already excludes other claimers) and marks them claimed with a lease. A
+node that dies stops renewing nothing; its lease simply runs out and the next ``claim_due`` on
+any node takes the callback over. A partial unique index allows one open (pending or claimed)
+callback per account, so a second trigger is absorbed even across nodes.
+
+The callback life cycle is a small state machine owned here (``CALLBACK_TRANSITIONS``); a
+transition the table does not allow raises ``IllegalTransition``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from softswitch.store.db import Database, seconds, us
+from softswitch.store.models import CallbackState, PendingCallback
+from softswitch.store.repos.common import IllegalTransition, NotFound, log, to_seconds
+from softswitch.store.tables import callbacks
+
+OPEN_STATES = (CallbackState.PENDING.value, CallbackState.CLAIMED.value)
+
+# event -> (states it may start from, state it leads to); claiming is ``claim_due``'s own query.
+CALLBACK_TRANSITIONS: dict[str, tuple[frozenset[CallbackState], CallbackState]] = {
+    "claim": (frozenset({CallbackState.PENDING, CallbackState.CLAIMED}), CallbackState.CLAIMED),
+    "reschedule": (frozenset({CallbackState.CLAIMED}), CallbackState.PENDING),
+    "complete": (frozenset({CallbackState.CLAIMED}), CallbackState.DONE),
+    "fail": (frozenset({CallbackState.CLAIMED}), CallbackState.FAILED),
+}
+
+
+def _callback(row: Row[Any]) -> PendingCallback:
+    return PendingCallback(
+        id=row.id,
+        account_id=row.account_id,
+        trigger=row.trigger_number,
+        requested_at=to_seconds(row.requested_us),
+        due_at=to_seconds(row.due_us),
+        attempts=row.attempts,
+        state=CallbackState(row.state),
+        claimed_by=row.claimed_by,
+        claimed_until=seconds(row.claimed_until_us),
+        last_error=row.last_error,
+    )
+
+
+class CallbackQueue:
+    """Callbacks owed to customers, shared by every node through the database.
+
+    A node ``claim_due``s callbacks with a lease, places them, then ``complete``s, ``fail``s or
+    ``reschedule``s each (retries, SPEC section 1.4). Claiming counts an attempt. If the node
+    dies, the lease runs out and another node's ``claim_due`` takes the callback over.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def enqueue(
+        self,
+        account_id: int,
+        trigger: str,
+        due_at: float,
+        *,
+        now: float,
+        claim_for: tuple[str, float] | None = None,
+    ) -> tuple[PendingCallback, bool]:
+        """Queue a callback; while one is open for the account, return that one instead.
+
+        Returns ``(callback, created)``: ``created`` is ``False`` when the trigger was absorbed.
+        ``claim_for=(node_id, lease_s)`` queues it already claimed by that node (one write
+        instead of two on the path from trigger to callback; the lease still lets another
+        node take it over if this one dies).
+        """
+        values: dict[str, Any] = {
+            "account_id": account_id,
+            "trigger_number": trigger,
+            "requested_us": us(now),
+            "due_us": us(due_at),
+            "state": CallbackState.PENDING.value,
+        }
+        if claim_for is not None:
+            node_id, lease_s = claim_for
+            values.update(
+                state=CallbackState.CLAIMED.value,
+                claimed_by=node_id,
+                claimed_until_us=us(now + lease_s),
+                attempts=1,
+            )
+        try:
+            async with self.db.write() as conn:
+                existing = await self._open_for(conn, account_id)
+                if existing is not None:
+                    return existing, False
+                row = (
+                    await conn.execute(insert(callbacks).values(**values).returning(*callbacks.c))
+                ).one()
+                return _callback(row), True
+        except IntegrityError:
+            # Another node queued one between our check and insert (PostgreSQL): absorb.
+            async with self.db.read() as conn:
+                existing = await self._open_for(conn, account_id)
+            if existing is None:
+                raise
+            return existing, False
+
+    async def enqueue_many(
+        self,
+        items: Sequence[tuple[int, str]],
+        *,
+        now: float,
+        claim_for: tuple[str, float] | None = None,
+    ) -> list[tuple[PendingCallback, bool]]:
+        """:meth:`enqueue` for many ``(account_id, trigger)`` at once, in one transaction.
+
+        A busy node gets many triggers per millisecond; one commit for all of them keeps the
+        store from being the bottleneck (each commit costs milliseconds). Due at ``now``.
+        """
+        values: dict[str, Any] = {"requested_us": us(now), "due_us": us(now)}
+        if claim_for is not None:
+            node_id, lease_s = claim_for
+            values.update(
+                state=CallbackState.CLAIMED.value,
+                claimed_by=node_id,
+                claimed_until_us=us(now + lease_s),
+                attempts=1,
+            )
+        else:
+            values["state"] = CallbackState.PENDING.value
+        try:
+            async with self.db.write() as conn:
+                out: list[tuple[PendingCallback, bool]] = []
+                for account_id, trigger in items:
+                    existing = await self._open_for(conn, account_id)
+                    if existing is not None:
+                        out.append((existing, False))
+                        continue
+                    row = (
+                        await conn.execute(
+                            insert(callbacks)
+                            .values(account_id=account_id, trigger_number=trigger, **values)
+                            .returning(*callbacks.c)
+                        )
+                    ).one()
+                    out.append((_callback(row), True))
+                return out
+        except IntegrityError:
+            # Another node raced us on one of them (PostgreSQL): take them one by one.
+            return [await self.enqueue(a, t, now, now=now, claim_for=claim_for) for a, t in items]
+
+    @staticmethod
+    async def _open_for(conn: AsyncConnection, account_id: int) -> PendingCallback | None:
+        row = (
+            await conn.execute(
+                select(callbacks).where(
+                    callbacks.c.account_id == account_id, callbacks.c.state.in_(OPEN_STATES)
+                )
+            )
+        ).first()
+        return _callback(row) if row else None
+
+    async def open_for(self, account_id: int) -> PendingCallback | None:
+        """The account's pending or claimed callback, if any."""
+        async with self.db.read() as conn:
+            return await self._open_for(conn, account_id)
+
+    async def get(self, callback_id: int) -> PendingCallback:
+        """One callback by id (``NotFound`` if none)."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(callbacks).where(callbacks.c.id == callback_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"no callback {callback_id}")
+        return _callback(row)
+
+    async def list(self, *, state: CallbackState | None = None) -> tuple[PendingCallback, ...]:
+        """Callbacks (in one state, or all) by id."""
+        query = select(callbacks).order_by(callbacks.c.id)
+        if state is not None:
+            query = query.where(callbacks.c.state == state.value)
+        async with self.db.read() as conn:
+            return tuple(_callback(r) for r in await conn.execute(query))
+
+    async def claim_due(
+        self, node_id: str, now: float, lease_s: float, limit: int = 10
+    ) -> tuple[PendingCallback, ...]:
+        """Claim up to ``limit`` callbacks due by ``now`` for ``lease_s`` seconds.
+
+        Also takes over callbacks whose lease expired (their node died). No callback is ever
+        held by two nodes: rows are locked ``SKIP LOCKED`` on PostgreSQL and the writer lock
+        is held on SQLite between choosing and marking them.
+        """
+        now_us = us(now)
+        due = or_(
+            and_(callbacks.c.state == CallbackState.PENDING.value, callbacks.c.due_us <= now_us),
+            and_(
+                callbacks.c.state == CallbackState.CLAIMED.value,
+                callbacks.c.claimed_until_us < now_us,
+            ),
+        )
+        async with self.db.write() as conn:
+            chosen = (
+                await conn.execute(
+                    select(callbacks.c.id, callbacks.c.state, callbacks.c.claimed_by)
+                    .where(due)
+                    .order_by(callbacks.c.due_us, callbacks.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not chosen:
+                return ()
+            rows = (
+                await conn.execute(
+                    update(callbacks)
+                    .where(callbacks.c.id.in_([c.id for c in chosen]))
+                    .values(
+                        state=CallbackState.CLAIMED.value,
+                        claimed_by=node_id,
+                        claimed_until_us=now_us + us(lease_s),
+                        attempts=callbacks.c.attempts + 1,
+                    )
+                    .returning(*callbacks.c)
+                )
+            ).all()
+        for c in chosen:
+            if c.state == CallbackState.CLAIMED.value:
+                log.warning(
+                    "callback %d: lease of %s expired, claimed -> claimed by %s",
+                    c.id,
+                    c.claimed_by,
+                    node_id,
+                )
+            else:
+                log.info("callback %d: pending -> claimed by %s", c.id, node_id)
+        return tuple(sorted((_callback(r) for r in rows), key=lambda p: (p.due_at, p.id)))
+
+    async def reschedule(
+        self, callback_id: int, due_at: float, error: str, *, node_id: str | None = None
+    ) -> bool:
+        """Put a claimed callback back in the queue for another attempt at ``due_at``."""
+        return await self._move(
+            callback_id, "reschedule", node_id, due_us=us(due_at), last_error=error
+        )
+
+    async def complete(self, callback_id: int, *, node_id: str | None = None) -> bool:
+        """The callback was placed (answered): it leaves the queue."""
+        return await self._move(callback_id, "complete", node_id)
+
+    async def fail(self, callback_id: int, error: str, *, node_id: str | None = None) -> bool:
+        """Give up on the callback (attempts exhausted, account suspended ...)."""
+        return await self._move(callback_id, "fail", node_id, last_error=error)
+
+    async def settle_many(
+        self, items: Sequence[tuple[int, str, str | None]], *, node_id: str
+    ) -> builtins.list[bool]:
+        """``complete`` / ``fail`` several callbacks of ``node_id`` in one transaction.
+
+        ``items`` are ``(callback_id, "complete" | "fail", error)``. Each result is False when
+        the move did not apply (the claim was lost, or the state allows no such move); those
+        are logged, not raised, so one stale callback cannot fail the others' commit.
+        """
+        out: list[bool] = []
+        async with self.db.write() as conn:
+            for callback_id, event, error in items:
+                sources, target = CALLBACK_TRANSITIONS[event]
+                values: dict[str, Any] = {} if error is None else {"last_error": error}
+                result = await conn.execute(
+                    update(callbacks)
+                    .where(
+                        callbacks.c.id == callback_id,
+                        callbacks.c.state.in_([st.value for st in sources]),
+                        callbacks.c.claimed_by == node_id,
+                    )
+                    .values(state=target.value, claimed_by=None, claimed_until_us=None, **values)
+                )
+                moved = bool(result.rowcount)
+                if moved:
+                    log.info("callback %d: claimed -> %s (%s)", callback_id, target.value, event)
+                else:
+                    log.warning(
+                        "callback %d: %s by %s did not apply (claim lost?)",
+                        callback_id,
+                        event,
+                        node_id,
+                    )
+                out.append(moved)
+        return out
+
+    async def _move(self, callback_id: int, event: str, node_id: str | None, **values: Any) -> bool:
+        """Apply ``event``; ``False`` if ``node_id`` lost its claim (lease taken over)."""
+        sources, target = CALLBACK_TRANSITIONS[event]
+        conditions = [
+            callbacks.c.id == callback_id,
+            callbacks.c.state.in_([s.value for s in sources]),
+        ]
+        if node_id is not None:
+            conditions.append(callbacks.c.claimed_by == node_id)
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(callbacks)
+                .where(*conditions)
+                .values(state=target.value, claimed_by=None, claimed_until_us=None, **values)
+            )
+            if result.rowcount:
+                old = ", ".join(sorted(s.value for s in sources))
+                log.info("callback %d: %s -> %s (%s)", callback_id, old, target.value, event)
+                return True
+            row = (
+                await conn.execute(
+                    select(callbacks.c.state, callbacks.c.claimed_by).where(
+                        callbacks.c.id == callback_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no callback {callback_id}")
+        if node_id is not None and row.claimed_by != node_id:
+            log.warning("callback %d: %s by %s refused, claim lost", callback_id, event, node_id)
+            return False
+        raise IllegalTransition(f"callback {callback_id}: cannot {event} from {row.state}")

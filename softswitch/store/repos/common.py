@@ -1,0 +1,78 @@
+"""What every repository shares: the store's errors, ``UNSET``, and number/extension checks."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from pathlib import Path
+
+log = logging.getLogger("softswitch.store")
+
+MAX_NUMBER_DIGITS = 15  # E.164
+SPEED_DIAL_CODE = re.compile(r"0[1-9][0-9]{0,2}")  # "00" is customer service (SPEC section 2)
+SECURITY_CODE = re.compile(r"[0-9]{4}")
+EXTENSION = re.compile(r"[0-9*#]{1,16}")
+
+
+class StoreError(Exception):
+    """Base of the errors the store reports to its callers."""
+
+
+class NotFound(StoreError):
+    """The account, callback or reservation does not exist."""
+
+
+class Conflict(StoreError):
+    """The change contradicts stored data (a trigger number in use, 115 speed dials ...)."""
+
+
+class InvalidInput(StoreError):
+    """A value is malformed (not a number, a bad speed-dial code ...)."""
+
+
+class CsvError(InvalidInput):
+    """A CSV file is wrong; the message names the file and the line."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str) -> None:
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+
+
+class IllegalTransition(StoreError):
+    """A pending callback was asked to make a move its state does not allow."""
+
+
+class _Unset(enum.Enum):
+    UNSET = 0
+
+
+UNSET = _Unset.UNSET
+"""Default of ``AccountRepo.update`` arguments: leave the field as it is."""
+
+
+def number_digits(text: str, what: str = "number") -> str:
+    """E.164 digits of ``text`` (spaces, dashes, dots, brackets and a leading ``+`` allowed)."""
+    cleaned = re.sub(r"[\s\-.()]", "", text.strip())
+    cleaned = cleaned.removeprefix("+")
+    if not cleaned.isascii() or not cleaned.isdigit():
+        raise InvalidInput(f"{what} {text!r}: digits only (country code first)")
+    if not 2 <= len(cleaned) <= MAX_NUMBER_DIGITS:
+        raise InvalidInput(f"{what} {text!r}: must have 2 to {MAX_NUMBER_DIGITS} digits")
+    return cleaned
+
+
+def check_extension(text: str | None) -> str | None:
+    """A valid extension/room number (``None`` for none)."""
+    if text is None or text == "":
+        return None
+    if not EXTENSION.fullmatch(text):
+        raise InvalidInput(f"extension {text!r}: up to 16 of 0-9 * #")
+    return text
+
+
+def to_seconds(micro: int) -> float:
+    """Integer microseconds (as the tables keep time) -> epoch seconds."""
+    return micro / 1_000_000

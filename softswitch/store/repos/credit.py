@@ -1,0 +1,156 @@
+"""Credit held for live calls, so concurrent calls can never spend the same credit twice.
+
+``CreditRepo.reserve`` is a single conditional UPDATE of the account row
+(``WHERE credit_limit - credit_used - credit_reserved >= amount``). Two calls racing for the
+last credit serialise on that row and the second sees the first's reservation: one wins.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from softswitch.store.db import Database, us
+from softswitch.store.models import AccountStatus, CreditReservation
+from softswitch.store.repos.common import InvalidInput, NotFound, log, to_seconds
+from softswitch.store.tables import accounts, credit_reservations
+
+
+class CreditRepo:
+    """Credit held for live calls, so concurrent calls can never spend the same credit twice."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def reserve(
+        self, account_id: int, amount: int, call_uuid: str, *, now: float, ttl_s: float = 3600.0
+    ) -> bool:
+        """Hold ``amount`` for ``call_uuid`` if the account can afford it; ``False`` if not.
+
+        Reserving again for the same call adds to its reservation (a call extends its hold
+        minute by minute). Suspended accounts cannot reserve.
+        """
+        if amount < 0:
+            raise InvalidInput("amount: must not be negative")
+        expires = us(now + ttl_s)
+        async with self.db.write() as conn:
+            held = await conn.execute(
+                update(accounts)
+                .where(
+                    accounts.c.id == account_id,
+                    accounts.c.status == AccountStatus.ACTIVE.value,
+                    accounts.c.credit_limit - accounts.c.credit_used - accounts.c.credit_reserved
+                    >= amount,
+                )
+                .values(credit_reserved=accounts.c.credit_reserved + amount)
+            )
+            if held.rowcount == 0:
+                exists = (
+                    await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))
+                ).first()
+                if exists is None:
+                    raise NotFound(f"no account {account_id}")
+                return False
+            owner = (
+                await conn.execute(
+                    select(credit_reservations.c.account_id).where(
+                        credit_reservations.c.call_uuid == call_uuid
+                    )
+                )
+            ).scalar_one_or_none()
+            if owner is None:
+                await conn.execute(
+                    insert(credit_reservations).values(
+                        call_uuid=call_uuid,
+                        account_id=account_id,
+                        amount=amount,
+                        created_us=us(now),
+                        expires_us=expires,
+                    )
+                )
+            elif owner == account_id:
+                await conn.execute(
+                    update(credit_reservations)
+                    .where(credit_reservations.c.call_uuid == call_uuid)
+                    .values(amount=credit_reservations.c.amount + amount, expires_us=expires)
+                )
+            else:
+                raise InvalidInput(f"call {call_uuid} holds credit of account {owner}")
+        return True
+
+    async def commit(self, call_uuid: str, actual_cost: int) -> None:
+        """The call ended: charge ``actual_cost`` and drop its reservation."""
+        if actual_cost < 0:
+            raise InvalidInput("cost: must not be negative")
+        async with self.db.write() as conn:
+            account_id, amount = await self._drop(conn, call_uuid)
+            await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(
+                    credit_reserved=accounts.c.credit_reserved - amount,
+                    credit_used=accounts.c.credit_used + actual_cost,
+                )
+            )
+
+    async def release(self, call_uuid: str) -> None:
+        """The call never cost anything: give the reserved credit back."""
+        async with self.db.write() as conn:
+            account_id, amount = await self._drop(conn, call_uuid)
+            await conn.execute(
+                update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(credit_reserved=accounts.c.credit_reserved - amount)
+            )
+
+    async def release_expired(self, now: float) -> int:
+        """Give back reservations whose call (on a node that died) outlived ``expires``."""
+        async with self.db.write() as conn:
+            rows = (
+                await conn.execute(
+                    select(credit_reservations.c.call_uuid)
+                    .where(credit_reservations.c.expires_us <= us(now))
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                account_id, amount = await self._drop(conn, row.call_uuid)
+                await conn.execute(
+                    update(accounts)
+                    .where(accounts.c.id == account_id)
+                    .values(credit_reserved=accounts.c.credit_reserved - amount)
+                )
+                log.warning("credit reservation of call %s expired, released", row.call_uuid)
+        return len(rows)
+
+    async def reservations(self, account_id: int) -> tuple[CreditReservation, ...]:
+        """The account's open reservations, oldest first."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(credit_reservations)
+                .where(credit_reservations.c.account_id == account_id)
+                .order_by(credit_reservations.c.created_us)
+            )
+            return tuple(
+                CreditReservation(
+                    r.call_uuid,
+                    r.account_id,
+                    r.amount,
+                    to_seconds(r.created_us),
+                    to_seconds(r.expires_us),
+                )
+                for r in rows
+            )
+
+    @staticmethod
+    async def _drop(conn: AsyncConnection, call_uuid: str) -> tuple[int, int]:
+        row = (
+            await conn.execute(
+                delete(credit_reservations)
+                .where(credit_reservations.c.call_uuid == call_uuid)
+                .returning(credit_reservations.c.account_id, credit_reservations.c.amount)
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no credit reservation for call {call_uuid}")
+        return int(row.account_id), int(row.amount)
