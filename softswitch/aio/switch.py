@@ -435,27 +435,38 @@ class Switch:
                 self._feed(session, cf.CallbackRinging())
             elif name == cf.DESTINATION:
                 self._feed(session, cf.DestinationRinging(early_media=event.sdp is not None))
+            else:
+                self._feed(session, cf.OperatorRinging(early_media=event.sdp is not None))
         elif isinstance(event, LegAnswered):
             self._set_remote(session, name, event.sdp)
             if name == cf.CALLBACK:
                 self._feed(session, cf.CallbackAnswered())
             else:
-                self._feed(session, cf.DestinationAnswered(leg=name))
+                self._feed(
+                    session,
+                    cf.DestinationAnswered() if name == cf.DESTINATION else cf.OperatorAnswered(),
+                )
         elif isinstance(event, LegFailed):
             self._close_leg(event.leg_id)
             if name == cf.CALLBACK:
                 self._feed(session, cf.CallbackFailed(callback_failure(event.status), event.status))
             else:
+                cause = destination_failure(event.status)
                 self._feed(
                     session,
-                    cf.DestinationFailed(destination_failure(event.status), event.status, leg=name),
+                    cf.DestinationFailed(cause, event.status)
+                    if name == cf.DESTINATION
+                    else cf.OperatorFailed(cause, event.status),
                 )
         elif isinstance(event, LegEnded) and event.by_remote:
             self._close_leg(event.leg_id)
             if name == cf.CALLBACK:
                 self._feed(session, cf.CustomerHungUp())
             else:
-                self._feed(session, cf.DestinationHungUp(leg=name))
+                self._feed(
+                    session,
+                    cf.DestinationHungUp() if name == cf.DESTINATION else cf.OperatorHungUp(),
+                )
 
     def _media_event(self, event: me.Event) -> None:
         found = self._by_leg.get(event.leg_id)
@@ -463,13 +474,12 @@ class Switch:
             return
         session, name = found
         if isinstance(event, me.DigitReceived):
-            if event.digit in cf.DTMF_KEYS:
-                if name == cf.CALLBACK:
-                    session.key_sources.append((event.digit, event.source))
-                self._feed(session, cf.DigitReceived(event.digit, leg=name, source=event.source))
+            if event.digit in cf.DTMF_KEYS and name == cf.CALLBACK:
+                session.key_sources.append((event.digit, event.source))
+                self._feed(session, cf.DigitReceived(event.digit, source=event.source))
         elif isinstance(event, me.PlayFinished):
-            if not event.interrupted:
-                self._feed(session, cf.PromptFinished(leg=name))
+            if not event.interrupted and name == cf.CALLBACK:
+                self._feed(session, cf.PromptFinished())
         elif isinstance(event, me.RtpTimeout):
             log.warning(
                 "session %s: no RTP from the %s leg for %.0f s",
@@ -564,8 +574,9 @@ class Switch:
                 handle.cancel()
         elif isinstance(action, cf.WriteCdr):
             session.writes.append(self._spawn(self._write_cdr(session, action)))
-        elif isinstance(action, cf.ChangeLocation):
-            log.info("session %s: location change by phone is not available yet", session.sid[:8])
+        elif isinstance(action, cf.Conference):
+            for leg in action.legs:
+                engine.join_conference(session.sid, session.legs[leg])
         elif isinstance(action, cf.Finished):
             self._spawn(self._finish(session, action.reason))
         # StartBilling / StopBilling: billing is computed from the CDR times.
@@ -603,7 +614,9 @@ class Switch:
                 session,
                 cf.CallbackFailed("unreachable", None)
                 if action.leg == cf.CALLBACK
-                else cf.DestinationFailed("unreachable", None, leg=action.leg),
+                else cf.DestinationFailed("unreachable", None)
+                if action.leg == cf.DESTINATION
+                else cf.OperatorFailed("unreachable", None),
             )
             return
         old = session.legs.get(action.leg)

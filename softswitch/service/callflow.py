@@ -1,37 +1,49 @@
 """One customer's Callback session as a sans-IO state machine: events in, actions out.
 
-Theory of operation. The runtime creates a :class:`CustomerCall` when a Trigger schedules a
-Callback, calls :meth:`CustomerCall.start` and then feeds it events with :meth:`CustomerCall.handle`
-(``now`` passed in, never read). Each call returns the actions to perform, in order. The machine
-knows no SIP, media or database: legs are named (``"callback"``, ``"destination"``,
-``"operator"``), prompts are names the runtime maps to files in the account's language, and
-money questions go out as :class:`Authorize` / :class:`ResolveSpeedDial` and come back as
+Theory of operation. The call controller (:mod:`softswitch.node.calls`) creates a
+:class:`CustomerCall` when a Trigger schedules a Callback, calls :meth:`CustomerCall.start`
+and then feeds it events with :meth:`CustomerCall.handle` (``now`` passed in, never read).
+Each call returns the actions to perform, in order. The machine knows no SIP, media or
+database: legs are named (``"callback"``, ``"destination"``, ``"operator"``), prompts are
+:class:`Prompt` members the controller maps to files in the account's language, and money
+questions go out as :class:`Authorize` / :class:`ResolveSpeedDial` and come back as
 :class:`Authorized`, :class:`Refused` or :class:`SpeedDialResolved`.
 
-All transitions live in this file: ``_TABLE`` maps ``(state, event type)`` to a handler, and
-an event without an entry raises :class:`CallFlowError` and changes nothing. State changes go
-through ``_set_state``, which logs ``old -> new`` and cancels every timer the new state does not
-run (``TIMERS_IN``), so a timer can only fire where it means something. Timers are named;
-:class:`StartTimer` on an armed name re-arms it; the runtime delivers :class:`TimerFired` only
-for armed timers (an unarmed one is a :class:`CallFlowError`).
+All transitions live in this file, in one :class:`softswitch.fsm.Table` (``TABLE``):
+``(state, input) -> (handler, states it may lead to)``. The input is the event's class, or
+``"timer <name>"`` for a :class:`TimerFired`. An input without an entry raises
+:class:`CallFlowError` and changes nothing; a handler that moves anywhere its entry does not
+list is a bug caught on the spot. Every state change goes through ``_set_state``, which logs
+``old -> new`` and cancels every timer the new state does not run (``TIMERS_IN``), so a timer
+can only fire where it means something. :func:`transitions` lists the pairs and
+:func:`state_diagram` draws the diagram (README, "Call flow").
 
-Contract with the runtime: after the machine sends :class:`HangUp` for a leg, events about that
-leg are not reported (a 200 crossing our CANCEL is the runtime's to BYE). Leg events carry the
-leg they are about, which must be the leg the state expects. Digits from legs other than the
-callback leg are relayed by the media bridge and ignored here.
+Contract with the controller: after the machine sends :class:`HangUp` for a leg, events about
+that leg are not reported (a 200 crossing our CANCEL is the controller's to BYE). Only the
+callback leg's digits and prompt ends are reported (the customer's keys; the far legs' are
+theirs to send in the audio or as RFC 4733 events the bridge relays).
 
-The SPEC rules it implements (sections 1, 2, 7): up to ``callback_attempts`` callback attempts
-on busy / no answer / unreachable with a pause; extension DTMF, recorded name and dial prompt
-on answer; barge-in; the DialPrompt grammar (:mod:`softswitch.service.dialplan`); busy handling
-(``*#`` redial, ``##`` new number, ``**`` end); in-call ``**``, ``##``, ``00`` with ``*`` and
-``#`` held back ``hold_back`` seconds before they are forwarded; the one-minute credit warning and
-the cut; silence and idle endings; hotline / preset destinations; a CDR (:class:`WriteCdr`) for
-every leg attempt, answered or not.
+The SPEC rules it implements (sections 1, 2, 7): up to ``callback_attempts`` callback
+attempts on busy / no answer / unreachable with a pause; extension DTMF, recorded name and
+dial prompt on answer; barge-in; the DialPrompt grammar (:mod:`softswitch.service.dialplan`);
+busy handling (``*#`` redial, ``##`` new number, ``**`` end); in-call ``**``, ``##``, ``00``
+with ``*`` and ``#`` held back ``hold_back`` seconds before they are forwarded; early media of
+the destination heard one way only; the one-minute credit warning and the cut; silence and
+idle endings; hotline / preset destinations; a CDR (:class:`WriteCdr`) for every leg attempt,
+answered or not.
 
 In-call ``00``: a ``0`` is always forwarded at once (bank menus); a second ``0`` within
-``hold_back`` seconds makes ``00`` only if the first ``0`` came after ``command_guard`` seconds
-without keys, so ``1005`` typed into an IVR does not reach customer service. ``00`` releases
-the destination (billing stops) before customer service is called.
+``hold_back`` seconds makes ``00`` only if the first ``0`` came after ``command_guard``
+seconds without keys, so ``1005`` typed into an IVR does not reach customer service. ``00``
+during a call puts the destination on hold (still billed, never dropped) and calls customer
+service (CONSULTING); when the operator answers, the three are joined in a conference
+(CONFERENCE); the operator leaving returns the customer to the destination, the destination
+leaving leaves the customer with the operator (OPERATOR). ``00`` at the dial prompt calls
+customer service alone.
+
+The customer's own trigger number at the dial prompt (guide 5-B) asks for the Location change
+menu, which does not exist yet: the customer hears ``location_unavailable`` and the dial
+prompt again, never silence.
 """
 
 from __future__ import annotations
@@ -41,8 +53,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
+from softswitch import fsm
 from softswitch.service import dialplan
 from softswitch.service.dialplan import DigitCollector, RefusalReason
 from softswitch.service.rating import Rate, billable_seconds, cost, cut_at, warning_at
@@ -51,6 +63,8 @@ __all__ = [
     "CALLBACK",
     "DESTINATION",
     "OPERATOR",
+    "PROMPTS_PLAYED",
+    "TABLE",
     "Action",
     "Authorize",
     "Authorized",
@@ -62,7 +76,7 @@ __all__ = [
     "CallbackFailed",
     "CallbackRinging",
     "CancelTimer",
-    "ChangeLocation",
+    "Conference",
     "CustomerCall",
     "CustomerHungUp",
     "DestinationAnswered",
@@ -74,9 +88,14 @@ __all__ = [
     "Finished",
     "ForwardDigit",
     "HangUp",
+    "OperatorAnswered",
+    "OperatorFailed",
+    "OperatorHungUp",
+    "OperatorRinging",
     "Originate",
     "Play",
     "PlayTone",
+    "Prompt",
     "PromptFinished",
     "Refused",
     "ResolveSpeedDial",
@@ -89,6 +108,8 @@ __all__ = [
     "TimerFired",
     "Unbridge",
     "WriteCdr",
+    "state_diagram",
+    "transitions",
 ]
 
 log = logging.getLogger("softswitch.service.callflow")
@@ -96,6 +117,8 @@ log = logging.getLogger("softswitch.service.callflow")
 CALLBACK = "callback"
 DESTINATION = "destination"
 OPERATOR = "operator"
+#: What :class:`Unbridge` names as the other side when the callback leg is in a conference.
+CONFERENCE = "conference"
 
 #: RFC 4733 section 3.2 events 0-15; A-D exist on some phones and are ignored by the service.
 DTMF_KEYS = "0123456789*#ABCD"
@@ -103,28 +126,56 @@ CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable", "rejected"})
 RETRYABLE_CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable"})
 DESTINATION_FAILURES = frozenset({"busy", "no_answer", "rejected", "congestion", "unreachable"})
 
+
+class Prompt(enum.StrEnum):
+    """Every prompt the call flow can play: the prompt set must hold each one (but NAME).
+
+    :class:`Play` takes only these, so this enum *is* the list of prompts the flow can play
+    (mypy rejects anything else); the node refuses to start when one is missing from the
+    prompt set (:func:`softswitch.prompts.check_prompts`).
+    """
+
+    #: The customer's recorded name (a file of the account, not of the prompt set).
+    NAME = "name"
+    DIAL_PROMPT = "dial_prompt"
+    INVALID_NUMBER = "invalid_number"
+    BLOCKED_NUMBER = "blocked_number"
+    NO_CREDIT = "no_credit"
+    OVER_LIMIT = "over_limit"
+    UNKNOWN_SPEED_DIAL = "unknown_speed_dial"
+    NO_ANSWER = "no_answer"
+    CALL_FAILED = "call_failed"
+    ONE_MINUTE_WARNING = "one_minute_warning"
+    CONNECTING_CUSTOMER_SERVICE = "connecting_customer_service"
+    LOCATION_UNAVAILABLE = "location_unavailable"
+    GOODBYE = "goodbye"
+
+
+#: The prompt-set names the call flow can play (what the node checks at start-up).
+PROMPTS_PLAYED: frozenset[str] = frozenset(p.value for p in Prompt if p is not Prompt.NAME)
+
 #: The prompt played for each refusal, before the dial prompt again.
-REFUSAL_PROMPTS: Mapping[RefusalReason, str] = MappingProxyType(
+REFUSAL_PROMPTS: Mapping[RefusalReason, Prompt] = MappingProxyType(
     {
-        RefusalReason.INVALID: "invalid_number",
-        RefusalReason.BLOCKED: "blocked_number",
-        RefusalReason.NO_CREDIT: "no_credit",
-        RefusalReason.OVER_LIMIT: "over_limit",
-        RefusalReason.UNKNOWN_SPEED_DIAL: "unknown_speed_dial",
+        RefusalReason.INVALID: Prompt.INVALID_NUMBER,
+        RefusalReason.BLOCKED: Prompt.BLOCKED_NUMBER,
+        RefusalReason.NO_CREDIT: Prompt.NO_CREDIT,
+        RefusalReason.OVER_LIMIT: Prompt.OVER_LIMIT,
+        RefusalReason.UNKNOWN_SPEED_DIAL: Prompt.UNKNOWN_SPEED_DIAL,
     }
 )
 #: The prompt for a destination that failed other than busy (busy gets the busy tone).
-FAILURE_PROMPTS: Mapping[str, str] = MappingProxyType(
+FAILURE_PROMPTS: Mapping[str, Prompt] = MappingProxyType(
     {
-        "no_answer": "no_answer",
-        "rejected": "call_failed",
-        "congestion": "call_failed",
-        "unreachable": "call_failed",
+        "no_answer": Prompt.NO_ANSWER,
+        "rejected": Prompt.CALL_FAILED,
+        "congestion": Prompt.CALL_FAILED,
+        "unreachable": Prompt.CALL_FAILED,
     }
 )
 
 
-class CallFlowError(Exception):
+class CallFlowError(fsm.TransitionError):
     """An event the session's state machine has no entry for (or a malformed one)."""
 
 
@@ -155,10 +206,9 @@ class CallbackFailed:
 
 @dataclass(frozen=True, slots=True)
 class DigitReceived:
-    """A key press on ``leg`` (RFC 4733 or in-band, already de-duplicated)."""
+    """A key press of the customer (RFC 4733 or in-band, already de-duplicated)."""
 
     digit: str
-    leg: str = CALLBACK
     source: str = "rfc4733"
 
     def __post_init__(self) -> None:
@@ -168,33 +218,27 @@ class DigitReceived:
 
 @dataclass(frozen=True, slots=True)
 class PromptFinished:
-    """The prompts of the last :class:`Play` on ``leg`` played to the end."""
-
-    leg: str = CALLBACK
+    """The prompts of the last :class:`Play` on the callback leg played to the end."""
 
 
 @dataclass(frozen=True, slots=True)
 class DestinationRinging:
-    """The destination (or operator) leg rings; ``early_media``: it sent 183 with SDP."""
+    """The destination rings; ``early_media``: it sent 183 with SDP (announcements, ringback)."""
 
     early_media: bool = False
-    leg: str = DESTINATION
 
 
 @dataclass(frozen=True, slots=True)
 class DestinationAnswered:
-    """The destination (or operator) leg answered (200)."""
-
-    leg: str = DESTINATION
+    """The destination answered (200)."""
 
 
 @dataclass(frozen=True, slots=True)
 class DestinationFailed:
-    """The destination (or operator) leg failed before answer."""
+    """The destination failed before answer."""
 
     cause: str
     sip_status: int | None = None
-    leg: str = DESTINATION
 
     def __post_init__(self) -> None:
         if self.cause not in DESTINATION_FAILURES:
@@ -203,19 +247,46 @@ class DestinationFailed:
 
 @dataclass(frozen=True, slots=True)
 class DestinationHungUp:
-    """The answered destination (or operator) leg hung up (BYE)."""
+    """The answered destination hung up (BYE)."""
 
-    leg: str = DESTINATION
+
+@dataclass(frozen=True, slots=True)
+class OperatorRinging:
+    """Customer service rings; ``early_media`` as for :class:`DestinationRinging`."""
+
+    early_media: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAnswered:
+    """Customer service answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorFailed:
+    """Customer service could not be reached."""
+
+    cause: str
+    sip_status: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cause not in DESTINATION_FAILURES:
+            raise ValueError(f"operator failure cause {self.cause!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorHungUp:
+    """Customer service hung up (BYE)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CustomerHungUp:
-    """The callback leg is gone (customer BYE), or the runtime aborts the session."""
+    """The callback leg is gone (customer BYE), or the controller aborts the session."""
 
 
 @dataclass(frozen=True, slots=True)
 class Authorized:
-    """The runtime validated, rated and reserved credit for ``number``.
+    """The controller validated, rated and reserved credit for ``number``.
 
     ``rate`` is minor units per minute; ``max_seconds`` is the talk time the reservation buys
     (:func:`softswitch.service.rating.reservation_for`); ``minimum`` and ``increment`` come from
@@ -232,7 +303,7 @@ class Authorized:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """The runtime will not dial: ``reason`` is a :class:`RefusalReason` value."""
+    """The controller will not dial: ``reason`` is a :class:`RefusalReason` value."""
 
     reason: str
 
@@ -264,6 +335,10 @@ Event = (
     | DestinationAnswered
     | DestinationFailed
     | DestinationHungUp
+    | OperatorRinging
+    | OperatorAnswered
+    | OperatorFailed
+    | OperatorHungUp
     | CustomerHungUp
     | Authorized
     | Refused
@@ -277,7 +352,7 @@ Event = (
 
 @dataclass(frozen=True, slots=True)
 class Originate:
-    """Place ``leg`` (an INVITE through the trunk, or to the operator URI).
+    """Place ``leg`` (an INVITE through the trunk, or to the operator).
 
     ``attempt`` numbers the legs of one name within the session (callback retries, every
     destination dialled); the matching :class:`WriteCdr` carries the same number.
@@ -299,14 +374,14 @@ class HangUp:
 
 @dataclass(frozen=True, slots=True)
 class Play:
-    """Play prompts on ``leg`` in order; ``("name",)`` is the customer's recorded name.
+    """Play prompts on ``leg`` in order; :attr:`Prompt.NAME` is the customer's recorded name.
 
     ``barge_in``: the first key press stops it (the machine sends :class:`StopPlayback`).
     ``mix``: play over the bridge (the other party keeps talking) instead of replacing audio.
     """
 
     leg: str
-    prompts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
     barge_in: bool = True
     mix: bool = False
 
@@ -352,6 +427,13 @@ class Unbridge:
 
 
 @dataclass(frozen=True, slots=True)
+class Conference:
+    """Mix ``legs`` together (everyone hears everyone else)."""
+
+    legs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Authorize:
     """Validate, rate and reserve credit for ``number``; answer Authorized or Refused."""
 
@@ -363,13 +445,6 @@ class ResolveSpeedDial:
     """Look up the SpeedDial ``code`` (``"03"``); answer :class:`SpeedDialResolved`."""
 
     code: str
-
-
-@dataclass(frozen=True, slots=True)
-class ChangeLocation:
-    """Hand the callback leg to the Location change menu for ``trigger``."""
-
-    trigger: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,9 +519,9 @@ Action = (
     | SendDtmf
     | Bridge
     | Unbridge
+    | Conference
     | Authorize
     | ResolveSpeedDial
-    | ChangeLocation
     | StartTimer
     | CancelTimer
     | StartBilling
@@ -462,7 +537,7 @@ Action = (
 
 @dataclass(frozen=True, slots=True)
 class CallFlowConfig:
-    """Timing and limits of a session (seconds)."""
+    """Timing and limits of a session (seconds); built from ``[service]`` of the node config."""
 
     callback_attempts: int = 3
     callback_ring_timeout: float = 45.0
@@ -481,6 +556,14 @@ class CallFlowConfig:
     warning_seconds: int = 60
     goodbye_timeout: float = 10.0
 
+    def __post_init__(self) -> None:
+        if self.callback_attempts < 1:
+            raise ValueError("callback_attempts must be at least 1")
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must not be negative")
+
 
 class CallState(enum.Enum):
     CALLING_BACK = "calling_back"
@@ -490,6 +573,8 @@ class CallState(enum.Enum):
     DIALLING = "dialling"
     DEST_BUSY = "dest_busy"
     CONNECTED = "connected"
+    CONSULTING = "consulting"
+    CONFERENCE = "conference"
     OPERATOR = "operator"
     ENDING = "ending"
     ENDED = "ended"
@@ -507,7 +592,9 @@ TIMERS_IN: Mapping[CallState, frozenset[str]] = MappingProxyType(
         S.DIALLING: frozenset({"dest_ring", "hold"}),
         S.DEST_BUSY: frozenset({"busy", "hold"}),
         S.CONNECTED: frozenset({"hold", "credit_warning", "credit_cut"}),
-        S.OPERATOR: frozenset({"dest_ring", "hold"}),
+        S.CONSULTING: frozenset({"operator_ring", "hold", "credit_warning", "credit_cut"}),
+        S.CONFERENCE: frozenset({"hold", "credit_warning", "credit_cut"}),
+        S.OPERATOR: frozenset({"operator_ring", "hold"}),
         S.ENDING: frozenset({"ending"}),
         S.ENDED: frozenset(),
     }
@@ -519,6 +606,8 @@ COMMANDS_IN: Mapping[CallState, frozenset[str]] = MappingProxyType(
         S.DIALLING: frozenset({"**", "##"}),
         S.DEST_BUSY: frozenset({"**", "##", "*#"}),
         S.CONNECTED: frozenset({"**", "##", "00"}),
+        S.CONSULTING: frozenset({"**", "##"}),
+        S.CONFERENCE: frozenset({"**", "##"}),
         S.OPERATOR: frozenset({"**", "##"}),
     }
 )
@@ -575,16 +664,18 @@ class _Keys:
 
 # --- the machine -----------------------------------------------------------------------------
 
+_Handler = Callable[["CustomerCall", Event, float], list[Action]]
+
 
 class CustomerCall:
     """The Callback session of one customer.
 
-    ``location`` is the dial string of the callback leg (already normalised by the runtime),
-    ``extension`` the DTMF sent after answer (hotel room, PBX extension; ``0-9*#`` only),
-    ``has_name`` whether a recorded name exists, ``preset_destination`` a number dialled at once
-    on answer (hotline accounts, web triggers with a destination), ``trigger_numbers`` the
-    account's own trigger numbers (dialling one starts the Location change menu), ``operator``
-    the dial string of customer service.
+    ``location`` is the dial string of the callback leg (already normalised by the
+    controller), ``extension`` the DTMF sent after answer (hotel room, PBX extension; ``0-9*#``
+    only), ``has_name`` whether a recorded name exists, ``preset_destination`` a number dialled
+    at once on answer (hotline accounts, web triggers with a destination), ``trigger_numbers``
+    the account's own trigger numbers (dialling one asks for the Location change menu),
+    ``operator`` the dial string of customer service.
     """
 
     def __init__(
@@ -598,10 +689,12 @@ class CustomerCall:
         trigger_numbers: Iterable[str] = (),
         operator: str = "customer-service",
         config: CallFlowConfig | None = None,
+        name: str = "",
     ) -> None:
         if any(ch not in "0123456789*#" for ch in extension):
             raise ValueError(f"extension may only hold 0-9 * #: {extension!r}")
         self.config = config or CallFlowConfig()
+        self.name = name or f"{id(self):x}"
         self.location = location
         self.caller_id = caller_id
         self.extension = extension
@@ -620,14 +713,20 @@ class CustomerCall:
         self._started = False
         self._timers: dict[str, float] = {}
         self._callback: _Leg | None = None
-        self._peer: _Leg | None = None
+        self._dest: _Leg | None = None
+        self._operator: _Leg | None = None
         self._media: str | None = None  # what plays on the callback leg: "prompt", "tone", None
-        self._bridged = False
+        self._bridged: str | None = None  # the far leg bridged with the callback, or CONFERENCE
         self._billing = False
         self._awaiting: str | None = None  # "speed_dial" or "authorize" while AUTHORIZING
         self._number: str | None = None  # the last number sent to Authorize (for *# redial)
         self._keys = _Keys()
         self._placed: dict[str, int] = {}
+        self._transition: fsm.Transition[CallState, _Handler] | None = None
+        self._input: object = None
+
+    def __repr__(self) -> str:
+        return f"<CustomerCall {self.name} {self.state.name}>"
 
     # --- public API ---
 
@@ -643,7 +742,7 @@ class CustomerCall:
     def start(self, now: float) -> list[Action]:
         """Place the first callback attempt."""
         if self._started:
-            raise CallFlowError("session already started")
+            raise CallFlowError("session already started", state=self.state)
         self._started = True
         return self._originate_callback(now)
 
@@ -654,27 +753,39 @@ class CustomerCall:
         no entry for.
         """
         if not self._started:
-            raise CallFlowError("session not started")
-        handler = _TABLE.get((self.state, type(event)))
-        if handler is None:
-            raise CallFlowError(f"{self.state.name}: no transition for {type(event).__name__}")
-        if isinstance(event, TimerFired) and event.name not in self._timers:
-            raise CallFlowError(f"{self.state.name}: timer {event.name!r} is not armed")
-        leg = getattr(event, "leg", None)
-        if leg is not None and not isinstance(event, DigitReceived | PromptFinished):
-            expected = self._peer.leg if self._peer is not None else None
-            if leg != expected:
-                raise CallFlowError(f"{self.state.name}: event for {leg}, expected {expected}")
+            raise CallFlowError("session not started", state=self.state)
+        inp = input_of(event)
+        transition = TABLE.fire(self.state, inp, who=self.name)
         if isinstance(event, TimerFired):
+            if event.name not in self._timers:
+                raise CallFlowError(
+                    f"{self.state.name}: timer {event.name!r} is not armed",
+                    state=self.state,
+                    input=inp,
+                )
             del self._timers[event.name]
-        return handler(self, event, now)
+        before = self.state
+        self._transition, self._input = transition, inp
+        try:
+            assert transition.handler is not None
+            actions = transition.handler(self, event, now)
+        finally:
+            self._transition = self._input = None
+        if self.state is before and before not in transition.targets:
+            raise CallFlowError(
+                f"{self.name} in {before.name}: {fsm.input_name(inp)} must leave the state",
+                state=before,
+                input=inp,
+            )
+        return actions
 
     # --- plumbing ---
 
     def _set_state(self, new: CallState) -> list[Action]:
         old = self.state
+        if self._transition is not None:
+            TABLE.move(log, self.name, old, new, self._transition, self._input)
         self.state = new
-        log.debug("customer call %x: %s -> %s", id(self), old.name, new.name)
         self._keys = _Keys(last_at=self._keys.last_at)
         return [self._cancel(name) for name in list(self._timers) if name not in TIMERS_IN[new]]
 
@@ -686,13 +797,16 @@ class CustomerCall:
         del self._timers[name]
         return CancelTimer(name)
 
+    def _cancel_if_armed(self, name: str) -> list[Action]:
+        return [self._cancel(name)] if name in self._timers else []
+
     def _quiet(self) -> list[Action]:
         if self._media is None:
             return []
         self._media = None
         return [StopPlayback(CALLBACK)]
 
-    def _play(self, *prompts: str, barge_in: bool = True) -> list[Action]:
+    def _play(self, *prompts: Prompt, barge_in: bool = True) -> list[Action]:
         self._media = "prompt"
         return [Play(CALLBACK, prompts, barge_in=barge_in)]
 
@@ -708,29 +822,57 @@ class CustomerCall:
             self._arm("ring", now + self.config.callback_ring_timeout),
         ]
 
-    def _release_peer(
+    def _unbridge(self) -> list[Action]:
+        if self._bridged is None:
+            return []
+        other, self._bridged = self._bridged, None
+        return [Unbridge(CALLBACK, other)]
+
+    def _release_dest(
         self, now: float, cause: str, *, hang_up: bool, status: int | None = None
     ) -> list[Action]:
-        """End the destination/operator leg: stop billing, unbridge, hang up, record."""
-        peer = self._peer
-        if peer is None:
+        """End the destination leg: stop billing, unbridge, hang up, record."""
+        dest = self._dest
+        if dest is None:
             return []
         actions: list[Action] = []
         if self._billing:
             self._billing = False
             actions.append(StopBilling(now))
-        if self._bridged:
-            self._bridged = False
-            actions.append(Unbridge(CALLBACK, peer.leg))
+        if self._bridged == DESTINATION:
+            actions += self._unbridge()
         if hang_up:
-            actions.append(HangUp(peer.leg, cause))
-        actions.append(peer.cdr(now, cause, status))
-        self._peer = None
+            actions.append(HangUp(DESTINATION, cause))
+        actions.append(dest.cdr(now, cause, status))
+        self._dest = None
+        return actions
+
+    def _release_operator(
+        self, now: float, cause: str, *, hang_up: bool, status: int | None = None
+    ) -> list[Action]:
+        """End the customer-service leg: unbridge, hang up, record."""
+        operator = self._operator
+        if operator is None:
+            return []
+        actions: list[Action] = []
+        if self._bridged == OPERATOR:
+            actions += self._unbridge()
+        if hang_up:
+            actions.append(HangUp(OPERATOR, cause))
+        actions.append(operator.cdr(now, cause, status))
+        self._operator = None
+        return actions
+
+    def _release_far_legs(self, now: float, cause: str) -> list[Action]:
+        actions = self._release_dest(now, cause, hang_up=True)
+        actions += self._release_operator(now, cause, hang_up=True)
+        # Leaving a conference: nothing is bridged any more.
+        actions += self._unbridge()
         return actions
 
     def _end(self, now: float, cause: str, *, hang_up_callback: bool) -> list[Action]:
         """Release everything, record every leg, and finish."""
-        actions = self._release_peer(now, cause, hang_up=True)
+        actions = self._release_far_legs(now, cause)
         callback = self._callback
         if callback is not None:
             if hang_up_callback:
@@ -743,7 +885,7 @@ class CustomerCall:
         return actions
 
     def _enter_collecting(
-        self, now: float, prompts: tuple[str, ...], idle: float | None
+        self, now: float, prompts: tuple[Prompt, ...], idle: float | None
     ) -> list[Action]:
         """Back to the DialPrompt: play ``prompts``; ``idle`` re-arms the silence timer."""
         actions = self._quiet()
@@ -760,7 +902,9 @@ class CustomerCall:
     def _announce(self, now: float) -> list[Action]:
         if self.preset_destination is not None:
             return self._authorize(self.preset_destination)
-        return self._play("name", "dial_prompt") if self.has_name else self._play("dial_prompt")
+        if self.has_name:
+            return self._play(Prompt.NAME, Prompt.DIAL_PROMPT)
+        return self._play(Prompt.DIAL_PROMPT)
 
     def _authorize(self, number: str) -> list[Action]:
         actions = self._quiet()
@@ -770,14 +914,18 @@ class CustomerCall:
         actions.append(Authorize(number))
         return actions
 
+    def _call_operator(self, now: float) -> list[Action]:
+        """Place the customer-service leg and announce it (the caller set the state)."""
+        actions = self._play(Prompt.CONNECTING_CUSTOMER_SERVICE, barge_in=False)
+        self._operator = _Leg(OPERATOR, self._next(OPERATOR), self.operator, self.operator, now)
+        actions.append(Originate(OPERATOR, self.operator, self.caller_id, self._operator.attempt))
+        actions.append(self._arm("operator_ring", now + self.config.destination_ring_timeout))
+        return actions
+
     def _enter_operator(self, now: float) -> list[Action]:
         actions = self._quiet()
         actions += self._set_state(S.OPERATOR)
-        actions += self._play("connecting_customer_service", barge_in=False)
-        self._peer = _Leg(OPERATOR, self._next(OPERATOR), self.operator, self.operator, now)
-        actions.append(Originate(OPERATOR, self.operator, self.caller_id, self._peer.attempt))
-        actions.append(self._arm("dest_ring", now + self.config.destination_ring_timeout))
-        return actions
+        return actions + self._call_operator(now)
 
     def _next(self, leg: str) -> int:
         """The number of the next ``leg`` placed in this session (CDR ``attempt``), from 1."""
@@ -788,20 +936,30 @@ class CustomerCall:
         """A customer key press: the session is not silent."""
         return [self._arm("silence", now + self.config.silence_timeout)]
 
+    def _far_leg(self) -> str | None:
+        """Where the customer's non-command keys go: the answered destination, else operator."""
+        if self._dest is not None and self._dest.answer_at is not None:
+            return DESTINATION
+        if self._operator is not None and self._operator.answer_at is not None:
+            return OPERATOR
+        return None
+
     # --- CALLING_BACK ---
 
     def _callback_leg(self, event: Event) -> _Leg:
         if self._callback is None:
-            raise CallFlowError(f"{type(event).__name__} while no callback attempt is ringing")
+            raise CallFlowError(
+                f"{type(event).__name__} while no callback attempt is ringing", state=self.state
+            )
         return self._callback
 
-    def _on_callback_ringing(self, event: CallbackRinging, now: float) -> list[Action]:
+    def _on_callback_ringing(self, event: Event, now: float) -> list[Action]:
         leg = self._callback_leg(event)
         if leg.ring_at is None:
             leg.ring_at = now
         return []
 
-    def _on_callback_answered(self, event: CallbackAnswered, now: float) -> list[Action]:
+    def _on_callback_answered(self, event: Event, now: float) -> list[Action]:
         leg = self._callback_leg(event)
         leg.answer_at = now
         actions = self._set_state(S.ANNOUNCING)
@@ -816,132 +974,103 @@ class CustomerCall:
         assert leg is not None
         self._callback = None
         actions: list[Action] = [leg.cdr(now, reason, status)]
-        if "ring" in self._timers:
-            actions.append(self._cancel("ring"))
+        actions += self._cancel_if_armed("ring")
         if reason in RETRYABLE_CALLBACK_FAILURES and self.attempt < self.config.callback_attempts:
-            log.info("callback attempt %d failed (%s), retrying", self.attempt, reason)
+            log.info(
+                "customer call %s: callback attempt %d failed (%s), retrying",
+                self.name,
+                self.attempt,
+                reason,
+            )
             actions.append(self._arm("retry", now + self.config.callback_retry_pause))
             return actions
-        log.info("callback gave up after attempt %d (%s)", self.attempt, reason)
+        log.info(
+            "customer call %s: callback gave up after attempt %d (%s)",
+            self.name,
+            self.attempt,
+            reason,
+        )
         return actions + self._end(now, f"callback_{reason}", hang_up_callback=False)
 
-    def _on_callback_failed(self, event: CallbackFailed, now: float) -> list[Action]:
+    def _on_callback_failed(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, CallbackFailed)
         self._callback_leg(event)
         return self._callback_failed(now, event.reason, event.sip_status)
 
-    def _on_customer_hung_up(self, event: CustomerHungUp, now: float) -> list[Action]:
-        # Before answer this is the runtime aborting the session: cancel the ringing attempt.
-        hang_up = self.state is S.CALLING_BACK and self._callback is not None
-        return self._end(now, "customer_hangup", hang_up_callback=hang_up)
+    def _on_abort(self, event: Event, now: float) -> list[Action]:
+        # Before answer a CustomerHungUp is the controller aborting the session (shutdown, a
+        # trigger absorbed elsewhere): cancel the attempt that is ringing, if one is.
+        return self._end(now, "customer_hangup", hang_up_callback=self._callback is not None)
 
-    # --- timers ---
+    def _on_customer_hung_up(self, event: Event, now: float) -> list[Action]:
+        return self._end(now, "customer_hangup", hang_up_callback=False)
 
-    def _on_timer(self, event: TimerFired, now: float) -> list[Action]:
-        method: Callable[[CustomerCall, float], list[Action]] = _TIMERS[event.name]
-        return method(self, now)
-
-    def _timer_ring(self, now: float) -> list[Action]:
+    def _timer_ring(self, event: Event, now: float) -> list[Action]:
         return [HangUp(CALLBACK, "no_answer"), *self._callback_failed(now, "no_answer", None)]
 
-    def _timer_retry(self, now: float) -> list[Action]:
+    def _timer_retry(self, event: Event, now: float) -> list[Action]:
         return self._originate_callback(now)
-
-    def _timer_extension(self, now: float) -> list[Action]:
-        return [SendDtmf(CALLBACK, self.extension), *self._announce(now)]
-
-    def _timer_silence(self, now: float) -> list[Action]:
-        log.info("customer call %x: silent for too long, ending", id(self))
-        actions = self._quiet()
-        actions += self._set_state(S.ENDING)
-        actions += self._play("goodbye", barge_in=False)
-        actions.append(self._arm("ending", now + self.config.goodbye_timeout))
-        return actions
-
-    def _timer_ending(self, now: float) -> list[Action]:
-        return self._end(now, "silence", hang_up_callback=True)
-
-    def _timer_collect(self, now: float) -> list[Action]:
-        result = self.collector.expire(now)
-        if result is None:
-            deadline = self.collector.deadline
-            return [] if deadline is None else [self._arm("collect", deadline)]
-        return self._collected(result, now)
-
-    def _timer_dest_ring(self, now: float) -> list[Action]:
-        actions = self._release_peer(now, "no_answer", hang_up=True)
-        if self.state is S.OPERATOR:
-            return actions + self._enter_collecting(now, ("call_failed", "dial_prompt"), None)
-        return actions + self._enter_busy(now, "no_answer")
-
-    def _timer_busy(self, now: float) -> list[Action]:
-        return self._enter_collecting(now, ("dial_prompt",), None)
-
-    def _timer_hold(self, now: float) -> list[Action]:
-        held, self._keys.held = self._keys.held, ""
-        if held and self._forwarding():
-            return [ForwardDigit(self._peer.leg if self._peer else DESTINATION, held)]
-        return []
-
-    def _timer_credit_warning(self, now: float) -> list[Action]:
-        self._media = "prompt"
-        return [Play(CALLBACK, ("one_minute_warning",), barge_in=False, mix=True)]
-
-    def _timer_credit_cut(self, now: float) -> list[Action]:
-        log.info("customer call %x: credit exhausted, releasing the destination", id(self))
-        actions = self._quiet()
-        actions += self._release_peer(now, "credit_exhausted", hang_up=True)
-        return actions + self._enter_collecting(now, ("no_credit", "dial_prompt"), None)
 
     # --- ANNOUNCING / COLLECTING ---
 
-    def _on_prompt_finished(self, event: PromptFinished, now: float) -> list[Action]:
-        if event.leg != CALLBACK or self._media != "prompt":
+    def _timer_extension(self, event: Event, now: float) -> list[Action]:
+        return [SendDtmf(CALLBACK, self.extension), *self._announce(now)]
+
+    def _timer_silence(self, event: Event, now: float) -> list[Action]:
+        log.info("customer call %s: silent for too long, ending", self.name)
+        actions = self._quiet()
+        actions += self._set_state(S.ENDING)
+        actions += self._play(Prompt.GOODBYE, barge_in=False)
+        actions.append(self._arm("ending", now + self.config.goodbye_timeout))
+        return actions
+
+    def _on_announced(self, event: Event, now: float) -> list[Action]:
+        if self._media != "prompt":
             # A prompt stopped by barge-in may still report its end; nothing is playing now.
             return []
         self._media = None
-        if self.state is S.ANNOUNCING:
-            actions = self._set_state(S.COLLECTING)
-            self.collector.start(now)
-            assert self.collector.deadline is not None
-            return [*actions, self._arm("collect", self.collector.deadline)]
-        if self.state is S.COLLECTING and self.collector.deadline is None:
-            self.collector.start(now)
-            assert self.collector.deadline is not None
-            return [self._arm("collect", self.collector.deadline)]
-        if self.state is S.ENDING:
-            return self._end(now, "silence", hang_up_callback=True)
-        peer = self._peer
-        if (
-            self.state is S.OPERATOR
-            and peer is not None
-            and peer.ring_at is not None
-            and peer.answer_at is None
-            and not peer.early_media
-        ):
-            return self._tone("ringback")
-        return []
+        actions = self._set_state(S.COLLECTING)
+        self.collector.start(now)
+        assert self.collector.deadline is not None
+        return [*actions, self._arm("collect", self.collector.deadline)]
 
-    def _on_digit_collecting(self, event: DigitReceived, now: float) -> list[Action]:
-        if event.leg != CALLBACK or event.digit in "ABCD":
+    def _on_dial_prompt_finished(self, event: Event, now: float) -> list[Action]:
+        if self._media != "prompt":
             return []
-        if self.state is S.ANNOUNCING and "extension" in self._timers:
+        self._media = None
+        if self.collector.deadline is not None:
+            return []  # keys came during the prompt: the entry's own deadline runs
+        self.collector.start(now)
+        assert self.collector.deadline is not None
+        return [self._arm("collect", self.collector.deadline)]
+
+    def _on_digit_announcing(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DigitReceived)
+        if event.digit in "ABCD" or "extension" in self._timers:
             # Keys before the extension is sent come from a switchboard, not the customer.
             return []
         actions = self._touch(now)
-        if self._media is not None:
-            actions += self._quiet()  # barge-in
-        if self.state is S.ANNOUNCING:
-            actions += self._set_state(S.COLLECTING)
-        result = self.collector.push(event.digit, now)
+        actions += self._quiet()  # barge-in
+        actions += self._set_state(S.COLLECTING)
+        return actions + self._push(event.digit, now)
+
+    def _on_digit_collecting(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DigitReceived)
+        if event.digit in "ABCD":
+            return []
+        actions = self._touch(now)
+        actions += self._quiet()  # barge-in
+        return actions + self._push(event.digit, now)
+
+    def _push(self, key: str, now: float) -> list[Action]:
+        result = self.collector.push(key, now)
         if result is None:
             assert self.collector.deadline is not None
-            return [*actions, self._arm("collect", self.collector.deadline)]
-        if "collect" in self._timers:
-            actions.append(self._cancel("collect"))
-        return actions + self._collected(result, now)
+            return [self._arm("collect", self.collector.deadline)]
+        return self._cancel_if_armed("collect") + self._collected(result, now)
 
     def _collected(self, result: dialplan.Collected, now: float) -> list[Action]:
-        log.debug("customer call %x: dial prompt gave %r", id(self), result)
+        log.debug("customer call %s: dial prompt gave %r", self.name, result)
         if isinstance(result, dialplan.Dialled):
             return self._authorize(result.digits)
         if isinstance(result, dialplan.SpeedDialCode):
@@ -951,39 +1080,52 @@ class CustomerCall:
         if isinstance(result, dialplan.CustomerService):
             return self._enter_operator(now)
         if isinstance(result, dialplan.LocationChange):
-            return [
-                ChangeLocation(result.trigger),
-                *self._end(now, "location_change", hang_up_callback=False),
-            ]
+            log.info(
+                "customer call %s: location change asked for (trigger %s), not available yet",
+                self.name,
+                result.trigger,
+            )
+            return self._enter_collecting(
+                now, (Prompt.LOCATION_UNAVAILABLE, Prompt.DIAL_PROMPT), None
+            )
         if isinstance(result, dialplan.EndSession):
             return self._end(now, "customer_release", hang_up_callback=True)
         if isinstance(result, dialplan.Invalid):
-            return self._play("invalid_number", "dial_prompt")
-        return self._play("dial_prompt")
+            return self._enter_collecting(now, (Prompt.INVALID_NUMBER, Prompt.DIAL_PROMPT), None)
+        return self._enter_collecting(now, (Prompt.DIAL_PROMPT,), None)
+
+    def _timer_collect(self, event: Event, now: float) -> list[Action]:
+        result = self.collector.expire(now)
+        if result is None:
+            deadline = self.collector.deadline
+            return [] if deadline is None else [self._arm("collect", deadline)]
+        return self._collected(result, now)
 
     # --- AUTHORIZING ---
 
-    def _on_digit_ignored(self, event: DigitReceived, now: float) -> list[Action]:
+    def _ignore(self, event: Event, now: float) -> list[Action]:
         # While the number is checked (or goodbye plays) keys mean nothing; the prompt that
-        # follows starts a fresh entry.
+        # follows starts a fresh entry. A prompt's late end changes nothing either.
         return []
 
-    def _on_speed_dial(self, event: SpeedDialResolved, now: float) -> list[Action]:
+    def _on_speed_dial(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, SpeedDialResolved)
         if self._awaiting != "speed_dial":
-            raise CallFlowError("SpeedDialResolved without a ResolveSpeedDial")
+            raise CallFlowError("SpeedDialResolved without a ResolveSpeedDial", state=self.state)
         if event.number is None:
             prompt = REFUSAL_PROMPTS[RefusalReason.UNKNOWN_SPEED_DIAL]
-            return self._enter_collecting(now, (prompt, "dial_prompt"), None)
+            return self._enter_collecting(now, (prompt, Prompt.DIAL_PROMPT), None)
         return self._authorize(event.number)
 
-    def _on_authorized(self, event: Authorized, now: float) -> list[Action]:
+    def _on_authorized(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, Authorized)
         if self._awaiting != "authorize":
-            raise CallFlowError("Authorized without an Authorize")
+            raise CallFlowError("Authorized without an Authorize", state=self.state)
         if event.max_seconds <= 0:
-            return self._enter_collecting(now, ("no_credit", "dial_prompt"), None)
+            return self._enter_collecting(now, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT), None)
         actions = self._set_state(S.DIALLING)
         self._awaiting = None
-        self._peer = _Leg(
+        self._dest = _Leg(
             DESTINATION,
             self._next(DESTINATION),
             event.number,
@@ -995,70 +1137,70 @@ class CustomerCall:
             increment=event.increment,
         )
         actions.append(
-            Originate(DESTINATION, event.dial_string, self.caller_id, self._peer.attempt)
+            Originate(DESTINATION, event.dial_string, self.caller_id, self._dest.attempt)
         )
         actions.append(self._arm("dest_ring", now + self.config.destination_ring_timeout))
         return actions
 
-    def _on_refused(self, event: Refused, now: float) -> list[Action]:
+    def _on_refused(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, Refused)
         if self._awaiting != "authorize":
-            raise CallFlowError("Refused without an Authorize")
+            raise CallFlowError("Refused without an Authorize", state=self.state)
         prompt = REFUSAL_PROMPTS[RefusalReason(event.reason)]
-        return self._enter_collecting(now, (prompt, "dial_prompt"), None)
+        return self._enter_collecting(now, (prompt, Prompt.DIAL_PROMPT), None)
 
-    # --- DIALLING / OPERATOR ringing ---
+    # --- DIALLING / DEST_BUSY ---
 
-    def _on_ringing(self, event: DestinationRinging, now: float) -> list[Action]:
-        peer = self._peer
-        assert peer is not None
-        if peer.answer_at is not None:
-            raise CallFlowError(f"{peer.leg} rings after answer")
-        if peer.ring_at is None:
-            peer.ring_at = now
-        if event.early_media and not peer.early_media:
-            peer.early_media = True
-            self._bridged = True
+    def _ringing(self, leg: _Leg, early_media: bool) -> list[Action]:
+        """A far leg rings: the customer hears its early media (one way) or our ringback."""
+        if leg.answer_at is not None:
+            raise CallFlowError(f"{leg.leg} rings after answer", state=self.state)
+        if early_media and not leg.early_media:
+            leg.early_media = True
+            self._bridged = leg.leg
             # A prompt still announcing customer service may finish; a tone gives way at once.
             actions = self._quiet() if self._media == "tone" else []
-            return [*actions, Bridge(CALLBACK, peer.leg, early_media=True)]
-        if not peer.early_media and self._media is None:
+            return [*actions, Bridge(CALLBACK, leg.leg, early_media=True)]
+        if not leg.early_media and self._media is None:
             return self._tone("ringback")
         return []
 
-    def _on_answered(self, event: DestinationAnswered, now: float) -> list[Action]:
-        peer = self._peer
-        assert peer is not None
-        if peer.answer_at is not None:
-            raise CallFlowError(f"{peer.leg} answered twice")
-        peer.answer_at = now
+    def _on_dest_ringing(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DestinationRinging) and self._dest is not None
+        if self._dest.ring_at is None:
+            self._dest.ring_at = now
+        return self._ringing(self._dest, event.early_media)
+
+    def _on_dest_answered(self, event: Event, now: float) -> list[Action]:
+        dest = self._dest
+        assert dest is not None
+        if dest.answer_at is not None:
+            raise CallFlowError("destination answered twice", state=self.state)
+        dest.answer_at = now
         actions = self._quiet()
-        if "dest_ring" in self._timers:
-            actions.append(self._cancel("dest_ring"))
-        self._bridged = True
-        actions.append(Bridge(CALLBACK, peer.leg))
-        if self.state is S.OPERATOR:
-            return actions
+        actions += self._cancel_if_armed("dest_ring")
+        self._bridged = DESTINATION
+        actions.append(Bridge(CALLBACK, DESTINATION))
         actions += self._set_state(S.CONNECTED)
         self._billing = True
         actions.append(StartBilling(now))
         actions.append(
             self._arm(
-                "credit_warning", warning_at(now, peer.max_seconds, self.config.warning_seconds)
+                "credit_warning", warning_at(now, dest.max_seconds, self.config.warning_seconds)
             )
         )
-        actions.append(self._arm("credit_cut", cut_at(now, peer.max_seconds)))
+        actions.append(self._arm("credit_cut", cut_at(now, dest.max_seconds)))
         return actions
 
-    def _on_failed(self, event: DestinationFailed, now: float) -> list[Action]:
-        peer = self._peer
-        assert peer is not None
-        if peer.answer_at is not None:
-            raise CallFlowError(f"{peer.leg} failed after answer")
+    def _on_dest_failed(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DestinationFailed)
         actions = self._quiet()
-        actions += self._release_peer(now, event.cause, hang_up=False, status=event.sip_status)
-        if self.state is S.OPERATOR:
-            return actions + self._enter_collecting(now, ("call_failed", "dial_prompt"), None)
+        actions += self._release_dest(now, event.cause, hang_up=False, status=event.sip_status)
         return actions + self._enter_busy(now, event.cause)
+
+    def _timer_dest_ring(self, event: Event, now: float) -> list[Action]:
+        actions = self._release_dest(now, "no_answer", hang_up=True)
+        return actions + self._enter_busy(now, "no_answer")
 
     def _enter_busy(self, now: float, cause: str) -> list[Action]:
         actions = self._quiet()
@@ -1070,37 +1212,175 @@ class CustomerCall:
         actions.append(self._arm("busy", now + self.config.busy_timeout))
         return actions
 
-    def _on_hung_up(self, event: DestinationHungUp, now: float) -> list[Action]:
-        peer = self._peer
-        assert peer is not None
-        if peer.answer_at is None:
-            raise CallFlowError(f"{peer.leg} hung up before answer (report DestinationFailed)")
+    def _timer_busy(self, event: Event, now: float) -> list[Action]:
+        return self._enter_collecting(now, (Prompt.DIAL_PROMPT,), None)
+
+    def _prompt_done(self, event: Event, now: float) -> list[Action]:
+        # A failure prompt or warning ended (or a stopped prompt's late report): nothing to do.
+        if self._media == "prompt":
+            self._media = None
+        return []
+
+    # --- CONNECTED ---
+
+    def _on_dest_hung_up(self, event: Event, now: float) -> list[Action]:
         actions = self._quiet()
-        actions += self._release_peer(now, "normal", hang_up=False)
-        return actions + self._enter_collecting(now, ("dial_prompt",), self.config.after_call_idle)
+        actions += self._release_dest(now, "normal", hang_up=False)
+        return actions + self._enter_collecting(
+            now, (Prompt.DIAL_PROMPT,), self.config.after_call_idle
+        )
 
-    # --- commands in DIALLING, DEST_BUSY, CONNECTED, OPERATOR ---
+    def _timer_credit_warning(self, event: Event, now: float) -> list[Action]:
+        self._media = "prompt"
+        return [Play(CALLBACK, (Prompt.ONE_MINUTE_WARNING,), barge_in=False, mix=True)]
 
-    def _forwarding(self) -> bool:
-        return self._peer is not None and self._peer.answer_at is not None
+    def _timer_credit_cut(self, event: Event, now: float) -> list[Action]:
+        log.info("customer call %s: credit exhausted, releasing the destination", self.name)
+        actions = self._quiet()
+        actions += self._release_dest(now, "credit_exhausted", hang_up=True)
+        return actions + self._enter_collecting(now, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT), None)
 
-    def _on_digit_command(self, event: DigitReceived, now: float) -> list[Action]:
-        if event.leg != CALLBACK or event.digit in "ABCD":
+    # --- CONSULTING: the destination on hold while customer service is called ---
+
+    def _on_operator_ringing(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, OperatorRinging) and self._operator is not None
+        if self._operator.ring_at is None:
+            self._operator.ring_at = now
+        return self._ringing(self._operator, event.early_media)
+
+    def _on_operator_prompt_finished(self, event: Event, now: float) -> list[Action]:
+        if self._media != "prompt":
+            return []
+        self._media = None
+        operator = self._operator
+        if (
+            operator is not None
+            and operator.ring_at is not None
+            and operator.answer_at is None
+            and not operator.early_media
+        ):
+            return self._tone("ringback")
+        return []
+
+    def _on_operator_joins(self, event: Event, now: float) -> list[Action]:
+        operator = self._operator
+        assert operator is not None
+        operator.answer_at = now
+        actions = self._quiet()
+        actions += self._cancel_if_armed("operator_ring")
+        actions += self._unbridge()
+        self._bridged = CONFERENCE
+        actions.append(Conference((CALLBACK, DESTINATION, OPERATOR)))
+        return actions + self._set_state(S.CONFERENCE)
+
+    def _back_to_destination(
+        self, now: float, cause: str, *, hang_up: bool, status: int | None = None
+    ) -> list[Action]:
+        """Customer service was not reached: the customer talks to the destination again."""
+        actions = self._quiet()
+        actions += self._cancel_if_armed("operator_ring")
+        actions += self._release_operator(now, cause, hang_up=hang_up, status=status)
+        actions += self._unbridge()
+        self._bridged = DESTINATION
+        actions.append(Bridge(CALLBACK, DESTINATION))
+        actions += self._set_state(S.CONNECTED)
+        self._media = "prompt"
+        return [*actions, Play(CALLBACK, (Prompt.CALL_FAILED,), barge_in=False, mix=True)]
+
+    def _on_operator_failed_consulting(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, OperatorFailed)
+        return self._back_to_destination(now, event.cause, hang_up=False, status=event.sip_status)
+
+    def _timer_operator_ring_consulting(self, event: Event, now: float) -> list[Action]:
+        return self._back_to_destination(now, "no_answer", hang_up=True)
+
+    def _on_dest_left(self, event: Event, now: float) -> list[Action]:
+        """The destination hung up while customer service is ringing or joined."""
+        actions = self._release_dest(now, "normal", hang_up=False)
+        return actions + self._with_operator_only(now)
+
+    def _timer_credit_cut_with_operator(self, event: Event, now: float) -> list[Action]:
+        log.info("customer call %s: credit exhausted, releasing the destination", self.name)
+        actions = self._release_dest(now, "credit_exhausted", hang_up=True)
+        return actions + self._with_operator_only(now)
+
+    def _with_operator_only(self, now: float) -> list[Action]:
+        actions = self._unbridge()
+        operator = self._operator
+        assert operator is not None
+        if operator.answer_at is not None or operator.early_media:
+            self._bridged = OPERATOR
+            actions.append(Bridge(CALLBACK, OPERATOR, early_media=operator.answer_at is None))
+        return actions + self._set_state(S.OPERATOR)
+
+    # --- CONFERENCE ---
+
+    def _on_operator_left(self, event: Event, now: float) -> list[Action]:
+        actions = self._release_operator(now, "normal", hang_up=False)
+        actions += self._unbridge()
+        self._bridged = DESTINATION
+        actions.append(Bridge(CALLBACK, DESTINATION))
+        return actions + self._set_state(S.CONNECTED)
+
+    # --- OPERATOR (customer service alone) ---
+
+    def _on_operator_answered(self, event: Event, now: float) -> list[Action]:
+        operator = self._operator
+        assert operator is not None
+        if operator.answer_at is not None:
+            raise CallFlowError("operator answered twice", state=self.state)
+        operator.answer_at = now
+        actions = self._quiet()
+        actions += self._cancel_if_armed("operator_ring")
+        self._bridged = OPERATOR
+        actions.append(Bridge(CALLBACK, OPERATOR))
+        return actions
+
+    def _on_operator_failed(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, OperatorFailed)
+        actions = self._quiet()
+        actions += self._release_operator(now, event.cause, hang_up=False, status=event.sip_status)
+        return actions + self._enter_collecting(now, (Prompt.CALL_FAILED, Prompt.DIAL_PROMPT), None)
+
+    def _timer_operator_ring(self, event: Event, now: float) -> list[Action]:
+        actions = self._release_operator(now, "no_answer", hang_up=True)
+        return actions + self._enter_collecting(now, (Prompt.CALL_FAILED, Prompt.DIAL_PROMPT), None)
+
+    def _on_operator_hung_up(self, event: Event, now: float) -> list[Action]:
+        actions = self._quiet()
+        actions += self._release_operator(now, "normal", hang_up=False)
+        return actions + self._enter_collecting(
+            now, (Prompt.DIAL_PROMPT,), self.config.after_call_idle
+        )
+
+    # --- ENDING ---
+
+    def _goodbye_done(self, event: Event, now: float) -> list[Action]:
+        return self._end(now, "silence", hang_up_callback=True)
+
+    def _on_goodbye_finished(self, event: Event, now: float) -> list[Action]:
+        if self._media != "prompt":
+            return []
+        return self._goodbye_done(event, now)
+
+    # --- commands in DIALLING, DEST_BUSY, CONNECTED, CONSULTING, CONFERENCE, OPERATOR ---
+
+    def _on_digit_command(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DigitReceived)
+        if event.digit in "ABCD":
             return []
         commands = COMMANDS_IN[self.state]
         keys = self._keys
-        forward = self._forwarding()
-        to = self._peer.leg if self._peer is not None else DESTINATION
+        to = self._far_leg()
         last, keys.last_at = keys.last_at, now
         actions: list[Action] = []
         key = event.digit
         if keys.held:
             held, keys.held = keys.held, ""
-            if "hold" in self._timers:
-                actions.append(self._cancel("hold"))
+            actions += self._cancel_if_armed("hold")
             if held + key in commands:
                 return actions + self._command(held + key, now)
-            if forward:
+            if to is not None:
                 actions.append(ForwardDigit(to, held))
         if key in "*#":
             keys.held = key
@@ -1115,103 +1395,170 @@ class CustomerCall:
             keys.zero_at = now if quiet_before else None
         else:
             keys.zero_at = None
-        if forward:
+        if to is not None:
             actions.append(ForwardDigit(to, key))
         return actions
 
+    def _timer_hold(self, event: Event, now: float) -> list[Action]:
+        held, self._keys.held = self._keys.held, ""
+        to = self._far_leg()
+        if held and to is not None:
+            return [ForwardDigit(to, held)]
+        return []
+
     def _command(self, command: str, now: float) -> list[Action]:
-        log.info("customer call %x: command %s in %s", id(self), command, self.state.name)
+        log.info("customer call %s: command %s in %s", self.name, command, self.state.name)
         if command == "**":
             return self._end(now, "customer_release", hang_up_callback=True)
         if command == "*#":
             assert self._number is not None
             return self._authorize(self._number)
-        cause = "customer_service" if command == "00" else "new_number"
-        actions = self._quiet()
-        actions += self._release_peer(now, cause, hang_up=True)
         if command == "00":
-            return actions + self._enter_operator(now)
-        return actions + self._enter_collecting(now, ("dial_prompt",), self.config.silence_timeout)
+            # The destination stays (on hold, still billed) while customer service is called.
+            actions = self._quiet()
+            actions += self._unbridge()
+            actions += self._set_state(S.CONSULTING)
+            return actions + self._call_operator(now)
+        actions = self._quiet()
+        actions += self._release_far_legs(now, "new_number")
+        return actions + self._enter_collecting(
+            now, (Prompt.DIAL_PROMPT,), self.config.silence_timeout
+        )
 
 
-_Handler = Callable[[CustomerCall, Any, float], list[Action]]
+def timer_input(name: str) -> str:
+    """The table input of :class:`TimerFired` ``name``."""
+    return f"timer {name}"
 
-_COLLECTING_ENTRIES: dict[type, _Handler] = {
-    DigitReceived: CustomerCall._on_digit_collecting,
-    PromptFinished: CustomerCall._on_prompt_finished,
-    TimerFired: CustomerCall._on_timer,
-    CustomerHungUp: CustomerCall._on_customer_hung_up,
-}
-_PEER_RINGING: dict[type, _Handler] = {
-    DestinationRinging: CustomerCall._on_ringing,
-    DestinationAnswered: CustomerCall._on_answered,
-    DestinationFailed: CustomerCall._on_failed,
-}
-_COMMANDS: dict[type, _Handler] = {
-    DigitReceived: CustomerCall._on_digit_command,
-    PromptFinished: CustomerCall._on_prompt_finished,
-    TimerFired: CustomerCall._on_timer,
-    CustomerHungUp: CustomerCall._on_customer_hung_up,
+
+def input_of(event: Event) -> object:
+    """The table input an event is looked up by: its class, or ``"timer <name>"``."""
+    if isinstance(event, TimerFired):
+        return timer_input(event.name)
+    return type(event)
+
+
+_C = CustomerCall
+_CALLING = {S.CALLING_BACK}
+_COLLECT_TARGETS = {S.COLLECTING, S.AUTHORIZING, S.OPERATOR, S.ENDED}
+_COMMAND_TARGETS = {S.ENDED, S.COLLECTING}
+
+
+def _timer(name: str) -> str:
+    return timer_input(name)
+
+
+# Every entry: (state, input) -> (handler, the states the handler may leave the machine in).
+_ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallState]]] = {
+    # The callback leg rings at the customer's location.
+    (S.CALLING_BACK, CallbackRinging): (_C._on_callback_ringing, S.CALLING_BACK),
+    (S.CALLING_BACK, CallbackAnswered): (_C._on_callback_answered, {S.ANNOUNCING, S.AUTHORIZING}),
+    (S.CALLING_BACK, CallbackFailed): (_C._on_callback_failed, {S.CALLING_BACK, S.ENDED}),
+    (S.CALLING_BACK, CustomerHungUp): (_C._on_abort, S.ENDED),
+    (S.CALLING_BACK, _timer("ring")): (_C._timer_ring, {S.CALLING_BACK, S.ENDED}),
+    (S.CALLING_BACK, _timer("retry")): (_C._timer_retry, S.CALLING_BACK),
+    # Answered: extension DTMF, then the name and the dial prompt.
+    (S.ANNOUNCING, DigitReceived): (_C._on_digit_announcing, {S.ANNOUNCING, *_COLLECT_TARGETS}),
+    (S.ANNOUNCING, PromptFinished): (_C._on_announced, {S.ANNOUNCING, S.COLLECTING}),
+    (S.ANNOUNCING, _timer("extension")): (_C._timer_extension, {S.ANNOUNCING, S.AUTHORIZING}),
+    (S.ANNOUNCING, _timer("silence")): (_C._timer_silence, S.ENDING),
+    (S.ANNOUNCING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # The DialPrompt.
+    (S.COLLECTING, DigitReceived): (_C._on_digit_collecting, _COLLECT_TARGETS),
+    (S.COLLECTING, PromptFinished): (_C._on_dial_prompt_finished, S.COLLECTING),
+    (S.COLLECTING, _timer("collect")): (_C._timer_collect, _COLLECT_TARGETS),
+    (S.COLLECTING, _timer("silence")): (_C._timer_silence, S.ENDING),
+    (S.COLLECTING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Waiting for the controller's answer about a number or a speed dial.
+    (S.AUTHORIZING, Authorized): (_C._on_authorized, {S.DIALLING, S.COLLECTING}),
+    (S.AUTHORIZING, Refused): (_C._on_refused, S.COLLECTING),
+    (S.AUTHORIZING, SpeedDialResolved): (_C._on_speed_dial, {S.AUTHORIZING, S.COLLECTING}),
+    (S.AUTHORIZING, DigitReceived): (_C._ignore, S.AUTHORIZING),
+    (S.AUTHORIZING, PromptFinished): (_C._prompt_done, S.AUTHORIZING),
+    (S.AUTHORIZING, _timer("silence")): (_C._timer_silence, S.ENDING),
+    (S.AUTHORIZING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # The destination rings.
+    (S.DIALLING, DestinationRinging): (_C._on_dest_ringing, S.DIALLING),
+    (S.DIALLING, DestinationAnswered): (_C._on_dest_answered, S.CONNECTED),
+    (S.DIALLING, DestinationFailed): (_C._on_dest_failed, S.DEST_BUSY),
+    (S.DIALLING, DigitReceived): (_C._on_digit_command, {S.DIALLING, *_COMMAND_TARGETS}),
+    (S.DIALLING, PromptFinished): (_C._prompt_done, S.DIALLING),
+    (S.DIALLING, _timer("dest_ring")): (_C._timer_dest_ring, S.DEST_BUSY),
+    (S.DIALLING, _timer("hold")): (_C._timer_hold, S.DIALLING),
+    (S.DIALLING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Busy, no answer or failed: *# redials, ## asks again, ** ends.
+    (S.DEST_BUSY, DigitReceived): (
+        _C._on_digit_command,
+        {S.DEST_BUSY, S.AUTHORIZING, *_COMMAND_TARGETS},
+    ),
+    (S.DEST_BUSY, PromptFinished): (_C._prompt_done, S.DEST_BUSY),
+    (S.DEST_BUSY, _timer("busy")): (_C._timer_busy, S.COLLECTING),
+    (S.DEST_BUSY, _timer("hold")): (_C._timer_hold, S.DEST_BUSY),
+    (S.DEST_BUSY, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Talking (billed).
+    (S.CONNECTED, DestinationHungUp): (_C._on_dest_hung_up, S.COLLECTING),
+    (S.CONNECTED, DigitReceived): (
+        _C._on_digit_command,
+        {S.CONNECTED, S.CONSULTING, *_COMMAND_TARGETS},
+    ),
+    (S.CONNECTED, PromptFinished): (_C._prompt_done, S.CONNECTED),
+    (S.CONNECTED, _timer("hold")): (_C._timer_hold, S.CONNECTED),
+    (S.CONNECTED, _timer("credit_warning")): (_C._timer_credit_warning, S.CONNECTED),
+    (S.CONNECTED, _timer("credit_cut")): (_C._timer_credit_cut, S.COLLECTING),
+    (S.CONNECTED, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # 00 in a call: the destination on hold (billed) while customer service rings.
+    (S.CONSULTING, OperatorRinging): (_C._on_operator_ringing, S.CONSULTING),
+    (S.CONSULTING, OperatorAnswered): (_C._on_operator_joins, S.CONFERENCE),
+    (S.CONSULTING, OperatorFailed): (_C._on_operator_failed_consulting, S.CONNECTED),
+    (S.CONSULTING, DestinationHungUp): (_C._on_dest_left, S.OPERATOR),
+    (S.CONSULTING, DigitReceived): (_C._on_digit_command, {S.CONSULTING, *_COMMAND_TARGETS}),
+    (S.CONSULTING, PromptFinished): (_C._on_operator_prompt_finished, S.CONSULTING),
+    (S.CONSULTING, _timer("operator_ring")): (_C._timer_operator_ring_consulting, S.CONNECTED),
+    (S.CONSULTING, _timer("hold")): (_C._timer_hold, S.CONSULTING),
+    (S.CONSULTING, _timer("credit_warning")): (_C._timer_credit_warning, S.CONSULTING),
+    (S.CONSULTING, _timer("credit_cut")): (_C._timer_credit_cut_with_operator, S.OPERATOR),
+    (S.CONSULTING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Three-way: customer, destination (billed) and customer service.
+    (S.CONFERENCE, OperatorHungUp): (_C._on_operator_left, S.CONNECTED),
+    (S.CONFERENCE, DestinationHungUp): (_C._on_dest_left, S.OPERATOR),
+    (S.CONFERENCE, DigitReceived): (_C._on_digit_command, {S.CONFERENCE, *_COMMAND_TARGETS}),
+    (S.CONFERENCE, PromptFinished): (_C._prompt_done, S.CONFERENCE),
+    (S.CONFERENCE, _timer("hold")): (_C._timer_hold, S.CONFERENCE),
+    (S.CONFERENCE, _timer("credit_warning")): (_C._timer_credit_warning, S.CONFERENCE),
+    (S.CONFERENCE, _timer("credit_cut")): (_C._timer_credit_cut_with_operator, S.OPERATOR),
+    (S.CONFERENCE, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Customer service alone (00 at the dial prompt, or the destination left).
+    (S.OPERATOR, OperatorRinging): (_C._on_operator_ringing, S.OPERATOR),
+    (S.OPERATOR, OperatorAnswered): (_C._on_operator_answered, S.OPERATOR),
+    (S.OPERATOR, OperatorFailed): (_C._on_operator_failed, S.COLLECTING),
+    (S.OPERATOR, OperatorHungUp): (_C._on_operator_hung_up, S.COLLECTING),
+    (S.OPERATOR, DigitReceived): (_C._on_digit_command, {S.OPERATOR, *_COMMAND_TARGETS}),
+    (S.OPERATOR, PromptFinished): (_C._on_operator_prompt_finished, S.OPERATOR),
+    (S.OPERATOR, _timer("operator_ring")): (_C._timer_operator_ring, S.COLLECTING),
+    (S.OPERATOR, _timer("hold")): (_C._timer_hold, S.OPERATOR),
+    (S.OPERATOR, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
+    # Goodbye after silence.
+    (S.ENDING, DigitReceived): (_C._ignore, S.ENDING),
+    (S.ENDING, PromptFinished): (_C._on_goodbye_finished, {S.ENDING, S.ENDED}),
+    (S.ENDING, _timer("ending")): (_C._goodbye_done, S.ENDED),
+    (S.ENDING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
 }
 
-_BY_STATE: dict[CallState, dict[type, _Handler]] = {
-    S.CALLING_BACK: {
-        CallbackRinging: CustomerCall._on_callback_ringing,
-        CallbackAnswered: CustomerCall._on_callback_answered,
-        CallbackFailed: CustomerCall._on_callback_failed,
-        TimerFired: CustomerCall._on_timer,
-        CustomerHungUp: CustomerCall._on_customer_hung_up,
-    },
-    S.ANNOUNCING: _COLLECTING_ENTRIES,
-    S.COLLECTING: _COLLECTING_ENTRIES,
-    S.AUTHORIZING: {
-        Authorized: CustomerCall._on_authorized,
-        Refused: CustomerCall._on_refused,
-        SpeedDialResolved: CustomerCall._on_speed_dial,
-        DigitReceived: CustomerCall._on_digit_ignored,
-        PromptFinished: CustomerCall._on_prompt_finished,
-        TimerFired: CustomerCall._on_timer,
-        CustomerHungUp: CustomerCall._on_customer_hung_up,
-    },
-    S.DIALLING: {**_PEER_RINGING, **_COMMANDS},
-    S.DEST_BUSY: _COMMANDS,
-    S.CONNECTED: {DestinationHungUp: CustomerCall._on_hung_up, **_COMMANDS},
-    S.OPERATOR: {
-        **_PEER_RINGING,
-        DestinationHungUp: CustomerCall._on_hung_up,
-        **_COMMANDS,
-    },
-    S.ENDING: {
-        DigitReceived: CustomerCall._on_digit_ignored,
-        PromptFinished: CustomerCall._on_prompt_finished,
-        TimerFired: CustomerCall._on_timer,
-        CustomerHungUp: CustomerCall._on_customer_hung_up,
-    },
-    S.ENDED: {},
-}
-
-#: The transition table: ``(state, event type) -> handler``; a missing pair is a CallFlowError.
-_TABLE: dict[tuple[CallState, type], _Handler] = {
-    (state, event_type): handler
-    for state, entries in _BY_STATE.items()
-    for event_type, handler in entries.items()
-}
-
-_TIMERS: dict[str, Callable[[CustomerCall, float], list[Action]]] = {
-    "ring": CustomerCall._timer_ring,
-    "retry": CustomerCall._timer_retry,
-    "extension": CustomerCall._timer_extension,
-    "silence": CustomerCall._timer_silence,
-    "ending": CustomerCall._timer_ending,
-    "collect": CustomerCall._timer_collect,
-    "dest_ring": CustomerCall._timer_dest_ring,
-    "busy": CustomerCall._timer_busy,
-    "hold": CustomerCall._timer_hold,
-    "credit_warning": CustomerCall._timer_credit_warning,
-    "credit_cut": CustomerCall._timer_credit_cut,
-}
+#: The transition table of a customer's call (see the module docstring).
+TABLE: fsm.Table[CallState, object, _Handler] = fsm.Table(
+    "customer call",
+    _ENTRIES,
+    initial=S.CALLING_BACK,
+    final={S.ENDED},
+    error=CallFlowError,
+)
 
 
 def transitions() -> list[tuple[CallState, str]]:
-    """Every ``(state, event name)`` pair the machine accepts (for docs and tests)."""
-    return [(state, event_type.__name__) for state, event_type in _TABLE]
+    """Every ``(state, input name)`` pair the machine accepts (for docs and tests)."""
+    return [(state, fsm.input_name(inp)) for (state, inp), _ in TABLE]
+
+
+def state_diagram() -> str:
+    """The call flow as a Mermaid ``stateDiagram-v2``, drawn from :data:`TABLE`."""
+    return TABLE.mermaid()

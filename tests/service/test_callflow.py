@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
+from softswitch import fsm
 from softswitch.service.callflow import (
     CALLBACK,
     DESTINATION,
     OPERATOR,
+    TABLE,
     Authorize,
     Authorized,
     Bridge,
@@ -20,7 +22,8 @@ from softswitch.service.callflow import (
     CallFlowError,
     CallState,
     CancelTimer,
-    ChangeLocation,
+    Conference,
+    CustomerCall,
     CustomerHungUp,
     DestinationAnswered,
     DestinationFailed,
@@ -30,6 +33,10 @@ from softswitch.service.callflow import (
     Finished,
     ForwardDigit,
     HangUp,
+    OperatorAnswered,
+    OperatorFailed,
+    OperatorHungUp,
+    OperatorRinging,
     Originate,
     Play,
     PlayTone,
@@ -45,6 +52,7 @@ from softswitch.service.callflow import (
     TimerFired,
     Unbridge,
     WriteCdr,
+    state_diagram,
     transitions,
 )
 from tests.service.driver import LOCATION, Driver, of
@@ -344,44 +352,49 @@ def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
     assert d.in_state(S.OPERATOR)
     assert Play(CALLBACK, ("connecting_customer_service",), barge_in=False) in out
     assert Originate(OPERATOR, "sip:care@127.0.0.1", None) in out
-    assert d.send(DestinationRinging(leg=OPERATOR), after=0.5) == []  # announcement plays on
+    assert d.send(OperatorRinging(), after=0.5) == []  # announcement plays on
     assert d.send(PromptFinished(), after=2.0) == [PlayTone(CALLBACK, "ringback")]
-    out = d.send(DestinationAnswered(leg=OPERATOR), after=5.0)
+    out = d.send(OperatorAnswered(), after=5.0)
     assert Bridge(CALLBACK, OPERATOR) in out
     assert of(out, StartBilling) == []
     assert of(d.keys("123"), ForwardDigit) == [ForwardDigit(OPERATOR, k) for k in "123"]
-    out = d.send(DestinationHungUp(leg=OPERATOR), after=60.0)
+    out = d.send(OperatorHungUp(), after=60.0)
     assert last_cdr(d, OPERATOR).cause == "normal"
     assert last_cdr(d, OPERATOR).cost == 0
     assert d.in_state(S.COLLECTING)
     assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
 
 
-def test_operator_events_must_name_the_operator_leg() -> None:
+def test_destination_events_without_a_destination_are_errors() -> None:
     d = Driver()
     d.answered()
     d.keys("00")
     with pytest.raises(CallFlowError):
-        d.send(DestinationAnswered())  # leg="destination"
+        d.send(DestinationAnswered())
 
 
 def test_unreachable_customer_service_returns_to_the_prompt() -> None:
     d = Driver()
     d.answered()
     d.keys("00")
-    out = d.send(DestinationFailed("congestion", 503, leg=OPERATOR), after=1.0)
+    out = d.send(OperatorFailed("congestion", 503), after=1.0)
     assert of(out, Play)[-1] == Play(CALLBACK, ("call_failed", "dial_prompt"))
     assert d.in_state(S.COLLECTING)
 
 
-def test_own_trigger_number_hands_over_to_location_change() -> None:
+def test_own_trigger_number_is_answered_with_a_prompt_and_the_dial_prompt() -> None:
+    # The Location change menu does not exist yet: the customer must hear why, then be able
+    # to dial, never be left on a silent open line (a defect: the leg stayed up, silent).
     d = Driver(trigger_numbers=["12065550100"])
     d.answered()
     out = d.keys("12065550100#")
-    assert ChangeLocation("12065550100") in out
-    assert of(out, HangUp) == []  # the leg goes on into the Location menu
-    assert last_cdr(d, CALLBACK).cause == "location_change"
-    assert_finished(d)
+    assert of(out, HangUp) == []
+    assert of(out, Play) == [Play(CALLBACK, ("location_unavailable", "dial_prompt"))]
+    assert d.in_state(S.COLLECTING)
+    assert of(out, Finished) == []
+    d.send(PromptFinished(), after=5.0)
+    assert "collect" in d.timers
+    dial(d)
 
 
 def test_star_star_at_the_prompt_ends() -> None:
@@ -546,15 +559,17 @@ def test_new_number_in_call() -> None:
     assert [c.attempt for c in of(d.actions, WriteCdr) if c.leg == DESTINATION] == [1, 2]
 
 
-def test_double_zero_in_call_calls_customer_service() -> None:
+def test_double_zero_in_call_holds_the_destination_and_calls_customer_service() -> None:
     d = Driver()
     connected(d)
     d.now += 5.0  # a pause before the command
     out = d.keys("00", gap=0.4)
     assert of(out, ForwardDigit) == [ForwardDigit(DESTINATION, "0")]  # the first 0 went at once
-    assert HangUp(DESTINATION, "customer_service") in out
-    assert StopBilling(d.now) in out
-    assert d.in_state(S.OPERATOR)
+    # The destination is not lost: held (still billed) while customer service is called.
+    assert of(out, HangUp) == [] and of(out, StopBilling) == []
+    assert Unbridge(CALLBACK, DESTINATION) in out
+    assert Originate(OPERATOR, "customer-service", None, 1) in out
+    assert d.in_state(S.CONSULTING)
 
 
 def test_zeros_inside_a_bank_menu_entry_are_forwarded() -> None:
@@ -602,7 +617,6 @@ def test_digits_go_through_at_once() -> None:
     d = Driver()
     connected(d)
     assert d.send(DigitReceived("7"), after=1.0) == [ForwardDigit(DESTINATION, "7")]
-    assert d.send(DigitReceived("7", leg=DESTINATION)) == []  # the far end's keys: media relays
 
 
 def test_destination_hangs_up_back_to_the_prompt_then_idle_end() -> None:
@@ -720,7 +734,7 @@ def to_connected(d: Driver) -> None:
 def to_operator(d: Driver) -> None:
     d.answered()
     d.keys("00")
-    d.send(DestinationAnswered(leg=OPERATOR), after=3.0)
+    d.send(OperatorAnswered(), after=3.0)
 
 
 def to_ending(d: Driver) -> None:
@@ -749,7 +763,7 @@ def test_customer_hangs_up_in_every_state(
     d = Driver()
     drive(d)
     assert d.state is state
-    peer_live = d.call._peer is not None
+    peer_live = d.call._dest is not None or d.call._operator is not None
     out = d.send(CustomerHungUp(), after=1.0)
     assert_finished(d)
     hung = [h.leg for h in of(out, HangUp)]
@@ -818,3 +832,119 @@ def test_every_state_but_ended_accepts_customer_hangup() -> None:
     pairs = set(transitions())
     for state in CallState:
         assert ((state, "CustomerHungUp") in pairs) is (state is not S.ENDED)
+
+
+# --- customer service joins the call (00 during a call) ---
+
+
+def consulting(d: Driver) -> float:
+    answer_at = connected(d)
+    d.now += 5.0
+    d.keys("00", gap=0.4)
+    assert d.in_state(S.CONSULTING)
+    return answer_at
+
+
+def test_operator_answers_and_the_three_are_conferenced() -> None:
+    d = Driver()
+    consulting(d)
+    assert d.send(OperatorRinging(), after=0.5) == []  # "connecting customer service" plays on
+    assert d.send(PromptFinished(), after=2.0) == [PlayTone(CALLBACK, "ringback")]
+    out = d.send(OperatorAnswered(), after=4.0)
+    assert out == [
+        StopPlayback(CALLBACK),
+        CancelTimer("operator_ring"),
+        Conference((CALLBACK, DESTINATION, OPERATOR)),
+    ]
+    assert d.in_state(S.CONFERENCE)
+    # The customer's keys still reach the destination (bank menus), not customer service.
+    assert d.send(DigitReceived("4"), after=1.0) == [ForwardDigit(DESTINATION, "4")]
+    out = d.send(OperatorHungUp(), after=30.0)
+    assert out[-1] == Bridge(CALLBACK, DESTINATION)
+    assert Unbridge(CALLBACK, "conference") in out
+    assert last_cdr(d, OPERATOR).cause == "normal"
+    assert d.in_state(S.CONNECTED)
+    out = d.keys("**")
+    assert last_cdr(d, DESTINATION).cause == "customer_release"
+    assert_finished(d)
+
+
+def test_destination_leaving_the_conference_leaves_customer_service() -> None:
+    d = Driver()
+    consulting(d)
+    d.send(OperatorAnswered(), after=4.0)
+    out = d.send(DestinationHungUp(), after=10.0)
+    assert StopBilling(d.now) in out
+    assert Bridge(CALLBACK, OPERATOR) in out
+    assert CancelTimer("credit_cut") in out
+    assert d.in_state(S.OPERATOR)
+    assert last_cdr(d, DESTINATION).cost > 0
+    out = d.send(OperatorHungUp(), after=10.0)
+    assert d.in_state(S.COLLECTING)
+    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+
+
+def test_customer_service_unreachable_returns_to_the_destination() -> None:
+    d = Driver()
+    consulting(d)
+    out = d.send(OperatorFailed("busy", 486), after=2.0)
+    assert Bridge(CALLBACK, DESTINATION) in out
+    assert Play(CALLBACK, ("call_failed",), barge_in=False, mix=True) in out
+    assert d.in_state(S.CONNECTED)
+    assert last_cdr(d, OPERATOR).sip_status == 486
+    assert {"credit_warning", "credit_cut"} <= set(d.timers)
+
+
+def test_customer_service_not_answering_returns_to_the_destination() -> None:
+    d = Driver()
+    consulting(d)
+    out = d.fire("operator_ring")
+    assert HangUp(OPERATOR, "no_answer") in out
+    assert d.in_state(S.CONNECTED)
+
+
+def test_credit_runs_out_while_customer_service_is_called() -> None:
+    d = Driver()
+    connected(d, max_seconds=120)
+    d.now += 5.0
+    d.keys("00", gap=0.4)
+    out = d.fire("credit_cut")
+    assert HangUp(DESTINATION, "credit_exhausted") in out
+    assert d.in_state(S.OPERATOR)
+    assert of(d.actions, StartBilling) and len(of(d.actions, StopBilling)) == 1
+
+
+def test_new_number_from_the_conference_releases_both() -> None:
+    d = Driver()
+    consulting(d)
+    d.send(OperatorAnswered(), after=4.0)
+    out = d.keys("##")
+    assert {h.leg for h in of(out, HangUp)} == {DESTINATION, OPERATOR}
+    assert Unbridge(CALLBACK, "conference") in out
+    assert d.in_state(S.COLLECTING)
+
+
+# --- the table itself ---
+
+
+def test_every_state_is_reachable_and_drawn() -> None:
+    assert TABLE.reachable() == TABLE.states() == frozenset(CallState)
+    diagram = state_diagram()
+    for state in CallState:
+        assert state.name in diagram
+    assert "CONNECTED --> CONSULTING: DigitReceived" in diagram
+
+
+def test_a_handler_may_not_move_where_its_entry_does_not_lead() -> None:
+    d = Driver()
+    d.start()
+    broken = fsm.Table(
+        "broken",
+        {(S.CALLING_BACK, CallbackAnswered): (CustomerCall._on_callback_answered, S.ENDED)},
+        initial=S.CALLING_BACK,
+        error=CallFlowError,
+    )
+    transition = broken.fire(S.CALLING_BACK, CallbackAnswered)
+    d.call._transition, d.call._input = transition, CallbackAnswered
+    with pytest.raises(CallFlowError, match="may lead to ENDED, not ANNOUNCING"):
+        d.call._set_state(S.ANNOUNCING)

@@ -12,8 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softswitch.service.callflow import (
-    DESTINATION,
-    OPERATOR,
     TIMERS_IN,
     Authorized,
     CallbackAnswered,
@@ -30,6 +28,10 @@ from softswitch.service.callflow import (
     DigitReceived,
     Event,
     Finished,
+    OperatorAnswered,
+    OperatorFailed,
+    OperatorHungUp,
+    OperatorRinging,
     Originate,
     PromptFinished,
     Refused,
@@ -61,27 +63,20 @@ PREFIXES = [
     to_operator,
 ]
 
-LEGS = [DESTINATION, OPERATOR]
-
 events = st.one_of(
     st.just(CallbackRinging()),
     st.just(CallbackAnswered()),
     st.builds(CallbackFailed, st.sampled_from(["busy", "no_answer", "unreachable", "rejected"])),
-    st.builds(
-        DigitReceived,
-        st.sampled_from(list("0123456789*#A")),
-        st.sampled_from(["callback", DESTINATION]),
-    ),
+    st.builds(DigitReceived, st.sampled_from(list("0123456789*#A"))),
     st.just(PromptFinished()),
-    st.builds(DestinationRinging, st.booleans(), st.sampled_from(LEGS)),
-    st.builds(DestinationAnswered, st.sampled_from(LEGS)),
-    st.builds(
-        DestinationFailed,
-        st.sampled_from(["busy", "no_answer", "rejected", "congestion"]),
-        st.none(),
-        st.sampled_from(LEGS),
-    ),
-    st.builds(DestinationHungUp, st.sampled_from(LEGS)),
+    st.builds(DestinationRinging, st.booleans()),
+    st.just(DestinationAnswered()),
+    st.builds(DestinationFailed, st.sampled_from(["busy", "no_answer", "rejected", "congestion"])),
+    st.just(DestinationHungUp()),
+    st.builds(OperatorRinging, st.booleans()),
+    st.just(OperatorAnswered()),
+    st.builds(OperatorFailed, st.sampled_from(["busy", "no_answer", "rejected", "congestion"])),
+    st.just(OperatorHungUp()),
     st.builds(
         Authorized,
         st.just("81312345678"),
@@ -130,12 +125,27 @@ LIKELY: dict[CallState, st.SearchStrategy[object]] = {
     CallState.CONNECTED: st.sampled_from(
         ["timer", "##", "00", "*1", "5", "#", DestinationHungUp(), PromptFinished()]
     ),
+    CallState.CONSULTING: st.sampled_from(
+        [
+            OperatorRinging(),
+            OperatorRinging(early_media=True),
+            *[OperatorAnswered()] * 3,
+            OperatorFailed("busy", 486),
+            DestinationHungUp(),
+            PromptFinished(),
+            "timer",
+            "##",
+        ]
+    ),
+    CallState.CONFERENCE: st.sampled_from(
+        [OperatorHungUp(), DestinationHungUp(), PromptFinished(), "timer", "##", "5", "**"]
+    ),
     CallState.OPERATOR: st.sampled_from(
         [
-            DestinationRinging(leg=OPERATOR),
-            DestinationAnswered(leg=OPERATOR),
-            DestinationHungUp(leg=OPERATOR),
-            DestinationFailed("rejected", 603, leg=OPERATOR),
+            OperatorRinging(),
+            OperatorAnswered(),
+            OperatorHungUp(),
+            OperatorFailed("rejected", 603),
             PromptFinished(),
             "timer",
             "##",
@@ -210,7 +220,8 @@ def test_random_event_sequences(data: st.DataObject, variant: str) -> None:
 def check(d: Driver) -> None:
     assert set(d.timers) <= TIMERS_IN[d.state]
     billing = len(of(d.actions, StartBilling)) - len(of(d.actions, StopBilling))
-    assert billing == (1 if d.state is CallState.CONNECTED else 0)
+    billed_states = (CallState.CONNECTED, CallState.CONSULTING, CallState.CONFERENCE)
+    assert billing == (1 if d.state in billed_states else 0)
     finished = of(d.actions, Finished)
     assert len(finished) == (1 if d.state is CallState.ENDED else 0)
     if finished:
