@@ -74,11 +74,23 @@ def serve(
     raise typer.Exit(run(cfg))
 
 
-@app.command()
+DEMO_HELP = (
+    "Run a whole callback call on loopback and show it step by step.\n\n"
+    "A real node (softswitch serve in a subprocess, a temporary SQLite store with a demo "
+    "account and a rate) and an emulated carrier with the customer's and the destination's "
+    "phones. The node registers with digest auth; the customer rings the trigger number and "
+    "hangs up after one ring; the node calls back and plays the dial prompt; the customer "
+    "dials the destination (RFC 4733); the node dials it and bridges the legs; each side's "
+    "tone is measured at the far end; ** ends the call. Prints the checks, a timeline of "
+    "every SIP message and log line, and the CDRs; exits 0 only if every check held."
+)
+
+
+@app.command(help=DEMO_HELP)
 def demo(
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory with logs.")] = False,
 ) -> None:
-    """Start a node and a SIPp carrier on loopback and show a registration and a trigger call."""
+    """A whole callback call on loopback (``softswitch.demo.run``); see ``DEMO_HELP``."""
     from softswitch.demo.run import run_demo
 
     raise typer.Exit(run_demo(keep=keep))
