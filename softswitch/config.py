@@ -3,6 +3,8 @@
 Every error names the file, the line and the key, because a sysadmin reading "invalid config"
 at 3 a.m. should not have to guess. tomllib reports syntax errors with a line number; for
 semantic errors (wrong type, unknown key, bad address) we find the key's line in the text.
+Unknown keys, in any table, are reported before anything else is checked (the first in the
+file), so ``usernme = "alice"`` is named as a typo, not as a missing ``username``.
 
 With no file at all the defaults are a safe local node: SIP on 127.0.0.1:5060 (UDP and TCP),
 an embedded SQLite file, no trunk, SIP accepted from loopback only.
@@ -10,6 +12,7 @@ an embedded SQLite file, no trunk, SIP accepted from loopback only.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import tomllib
@@ -119,6 +122,34 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Every key each table may hold ("" is the top level: the tables themselves). Unknown keys are
+#: reported before anything else is checked, so a typo is named as a typo, not as the
+#: missing key it was meant to be.
+_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {"sip", "database", "log", "trunk", "trigger", "service", "media", "prompts"}
+        | {"test_number"}
+    ),
+    "sip": frozenset(
+        {"listen", "transports", "public_address", "allow_from", "t1", "t2", "t4"}
+        | {"user_agent", "tcp_idle_timeout", "tcp_max_connections"}
+    ),
+    "database": frozenset({"url"}),
+    "log": frozenset({"level"}),
+    "trunk": frozenset(
+        {"proxy", "registrar", "username", "password", "realm", "expires", "ip_auth"}
+        | {"keepalive_interval", "caller_id", "international_prefix", "transport"}
+    ),
+    "trigger": frozenset({"number"}),
+    "service": frozenset(
+        {"enabled", "operator", "tone_country", "callback_ring_timeout"}
+        | {"destination_ring_timeout", "blocked_prefixes"}
+    ),
+    "media": frozenset({"host", "rtp_ports"}),
+    "prompts": frozenset({"dir"}),
+    "test_number": frozenset({"number", "hangup_after"}),
+}
+
 _KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
 _TABLE_LINE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 
@@ -131,6 +162,8 @@ def _find_line(text: str, table: str, key: str | None) -> int | None:
         m = _TABLE_LINE.match(line)
         if m:
             current = m.group(1)
+            if key is not None and current == (f"{table}.{key}" if table else key):
+                return number  # the key is a (sub-)table: its header line
             if current == table and key is None:
                 return number
             if current == table:
@@ -160,6 +193,7 @@ class _Reader:
         )
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        assert key in _KEYS[self.table], f"[{self.table}] {key} missing from _KEYS"
         self.used.add(key)
         if key not in self.data:
             return default
@@ -174,7 +208,36 @@ class _Reader:
     def finish(self) -> None:
         for key in self.data:
             if key not in self.used:
-                raise self.error(key, "unknown key (check the spelling; see README)")
+                raise self.error(key, _unknown(self.table, key))
+
+
+def _unknown(table: str, key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(_KEYS[table]), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}check the spelling; see README)"
+
+
+def _check_keys(data: dict[str, Any], text: str, path: str) -> None:
+    """Raise for the first unknown key in the file (by line), in any table."""
+    found: list[tuple[int, int, _Reader, str]] = []
+
+    def check(table_data: dict[str, Any], table: str) -> None:
+        reader = _Reader(table_data, table, text, path)
+        for key in table_data:
+            if key not in _KEYS[table]:
+                line = _find_line(text, table, key)
+                found.append((line if line is not None else 1 << 30, len(found), reader, key))
+
+    check(data, "")
+    for table in sorted(_KEYS[""] & data.keys()):
+        value = data[table]
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict):
+                check(item, table)
+    if found:
+        _, _, reader, key = min(found, key=lambda f: (f[0], f[1]))
+        raise reader.error(key, _unknown(reader.table, key))
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -221,6 +284,7 @@ def load_config(
             msg = str(exc).split(" (at line")[0]
             raise ConfigError(f"TOML syntax error: {msg}", path=source, line=line) from None
 
+    _check_keys(data, text, source)
     top = _Reader(data, "", text, source)
     sip = _Reader(top.get("sip", dict, {}), "sip", text, source)
     kwargs: dict[str, Any] = {"source": source}

@@ -123,3 +123,43 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_host_port(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        # A typo'd key is named as such, not as the key it should have been.
+        (
+            '[trunk]\nregistrar = "sip:c.test"\nusernme = "alice"\npassword = "secret"\n',
+            3,
+            "[trunk] usernme",
+        ),
+        # Unknown keys come first, before any other check of the table or of later tables.
+        ('[sip]\nt1 = "fast"\nlistne = "127.0.0.1:5060"\n', 3, "[sip] listne"),
+        ('[database]\nurl = 5\nulr = "sqlite:///x"\n', 3, "[database] ulr"),
+        ('[log]\nlevel = "LOUD"\nlevle = "INFO"\n', 3, "[log] levle"),
+        ('[trunk]\nproxy = "127.0.0.1"\nexpires = 5\nexpries = 600\n', 4, "[trunk] expries"),
+        ('[[trigger]]\nnumber = "abc"\nnumbr = "8150"\n', 3, "[trigger] numbr"),
+        ('[service]\ntone_country = "XX"\noperater = "ops"\n', 3, "[service] operater"),
+        ("[media]\nrtp_ports = [1]\nrtp_port = [20000, 30000]\n", 3, "[media] rtp_port"),
+        ('[prompts]\ndir = 5\ndirectory = "/p"\n', 3, "[prompts] directory"),
+        ('[[test_number]]\nnumber = "x"\nhangup = 5\n', 3, "[test_number] hangup"),
+        ('[sip]\nt1 = "fast"\n\n[trunck]\nproxy = "127.0.0.1"\n', 4, "trunck"),
+        ('[log]\nlevel = "LOUD"\n\n[trunk.extra]\nx = 1\n', 4, "[trunk] extra"),
+        ('unknown = 1\n[sip]\nt1 = "fast"\n', 1, "unknown"),
+    ],
+)
+def test_unknown_keys_are_reported_first(tmp_path: Path, text: str, line: int, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.path, err.line, err.key) == (str(path), line, key), str(err)
+    assert "unknown key" in str(err)
+    assert str(err).startswith(f"{path}:{line}: {key}: unknown key")
+
+
+def test_unknown_key_suggests_the_known_one(tmp_path: Path) -> None:
+    path = write(tmp_path, '[trunk]\nregistrar = "sip:c.test"\nusernme = "alice"\n')
+    with pytest.raises(ConfigError, match="did you mean 'username'"):
+        load_config(path)
