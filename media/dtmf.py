@@ -129,6 +129,10 @@ class DtmfDetector:
         self._misses = np.zeros(max_legs, dtype=np.int32)
         self._onset = np.zeros(max_legs, dtype=np.int64)
         self._last_end = np.zeros(max_legs, dtype=np.int64)
+        #: After :meth:`process`: per row of that call, whether either analysis window touching
+        #: the frame held a valid DTMF tone pair (tone energy, before any digit is confirmed).
+        #: The media engine's DTMF clamp silences such frames in what the bridge peer hears.
+        self.last_tone: NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
 
     def add_leg(self, leg_id: Hashable) -> int:
         """Reserve a slot for ``leg_id`` (fresh state) and return it."""
@@ -176,6 +180,7 @@ class DtmfDetector:
         slots = np.asarray(slots, dtype=np.intp)
         n = len(slots)
         if n == 0:
+            self.last_tone = np.zeros(0, dtype=np.bool_)
             return []
         if frames.shape != (n, FRAME):
             raise ValueError(f"frames must have shape ({n}, {FRAME}), got {frames.shape}")
@@ -213,6 +218,7 @@ class DtmfDetector:
             digits[k_idx, leg_idx] = d
             levels[k_idx, leg_idx] = lv
         self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
+        self.last_tone = np.asarray((digits >= 0).any(axis=0), dtype=np.bool_)
         out: list[tuple[Hashable, DigitEvent]] = []
         for k in range(2):
             d = digits[k]

@@ -67,6 +67,9 @@ RTP_TIMEOUT = 30.0
 DTMF_VOLUME = 10  # RFC 4733 section 2.3.4: -10 dBm0
 DTMF_END_REPEATS = 3  # RFC 4733 section 2.5.1.4: the final packet is sent three times
 RFC4733 = struct.Struct("!BBH")
+# The DTMF clamp (set_dtmf_clamp): frames after the last one with tone energy that are still
+# silenced (a tone's tail can end mid-frame in a window the detector does not call valid).
+CLAMP_HANG_FRAMES = 2
 SILENCE = {"PCMU": b"\xff" * FRAME, "PCMA": b"\xd5" * FRAME}
 _LAW_OFFSET = {"PCMU": 0, "PCMA": 256}
 _DECODE512 = np.concatenate([ULAW_DECODE, ALAW_DECODE]).astype(np.int16)
@@ -75,6 +78,7 @@ _A2U = bytes(ULAW_ENCODE[ALAW_DECODE.view(np.uint16)].tobytes())
 _DTMF_CODES = {d: i for i, d in enumerate("0123456789*#ABCD")}
 _RING_SLOT = FrameRing.SLOT
 _RING_MASK = FrameRing.DEPTH - 1
+_Out = list[tuple[str, bytes, Addr]]
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -179,6 +183,46 @@ def _default_receiver(pt: int) -> EventReceiver:
 
 # -- legs --------------------------------------------------------------------------------------
 
+# A frame queued in a DTMF clamp's delay line: (sequence, timestamp, SSRC, marker, payload).
+_Queued = tuple[int, int, int, bool, bytes]
+
+
+@dataclass(eq=False, slots=True)
+class DtmfClamp:
+    """The delay line of a leg whose relayed audio is cleared of in-band DTMF.
+
+    Frames received since the last tick wait in `fresh`; the tick analyses them (in arrival
+    order, with the leg's DTMF detector) and releases each frame once the next one has been
+    analysed, so a tone found in frame n also silences frame n - 1 (where it may have begun
+    too briefly for the detector to see it). One frame is always `held` back.
+    """
+
+    fresh: collections.deque[_Queued] = field(default_factory=collections.deque)
+    held: _Queued | None = None
+    held_muted: bool = False
+    hang: int = 0  # frames still to silence after the last one with tone energy
+    closing: bool = False  # turned off: drain the queue on the next tick, then drop
+    frames: int = 0
+    muted: int = 0
+
+    def push(self, frame: _Queued, tone: bool) -> tuple[_Queued, bool] | None:
+        """Account one analysed frame; returns the frame it releases (and whether muted)."""
+        self.frames += 1
+        if tone:
+            muted = self.held_muted = True
+            self.hang = CLAMP_HANG_FRAMES
+        elif self.hang:
+            muted = True
+            self.hang -= 1
+        else:
+            muted = False
+        held, held_muted = self.held, self.held_muted
+        self.held, self.held_muted = frame, muted
+        if held is None:
+            return None
+        self.muted += held_muted
+        return held, held_muted
+
 
 @dataclass(eq=False, slots=True)
 class Leg:
@@ -207,6 +251,14 @@ class Leg:
     #: the digits itself (the callback service holds ``*`` and ``#`` back to see whether they
     #: start a command, then forwards them with ``send_dtmf``).
     relay_events: bool = True
+    #: Relay what this leg receives to its bridge peer. False on the customer's side of an
+    #: early-media bridge (``bridge(a, b, early_media=True)``): the destination must not hear
+    #: the customer before it answers.
+    to_peer: bool = True
+    #: Set by ``set_dtmf_clamp``: what this leg relays passes a delay line with DTMF silenced.
+    clamp: DtmfClamp | None = None
+    #: `clamp` while the delay line is in use (bridged, relaying, no prompt on the peer).
+    delay: DtmfClamp | None = None
     dtmf_tx: collections.deque[tuple[bytes, bool]] = field(default_factory=collections.deque)
     dtmf_tx_ts: int | None = None
     inband_tx: collections.deque[npt.NDArray[np.int16]] = field(default_factory=collections.deque)
@@ -260,6 +312,8 @@ class MediaEngine:
         self._fax_slot_of: dict[str, int] = {}
         self._tx: list[Leg] = []
         self._idle: list[Leg] = []
+        self._delayed: list[Leg] = []
+        self._mix_clamps: list[tuple[int, int, Leg]] = []
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -307,16 +361,36 @@ class MediaEngine:
         self._update_transcode(leg)
         self._dirty = True
 
-    def bridge(self, a: str, b: str) -> None:
-        """Join two legs on the fast path (each is first taken out of any bridge/conference)."""
+    def bridge(self, a: str, b: str, *, early_media: bool = False) -> None:
+        """Join two legs on the fast path (each is first taken out of any bridge/conference).
+
+        With `early_media=True` the bridge is one-way: what leg `b` receives (the
+        destination's ringback or announcements) is relayed to `a`, but nothing `a` receives
+        reaches `b`, which gets silence instead; `a`'s audio still feeds its own detectors,
+        so its digits are reported. Bridging the same pair again (e.g. once the destination
+        answers) switches the direction in place, without re-joining: both send streams keep
+        their sequence numbers and timestamps running, and `b`'s stream moves from the
+        silence to `a`'s packets as at the start of a talkspurt (marker set).
+        """
         la, lb = self._legs[a], self._legs[b]
+        if la.peer is lb:
+            la.to_peer = not early_media
+            lb.to_peer = True
+            self._update_delay(la)
+            self._update_delay(lb)
+            self._dirty = True
+            return
         for leg in (la, lb):
             self.unbridge(leg.leg_id)
             self._leave_conference(leg)
         bridge = Bridge(a, b)
         la.peer, lb.peer = lb, la
         la.bridge = lb.bridge = bridge
+        la.to_peer = not early_media
+        lb.to_peer = True
         self._update_transcode(la)
+        self._update_delay(la)
+        self._update_delay(lb)
         self._dirty = True
 
     def unbridge(self, leg_id: str) -> None:
@@ -330,7 +404,24 @@ class MediaEngine:
             side.bridge = None
             side.transcode = None
             side.clear_channel = False
+            side.to_peer = True
+            self._update_delay(side)
         self._dirty = True
+
+    def _update_delay(self, leg: Leg) -> None:
+        """Route what `leg` relays through its DTMF clamp's delay line, or not."""
+        clamp = leg.clamp
+        peer = leg.peer
+        on = clamp is not None and peer is not None and leg.to_peer and not peer.tx_dsp
+        if on:
+            leg.delay = clamp
+        elif leg.delay is not None:
+            # Frames still queued have nowhere to go (no peer, or the peer hears a prompt).
+            leg.delay.fresh.clear()
+            leg.delay.held = None
+            leg.delay = None
+            if clamp is not None and clamp.closing:
+                leg.clamp = None
 
     def join_conference(self, conf_id: str, leg_id: str) -> None:
         """Mix `leg_id` into conference `conf_id` (created on first join); leaves its bridge."""
@@ -413,6 +504,8 @@ class MediaEngine:
         leg = self._legs[leg_id]
         if leg.clear_channel:
             inband = fax = False
+        if not inband and leg.clamp is not None:
+            self.set_dtmf_clamp(leg_id, False)
         self._set_inband(leg, inband)
         self._set_fax(leg, fax and self._fax is not None)
         self._dirty = True
@@ -435,6 +528,36 @@ class MediaEngine:
             fax.remove_leg(leg.leg_id)
             del self._fax_slot_of[leg.leg_id]
         leg.fax_detect = on
+
+    def set_dtmf_clamp(self, leg_id: str, on: bool) -> None:
+        """Keep in-band DTMF typed on `leg_id` from reaching its bridge peer (default off).
+
+        With the clamp on, what the leg relays to its peer passes a one-frame delay line
+        (20-40 ms added: a frame leaves on the first tick after the next frame was analysed)
+        and every frame in which the in-band detector sees DTMF tone energy (from the first
+        valid analysis window, before any digit is confirmed, to the end of the tone and
+        ``CLAMP_HANG_FRAMES`` after), and the frame before it, reaches the peer as silence.
+        Digits are still reported as DigitReceived, so the application decides what to
+        forward (``send_dtmf``). Turning the clamp on turns in-band detection on; turning
+        in-band detection off (``enable_dtmf``) or switching to clear channel turns the clamp
+        off. With the clamp off, frames still queued are released on the next tick.
+        """
+        leg = self._legs[leg_id]
+        if on:
+            if leg.clear_channel:
+                return
+            if not leg.inband:
+                self._set_inband(leg, True)
+            if leg.clamp is None:
+                leg.clamp = DtmfClamp()
+            leg.clamp.closing = False
+        elif leg.clamp is not None:
+            if leg.delay is None:
+                leg.clamp = None
+            else:
+                leg.clamp.closing = True
+        self._update_delay(leg)
+        self._dirty = True
 
     def relay_dtmf_events(self, leg_id: str, on: bool) -> None:
         """Relay (default) or keep the RFC 4733 events a leg receives from its bridge peer.
@@ -475,6 +598,8 @@ class MediaEngine:
         ok = all(x.session.codec == leg.session.codec for x in legs)
         for x in legs:
             x.clear_channel = True
+            if x.clamp is not None:
+                self.set_dtmf_clamp(x.leg_id, False)
             self._set_inband(x, False)
             self._set_fax(x, False)
             if x.player is not None:
@@ -576,7 +701,11 @@ class MediaEngine:
             if jb is not None:
                 jb.put(seq, payload)
         peer = leg.peer
-        if peer is None or peer.tx_dsp:
+        if peer is None or peer.tx_dsp or not leg.to_peer:
+            return None
+        delay = leg.delay
+        if delay is not None:
+            delay.fresh.append((seq, ts, ssrc, b1 > 127, payload))
             return None
         psession = peer.session
         dest = psession.latched or psession.remote
@@ -593,7 +722,7 @@ class MediaEngine:
         if leg.receiver is not None:
             for event in leg.receiver.receive(payload, ts, seq, marker, now):
                 self._digit(leg, event, now)
-        if not leg.relay_events:
+        if not leg.relay_events or not leg.to_peer:
             return None
         peer = leg.peer
         if peer is None or peer.tx_dsp:
@@ -644,22 +773,34 @@ class MediaEngine:
             )
         rx: list[Leg] = []
         analysed: list[Leg] = []
+        delayed: list[Leg] = []
         for leg in self._legs.values():
+            if leg.clamp is not None:
+                self._update_delay(leg)
+                if leg.delay is not None:
+                    delayed.append(leg)
             peer = leg.peer
             heard = (
                 leg.recorder is not None
                 or leg.conference is not None
-                or (peer is not None and peer.tx_dsp and peer.mix_peer and peer.player is not None)
+                or (
+                    peer is not None
+                    and leg.to_peer
+                    and peer.tx_dsp
+                    and peer.mix_peer
+                    and peer.player is not None
+                )
             )
             # Audio that is heard or recorded goes through a jitter buffer with concealment;
-            # audio that only feeds the detectors goes through the vectorised FrameRing.
+            # audio that only feeds the detectors goes through the vectorised FrameRing, or,
+            # on a clamped leg that is relaying, is analysed from the clamp's delay line.
             if heard and leg.jb is None:
                 leg.jb = JitterBuffer(target=self.jitter_target)
             elif not heard:
                 leg.jb = None
             if heard:
                 rx.append(leg)
-            elif leg.inband or leg.fax_detect:
+            elif (leg.inband or leg.fax_detect) and leg.delay is None:
                 analysed.append(leg)
         self._rx_jb = list(rx)
         self._rebuild_ring(analysed)
@@ -671,22 +812,39 @@ class MediaEngine:
         ).reshape(-1, 1)
         laws = {int(x) for x in self._rx_offsets.ravel()}
         self._rx_law = laws.pop() if len(laws) == 1 else None
-        dtmf = [(i, self._dtmf_slot_of[leg.leg_id]) for i, leg in enumerate(rx) if leg.inband]
+        dtmf = [
+            (i, self._dtmf_slot_of[leg.leg_id])
+            for i, leg in enumerate(rx)
+            if leg.inband and leg.delay is None
+        ]
         self._dtmf_rows = np.array([r for r, _ in dtmf], dtype=np.intp)
         self._dtmf_slots = np.array([s for _, s in dtmf], dtype=np.intp)
-        fax = [(i, self._fax_slot_of[leg.leg_id]) for i, leg in enumerate(rx) if leg.fax_detect]
+        # Clamped legs heard through a jitter buffer (the peer plays a prompt over the bridge):
+        # their frames with tone energy are left out of the mix (no delay line there).
+        self._mix_clamps = [
+            (k, int(row), rx[row])
+            for k, row in enumerate(self._dtmf_rows)
+            if rx[row].clamp is not None
+        ]
+        fax = [
+            (i, self._fax_slot_of[leg.leg_id])
+            for i, leg in enumerate(rx)
+            if leg.fax_detect and leg.delay is None
+        ]
         self._fax_rows = np.array([r for r, _ in fax], dtype=np.intp)
         self._fax_slots = np.array([s for _, s in fax], dtype=np.intp)
+        self._delayed = delayed
         self._tx = [leg for leg in self._legs.values() if leg.tx_dsp]
         # Legs with nothing to send (between prompts, while the customer dials) still get a
         # silent frame every tick: a peer or a NAT on the way may end a call whose RTP stops,
         # and a phone's jitter buffer expects a steady stream. Bridged legs get their peer's
-        # packets instead; clear-channel (fax) legs are left untouched.
+        # packets instead (unless the peer is the customer of an early-media bridge);
+        # clear-channel (fax) legs are left untouched.
         self._idle = [
             leg
             for leg in self._legs.values()
             if not leg.tx_dsp
-            and leg.peer is None
+            and (leg.peer is None or not leg.peer.to_peer)
             and leg.conference is None
             and not leg.clear_channel
             and leg.session.remote is not None
@@ -718,7 +876,7 @@ class MediaEngine:
         self._ticks += 1
         sample_time = self._ticks * FRAME
         out: list[tuple[str, bytes, Addr]] = []
-        pcm = self._receive_batch(sample_time, now)
+        pcm = self._receive_batch(sample_time, now, out)
         if self._tx:
             self._send_batch(pcm, now, out)
         for leg in self._idle:
@@ -734,10 +892,76 @@ class MediaEngine:
             self._housekeeping(now)
         return out
 
-    def _receive_batch(self, sample_time: int, now: float) -> npt.NDArray[np.int16] | None:
+    def _receive_batch(
+        self, sample_time: int, now: float, out: list[tuple[str, bytes, Addr]]
+    ) -> npt.NDArray[np.int16] | None:
+        """Decode and analyse this tick's received frames; returns the batch to mix from.
+
+        Frames waiting in DTMF clamps are analysed here too, and released into `out`.
+        """
         rx = self._rx
-        if not rx:
+        delayed = self._delayed
+        if not rx and not delayed:
             return None
+        pcm: npt.NDArray[np.int16] | None = None
+        if rx:
+            pcm = self._decode_rx()
+        # Clamped legs: the first frame of each joins this tick's detector batch; a leg that
+        # got two or more frames since the last tick (arrival jitter) has them analysed in
+        # further small passes, so every detector sees each leg's frames once and in order.
+        queued = [leg for leg in delayed if leg.delay is not None and leg.delay.fresh]
+        static_tone: npt.NDArray[np.bool_] | None = None
+        k = 0
+        while queued or k == 0:
+            clamp_pcm = self._decode_queued(queued, k)
+            tone = self._detect(pcm if k == 0 else None, queued, clamp_pcm, sample_time, now)
+            if k == 0:
+                static_tone = tone[: len(self._dtmf_rows)]
+                tone = tone[len(self._dtmf_rows) :]
+            for leg, flag in zip(queued, tone.tolist(), strict=True):
+                clamp = leg.delay
+                assert clamp is not None
+                released = clamp.push(clamp.fresh[k], flag)
+                if released is not None:
+                    self._release(leg, released[0], released[1], now, out)
+            k += 1
+            queued = [leg for leg in queued if len(leg.delay.fresh) > k]  # type: ignore[union-attr]
+            sample_time += FRAME
+        for leg in delayed:
+            clamp = leg.delay
+            if clamp is None:
+                continue
+            clamp.fresh.clear()
+            if clamp.closing:
+                if clamp.held is not None:
+                    self._release(leg, clamp.held, clamp.held_muted, now, out)
+                leg.clamp = leg.delay = None
+                self._dirty = True
+        if pcm is None:
+            return None
+        for i, leg in enumerate(self._rx_jb):
+            rec = leg.recorder
+            if rec is not None and rec.feed(pcm[i]):
+                self._finish_recording(leg)
+        if self._mix_clamps and static_tone is not None:
+            muted = []
+            for j, row, leg in self._mix_clamps:
+                clamp = leg.clamp
+                if clamp is None:
+                    continue
+                if static_tone[j]:
+                    clamp.hang = CLAMP_HANG_FRAMES
+                    muted.append(row)
+                elif clamp.hang:
+                    clamp.hang -= 1
+                    muted.append(row)
+            if muted:
+                pcm = pcm.copy()
+                pcm[muted] = 0
+        return pcm
+
+    def _decode_rx(self) -> npt.NDArray[np.int16]:
+        """One frame of every jitter-buffered and FrameRing leg, decoded: (len(rx), 160)."""
         payloads: list[bytes] = []
         gains: list[float] = []
         concealed = False
@@ -764,22 +988,104 @@ class MediaEngine:
             gains.extend([1.0] * len(self._ring))
             scale = np.array(gains, dtype=np.float32)[:, np.newaxis]
             pcm = (pcm * scale).astype(np.int16)
-        if len(self._dtmf_rows):
-            frames = pcm if len(self._dtmf_rows) == len(pcm) else pcm[self._dtmf_rows]
-            for leg_id, event in self._dtmf.process(self._dtmf_slots, frames, sample_time):
+        return pcm
+
+    @staticmethod
+    def _decode_queued(legs: list[Leg], k: int) -> npt.NDArray[np.int16]:
+        """Frame `k` of each leg's clamp queue, decoded: (len(legs), 160)."""
+        payloads = []
+        offsets = []
+        for leg in legs:
+            assert leg.delay is not None
+            payload = leg.delay.fresh[k][4]
+            if len(payload) != FRAME:
+                payload = (payload + leg.silence)[:FRAME]
+            payloads.append(payload)
+            offsets.append(_LAW_OFFSET[leg.session.codec])
+        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), FRAME)
+        law = offsets[0] if offsets and offsets.count(offsets[0]) == len(offsets) else None
+        if law is not None:
+            decoded: npt.NDArray[np.int16] = _DECODE512[law : law + 256][raw]
+            return decoded
+        table = np.array(offsets, dtype=np.uint16).reshape(-1, 1)
+        decoded = _DECODE512[raw + table]
+        return decoded
+
+    def _detect(
+        self,
+        pcm: npt.NDArray[np.int16] | None,
+        queued: list[Leg],
+        clamp_pcm: npt.NDArray[np.int16],
+        sample_time: int,
+        now: float,
+    ) -> npt.NDArray[np.bool_]:
+        """Run the DTMF and fax detectors on the static rows of `pcm` (if given) and on the
+        clamped legs' frames; returns the tone-energy flag of every static DTMF row, then of
+        every queued leg (False for a leg without in-band detection)."""
+        n_static = len(self._dtmf_rows) if pcm is not None else 0
+        frames = []
+        slots = []
+        if n_static:
+            assert pcm is not None
+            frames.append(pcm if n_static == len(pcm) else pcm[self._dtmf_rows])
+            slots.append(self._dtmf_slots)
+        inband = [i for i, leg in enumerate(queued) if leg.inband]
+        if inband:
+            frames.append(clamp_pcm if len(inband) == len(queued) else clamp_pcm[inband])
+            slots.append(
+                np.array([self._dtmf_slot_of[queued[i].leg_id] for i in inband], dtype=np.intp)
+            )
+        tone = np.zeros(n_static + len(queued), dtype=np.bool_)
+        if frames:
+            batch = frames[0] if len(frames) == 1 else np.concatenate(frames)
+            slot_arr = slots[0] if len(slots) == 1 else np.concatenate(slots)
+            for leg_id, event in self._dtmf.process(slot_arr, batch, sample_time):
                 target = self._legs.get(str(leg_id))
                 if target is not None:
                     self._digit(target, event, now)
-        if self._fax is not None and len(self._fax_rows):
-            frames = pcm if len(self._fax_rows) == len(pcm) else pcm[self._fax_rows]
-            for leg_id, tone in self._fax.process(self._fax_slots, frames, sample_time):
+            flags = getattr(self._dtmf, "last_tone", None)
+            if flags is not None and len(flags) == len(batch):
+                tone[:n_static] = flags[:n_static]
+                tone[n_static + np.array(inband, dtype=np.intp)] = flags[n_static:]
+        fax = self._fax
+        if fax is None:
+            return tone
+        frames = []
+        slots = []
+        if pcm is not None and len(self._fax_rows):
+            frames.append(pcm if len(self._fax_rows) == len(pcm) else pcm[self._fax_rows])
+            slots.append(self._fax_slots)
+        faxed = [i for i, leg in enumerate(queued) if leg.fax_detect]
+        if faxed:
+            frames.append(clamp_pcm if len(faxed) == len(queued) else clamp_pcm[faxed])
+            slots.append(
+                np.array([self._fax_slot_of[queued[i].leg_id] for i in faxed], dtype=np.intp)
+            )
+        if frames:
+            batch = frames[0] if len(frames) == 1 else np.concatenate(frames)
+            slot_arr = slots[0] if len(slots) == 1 else np.concatenate(slots)
+            for leg_id, found in fax.process(slot_arr, batch, sample_time):
                 # media.faxdetect reports FaxToneEvent(kind="cng"|"ced"|"ansam", ...).
-                self._fax_detected(str(leg_id), str(getattr(tone, "kind", tone)))
-        for i, leg in enumerate(self._rx_jb):
-            rec = leg.recorder
-            if rec is not None and rec.feed(pcm[i]):
-                self._finish_recording(leg)
-        return pcm
+                self._fax_detected(str(leg_id), str(getattr(found, "kind", found)))
+        return tone
+
+    def _release(self, leg: Leg, frame: _Queued, muted: bool, now: float, out: _Out) -> None:
+        """Relay one frame from a clamp's delay line to the leg's peer (silence if muted)."""
+        peer = leg.peer
+        if peer is None:
+            return
+        psession = peer.session
+        dest = psession.latched or psession.remote
+        if dest is None:
+            return
+        seq, ts, ssrc, marker, payload = frame
+        if muted:
+            silence = peer.silence
+            payload = silence if len(payload) == FRAME else silence[:1] * len(payload)
+        elif leg.transcode is not None:
+            payload = payload.translate(leg.transcode)
+        packet = psession.relayed(psession.pt, marker, seq, ts, ssrc, payload, now)
+        out.append((peer.leg_id, packet, dest))
 
     def _fax_detected(self, leg_id: str, kind: str) -> None:
         leg = self._legs.get(leg_id)
@@ -829,7 +1135,7 @@ class MediaEngine:
                     acc[i] += frame
                     sound = True
             peer = leg.peer
-            if peer is not None and pcm is not None and leg.mix_peer:
+            if peer is not None and pcm is not None and leg.mix_peer and peer.to_peer:
                 row = rows.get(peer.leg_id)
                 if row is not None:
                     acc[i] += pcm[row]
