@@ -1,10 +1,13 @@
 """Admin commands on the store: ``softswitch account|speed-dial|rates|cdr|db ...`` (typer).
 
 Each command opens the database given by ``--db`` (or ``SOFTSWITCH_DB``, else the default of
-``softswitch serve``), brings the schema up to date, does one thing and closes it. Output is an
-aligned plain-text table for people, or JSON with ``--json`` for scripts (times as ISO 8601 UTC,
-money as integers in minor units). Errors are one line on stderr: exit status 2 for bad input
-(malformed values, unknown ids, CSV errors naming the line), 1 when the database fails.
+``softswitch serve``), brings the schema up to date, does one thing and closes it. Commands
+that only read (list, show, lookup, export) never create a store: a missing SQLite file or
+directory, or a database without the schema, is an error; commands that write create it on
+first use. Output is an aligned plain-text table for people, or JSON with ``--json`` for
+scripts (times as ISO 8601 UTC, money as integers in minor units). Errors are one line on
+stderr, never with the database password: exit status 2 for bad input (malformed values,
+unknown ids, CSV errors naming the line), 1 when the database fails or cannot be reached.
 
 ``softswitch.cli`` mounts the sub-apps: ``account_app``, ``speed_dial_app``, ``rates_app``,
 ``cdr_app`` and ``db_app``.
@@ -32,6 +35,7 @@ from softswitch.store import (
     Cdr,
     CdrFilter,
     Conflict,
+    DatabaseUnavailable,
     DatabaseUrlError,
     InvalidInput,
     Language,
@@ -42,6 +46,7 @@ from softswitch.store import (
     Store,
     StoreError,
 )
+from softswitch.store.db import redact
 from softswitch.store.repos import iso_utc
 
 T = TypeVar("T")
@@ -70,11 +75,16 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _run(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the store at ``db``, run ``work``, close; store errors become one-line exits."""
+def _run(db: str, work: Callable[[Store], Awaitable[T]], *, writes: bool) -> T:
+    """Open the store at ``db``, run ``work``, close; store errors become one-line exits.
+
+    ``writes=False`` (commands that only read) opens only an existing store: a missing SQLite
+    file or directory, or a database without the schema, is an error and nothing is created.
+    Commands that write create the store (and migrate it) on first use.
+    """
 
     async def main() -> T:
-        store = await Store.open(db)
+        store = await Store.open(db, create=writes)
         try:
             return await work(store)
         finally:
@@ -84,10 +94,10 @@ def _run(db: str, work: Callable[[Store], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except (InvalidInput, NotFound, Conflict, DatabaseUrlError) as exc:
         _fail(str(exc), 2)
-    except StoreError as exc:
+    except (StoreError, DatabaseUnavailable) as exc:
         _fail(str(exc), 1)
     except Exception as exc:  # driver errors vary (OSError, asyncpg, SQLAlchemy): one line each
-        _fail(f"database {db}: {type(exc).__name__}: {exc}".splitlines()[0], 1)
+        _fail(f"database {redact(db)}: {type(exc).__name__}: {exc}".splitlines()[0], 1)
 
 
 def _print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -192,6 +202,7 @@ def account_add(
             credit_limit=credit_limit,
             hotline_destination=hotline_destination,
         ),
+        writes=True,
     )
     _show_account(account, as_json)
 
@@ -203,7 +214,7 @@ def account_list(
     as_json: Json = False,
 ) -> None:
     """List accounts."""
-    found = _run(db, lambda s: s.accounts.list(status=status))
+    found = _run(db, lambda s: s.accounts.list(status=status), writes=False)
     if as_json:
         _print_json([account_json(a) for a in found])
         return
@@ -229,7 +240,7 @@ def account_list(
 @account_app.command("show")
 def account_show(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
     """Show one account."""
-    _show_account(_run(db, lambda s: s.accounts.get(account_id)), as_json)
+    _show_account(_run(db, lambda s: s.accounts.get(account_id), writes=False), as_json)
 
 
 @account_app.command("edit")
@@ -286,19 +297,19 @@ def account_edit(
             account = await s.accounts.set_recorded_name(account_id, recorded_name or None)
         return account
 
-    _show_account(_run(db, work), as_json)
+    _show_account(_run(db, work, writes=True), as_json)
 
 
 @account_app.command("suspend")
 def account_suspend(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
     """Suspend an account: its triggers no longer call back."""
-    _show_account(_run(db, lambda s: s.accounts.suspend(account_id)), as_json)
+    _show_account(_run(db, lambda s: s.accounts.suspend(account_id), writes=True), as_json)
 
 
 @account_app.command("resume")
 def account_resume(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
     """Resume a suspended account."""
-    _show_account(_run(db, lambda s: s.accounts.resume(account_id)), as_json)
+    _show_account(_run(db, lambda s: s.accounts.resume(account_id), writes=True), as_json)
 
 
 # -- speed dials --------------------------------------------------------------------------------
@@ -325,7 +336,10 @@ def speed_dial_set(
     as_json: Json = False,
 ) -> None:
     """Set (or replace) a speed dial."""
-    _show_dials([_run(db, lambda s: s.speed_dials.set(account_id, code, number, label))], as_json)
+    _show_dials(
+        [_run(db, lambda s: s.speed_dials.set(account_id, code, number, label), writes=True)],
+        as_json,
+    )
 
 
 @speed_dial_app.command("delete")
@@ -336,7 +350,7 @@ def speed_dial_delete(
     as_json: Json = False,
 ) -> None:
     """Remove a speed dial."""
-    if not _run(db, lambda s: s.speed_dials.delete(account_id, code)):
+    if not _run(db, lambda s: s.speed_dials.delete(account_id, code), writes=True):
         _fail(f"account {account_id} has no speed dial {code}", 2)
     if as_json:
         _print_json({"deleted": code})
@@ -350,7 +364,7 @@ def speed_dial_list(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json
         await s.accounts.get(account_id)
         return await s.speed_dials.list(account_id)
 
-    _show_dials(_run(db, work), as_json)
+    _show_dials(_run(db, work, writes=False), as_json)
 
 
 @speed_dial_app.command("import")
@@ -361,7 +375,9 @@ def speed_dial_import(
     as_json: Json = False,
 ) -> None:
     """Import speed dials from CSV (all or nothing; existing codes are replaced)."""
-    count = _run(db, lambda s: csvio.import_speed_dials(s.speed_dials, account_id, file))
+    count = _run(
+        db, lambda s: csvio.import_speed_dials(s.speed_dials, account_id, file), writes=True
+    )
     if as_json:
         _print_json({"imported": count})
     else:
@@ -416,7 +432,7 @@ def rates_import(
     as_json: Json = False,
 ) -> None:
     """Import rates from CSV (all or nothing)."""
-    count = _run(db, lambda s: csvio.import_rates(s.rates, file, replace_all=replace))
+    count = _run(db, lambda s: csvio.import_rates(s.rates, file, replace_all=replace), writes=True)
     if as_json:
         _print_json({"imported": count})
     else:
@@ -426,7 +442,7 @@ def rates_import(
 @rates_app.command("list")
 def rates_list(db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
     """List every rate."""
-    _show_rates(_run(db, lambda s: s.rates.list()), as_json)
+    _show_rates(_run(db, lambda s: s.rates.list(), writes=False), as_json)
 
 
 @rates_app.command("lookup")
@@ -436,7 +452,7 @@ def rates_lookup(
     as_json: Json = False,
 ) -> None:
     """Show the rate a number is billed at (longest prefix match)."""
-    rate = _run(db, lambda s: s.rates.lookup(number))
+    rate = _run(db, lambda s: s.rates.lookup(number), writes=False)
     if rate is None:
         _fail(f"no rate for {number}", 2)
     _show_rates([rate], as_json)
@@ -484,7 +500,7 @@ def cdr_list(
 ) -> None:
     """List CDRs, oldest first."""
     where = CdrFilter(account, call, _parse_time(since), _parse_time(until))
-    found = _run(db, lambda s: s.cdrs.list(where, limit=limit))
+    found = _run(db, lambda s: s.cdrs.list(where, limit=limit), writes=False)
     if as_json:
         _print_json([cdr_json(c) for c in found])
         return
@@ -537,7 +553,7 @@ def cdr_export(
         with open(output, "w", newline="", encoding="utf-8") as handle:
             await write(s, handle)
 
-    _run(db, work)
+    _run(db, work, writes=False)
 
 
 # -- schema -------------------------------------------------------------------------------------
@@ -550,7 +566,7 @@ def db_upgrade(db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
     async def work(s: Store) -> str | None:
         return await s.db.revision()
 
-    revision = _run(db, work)
+    revision = _run(db, work, writes=True)
     if as_json:
         _print_json({"revision": revision})
     else:

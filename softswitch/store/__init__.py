@@ -6,7 +6,7 @@ transaction returning frozen records from ``softswitch.store.models``. See ``rep
 credit reservation and callback claiming stay correct under concurrency.
 """
 
-from softswitch.store.db import Database, DatabaseUrlError
+from softswitch.store.db import Database, DatabaseUnavailable, DatabaseUrlError
 from softswitch.store.models import (
     Account,
     AccountKind,
@@ -59,6 +59,7 @@ __all__ = [
     "CreditReservation",
     "CsvError",
     "Database",
+    "DatabaseUnavailable",
     "DatabaseUrlError",
     "IllegalTransition",
     "InvalidInput",

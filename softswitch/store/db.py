@@ -16,22 +16,30 @@ repositories use row locks (``FOR UPDATE``, ``SKIP LOCKED``) and conditional upd
 
 ``migrate()`` runs Alembic to ``head`` in-process; on PostgreSQL an advisory lock makes nodes
 that start together migrate one after the other.
+
+A database that cannot be reached or opened raises ``DatabaseUnavailable`` with one line that
+says where (the SQLite file, or PostgreSQL's host, port, database and user: never the
+password) and why. ``Database(url, create=False)`` never creates anything: a missing SQLite
+file or directory is ``DatabaseUnavailable`` (read-only tools use it); by default the file
+and its directory are created on first use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.engine.url import URL
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger("softswitch.store")
@@ -47,12 +55,28 @@ class DatabaseUrlError(ValueError):
     """The database URL is not one the store can use."""
 
 
+class DatabaseUnavailable(OSError):
+    """The database cannot be reached or opened: the message says where and why, in one line.
+
+    An ``OSError``, so callers that treat I/O failures alike (the node's start-up) keep doing
+    so. The message never contains the password of the URL.
+    """
+
+
+_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
 def async_url(url: str) -> URL:
     """The SQLAlchemy URL with the async driver for ``url`` (``sqlite:`` or ``postgresql:``)."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise DatabaseUrlError(f"not a database URL: {url!r}") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise DatabaseUrlError(f"not a database URL: {redact(url)!r}") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -78,14 +102,24 @@ class Database:
 
     ``clock`` gives wall-clock epoch seconds for the created/updated stamps of rows; logic that
     depends on time (leases, lockouts, expiry) takes ``now`` from the caller instead.
+    ``create=False``: a SQLite file that does not exist is ``DatabaseUnavailable`` (nothing is
+    created); by default the file and its directory are created.
     """
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, url: str, *, clock: Callable[[], float] = time.time, create: bool = True
+    ) -> None:
         self.url = async_url(url)
         self.clock = clock
+        self.create = create
         self.dialect = self.url.get_backend_name()
         if self.dialect == "postgres":
             self.dialect = "postgresql"
+        if self.dialect == "sqlite" and not create and not Path(self.url.database or "").is_file():
+            raise DatabaseUnavailable(
+                f"SQLite database {self.url.database} does not exist "
+                "(commands that write create it, e.g. softswitch db upgrade)"
+            )
         self.engine: AsyncEngine = self._create_engine()
         self._writer = self.engine.execution_options(**{_WRITE: True})
         # SQLite has one writer at a time; a second one waits in SQLite's busy handler, which
@@ -94,10 +128,48 @@ class Database:
         # other processes (the CLI) still get the busy timeout.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.dialect == "sqlite" else None
 
+    @property
+    def where(self) -> str:
+        """Where the database is, for people: the SQLite file, or PostgreSQL's address."""
+        if self.dialect == "sqlite":
+            return f"SQLite database {self.url.database}"
+        host = self.url.host or "localhost"
+        address = f"[{host}]" if ":" in host else host
+        who = f", user {self.url.username}" if self.url.username else ""
+        return (
+            f"PostgreSQL at {address}:{self.url.port or 5432} (database {self.url.database}{who})"
+        )
+
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        """The one-line ``DatabaseUnavailable`` for a failure to connect to or open the database."""
+        if isinstance(exc, DatabaseUnavailable):
+            return exc
+        if isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused (is the server running and listening there?)"
+        elif isinstance(exc, socket.gaierror):
+            reason = f"cannot resolve host name {self.url.host!r}"
+        elif isinstance(exc, TimeoutError):
+            reason = "timed out"
+        elif isinstance(exc, DBAPIError):
+            reason = str(exc.orig)
+        elif isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+        else:
+            reason = str(exc)
+        reason = (reason.strip().splitlines() or [type(exc).__name__])[0]
+        if self.url.password:
+            reason = reason.replace(self.url.password, "***")
+        return DatabaseUnavailable(f"cannot connect to {self.where}: {reason}")
+
     def _create_engine(self) -> AsyncEngine:
         if self.dialect == "sqlite":
             path = Path(self.url.database or "")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot create the directory of {self.where}: {exc.strerror or exc}"
+                ) from None
             engine = create_async_engine(
                 self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             )
@@ -106,19 +178,31 @@ class Database:
         return create_async_engine(self.url, pool_pre_ping=True)
 
     @asynccontextmanager
+    async def _begin(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        # engine.begin() is connect() then begin(); only a failure to connect is "unavailable"
+        # (a busy SQLite writer lock, say, is not).
+        async with AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(engine.connect())
+            except (OSError, DBAPIError) as exc:
+                raise self.unavailable(exc) from exc
+            await stack.enter_async_context(conn.begin())
+            yield conn
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A transaction for reading; committed (harmlessly) on exit."""
-        async with self.engine.begin() as conn:
+        async with self._begin(self.engine) as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that writes; committed on normal exit, rolled back on an exception."""
         if self._write_lock is None:
-            async with self._writer.begin() as conn:
+            async with self._begin(self._writer) as conn:
                 yield conn
             return
-        async with self._write_lock, self._writer.begin() as conn:
+        async with self._write_lock, self._begin(self._writer) as conn:
             yield conn
 
     async def migrate(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def test_account_round_trip(cli: Any, tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line_and_exit_2(cli: Any) -> None:
+    cli("db", "upgrade")  # the store exists: read-only commands do not create it
     for args in (
         ("account", "show", "42"),
         ("account", "add", "X", "--security-code", "12"),
@@ -149,3 +151,67 @@ def test_cdr_list_and_export(cli: Any, tmp_path: Path) -> None:
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2
     assert len(cli("cdr", "export", "--db", url, "--json")) == 3
     assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0001"}
+
+
+READ_ONLY = (
+    ("account", "list"),
+    ("account", "show", "1"),
+    ("speed-dial", "list", "1"),
+    ("rates", "list"),
+    ("rates", "lookup", "12125550100"),
+    ("cdr", "list"),
+    ("cdr", "export"),
+)
+
+
+@pytest.mark.parametrize("args", READ_ONLY, ids=lambda a: " ".join(a))
+def test_read_only_commands_never_create_a_store(cli: Any, tmp_path: Path, args: Any) -> None:
+    missing_dir = tmp_path / "nonexistent" / "dir" / "x.db"
+    missing_file = tmp_path / "x.db"
+    for path in (missing_dir, missing_file):
+        result = cli(*args, "--db", f"sqlite:///{path}", code=1)
+        assert result.stderr.startswith("softswitch: ") and result.stderr.count("\n") == 1
+        assert str(path) in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "nonexistent").exists() and not missing_file.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cdr_export_to_a_file_from_a_missing_store_writes_nothing(cli: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    cli("cdr", "export", "--db", f"sqlite:///{tmp_path}/none.db", "-o", str(out), code=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_commands_on_a_store_without_schema(cli: Any, tmp_path: Path) -> None:
+    blank = tmp_path / "blank.db"
+    blank.touch()
+    result = cli("account", "list", "--db", f"sqlite:///{blank}", code=1)
+    assert "softswitch db upgrade" in result.stderr and result.stderr.count("\n") == 1
+    assert cli("account", "list", "--db", f"sqlite:///{blank}", "--json", code=1)
+    cli("db", "upgrade", "--db", f"sqlite:///{blank}")
+    assert cli("account", "list", "--db", f"sqlite:///{blank}", "--json") == []
+
+
+def test_write_commands_create_the_store(cli: Any, tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "new.db"
+    cli("account", "add", "Alice", "--db", f"sqlite:///{path}")
+    assert path.exists()
+    listed = cli("account", "list", "--db", f"sqlite:///{path}", "--json")
+    assert [a["name"] for a in listed] == ["Alice"]
+
+
+def _refused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize("args", [("account", "list"), ("account", "add", "Alice"), ("db", "upgrade")])
+def test_postgresql_connection_failure_is_one_clear_line(cli: Any, args: Any) -> None:
+    port = _refused_port()
+    url = f"postgresql://bob:hunter2@127.0.0.1:{port}/switch"
+    result = cli(*args, "--db", url, code=1)
+    err = result.stderr
+    assert err.startswith("softswitch: ") and err.count("\n") == 1, err
+    assert f"127.0.0.1:{port}" in err and "PostgreSQL" in err and "refused" in err
+    assert "hunter2" not in err and "Traceback" not in err and "Error" not in err

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -14,8 +16,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from softswitch.store import Database, DatabaseUrlError, Store
-from softswitch.store.db import async_url
+from softswitch.store import Database, DatabaseUnavailable, DatabaseUrlError, Store
+from softswitch.store.db import async_url, redact
 from softswitch.store.tables import metadata
 
 
@@ -79,3 +81,71 @@ def test_cdr_is_on_disk_when_write_returns(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT call_uuid, leg, setup_us FROM cdrs").fetchall()
     assert rows == [("call-1", "callback", 1_500_000)]
+
+
+async def test_create_false_never_creates_a_sqlite_file(tmp_path: Path) -> None:
+    for path in (tmp_path / "no" / "such" / "dir" / "s.db", tmp_path / "s.db"):
+        with pytest.raises(DatabaseUnavailable, match=f"{path} does not exist"):
+            Database(f"sqlite:///{path}", create=False)
+        with pytest.raises(DatabaseUnavailable, match="does not exist"):
+            await Store.open(f"sqlite:///{path}", create=False)
+    assert list(tmp_path.iterdir()) == []
+    # An existing store opens (and is migrated) as before.
+    url = f"sqlite:///{tmp_path}/s.db"
+    await (await Store.open(url)).close()
+    async with await Store.open(url, create=False) as store:
+        assert await store.db.revision() is not None
+
+
+async def test_create_false_needs_the_schema(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if db_url.startswith("sqlite"):
+        (tmp_path / "blank.db").touch()
+        blank = f"sqlite:///{tmp_path}/blank.db"
+    else:
+        blank = request.getfixturevalue("pg_server").createdb("softswitch_blank")
+    with pytest.raises(DatabaseUnavailable, match=r"no softswitch schema .*db upgrade"):
+        await Store.open(blank, create=False)
+    async with Database(blank, create=False) as db:
+        assert await db.revision() is None  # nothing was migrated
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_postgresql_is_one_line_naming_host_and_port() -> None:
+    port = _closed_port()
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Store.open(f"postgresql://bob:hunter2@127.0.0.1:{port}/switch")
+    message = str(info.value)
+    assert message == (
+        f"cannot connect to PostgreSQL at 127.0.0.1:{port} (database switch, user bob): "
+        "connection refused (is the server running and listening there?)"
+    )
+    assert isinstance(info.value, OSError)  # callers that catch I/O failures still do
+
+
+async def test_postgresql_refusals_are_one_line_without_the_password(
+    pg_server: Any,
+) -> None:
+    missing = pg_server.url("no_such_database").replace("postgres@", "postgres:s3cret@")
+    with pytest.raises(DatabaseUnavailable) as info:
+        await Store.open(missing)
+    message = str(info.value)
+    assert f"PostgreSQL at 127.0.0.1:{pg_server.port} (database no_such_database" in message
+    assert "does not exist" in message and "s3cret" not in message and "\n" not in message
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("postgresql://bob:hunter2@db.example:5432/x") == (
+        "postgresql://bob:***@db.example:5432/x"
+    )
+    assert redact("postgresql://bob@db.example/x") == "postgresql://bob@db.example/x"
+    assert redact("sqlite:///var/x.db") == "sqlite:///var/x.db"
+    with pytest.raises(DatabaseUrlError) as info:
+        async_url("postgresql://bob:hunter2@db:notaport/x")
+    assert "hunter2" not in str(info.value)

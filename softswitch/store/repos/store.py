@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from softswitch.store.db import Database
+from softswitch.store.db import Database, DatabaseUnavailable
 from softswitch.store.repos.accounts import AccountRepo
 from softswitch.store.repos.callbacks import CallbackQueue
 from softswitch.store.repos.cdrs import CdrRepo
@@ -28,16 +28,31 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str, *, clock: Callable[[], float] = time.time, migrate: bool = True
+        cls,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrate: bool = True,
+        create: bool = True,
     ) -> Store:
-        """Connect to ``url`` and (by default) bring the schema up to date."""
-        db = Database(url, clock=clock)
-        if migrate:
-            try:
+        """Connect to ``url`` and (by default) bring the schema up to date.
+
+        ``create=False`` opens only a store that exists: a missing SQLite file, or a database
+        without the softswitch schema, is ``DatabaseUnavailable`` and nothing is created (an
+        existing store at an older revision is still migrated). A database that cannot be
+        reached is ``DatabaseUnavailable`` either way.
+        """
+        db = Database(url, clock=clock, create=create)
+        try:
+            if not create and await db.revision() is None:
+                raise DatabaseUnavailable(
+                    f"{db.where} has no softswitch schema (softswitch db upgrade creates it)"
+                )
+            if migrate:
                 await db.migrate()
-            except BaseException:
-                await db.close()
-                raise
+        except BaseException:
+            await db.close()
+            raise
         return cls(db)
 
     async def close(self) -> None:
