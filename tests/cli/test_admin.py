@@ -80,7 +80,7 @@ def test_bad_input_is_one_line_and_exit_2(cli: Any) -> None:
         ("account", "add", "X", "--security-code", "12"),
         ("account", "add", "X", "--kind", "hotline"),
         ("account", "add", "X", "--extension", "12"),
-        ("speed-dial", "set", "1", "03", "8131"),
+        ("speed-dial", "set", "1", "03", "81312345678"),
         ("cdr", "list", "--since", "yesterday"),
         ("rates", "lookup", "81312345678"),
     ):
@@ -107,7 +107,7 @@ def test_speed_dials_and_rates(cli: Any, tmp_path: Path) -> None:
     assert "office" in cli("speed-dial", "list", aid).stdout
     cli("speed-dial", "delete", aid, "04")
     cli("speed-dial", "delete", aid, "04", code=2)
-    dials.write_text("05,8131\n06,not-a-number\n")
+    dials.write_text("05,81312345678\n06,not-a-number\n")
     bad = cli("speed-dial", "import", aid, str(dials), code=2)
     assert f"{dials}:2: number" in bad.stderr
 
@@ -206,7 +206,9 @@ def _refused_port() -> int:
         return int(s.getsockname()[1])  # closed again: nothing listens there
 
 
-@pytest.mark.parametrize("args", [("account", "list"), ("account", "add", "Alice"), ("db", "upgrade")])
+@pytest.mark.parametrize(
+    "args", [("account", "list"), ("account", "add", "Alice"), ("db", "upgrade")]
+)
 def test_postgresql_connection_failure_is_one_clear_line(cli: Any, args: Any) -> None:
     port = _refused_port()
     url = f"postgresql://bob:hunter2@127.0.0.1:{port}/switch"
@@ -215,3 +217,18 @@ def test_postgresql_connection_failure_is_one_clear_line(cli: Any, args: Any) ->
     assert err.startswith("softswitch: ") and err.count("\n") == 1, err
     assert f"127.0.0.1:{port}" in err and "PostgreSQL" in err and "refused" in err
     assert "hunter2" not in err and "Traceback" not in err and "Error" not in err
+
+
+def test_national_numbers_are_refused_with_the_format_expected(cli: Any, tmp_path: Path) -> None:
+    result = cli("account", "add", "Alice", "--location", "0312345678", code=2)
+    assert "location '0312345678': starts with 0" in result.stderr
+    assert "country code first" in result.stderr and result.stderr.count("\n") == 1
+    aid = str(cli("account", "add", "Alice", "--location", "81312345678", "--json")["id"])
+    cli("account", "edit", aid, "--location", "0312345678", code=2)
+    cli("account", "edit", aid, "--hotline-destination", "0355550000", code=2)
+    cli("speed-dial", "set", aid, "03", "0312345678", code=2)
+    dials = tmp_path / "dials.csv"
+    dials.write_text("05,81312345678\n06,0312345678\n")
+    bad = cli("speed-dial", "import", aid, str(dials), code=2)
+    assert f"{dials}:2: number '0312345678': starts with 0" in bad.stderr
+    assert cli("account", "show", aid, "--json")["location"] == "81312345678"

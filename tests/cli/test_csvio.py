@@ -24,7 +24,7 @@ async def test_at_most_115_speed_dials(store: Store, tmp_path: Path) -> None:
         await store.speed_dials.set(acct.id, "0999", "8131234")
     await store.speed_dials.set(acct.id, "010", "8139999")  # replacing an existing code is fine
     more = tmp_path / "more.csv"
-    more.write_text("code,number\n011,8131\n0998,8132\n")
+    more.write_text("code,number\n011,81312345678\n0998,81398765432\n")
     with pytest.raises(CsvError, match=r"more\.csv:3: more than 115"):
         await csvio.import_speed_dials(store.speed_dials, acct.id, more)
     assert len(await store.speed_dials.list(acct.id)) == 115
@@ -35,11 +35,11 @@ async def test_speed_dial_csv_errors_name_the_line(store: Store, tmp_path: Path)
     acct = await store.accounts.add("Alice")
     path = tmp_path / "d.csv"
     cases = {
-        "code,number,label\n03,8131,home\n\n# comment\n00,8132\n": r"d\.csv:5: speed-dial code",
-        "03,8131\n04,81-3x\n": r"d\.csv:2: number",
-        "03,8131\n03,8132\n": r"d\.csv:2: code 03 already given on line 1",
+        "code,number,label\n03,81312345678,home\n\n# comment\n00,81398765432\n": r"d\.csv:5: speed-dial code",
+        "03,81312345678\n04,81-3x\n": r"d\.csv:2: number",
+        "03,81312345678\n03,81398765432\n": r"d\.csv:2: code 03 already given on line 1",
         "03\n": r"d\.csv:1: expected code,number",
-        '03,"8131\n': r"d\.csv:1: ",
+        '03,"81312345678\n': r"d\.csv:1: ",
     }
     for text, pattern in cases.items():
         path.write_text(text)

@@ -18,7 +18,7 @@ from softswitch.store import (
     NotFound,
     Store,
 )
-from softswitch.store.repos import check_security_code, hash_security_code
+from softswitch.store.repos import check_security_code, e164_number, hash_security_code
 
 from .conftest import T0, FakeClock
 
@@ -73,7 +73,7 @@ async def test_bad_input_is_refused(store: Store) -> None:
     with pytest.raises(InvalidInput):
         await store.accounts.add("X", security_code="12345")
     with pytest.raises(InvalidInput):
-        await store.accounts.add("X", location=Location("8131", "12a"))
+        await store.accounts.add("X", location=Location("81312345678", "12a"))
     assert await store.accounts.list() == ()
 
 
@@ -159,3 +159,51 @@ async def test_security_code_lockout(
     assert await verify(bare.id, "1357", T0 + 700) is CodeCheck.NO_CODE
     with pytest.raises(NotFound):
         await verify(999, "1234", T0)
+
+
+NOT_E164 = {
+    "0312345678": "starts with 0",  # national format (Tokyo 03-1234-5678)
+    "0081312345678": "starts with 0",  # the international prefix 00 in front
+    "8103123456789": "trunk prefix 0",  # the national 0 kept after the country code
+    "2801234567": "no country code",  # 28x is a spare code
+    "8131": "too short",
+    "12345678901234567": "digits",  # 17 digits, E.164 allows 15
+    "11235550100": "NANP",
+}
+
+
+async def test_numbers_stored_for_calling_are_e164(store: Store) -> None:
+    acct = await store.accounts.add("Alice", location=Location("+81 3 1234 5678"))
+    assert acct.location == Location("81312345678")
+    italy = await store.accounts.set_location(acct.id, Location("+39 06 1234 5678"))
+    assert italy.location == Location("390612345678")  # Italy keeps the 0 of its area codes
+    for number, problem in NOT_E164.items():
+        for attempt in (
+            store.accounts.add("X", location=Location(number)),
+            store.accounts.set_location(acct.id, Location(number)),
+            store.accounts.add_registered_number(acct.id, number),
+            store.accounts.add("X", kind=AccountKind.HOTLINE, hotline_destination=number),
+            store.accounts.update(acct.id, hotline_destination=number),
+            store.speed_dials.set(acct.id, "03", number),
+        ):
+            with pytest.raises(InvalidInput) as info:
+                await attempt
+            message = str(info.value)
+            assert problem in message and "E.164" in message and "country code first" in message
+    assert [a.id for a in await store.accounts.list()] == [acct.id]
+    assert (await store.accounts.get(acct.id)).location == Location("390612345678")
+    assert await store.accounts.registered_numbers(acct.id) == ()
+    assert await store.speed_dials.list(acct.id) == ()
+    # Trigger numbers are the service's own numbers, not destinations: only digits are checked.
+    assert (await store.accounts.add_trigger(acct.id, "8150")).triggers == ("8150",)
+
+
+def test_e164_message_says_what_is_expected() -> None:
+    with pytest.raises(InvalidInput) as info:
+        e164_number("0312345678", "location")
+    assert str(info.value) == (
+        "location '0312345678': starts with 0 (a national number, or the international prefix "
+        "00); expected E.164: country code first, no + or 00, no national 0, at most 15 digits "
+        "(e.g. 81312345678 for Tokyo 03-1234-5678)"
+    )
+    assert e164_number("+1 (212) 555-0100") == "12125550100"

@@ -42,7 +42,7 @@ async def test_at_most_115_speed_dials(store: Store) -> None:
     with pytest.raises(Conflict):
         await store.speed_dials.set(acct.id, "0999", "8131234")
     await store.speed_dials.set(acct.id, "010", "8139999")  # replacing an existing code is fine
-    more = [SpeedDial(acct.id, "011", "8131"), SpeedDial(acct.id, "0998", "8132")]
+    more = [SpeedDial(acct.id, "011", "81312345678"), SpeedDial(acct.id, "0998", "81398765432")]
     with pytest.raises(TooManySpeedDials) as info:
         await store.speed_dials.set_many(acct.id, more)
     assert info.value.index == 1 and "115" in str(info.value)  # the first dial that did not fit
@@ -54,15 +54,15 @@ async def test_set_many_checks_every_dial(store: Store) -> None:
     acct = await store.accounts.add("Alice")
     assert await store.speed_dials.set_many(acct.id, []) == 0
     for bad in (
-        [SpeedDial(acct.id, "03", "8131"), SpeedDial(acct.id, "00", "8132")],
-        [SpeedDial(acct.id, "03", "8131"), SpeedDial(acct.id, "04", "81-3x")],
-        [SpeedDial(acct.id, "03", "8131"), SpeedDial(acct.id, "03", "8132")],
+        [SpeedDial(acct.id, "03", "81312345678"), SpeedDial(acct.id, "00", "81398765432")],
+        [SpeedDial(acct.id, "03", "81312345678"), SpeedDial(acct.id, "04", "81-3x")],
+        [SpeedDial(acct.id, "03", "81312345678"), SpeedDial(acct.id, "03", "81398765432")],
     ):
         with pytest.raises(InvalidInput):
             await store.speed_dials.set_many(acct.id, bad)
     assert await store.speed_dials.list(acct.id) == ()
     with pytest.raises(NotFound):
-        await store.speed_dials.set_many(999, [SpeedDial(999, "03", "8131")])
-    stored = await store.speed_dials.set_many(acct.id, [SpeedDial(0, "03", "+81 3 1", "x")])
+        await store.speed_dials.set_many(999, [SpeedDial(999, "03", "81312345678")])
+    stored = await store.speed_dials.set_many(acct.id, [SpeedDial(0, "03", "+81 3 1234 5678", "x")])
     assert stored == 1
-    assert await store.speed_dials.list(acct.id) == (SpeedDial(acct.id, "03", "8131", "x"),)
+    assert await store.speed_dials.list(acct.id) == (SpeedDial(acct.id, "03", "81312345678", "x"),)

@@ -56,6 +56,7 @@ from softswitch.store.repos.common import (
     NotFound,
     StoreError,
     check_extension,
+    e164_number,
     log,
     number_digits,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "TooManySpeedDials",
     "check_extension",
     "check_security_code",
+    "e164_number",
     "hash_security_code",
     "iso_utc",
     "lock_account",

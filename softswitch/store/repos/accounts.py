@@ -37,6 +37,7 @@ from softswitch.store.repos.common import (
     NotFound,
     _Unset,
     check_extension,
+    e164_number,
     log,
     number_digits,
     to_seconds,
@@ -129,7 +130,7 @@ class AccountRepo:
             raise InvalidInput("account name: must not be empty")
         numbers = sorted({number_digits(t, "trigger number") for t in triggers})
         hotline = (
-            number_digits(hotline_destination, "hotline destination")
+            e164_number(hotline_destination, "hotline destination")
             if (hotline_destination)
             else None
         )
@@ -221,7 +222,7 @@ class AccountRepo:
             values["credit_limit"] = credit_limit
         if not isinstance(hotline_destination, _Unset):
             values["hotline_destination"] = (
-                number_digits(hotline_destination, "hotline destination")
+                e164_number(hotline_destination, "hotline destination")
                 if hotline_destination
                 else None
             )
@@ -308,7 +309,7 @@ class AccountRepo:
         self, account_id: int, number: str, extension: str | None = None, label: str = ""
     ) -> RegisteredNumber:
         """Keep a number on file that the customer may pick as a location."""
-        digits = number_digits(number)
+        digits = e164_number(number, "registered number")
         ext = check_extension(extension)
         try:
             async with self.db.write() as conn:
@@ -414,7 +415,7 @@ async def _hash(code: str) -> str:
 def _location_values(location: Location | None) -> tuple[str | None, str | None]:
     if location is None:
         return None, None
-    return number_digits(location.number, "location"), check_extension(location.extension)
+    return e164_number(location.number, "location"), check_extension(location.extension)
 
 
 async def _touch(conn: AsyncConnection, db: Database, account_id: int, **values: Any) -> None:

@@ -1,4 +1,12 @@
-"""What every repository shares: the store's errors, ``UNSET``, and number/extension checks."""
+"""What every repository shares: the store's errors, ``UNSET``, and number/extension checks.
+
+Two checks for numbers. ``number_digits`` only cleans and counts digits: it is for numbers the
+switch answers (trigger numbers) and for look-ups. ``e164_number`` is for numbers the switch
+will call (locations, registered numbers, hotline destinations, speed dials): they must be
+international E.164 numbers by the dial plan's own rules (``softswitch.service.dialplan``:
+an assigned country code first, no national ``0`` after it, at most 15 digits), so a number
+written in national format is refused when it is stored, not when the callback fails.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,8 @@ import enum
 import logging
 import re
 from pathlib import Path
+
+from softswitch.service.dialplan import DestinationRefused, normalize_destination
 
 log = logging.getLogger("softswitch.store")
 
@@ -62,6 +72,31 @@ def number_digits(text: str, what: str = "number") -> str:
     if not 2 <= len(cleaned) <= MAX_NUMBER_DIGITS:
         raise InvalidInput(f"{what} {text!r}: must have 2 to {MAX_NUMBER_DIGITS} digits")
     return cleaned
+
+
+E164_EXPECTED = (
+    "expected E.164: country code first, no + or 00, no national 0, at most 15 digits "
+    "(e.g. 81312345678 for Tokyo 03-1234-5678)"
+)
+
+
+def e164_number(text: str, what: str = "number") -> str:
+    """The digits of an international number the switch may call, or ``InvalidInput``.
+
+    Spaces, dashes, dots, brackets and a leading ``+`` are allowed; the message says what is
+    wrong and what format is expected.
+    """
+    cleaned = re.sub(r"[\s\-.()]", "", text.strip()).removeprefix("+")
+    if not cleaned.isascii() or not cleaned.isdigit():
+        problem = "digits only"
+    elif cleaned.startswith("0"):
+        problem = "starts with 0 (a national number, or the international prefix 00)"
+    else:
+        try:
+            return normalize_destination(cleaned, "").e164
+        except DestinationRefused as exc:
+            problem = exc.detail
+    raise InvalidInput(f"{what} {text!r}: {problem}; {E164_EXPECTED}")
 
 
 def check_extension(text: str | None) -> str | None:

@@ -14,8 +14,8 @@ from softswitch.store.repos.common import (
     SPEED_DIAL_CODE,
     Conflict,
     InvalidInput,
+    e164_number,
     log,
-    number_digits,
 )
 from softswitch.store.tables import MAX_SPEED_DIALS, speed_dials
 
@@ -43,8 +43,8 @@ def speed_dial_code(code: str) -> str:
 
 
 def speed_dial(account_id: int, code: str, number: str, label: str = "") -> SpeedDial:
-    """A checked speed-dial record: a valid code and the number's E.164 digits."""
-    return SpeedDial(account_id, speed_dial_code(code), number_digits(number), label)
+    """A checked speed-dial record: a valid code and an E.164 number (``e164_number``)."""
+    return SpeedDial(account_id, speed_dial_code(code), e164_number(number), label)
 
 
 class SpeedDialRepo:
