@@ -4,10 +4,13 @@ Each command opens the database given by ``--db`` (or ``SOFTSWITCH_DB``, else th
 ``softswitch serve``), brings the schema up to date, does one thing and closes it. Commands
 that only read (list, show, lookup, export) never create a store: a missing SQLite file or
 directory, or a database without the schema, is an error; commands that write create it on
-first use. Output is an aligned plain-text table for people, or JSON with ``--json`` for
-scripts (times as ISO 8601 UTC, money as integers in minor units). Errors are one line on
-stderr, never with the database password: exit status 2 for bad input (malformed values,
-unknown ids, CSV errors naming the line), 1 when the database fails or cannot be reached.
+first use.
+
+Output is an aligned plain-text table for people, or JSON with ``--json`` for scripts: times
+as ISO 8601 UTC, money as integers in minor units, except a rate's price per minute, which may
+have up to 6 decimal places (a JSON number with its decimals). Errors are one line on stderr,
+never with the database password: exit status 2 for bad input (malformed values, unknown ids,
+CSV errors naming the line), 1 when the database fails or cannot be reached.
 
 ``softswitch.cli`` mounts the sub-apps: ``account_app``, ``speed_dial_app``, ``rates_app``,
 ``cdr_app`` and ``db_app``.
@@ -20,6 +23,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TextIO, TypeVar
 
@@ -47,7 +51,7 @@ from softswitch.store import (
     StoreError,
 )
 from softswitch.store.db import redact
-from softswitch.store.repos import iso_utc
+from softswitch.store.repos import iso_utc, parse_price
 
 T = TypeVar("T")
 
@@ -387,11 +391,18 @@ def speed_dial_import(
 # -- rates --------------------------------------------------------------------------------------
 
 
+def price_json(price: int | Decimal) -> int | float:
+    """A price for JSON: an integer when whole, else a number with its decimals (exact: at
+    most 6 decimal places and 19 digits, which a double prints back as written)."""
+    value = Decimal(price)
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
 def _rate_json(r: Rate) -> dict[str, Any]:
     return {
         "prefix": r.prefix,
         "description": r.description,
-        "price_per_minute": r.price_per_minute,
+        "price_per_minute": price_json(r.price_per_minute),
         "increment_s": r.increment_s,
         "minimum_s": r.minimum_s,
         "blocked": r.blocked,
@@ -418,12 +429,57 @@ def _show_rates(found: Sequence[Rate], as_json: bool) -> None:
     )
 
 
+@rates_app.command("set")
+def rates_set(
+    prefix: Annotated[
+        str, typer.Argument(help="Destination prefix, E.164 digits (e.g. 44, 4477).")
+    ],
+    price: Annotated[
+        str, typer.Argument(help="Minor units per minute, up to 6 decimal places (20, 2.35).")
+    ],
+    description: Annotated[str, typer.Option(help="A note for people.")] = "",
+    increment: Annotated[int, typer.Option(help="Billing step after the minimum, seconds.")] = 6,
+    minimum: Annotated[int, typer.Option(help="Seconds billed at least.")] = 30,
+    blocked: Annotated[bool, typer.Option(help="Calls to the prefix are refused.")] = False,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Set (or replace) the rate for a prefix."""
+    try:
+        rate = Rate(
+            prefix.removeprefix("+"),
+            description,
+            parse_price(price),
+            increment,
+            minimum,
+            blocked,
+        )
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+    _show_rates([_run(db, lambda s: s.rates.set(rate), writes=True)], as_json)
+
+
+@rates_app.command("delete")
+def rates_delete(
+    prefix: Annotated[str, typer.Argument(help="The prefix to remove.")],
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Remove the rate for a prefix."""
+    bare = prefix.removeprefix("+")
+    if not _run(db, lambda s: s.rates.delete(bare), writes=True):
+        _fail(f"no rate for prefix {bare}", 2)
+    if as_json:
+        _print_json({"deleted": bare})
+
+
 @rates_app.command("import")
 def rates_import(
     file: Annotated[
         Path,
         typer.Argument(
-            help="CSV: prefix,description,price_per_minute[,increment_s[,minimum_s[,blocked]]]",
+            help="CSV: prefix,description,price_per_minute[,increment_s[,minimum_s[,blocked]]]"
+            " (price: minor units, up to 6 decimal places).",
             dir_okay=False,
         ),
     ],

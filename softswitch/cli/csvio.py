@@ -34,6 +34,7 @@ from softswitch.store.repos import (
     MAX_PREFIX_DIGITS,
     MAX_SPEED_DIALS,
     iso_utc,
+    parse_price,
     speed_dial,
 )
 
@@ -129,6 +130,7 @@ async def import_speed_dials(repo: SpeedDialRepo, account_id: int, path: str | P
 def read_rates(path: str | Path) -> list[tuple[int, Rate]]:
     """The checked rates of a rates file (columns ``RATE_COLUMNS``), each with its line.
 
+    ``price_per_minute`` is minor units with up to 6 decimal places (``20``, ``2.35``);
     ``increment_s`` and ``minimum_s`` default to 6 and 30; ``blocked`` is yes/no/1/0/true/
     false (default no); a ``+`` before the prefix is ignored.
     """
@@ -143,7 +145,10 @@ def read_rates(path: str | Path) -> list[tuple[int, Rate]]:
         if prefix in lines:
             raise CsvError(path, line, f"prefix {prefix} already given on line {lines[prefix]}")
         lines[prefix] = line
-        price = _int_cell(path, line, "price_per_minute", cells[2], minimum=0)
+        try:
+            price = parse_price(cells[2])
+        except InvalidInput as exc:
+            raise CsvError(path, line, f"price_per_minute: {exc}") from None
         increment = (
             _int_cell(path, line, "increment_s", cells[3], minimum=1)
             if len(cells) > 3 and cells[3]

@@ -9,7 +9,9 @@ Conventions shared by every record:
   database keeps them as integer microseconds, so a time survives a round trip to the
   microsecond.
 * Money is an ``int`` in minor units of the service's single currency: 1 = 1 yen for a yen
-  service, 1 = 1 cent for a dollar service. No floats ever touch a balance.
+  service, 1 = 1 cent for a dollar service. No floats ever touch a balance. The one exception
+  is a rate's price per minute, which may have a fraction of a minor unit (up to 6 decimal
+  places, a ``Decimal``; rating rounds each call's cost up to a whole minor unit).
 * Numbers are E.164 digits without ``+`` or the international prefix (``815012345678``).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 class AccountKind(enum.Enum):
@@ -133,11 +136,15 @@ class Rate:
     Billing (SPEC section 7, arithmetic in ``softswitch.service.rating``) counts from the answer
     of the destination leg: at least ``minimum_s`` seconds, then whole ``increment_s`` steps, at
     ``price_per_minute`` minor units. ``blocked`` prefixes cannot be dialled.
+
+    ``price_per_minute`` may have up to 6 decimal places (``Decimal("2.35")``); a whole price
+    may be given as an ``int``. The store always returns a ``Decimal`` (``Decimal("20")``,
+    which equals ``20``), and ``rating`` computes with it exactly.
     """
 
     prefix: str
     description: str
-    price_per_minute: int
+    price_per_minute: int | Decimal
     increment_s: int = 6
     minimum_s: int = 30
     blocked: bool = False

@@ -3,7 +3,10 @@
 Portable on purpose: the same tables run on SQLite (one node) and PostgreSQL (several nodes).
 Hence times are ``BIGINT`` microseconds since the Unix epoch, UTC (exact, sortable, no time
 zone handling in either driver), money is ``BIGINT`` minor units, and enumerations are short
-strings guarded by CHECK constraints rather than native enum types.
+strings guarded by CHECK constraints rather than native enum types. A rate's price may have a
+fraction of a minor unit (2.35 cents a minute): it is kept as ``BIGINT`` millionths of a minor
+unit (``price_micros_per_minute``), exact on both databases, where a ``NUMERIC`` column would be
+a float on SQLite.
 
 Credit is kept on the account row (``credit_used``, ``credit_reserved``) so that reserving is one
 conditional UPDATE of one row, which both databases make atomic (see ``repos.CreditRepo``).
@@ -45,6 +48,8 @@ metadata = MetaData(naming_convention=NAMING)
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 MAX_SPEED_DIALS = 115
+#: Rate prices are kept in millionths of a minor unit: up to 6 decimal places, exactly.
+PRICE_SCALE = 1_000_000
 
 accounts = Table(
     "accounts",
@@ -121,12 +126,14 @@ rates = Table(
     Column("id", Integer, primary_key=True),
     Column("prefix", String(16), nullable=False, unique=True),
     Column("description", String(200), nullable=False, server_default=""),
-    Column("price_per_minute", BigInteger, nullable=False),
     Column("increment_s", Integer, nullable=False, server_default="6"),
     Column("minimum_s", Integer, nullable=False, server_default="30"),
     Column("blocked", Boolean, nullable=False, server_default=text("false")),
+    # Millionths of a minor unit per minute (PRICE_SCALE), so 2.35 cents/min is 2_350_000.
+    Column("price_micros_per_minute", BigInteger, nullable=False),
     CheckConstraint("increment_s > 0", name="increment_positive"),
     CheckConstraint("minimum_s >= 0", name="minimum_not_negative"),
+    CheckConstraint("price_micros_per_minute >= 0", name="price_not_negative"),
 )
 
 cdrs = Table(

@@ -150,7 +150,7 @@ def test_cdr_list_and_export(cli: Any, tmp_path: Path) -> None:
     cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2
     assert len(cli("cdr", "export", "--db", url, "--json")) == 3
-    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0001"}
+    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0002"}
 
 
 READ_ONLY = (
@@ -232,3 +232,41 @@ def test_national_numbers_are_refused_with_the_format_expected(cli: Any, tmp_pat
     bad = cli("speed-dial", "import", aid, str(dials), code=2)
     assert f"{dials}:2: number '0312345678': starts with 0" in bad.stderr
     assert cli("account", "show", aid, "--json")["location"] == "81312345678"
+
+
+def test_fractional_prices_in_rates_set_and_import(cli: Any, tmp_path: Path) -> None:
+    assert cli("rates", "set", "44", "2.35", "--description", "UK", "--json") == [
+        {
+            "prefix": "44",
+            "description": "UK",
+            "price_per_minute": 2.35,
+            "increment_s": 6,
+            "minimum_s": 30,
+            "blocked": False,
+        }
+    ]
+    cli("rates", "set", "+1", "20", "--increment", "60", "--minimum", "60", "--blocked")
+    rates = tmp_path / "rates.csv"
+    rates.write_text("prefix,description,price_per_minute\n81,Japan,0.125\n33,France,7.50\n")
+    assert cli("rates", "import", str(rates), "--json") == {"imported": 2}
+    listed = {r["prefix"]: r for r in cli("rates", "list", "--json")}
+    assert {p: r["price_per_minute"] for p, r in listed.items()} == {
+        "1": 20,
+        "33": 7.5,
+        "44": 2.35,
+        "81": 0.125,
+    }
+    assert listed["1"]["blocked"] and listed["1"]["increment_s"] == 60
+    assert isinstance(listed["1"]["price_per_minute"], int)
+    table = cli("rates", "list").stdout
+    assert "0.125" in table and "2.35" in table and "7.5" in table
+    for args in (("44", "2.1234567"), ("44", "lots"), ("--", "44", "-1")):
+        bad = cli("rates", "set", *args, code=2)
+        assert "price" in bad.stderr and bad.stderr.count("\n") == 1
+    rates.write_text("81,Japan,0.1\n33,France,7.0000001\n")
+    bad = cli("rates", "import", str(rates), code=2)
+    assert f"{rates}:2: price_per_minute" in bad.stderr and "6 decimal places" in bad.stderr
+    assert cli("rates", "lookup", "81312345678", "--json")[0]["price_per_minute"] == 0.125
+    cli("rates", "delete", "33")
+    cli("rates", "delete", "33", code=2)
+    assert [r["prefix"] for r in cli("rates", "list", "--json")] == ["1", "44", "81"]

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from softswitch.store import Database, DatabaseUnavailable, DatabaseUrlError, Store
+from softswitch.store import Database, DatabaseUnavailable, DatabaseUrlError, Rate, Store
 from softswitch.store.db import async_url, redact
 from softswitch.store.tables import metadata
 
@@ -53,7 +55,7 @@ async def test_migration_creates_exactly_the_tables(db_url: str) -> None:
     store = await Store.open(db_url)
     try:
         await store.db.migrate()  # a second run is a no-op
-        assert await store.db.revision() == "0001"
+        assert await store.db.revision() == "0002"
         async with store.db.read() as conn:
             assert await conn.run_sync(_diff) == []
     finally:
@@ -149,3 +151,80 @@ def test_redact_hides_only_the_password() -> None:
     with pytest.raises(DatabaseUrlError) as info:
         async_url("postgresql://bob:hunter2@db:notaport/x")
     assert "hunter2" not in str(info.value)
+
+
+def _upgrade_to(revision: str) -> Any:
+    def run(connection: Connection) -> None:
+        from alembic import command
+
+        from softswitch.store.db import _alembic_config
+
+        command.upgrade(_alembic_config(connection), revision)
+
+    return run
+
+
+async def test_migration_0002_keeps_prices_and_constraints(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if db_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path}/old.sqlite3"
+    else:
+        url = request.getfixturevalue("pg_server").createdb("softswitch_0001")
+    async with Database(url) as db:
+        async with db.write() as conn:
+            await conn.run_sync(_upgrade_to("0001"))
+            await conn.execute(
+                text(
+                    "INSERT INTO rates (prefix, description, price_per_minute, increment_s,"
+                    " minimum_s, blocked) VALUES ('44', 'UK', 20, 6, 30, false),"
+                    " ('1', 'USA', 0, 60, 60, true)"
+                )
+            )
+        assert await db.revision() == "0001"
+    async with await Store.open(url) as store:
+        assert await store.db.revision() == "0002"
+        assert await store.rates.list() == (
+            Rate("1", "USA", 0, 60, 60, True),
+            Rate("44", "UK", 20, 6, 30, False),
+        )
+        async with store.db.read() as conn:
+            assert await conn.run_sync(_diff) == []
+        for values in ("('33', '', 1, 0, 30)", "('34', '', -1, 6, 30)", "('44', '', 1, 6, 30)"):
+            with pytest.raises(IntegrityError):
+                async with store.db.write() as conn:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO rates (prefix, description, price_micros_per_minute,"
+                            f" increment_s, minimum_s) VALUES {values}"
+                        )
+                    )
+
+
+def _downgrade_to(revision: str) -> Any:
+    def run(connection: Connection) -> None:
+        from alembic import command
+
+        from softswitch.store.db import _alembic_config
+
+        command.downgrade(_alembic_config(connection), revision)
+
+    return run
+
+
+async def test_migration_0002_downgrade_rounds_prices_up(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if db_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path}/new.sqlite3"
+    else:
+        url = request.getfixturevalue("pg_server").createdb("softswitch_0002_down")
+    async with await Store.open(url) as store:
+        await store.rates.set_many([Rate("44", "UK", Decimal("2.35")), Rate("1", "USA", 20)])
+        async with store.db.write() as conn:
+            await conn.run_sync(_downgrade_to("0001"))
+        async with store.db.read() as conn:
+            rows = (await conn.execute(text("SELECT prefix, price_per_minute FROM rates"))).all()
+        assert sorted(tuple(r) for r in rows) == [("1", 20), ("44", 3)]
+        await store.db.migrate()
+        assert [r.price_per_minute for r in await store.rates.list()] == [20, 3]

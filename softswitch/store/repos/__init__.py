@@ -61,7 +61,14 @@ from softswitch.store.repos.common import (
     number_digits,
 )
 from softswitch.store.repos.credit import CreditRepo
-from softswitch.store.repos.rates import MAX_PREFIX_DIGITS, RateRepo
+from softswitch.store.repos.rates import (
+    MAX_PREFIX_DIGITS,
+    PRICE_DECIMALS,
+    RateRepo,
+    parse_price,
+    price_from_micros,
+    price_micros,
+)
 from softswitch.store.repos.speed_dials import (
     SpeedDialRepo,
     TooManySpeedDials,
@@ -69,7 +76,7 @@ from softswitch.store.repos.speed_dials import (
     speed_dial_code,
 )
 from softswitch.store.repos.store import Store
-from softswitch.store.tables import MAX_SPEED_DIALS
+from softswitch.store.tables import MAX_SPEED_DIALS, PRICE_SCALE
 
 __all__ = [
     "CALLBACK_TRANSITIONS",
@@ -79,6 +86,8 @@ __all__ = [
     "MAX_PREFIX_DIGITS",
     "MAX_SPEED_DIALS",
     "OPEN_STATES",
+    "PRICE_DECIMALS",
+    "PRICE_SCALE",
     "SECURITY_CODE",
     "SPEED_DIAL_CODE",
     "UNSET",
@@ -119,6 +128,9 @@ __all__ = [
     "lock_account",
     "log",
     "number_digits",
+    "parse_price",
+    "price_from_micros",
+    "price_micros",
     "speed_dial",
     "speed_dial_code",
 ]

@@ -1,8 +1,17 @@
-"""Rates: the price of calls per destination prefix; a number is rated by its longest prefix."""
+"""Rates: the price of calls per destination prefix; a number is rated by its longest prefix.
+
+Prices are minor units per minute with up to 6 decimal places (2.35 cents a minute). The table
+keeps them as integer millionths of a minor unit (``PRICE_SCALE``), so they are exact on SQLite
+and PostgreSQL alike; records carry them as ``Decimal``, which ``softswitch.service.rating``
+computes with exactly (each call's cost is rounded up to a whole minor unit there).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -12,16 +21,56 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from softswitch.store.db import Database
 from softswitch.store.models import Rate
 from softswitch.store.repos.common import InvalidInput, log, number_digits
-from softswitch.store.tables import rates
+from softswitch.store.tables import PRICE_SCALE, rates
 
 MAX_PREFIX_DIGITS = 16
+PRICE_DECIMALS = 6  # PRICE_SCALE = 10 ** PRICE_DECIMALS
+_MAX_MICROS = 2**63 - 1  # BIGINT
+_PRICE_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+
+
+def price_micros(price: int | Decimal) -> int:
+    """``price`` (minor units per minute) in millionths, or ``InvalidInput`` saying why."""
+    if isinstance(price, bool) or not isinstance(price, int | Decimal):
+        raise InvalidInput(f"price {price!r}: not a price (an int or a Decimal)")
+    value = Decimal(price)
+    if not value.is_finite():
+        raise InvalidInput(f"price {price}: not a price")
+    if value < 0:
+        raise InvalidInput(f"price {price}: must not be negative")
+    micros = value * PRICE_SCALE
+    if micros != micros.to_integral_value():
+        raise InvalidInput(f"price {price}: at most {PRICE_DECIMALS} decimal places")
+    if micros > _MAX_MICROS:
+        raise InvalidInput(f"price {price}: too large")
+    return int(micros)
+
+
+def price_from_micros(micros: int) -> Decimal:
+    """The ``Decimal`` price for millionths of a minor unit (``Decimal("2.35")``, ``"20"``)."""
+    return Decimal(micros) / PRICE_SCALE
+
+
+def parse_price(text: str) -> Decimal:
+    """A price as people write it (``20``, ``2.35``, ``0.125``), checked, or ``InvalidInput``."""
+    cleaned = text.strip()
+    if not cleaned.isascii() or not _PRICE_TEXT.fullmatch(cleaned):
+        raise InvalidInput(
+            f"price {text!r}: expected minor units per minute such as 20 or 2.35 "
+            f"(at most {PRICE_DECIMALS} decimal places)"
+        )
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:  # the pattern admits only plain decimals; kept for safety
+        raise InvalidInput(f"price {text!r}: not a price") from None
+    return price_from_micros(price_micros(value))
 
 
 def _rate(row: Row[Any]) -> Rate:
     return Rate(
         row.prefix,
         row.description,
-        row.price_per_minute,
+        price_from_micros(row.price_micros_per_minute),
         row.increment_s,
         row.minimum_s,
         bool(row.blocked),
@@ -62,13 +111,18 @@ class RateRepo:
 
     @staticmethod
     def _check(rate: Rate) -> Rate:
+        """``rate`` with its price as the ``Decimal`` the store will give back."""
         if not rate.prefix.isascii() or not rate.prefix.isdigit():
             raise InvalidInput(f"prefix {rate.prefix!r}: digits only")
         if len(rate.prefix) > MAX_PREFIX_DIGITS:
             raise InvalidInput(f"prefix {rate.prefix!r}: at most {MAX_PREFIX_DIGITS} digits")
-        if rate.price_per_minute < 0 or rate.minimum_s < 0 or rate.increment_s < 1:
+        try:
+            micros = price_micros(rate.price_per_minute)
+        except InvalidInput as exc:
+            raise InvalidInput(f"prefix {rate.prefix}: {exc}") from None
+        if rate.minimum_s < 0 or rate.increment_s < 1:
             raise InvalidInput(f"prefix {rate.prefix}: price and times must be positive")
-        return rate
+        return replace(rate, price_per_minute=price_from_micros(micros))
 
     @staticmethod
     async def _upsert(conn: AsyncConnection, items: Sequence[Rate]) -> None:
@@ -76,7 +130,7 @@ class RateRepo:
         for rate in items:
             values = {
                 "description": rate.description,
-                "price_per_minute": rate.price_per_minute,
+                "price_micros_per_minute": price_micros(rate.price_per_minute),
                 "increment_s": rate.increment_s,
                 "minimum_s": rate.minimum_s,
                 "blocked": rate.blocked,
