@@ -15,13 +15,14 @@ callback leg from the moment it is opened):
 * DialPrompt: the callback leg's audio is decoded and detected; a tone digit barges into the
   prompt and feeds the number exactly as an RFC 4733 event does (a press seen on both paths
   counts once, at the first onset).
-* Connected (bridged): the customer's audio is relayed to the destination packet by packet as
-  it arrives, tones included, so the destination hears an in-band digit at once (the test checks
-  that the ``5`` reaches the destination's RTP as a decodable tone). The switch detects the tone
-  too: ``*`` and ``#`` are held back about a second to see whether a command (``**``, ``##``)
-  follows, but their audio has already been relayed and cannot be held back; a digit that is
-  not a command is also forwarded to the destination as an RFC 4733 event
-  (``ForwardDigit``), so a destination may get such a digit both ways.
+* Connected (bridged): the customer's audio is relayed to the destination through a short
+  delay line on which the in-band detector clamps DTMF out (the frames of a tone become
+  silence), so no key reaches the destination by itself: ``*`` and ``#`` are held back about
+  a second to see whether a command (``**``, ``##``) follows, and every key that is not part of
+  one is forwarded by the service as an RFC 4733 event (in-band only to a destination that
+  negotiated no telephone-event). The late ``*5`` proves it: the destination receives the
+  events ``*`` and ``5`` from the switch, in that order, and its decoded audio holds no digit
+  at all (before the fix the tones leaked, and ``**`` typed in-band would have reached it).
 """
 
 from __future__ import annotations
@@ -54,18 +55,20 @@ LEAD_IN_S = 1.5  # the dial prompt has started; the first tone barges in
 ON_MS = OFF_MS = 80
 LEVEL_DBM0 = -6.0
 LATE_DIGIT_AT_S = 10.0  # well after the bridge (about 3 s after the last dialled tone)
+LATE_KEYS = "*5"  # a held key, then one that is not a command: both forwarded as events
 TELEPHONE_EVENT_PT = 101
 
 
 def inband_speech(path: Path) -> Path:
-    """The phone's microphone: lead-in, ``DESTINATION*`` as tones, then ``5`` at 10 s."""
+    """The phone's microphone: lead-in, ``DESTINATION*`` as tones, then ``*5`` at 10 s."""
     gap = np.zeros(OFF_MS * RATE // 1000, dtype=np.int16)
     parts = [np.zeros(int(LEAD_IN_S * RATE), dtype=np.int16)]
     for digit in DESTINATION + "*":
         parts += [dtmf_tone(digit, ON_MS, LEVEL_DBM0), gap]
     pcm = np.concatenate(parts)
     pad = int(LATE_DIGIT_AT_S * RATE) - len(pcm)
-    pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16), dtmf_tone("5", ON_MS, LEVEL_DBM0)])
+    late = [part for key in LATE_KEYS for part in (dtmf_tone(key, ON_MS, LEVEL_DBM0), gap)]
+    pcm = np.concatenate([pcm, np.zeros(pad, dtype=np.int16), *late])
     write_audio(path, pcm)
     return path
 
@@ -79,7 +82,9 @@ def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
 ) -> None:
     speech = inband_speech(tmp_path / "inband_digits.wav")
     # The tones really are what the switch's own detector recognises, before any network.
-    assert "".join(d for d, _, _ in detect_dtmf(read_audio(speech))) == DESTINATION + "*5"
+    assert (
+        "".join(d for d, _, _ in detect_dtmf(read_audio(speech))) == DESTINATION + "*" + LATE_KEYS
+    )
     rig = start_callback_rig(
         tmp_path,
         softswitch_bin,
@@ -130,11 +135,19 @@ def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
     assert not early, f"{len(early)} telephone-event packets before ** (digits not in-band?)"
     assert events, "the ** was not sent as RFC 2833 telephone-events"
 
-    # The switch relays the customer's audio to the destination: the late "5" arrives in-band.
+    # What the switch sent the destination: the late keys as RFC 4733 events, in order, and
+    # audio in which no digit can be heard (the tones were clamped out of the relay).
     switch_ports = range(low, high + 1)
     to_destination = [
         p for p in packets if p.src[1] in switch_ports and p.dst[1] not in phone_ports
     ]
     audio = g711.ulaw_decode(b"".join(rtp_payloads(to_destination, pt=0)))
     heard = "".join(d for d, _, _ in detect_dtmf(audio))
-    assert "5" in heard, f"destination's decoded audio has digits {heard!r}, expected a 5"
+    assert heard == "", f"in-band digits {heard!r} leaked through the bridge to the destination"
+    codes = [
+        p.payload[12]
+        for p in to_destination
+        if len(p.payload) > 12 and p.payload[1] & 0x7F == TELEPHONE_EVENT_PT
+    ]
+    keys = "".join("0123456789*#"[c] for i, c in enumerate(codes) if i == 0 or c != codes[i - 1])
+    assert keys == LATE_KEYS, f"events to the destination spell {keys!r}, expected {LATE_KEYS!r}"

@@ -98,7 +98,7 @@ def location_number(i: int) -> str:
 
 _RURI_USER = re.compile(rb"^(?:CANCEL|INVITE) sip:(\d+)@")
 _SESSION_LOG = re.compile(
-    r"^(\S+) INFO +softswitch\.switch: session \w+: calling back account \d+ \(\S+\) at (\d+)"
+    r"^(\S+) INFO +softswitch\.calls: session \w+: calling back account \d+ \(\S+\) at (\d+)"
 )
 
 

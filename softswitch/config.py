@@ -113,6 +113,15 @@ class Config:
     tone_country: str = "ITU"
     callback_ring_timeout: float = 45.0
     destination_ring_timeout: float = 60.0
+    #: Callback attempts in all (busy, no answer, unreachable are retried) and the pause.
+    callback_attempts: int = 3
+    callback_retry_pause: float = 20.0
+    #: An answered callback with no key pressed for this long ends (hotel operator on hold).
+    silence_timeout: float = 120.0
+    #: After the destination hangs up, the dial prompt waits this long for the next number.
+    after_call_idle: float = 30.0
+    first_digit_timeout: float = 10.0
+    inter_digit_timeout: float = 10.0
     blocked_prefixes: tuple[str, ...] = ()
     media_host: str = "127.0.0.1"
     rtp_ports: tuple[int, int] | None = (16384, 32767)
@@ -143,7 +152,9 @@ _KEYS: dict[str, frozenset[str]] = {
     "trigger": frozenset({"number"}),
     "service": frozenset(
         {"enabled", "operator", "tone_country", "callback_ring_timeout"}
-        | {"destination_ring_timeout", "blocked_prefixes"}
+        | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
+        | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
+        | {"first_digit_timeout", "inter_digit_timeout"}
     ),
     "media": frozenset({"host", "rtp_ports"}),
     "prompts": frozenset({"dir"}),
@@ -353,12 +364,26 @@ def load_config(
     if country not in ("ITU", "US", "JP"):
         raise service.error("tone_country", f"unknown {country!r} (ITU, US, JP)")
     kwargs["tone_country"] = country
-    for key in ("callback_ring_timeout", "destination_ring_timeout"):
+    # Each timing: (lowest, highest) seconds a sysadmin may set.
+    for key, (low, high) in {
+        "callback_ring_timeout": (5, 300),
+        "destination_ring_timeout": (5, 300),
+        "callback_retry_pause": (0, 3600),
+        "silence_timeout": (10, 3600),
+        "after_call_idle": (5, 3600),
+        "first_digit_timeout": (2, 120),
+        "inter_digit_timeout": (2, 120),
+    }.items():
         value = service.get(key, (int, float))
         if value is not None:
-            if not 5 <= value <= 300:
-                raise service.error(key, "must be between 5 and 300 seconds")
+            if not low <= value <= high:
+                raise service.error(key, f"must be between {low} and {high} seconds")
             kwargs[key] = float(value)
+    attempts = service.get("callback_attempts", int)
+    if attempts is not None:
+        if not 1 <= attempts <= 10:
+            raise service.error("callback_attempts", "must be between 1 and 10")
+        kwargs["callback_attempts"] = attempts
     blocked = service.get("blocked_prefixes", list, [])
     if not all(isinstance(p, str) and p.lstrip("+").isdigit() for p in blocked):
         raise service.error("blocked_prefixes", "expected a list of digit strings")

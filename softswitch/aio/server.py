@@ -1,9 +1,12 @@
-"""The asyncio shell around :class:`softswitch.node.Node` (uvicorn's Config -> Server shape).
+"""The asyncio shell around :class:`softswitch.node.node.Node` (uvicorn's Config -> Server).
 
 One DatagramProtocol per UDP socket, one Protocol per TCP connection, and one timer re-armed
-from ``node.get_timer()`` after every input (aioquic's ``transmit()``). Time is ``loop.time()``.
-Lifecycle: ``startup`` binds every socket (failing loudly if a port is taken), ``main_loop``
-waits for SIGTERM/SIGINT, ``shutdown`` unregisters from the trunk (bounded wait), then closes.
+from ``node.get_timer()`` after every input (aioquic's ``transmit()``), which also hands the
+node's store requests and media commands to the service shell
+(:mod:`softswitch.aio.service`). Time is ``loop.time()``. Lifecycle: ``startup`` binds every
+socket (failing loudly if a port is taken), starts the service (prompts, store, media) and
+waits for the accounts, ``serve`` waits for SIGTERM/SIGINT, ``shutdown`` hangs up live calls
+(their CDRs written), unregisters from the trunk (bounded waits), then closes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
@@ -23,7 +27,7 @@ from softswitch.sip.message import Address
 from softswitch.sip.parser import StreamFramer
 
 if TYPE_CHECKING:
-    from softswitch.aio.switch import Switch
+    from softswitch.aio.service import ServiceShell
     from softswitch.store.db import Database
 
 log = logging.getLogger("softswitch.server")
@@ -46,8 +50,6 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         server = self.server
         server.node.receive_datagram(data, Address(addr[0], addr[1], "UDP"), server.loop.time())
-        if server.switch is not None:
-            server.switch.poll()
         server.transmit()
 
     def error_received(self, exc: Exception) -> None:
@@ -99,8 +101,6 @@ class _TcpProtocol(asyncio.Protocol):
         now = server.loop.time()
         for msg in messages:
             server.node.receive_message(msg, self.address, now)
-        if server.switch is not None:
-            server.switch.poll()
         if framer.pings != pings:
             # RFC 5626 section 3.5.1: each double-CRLF ping gets a single CRLF pong.
             self.transport.write(b"\r\n" * (framer.pings - pings))
@@ -135,7 +135,11 @@ class Server:
         self, config: Config, node: Node | None = None, *, with_service: bool = False
     ) -> None:
         self.config = config
-        self.node = node or Node(config)
+        self.node = node or Node(
+            config,
+            service=with_service and config.service,
+            node_id=f"{os.uname().nodename}:{os.getpid()}",
+        )
         self.loop: asyncio.AbstractEventLoop  # set by startup(), inside the running loop
         self.udp: list[_UdpProtocol] = []
         self.tcp: dict[tuple[str, int], _TcpProtocol] = {}
@@ -145,8 +149,7 @@ class Server:
         self._stop = asyncio.Event()
         self._pending_tcp: dict[tuple[str, int], list[bytes]] = {}
         self.bound: list[tuple[str, str, int]] = []
-        self.with_service = with_service
-        self.switch: Switch | None = None
+        self.service: ServiceShell | None = None
         self._db: Database | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -186,8 +189,12 @@ class Server:
                 self._tcp_servers.append(tcp_server)
                 bound = tcp_server.sockets[0].getsockname()
                 self.bound.append(("tcp", bound[0], bound[1]))
-        if self.with_service and self.config.service:
+        if self.node.calls is not None:
             await self._start_service()
+        self.node.start(self.loop.time())
+        self.transmit()
+        if self.service is not None:
+            await self.service.wait_ready()
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound)
         log.info(
             "softswitch listening on %s (config %s, loop %s)",
@@ -195,27 +202,25 @@ class Server:
             self.config.source,
             type(self.loop).__module__.split(".")[0],
         )
-        self.node.start(self.loop.time())
-        self.transmit()
         tune_gc()
 
     async def _start_service(self) -> None:
-        from softswitch.aio.switch import Switch
+        from softswitch.aio.service import ServiceShell
         from softswitch.store.db import Database
 
         url = self.config.db_url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._db = Database(url)
-        self.switch = Switch(self.config, self.node, self._db, transmit=self.transmit)
-        await self.switch.start()
+        self.service = ServiceShell(self.config, self.node, self._db, transmit=self.transmit)
+        await self.service.start()
 
     async def shutdown(self) -> None:
         log.info("shutting down")
-        if self.switch is not None:
-            await self.switch.stop()
         self.node.stop(self.loop.time())
         self.transmit()
+        if self.service is not None:
+            await self.service.stop()
         trunk = self.node.trunk
         if trunk is not None:
             deadline = self.loop.time() + SHUTDOWN_GRACE
@@ -251,8 +256,14 @@ class Server:
     # --- I/O ----------------------------------------------------------------------------------
 
     def transmit(self) -> None:
-        """Send everything the node has queued, then re-arm the single timer."""
+        """Hand the node's commands to the service, send its datagrams, re-arm the one timer."""
         node = self.node
+        if self.service is not None:
+            self.service.poll()
+        else:
+            # A signalling-only node: ended trigger calls are in its log; nothing to carry out.
+            while node.next_event() is not None:
+                pass
         for data, addr in node.datagrams_to_send():
             if addr.transport == "UDP":
                 if self.udp and self.udp[0].transport is not None:
@@ -272,8 +283,6 @@ class Server:
         self._timer = None
         self._timer_at = None
         self.node.handle_timer(self.loop.time())
-        if self.switch is not None:
-            self.switch.poll()
         self.transmit()
 
     def _send_tcp(self, data: bytes, addr: Address) -> None:
@@ -332,11 +341,16 @@ def install_uvloop() -> str:
 
 def run(config: Config) -> int:
     """Run a node until SIGTERM/SIGINT; the exit status for the CLI."""
+    from softswitch.prompts import MissingPromptsError
+
     install_uvloop()
     server = Server(config, with_service=True)
     try:
         asyncio.run(server.serve())
-    except OSError as exc:
+    except (OSError, MissingPromptsError) as exc:
         log.error("cannot start: %s", exc)
+        return 1
+    except TimeoutError:
+        log.error("cannot start: the store did not answer (accounts not loaded)")
         return 1
     return 0

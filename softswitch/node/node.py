@@ -1,24 +1,36 @@
-"""One switch node, sans-IO: the SIP endpoint, the trunk registration and the service, joined.
+"""One switch node, sans-IO: the SIP endpoint, the trunk, outbound legs, test lines, the service.
 
 The asyncio shell (:mod:`softswitch.aio.server`) feeds it datagrams and timer ticks with ``now``
-and sends what ``datagrams_to_send()`` returns; everything else happens here, testable with a
-fake clock. The node owns the policy that is neither SIP nor service: which INVITEs are trigger
-calls, how long a trigger may ring, how the trunk is kept registered and alive.
+and sends what ``datagrams_to_send()`` returns; the service's shell
+(:mod:`softswitch.aio.service`) carries out what :meth:`Node.next_event` returns (store
+requests, media commands) and feeds the answers back (``store_done``, ``media_opened``,
+``media_event``). Everything else happens here, testable with a fake clock, in the manner of
+aioquic's ``QuicConnection``: one object, every input takes ``now``, one ``get_timer()``.
+
+The node owns the policy that is neither SIP nor service: which INVITEs are trigger calls, how
+long a trigger may ring, that a trigger ends by CANCEL, by a BYE in its early dialog (RFC 3261
+section 15: the caller may end an early dialog with BYE) or by ringing too long, and how the
+trunk is kept registered and alive. With ``service=True`` it runs the call controller
+(:mod:`softswitch.node.calls`) that turns finished triggers into customer calls.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from media import engine as me
 from softswitch.config import Config
+from softswitch.node import commands as cmd
+from softswitch.node.calls import CallController
 from softswitch.node.outbound import OutboundCalls
 from softswitch.node.testline import TestLines
 from softswitch.node.trunk import Trunk
 from softswitch.service.trigger import (
-    CallbackRequested,
+    TriggerEnded,
     TriggerOutcome,
     TriggerService,
     normalize_number,
@@ -30,6 +42,10 @@ from softswitch.sip.timers import TimerConfig
 
 log = logging.getLogger("softswitch.node")
 
+#: What :meth:`Node.next_event` returns: the service's commands; without the service, the
+#: trigger calls that ended (a signalling-only node's shell may log or drop them).
+NodeEvent = cmd.Command | TriggerEnded
+
 #: How long a trigger call may ring before the switch gives up on the caller hanging up
 #: (about 4 rings of 5 s; SPEC section 4 later answers it for the location-change menu).
 TRIGGER_RING_LIMIT = 20.0
@@ -40,26 +56,7 @@ class _Ringing:
     tx: txl.ServerTransaction
     key: str
     deadline: float
-    trigger: str
-    caller: str
-    started_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerCall:
-    """A trigger call that has ended: the record its CDR is made from (SPEC section 7).
-
-    ``callback`` is True when it scheduled a callback (False: absorbed by a pending one).
-    Times are the node's ``now`` (the ring began when the INVITE was answered with 180).
-    """
-
-    trigger: str
-    caller: str
-    started_at: float
-    ended_at: float
-    how: str
-    status: int
-    callback: bool
+    to_tag: str
 
 
 class Node:
@@ -71,6 +68,9 @@ class Node:
         *,
         token: Callable[[], str] | None = None,
         ring_limit: float = TRIGGER_RING_LIMIT,
+        service: bool = False,
+        node_id: str = "node",
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
         host, port = config.listen[0]
@@ -92,11 +92,15 @@ class Node:
         self.test_lines = TestLines(self.endpoint, dict(config.test_numbers), ep_config.timers)
         self.ring_limit = ring_limit
         self._ringing: dict[int, _Ringing] = {}
+        self._ringing_by_key: dict[str, _Ringing] = {}
         self._ring_heap: list[tuple[float, int]] = []
-        self.callbacks: list[CallbackRequested] = []
-        #: Every finished trigger call, for the service's trigger-leg CDRs (drained by it).
-        self.trigger_calls: list[TriggerCall] = []
-        self.keep_trigger_calls = False
+        #: The callback service; None for a signalling-only node (triggers ring and end).
+        self.calls = (
+            CallController(config, self.outbound, self.triggers, node_id=node_id, new_id=new_id)
+            if service
+            else None
+        )
+        self._ended: deque[TriggerEnded] = deque()
 
     @staticmethod
     def _allow_from(config: Config) -> tuple[str, ...]:
@@ -110,11 +114,55 @@ class Node:
     def start(self, now: float) -> None:
         if self.trunk is not None:
             self.trunk.start(now)
+        if self.calls is not None:
+            self.calls.start(now)
 
     def stop(self, now: float) -> None:
-        """Begin a graceful stop: unregister from the trunk."""
+        """Begin a graceful stop: end every customer call (with CDRs), unregister."""
+        if self.calls is not None:
+            self.calls.stop(now)
         if self.trunk is not None:
             self.trunk.stop(now)
+
+    def next_event(self) -> NodeEvent | None:
+        """The next store request or media command for the shell (see :mod:`.commands`).
+
+        A node without the service reports each trigger call that ended instead.
+        """
+        if self.calls is not None:
+            return self.calls.next_command()
+        return self._ended.popleft() if self._ended else None
+
+    def sync_clock(self, now: float, wall: float) -> None:
+        """Tell the node what wall-clock time (UTC seconds) ``now`` is, for the store."""
+        if self.calls is not None:
+            self.calls.sync_clock(now, wall)
+
+    def store_done(self, request: cmd.StoreRequest, result: object, now: float) -> None:
+        """The answer to a store request (typed as the request's docstring says)."""
+        if self.calls is not None:
+            self.calls.store_done(request, result, now)
+        self._after(now)
+
+    def store_failed(self, request: cmd.StoreRequest, error: str, now: float) -> None:
+        if self.calls is not None:
+            self.calls.store_failed(request, error, now)
+        self._after(now)
+
+    def media_opened(self, leg_id: str, port: int, now: float) -> None:
+        if self.calls is not None:
+            self.calls.media_opened(leg_id, port, now)
+        self._after(now)
+
+    def media_failed(self, leg_id: str, error: str, now: float) -> None:
+        if self.calls is not None:
+            self.calls.media_failed(leg_id, error, now)
+        self._after(now)
+
+    def media_event(self, event: me.Event, now: float) -> None:
+        if self.calls is not None:
+            self.calls.media_event(event, now)
+        self._after(now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self.endpoint.receive_datagram(data, addr, now)
@@ -134,6 +182,8 @@ class Node:
             self.outbound.handle_timer(now)
         if self.trunk is not None:
             self.trunk.handle_timer(now)
+        if self.calls is not None:
+            self.calls.handle_timer(now)
         self._expire_ringing(now)
         self._process(now)
 
@@ -143,6 +193,8 @@ class Node:
             timers.append(self.outbound.get_timer())
         if self.trunk is not None:
             timers.append(self.trunk.get_timer())
+        if self.calls is not None:
+            timers.append(self.calls.get_timer())
         while self._ring_heap and self._ring_heap[0][1] not in self._ringing:
             heapq.heappop(self._ring_heap)
         if self._ring_heap:
@@ -155,9 +207,17 @@ class Node:
 
     # --- events -------------------------------------------------------------------------------
 
+    def _after(self, now: float) -> None:
+        """An input from the service's shell may have produced SIP events: process them."""
+        self._process(now)
+
     def _process(self, now: float) -> None:
         endpoint = self.endpoint
-        while (event := endpoint.next_event()) is not None:
+        while True:
+            self._legs_to_calls(now)
+            event = endpoint.next_event()
+            if event is None:
+                return
             if self.trunk is not None and self.trunk.handle_event(event, now):
                 continue
             if self.outbound is not None and self.outbound.handle_event(event, now):
@@ -173,10 +233,19 @@ class Node:
             elif isinstance(event, ep.TransactionTimedOut):
                 log.debug("transaction timed out: %s", event.tx)
 
+    def _legs_to_calls(self, now: float) -> None:
+        """Hand the controller what its outbound legs did (rang, answered, failed, ended)."""
+        calls, outbound = self.calls, self.outbound
+        if calls is not None and outbound is not None:
+            while (leg_event := outbound.next_event()) is not None:
+                calls.leg_event(leg_event, now)
+
     def _request(self, event: ep.RequestReceived, now: float) -> None:
         req = event.request
         tx = event.tx
         if req.to.tag is not None:
+            if req.method == "BYE" and self._early_bye(tx, req, now):
+                return
             # Inside a dialog: only test-line calls have dialogs (triggers are never answered).
             if not self.test_lines.in_dialog(tx, req, now):
                 self.endpoint.respond(tx, 481, now=now)
@@ -188,19 +257,36 @@ class Node:
                 return
             caller = req.from_.uri.user or req.from_.uri.host
             key = f"{req.call_id};{req.from_.tag}"
-            outcome = self.triggers.trigger_started(key, dialled, caller)
+            outcome = self.triggers.trigger_started(key, dialled, caller, now)
             if outcome is TriggerOutcome.UNKNOWN:
                 self.endpoint.respond(tx, 404, now=now)
                 return
+            to_tag = self.endpoint.new_tag()
             self.endpoint.respond(tx, 100, now=now)
-            self.endpoint.respond(tx, 180, now=now)
+            self.endpoint.respond(tx, 180, now=now, to_tag=to_tag)
             deadline = now + self.ring_limit
-            self._ringing[id(tx)] = _Ringing(tx, key, deadline, dialled, caller, now)
+            ringing = _Ringing(tx, key, deadline, to_tag)
+            self._ringing[id(tx)] = ringing
+            self._ringing_by_key[key] = ringing
             heapq.heappush(self._ring_heap, (deadline, id(tx)))
         elif req.method == "BYE":
             self.endpoint.respond(tx, 481, now=now)
         else:
             self.endpoint.respond(tx, 405, now=now)
+
+    def _early_bye(self, tx: txl.ServerTransaction, req: Request, now: float) -> bool:
+        """A BYE in the early dialog of a ringing trigger: the caller hung up (RFC 3261 15).
+
+        The BYE gets 200 and the INVITE 487 (section 15.1.2); the trigger ends as by CANCEL.
+        """
+        ringing = self._ringing_by_key.get(f"{req.call_id};{req.from_.tag}")
+        if ringing is None or ringing.to_tag != req.to.tag:
+            return False
+        self.endpoint.respond(tx, 200, now=now)
+        if ringing.tx.can_send_final():
+            self.endpoint.respond(ringing.tx, 487, now=now)
+        self._trigger_over(ringing.tx, "BYE", now)
+        return True
 
     def _trigger_over(
         self, tx: txl.ServerTransaction, how: str, now: float, status: int = 487
@@ -208,23 +294,13 @@ class Node:
         ringing = self._ringing.pop(id(tx), None)
         if ringing is None:
             return
-        callback = self.triggers.trigger_ended(ringing.key, how, now)
-        if callback is not None:
-            self.callbacks.append(callback)
-            if len(self.callbacks) > 10000:
-                del self.callbacks[:5000]
-        if self.keep_trigger_calls:
-            self.trigger_calls.append(
-                TriggerCall(
-                    ringing.trigger,
-                    ringing.caller,
-                    ringing.started_at,
-                    now,
-                    how,
-                    status,
-                    callback is not None,
-                )
-            )
+        self._ringing_by_key.pop(ringing.key, None)
+        ended = self.triggers.trigger_ended(ringing.key, how, now, status)
+        if ended is not None:
+            if self.calls is not None:
+                self.calls.trigger_ended(ended, now)
+            else:
+                self._ended.append(ended)
         self.endpoint.forget(tx)
 
     def _expire_ringing(self, now: float) -> None:
@@ -238,7 +314,6 @@ class Node:
                 # The caller kept ringing: release the trigger (480) and treat it as a trigger.
                 self.endpoint.respond(ringing.tx, 480, now=now)
             self._trigger_over(ringing.tx, "ring timeout", now, 480)
-        self.triggers.expire(now)
 
 
 def _as_network(text: str) -> str:

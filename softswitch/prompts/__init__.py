@@ -16,6 +16,7 @@ every file that is missing or unreadable, not just the first.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from media.player import load_audio
@@ -112,31 +113,42 @@ def digit_prompts(lang: str, digits: str, root: Path | None = None) -> list[Path
         raise ValueError(f"no prompt reads back {exc.args[0]!r}") from None
 
 
-def missing_prompts(root: Path | None = None) -> list[Path]:
-    """Every expected prompt file (all names, all languages) that is not a non-empty file."""
+def missing_prompts(root: Path | None = None, names: Iterable[str] | None = None) -> list[Path]:
+    """Every expected prompt file (``names``, default all; all languages) that is missing."""
+    wanted = PROMPT_NAMES if names is None else tuple(names)
     out = []
     for lang in LANGUAGES:
-        for name in PROMPT_NAMES:
+        for name in wanted:
             path = prompt_path(lang, name, root)
             if not path.is_file() or path.stat().st_size == 0:
                 out.append(path)
     return out
 
 
-def check_prompts(root: Path | None = None, *, decode: bool = False) -> None:
-    """Raise `MissingPromptsError` unless every prompt exists in every language.
+def check_prompts(
+    root: Path | None = None, *, names: Iterable[str] | None = None, decode: bool = False
+) -> None:
+    """Raise `MissingPromptsError` unless every prompt (of ``names``) exists in every language.
+
+    The node passes the names its call flow can play (``callflow.PROMPTS_PLAYED``), so a set
+    that lacks one of them (an operator's studio recordings, a new prompt not yet recorded)
+    stops the node at start-up instead of playing silence to a customer.
 
     With `decode=True` each file is also decoded through the player's loader (which caches it,
     so the first call of the day does not pay for decoding) and files that do not decode, or
     decode to nothing, are reported as unreadable.
     """
     base = PROMPTS_DIR if root is None else root
-    missing = missing_prompts(base)
+    wanted = PROMPT_NAMES if names is None else tuple(names)
+    unknown = sorted(set(wanted) - _NAMES)
+    if unknown:
+        raise ValueError(f"not prompt names: {', '.join(unknown)}")
+    missing = missing_prompts(base, wanted)
     unreadable: list[tuple[Path, str]] = []
     if decode:
         absent = set(missing)
         for lang in LANGUAGES:
-            for name in PROMPT_NAMES:
+            for name in wanted:
                 path = prompt_path(lang, name, base)
                 if path in absent:
                     continue

@@ -65,6 +65,7 @@ __all__ = [
     "OPERATOR",
     "PROMPTS_PLAYED",
     "TABLE",
+    "Abort",
     "Action",
     "Authorize",
     "Authorized",
@@ -281,7 +282,15 @@ class OperatorHungUp:
 
 @dataclass(frozen=True, slots=True)
 class CustomerHungUp:
-    """The callback leg is gone (customer BYE), or the controller aborts the session."""
+    """The callback leg is gone (customer BYE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """The controller ends the session (the node stops, the trigger was absorbed elsewhere):
+    every leg still up is released, the customer's too, and recorded with ``reason``."""
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +349,7 @@ Event = (
     | OperatorFailed
     | OperatorHungUp
     | CustomerHungUp
+    | Abort
     | Authorized
     | Refused
     | SpeedDialResolved
@@ -997,10 +1007,15 @@ class CustomerCall:
         self._callback_leg(event)
         return self._callback_failed(now, event.reason, event.sip_status)
 
-    def _on_abort(self, event: Event, now: float) -> list[Action]:
-        # Before answer a CustomerHungUp is the controller aborting the session (shutdown, a
-        # trigger absorbed elsewhere): cancel the attempt that is ringing, if one is.
+    def _on_hung_up_before_answer(self, event: Event, now: float) -> list[Action]:
+        # No customer can hang up a leg that has not answered: treat it as an abort and
+        # cancel the attempt that is ringing, if one is.
         return self._end(now, "customer_hangup", hang_up_callback=self._callback is not None)
+
+    def _on_abort(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, Abort)
+        log.info("customer call %s: aborted (%s)", self.name, event.reason)
+        return self._end(now, event.reason, hang_up_callback=self._callback is not None)
 
     def _on_customer_hung_up(self, event: Event, now: float) -> list[Action]:
         return self._end(now, "customer_hangup", hang_up_callback=False)
@@ -1454,7 +1469,7 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     (S.CALLING_BACK, CallbackRinging): (_C._on_callback_ringing, S.CALLING_BACK),
     (S.CALLING_BACK, CallbackAnswered): (_C._on_callback_answered, {S.ANNOUNCING, S.AUTHORIZING}),
     (S.CALLING_BACK, CallbackFailed): (_C._on_callback_failed, {S.CALLING_BACK, S.ENDED}),
-    (S.CALLING_BACK, CustomerHungUp): (_C._on_abort, S.ENDED),
+    (S.CALLING_BACK, CustomerHungUp): (_C._on_hung_up_before_answer, S.ENDED),
     (S.CALLING_BACK, _timer("ring")): (_C._timer_ring, {S.CALLING_BACK, S.ENDED}),
     (S.CALLING_BACK, _timer("retry")): (_C._timer_retry, S.CALLING_BACK),
     # Answered: extension DTMF, then the name and the dial prompt.
@@ -1543,6 +1558,9 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     (S.ENDING, _timer("ending")): (_C._goodbye_done, S.ENDED),
     (S.ENDING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
 }
+
+# The controller may end a call in any state (the node stops, the callback was absorbed).
+_ENTRIES.update({(state, Abort): (_C._on_abort, S.ENDED) for state in S if state is not S.ENDED})
 
 #: The transition table of a customer's call (see the module docstring).
 TABLE: fsm.Table[CallState, object, _Handler] = fsm.Table(

@@ -10,6 +10,7 @@ import pytest
 
 from softswitch.config import Config, TrunkConfig
 from softswitch.node.node import Node
+from softswitch.service.trigger import TriggerEnded
 from softswitch.sip.message import Address, Request, Response
 from softswitch.sip.parser import parse_message
 
@@ -66,6 +67,15 @@ def statuses(node: Node) -> list[int]:
     return [r.status for r, _ in responses(node)]
 
 
+def ended(node: Node) -> list[TriggerEnded]:
+    """The trigger calls that ended since the last look (a node without the service)."""
+    out = []
+    while (event := node.next_event()) is not None:
+        assert isinstance(event, TriggerEnded)
+        out.append(event)
+    return out
+
+
 def test_options_gets_200_with_allow() -> None:
     node = make_node()
     node.receive_datagram(sip("OPTIONS", "anyone"), PEER, 0.0)
@@ -114,14 +124,14 @@ def trigger_call(
 def test_trigger_rings_and_cancel_schedules_callback() -> None:
     node = make_node()
     ringing = trigger_call(node)
-    assert node.callbacks == []
+    assert ended(node) == []
     node.receive_datagram(sip("CANCEL"), PEER, 1.0)
     got = responses(node)
     assert [(r.status, r.cseq.method) for r, _ in got] == [(200, "CANCEL"), (487, "INVITE")]
     # The 487 belongs to the same (early) dialog as the 180: same To tag.
     assert got[1][0].to.tag == ringing.to.tag
-    assert [c.trigger for c in node.callbacks] == [TRIGGER]
-    assert node.callbacks[0].requested_at == 1.0
+    [call] = ended(node)
+    assert (call.trigger, call.ended_at, call.how, call.callback) == (TRIGGER, 1.0, "CANCEL", True)
     node.receive_datagram(sip("ACK"), PEER, 1.1)
     assert responses(node) == []
 
@@ -143,7 +153,46 @@ def test_second_trigger_while_pending_is_absorbed() -> None:
     trigger_call(node, 5.0, "c2", "z9hG4bK-2")
     node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 6.0)
     assert statuses(node) == [200, 487]
-    assert len(node.callbacks) == 1
+    assert [c.callback for c in ended(node)] == [True, False]
+
+
+def test_absorbed_until_the_call_is_over_not_for_a_window() -> None:
+    # A customer still on their callback ten minutes later is not rung again by a repeated
+    # trigger; once the call is over (the controller says so) a trigger asks again.
+    node = make_node()
+    trigger_call(node, 0.0, "c1", "z9hG4bK-1")
+    node.receive_datagram(sip("CANCEL", call_id="c1", branch="z9hG4bK-1"), PEER, 1.0)
+    responses(node)
+    trigger_call(node, 600.0, "c2", "z9hG4bK-2")
+    node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 601.0)
+    responses(node)
+    assert [c.callback for c in ended(node)] == [True, False]
+    node.triggers.callback_done(TRIGGER)
+    trigger_call(node, 700.0, "c3", "z9hG4bK-3")
+    node.receive_datagram(sip("CANCEL", call_id="c3", branch="z9hG4bK-3"), PEER, 701.0)
+    assert [c.callback for c in ended(node)] == [True]
+
+
+def test_bye_in_the_early_dialog_ends_the_trigger() -> None:
+    # RFC 3261 section 15: the caller may send BYE in an early dialog; it gets 200, the
+    # INVITE 487, and the trigger counts (it used to get 481 and no callback).
+    node = make_node()
+    ringing = trigger_call(node)
+    bye = sip("BYE", branch="z9hG4bK-bye", seq=2, to_tag=ringing.to.tag or "")
+    node.receive_datagram(bye, PEER, 2.0)
+    got = responses(node)
+    assert sorted((r.status, r.cseq.method) for r, _ in got) == [(200, "BYE"), (487, "INVITE")]
+    [call] = ended(node)
+    assert (call.how, call.status, call.callback) == ("BYE", 487, True)
+    assert node.triggers.ringing_count() == 0
+
+
+def test_bye_with_a_foreign_to_tag_is_481() -> None:
+    node = make_node()
+    trigger_call(node)
+    node.receive_datagram(sip("BYE", branch="z9hG4bK-bye", seq=2, to_tag="other"), PEER, 2.0)
+    assert statuses(node) == [481]
+    assert ended(node) == []
 
 
 def test_trigger_that_rings_too_long_is_released_and_still_counts() -> None:
@@ -159,7 +208,8 @@ def test_trigger_that_rings_too_long_is_released_and_still_counts() -> None:
         seen += statuses(node)
     assert 480 in seen
     assert now == pytest.approx(20.0, abs=0.6)
-    assert [c.trigger for c in node.callbacks] == [TRIGGER]
+    [call] = ended(node)
+    assert (call.trigger, call.how, call.status) == (TRIGGER, "ring timeout", 480)
 
 
 def test_cancel_for_unknown_invite_is_481() -> None:
@@ -412,13 +462,12 @@ def test_trunk_reregisters_as_soon_as_the_keepalive_sees_it_again() -> None:
 
 def test_finished_trigger_calls_are_reported_for_their_cdrs() -> None:
     node = make_node()
-    node.keep_trigger_calls = True
     trigger_call(node, 0.0, "c1", "z9hG4bK-1")
     node.receive_datagram(sip("CANCEL", call_id="c1", branch="z9hG4bK-1"), PEER, 1.5)
     assert statuses(node) == [200, 487]
     trigger_call(node, 5.0, "c2", "z9hG4bK-2")
     node.receive_datagram(sip("CANCEL", call_id="c2", branch="z9hG4bK-2"), PEER, 6.0)
-    first, second = node.trigger_calls
+    first, second = ended(node)
     assert (first.trigger, first.caller, first.status) == (TRIGGER, "815000000001", 487)
     assert (first.started_at, first.ended_at, first.how) == (0.0, 1.5, "CANCEL")
     assert first.callback and not second.callback  # the second was absorbed

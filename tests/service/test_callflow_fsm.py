@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from softswitch.service.callflow import (
     TIMERS_IN,
+    Abort,
     Authorized,
     CallbackAnswered,
     CallbackFailed,
@@ -77,6 +78,7 @@ events = st.one_of(
     st.just(OperatorAnswered()),
     st.builds(OperatorFailed, st.sampled_from(["busy", "no_answer", "rejected", "congestion"])),
     st.just(OperatorHungUp()),
+    st.just(Abort("node_stopping")),
     st.builds(
         Authorized,
         st.just("81312345678"),

@@ -243,6 +243,35 @@ class CallbackQueue:
                 log.info("callback %d: pending -> claimed by %s", c.id, node_id)
         return tuple(sorted((_callback(r) for r in rows), key=lambda p: (p.due_at, p.id)))
 
+    async def renew(self, node_id: str, callback_ids: Sequence[int], until: float) -> int:
+        """Extend ``node_id``'s lease on its claimed callbacks to ``until``; how many it kept.
+
+        A node renews the callbacks of its live calls well inside the lease, so a call that
+        lasts longer than the lease is never taken over (and the customer never called back a
+        second time) while the node is alive; only a node that stops renewing loses them.
+        """
+        if not callback_ids:
+            return 0
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(callbacks)
+                .where(
+                    callbacks.c.id.in_(list(callback_ids)),
+                    callbacks.c.state == CallbackState.CLAIMED.value,
+                    callbacks.c.claimed_by == node_id,
+                )
+                .values(claimed_until_us=us(until))
+            )
+        kept = int(result.rowcount)
+        if kept != len(callback_ids):
+            log.warning(
+                "lease renewal by %s: kept %d of %d callbacks (others were taken over)",
+                node_id,
+                kept,
+                len(callback_ids),
+            )
+        return kept
+
     async def reschedule(
         self, callback_id: int, due_at: float, error: str, *, node_id: str | None = None
     ) -> bool:

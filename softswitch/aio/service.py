@@ -1,0 +1,329 @@
+"""The callback service's I/O: store tasks and media sockets for the node's call controller.
+
+The controller (:mod:`softswitch.node.calls`) decides everything; this shell only carries out
+what :meth:`Node.next_event` returns and reports back, in the manner of aioquic's
+``asyncio/protocol.py``:
+
+* a store request runs as a task against the repositories (CDRs, queue rows and settlements
+  in group commits: whatever queued while one batch commits goes in the next), and its
+  answer goes to ``node.store_done`` (or ``node.store_failed`` with the error);
+* a media command is applied to the media engine (:class:`media.aio.MediaShell`), and the
+  engine's events go to ``node.media_event``;
+* after each answer the server's ``transmit()`` sends what the node queued and re-arms its
+  one timer. There are no timers here.
+
+Start-up refuses to run without every prompt the call flow can play; shutdown waits (bounded)
+for the store writes of the calls the node hung up, so their CDRs are never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from media import engine as me
+from media.aio import MediaShell
+from softswitch import prompts
+from softswitch.config import Config
+from softswitch.node import commands as cmd
+from softswitch.node.node import Node
+from softswitch.service.callflow import PROMPTS_PLAYED
+from softswitch.store.db import Database
+from softswitch.store.models import Cdr, PendingCallback
+from softswitch.store.repos import (
+    AccountRepo,
+    CallbackQueue,
+    CdrRepo,
+    CreditRepo,
+    RateRepo,
+    SpeedDialRepo,
+)
+
+log = logging.getLogger("softswitch.service")
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: How long a stopping node waits for the store writes of the calls it hung up.
+STOP_GRACE = 10.0
+#: How long start-up waits for the accounts (trigger numbers) to load.
+READY_TIMEOUT = 30.0
+
+
+class GroupCommit(Generic[T, R]):
+    """Run store writes in batches: whatever queued while one batch commits goes in the next.
+
+    Each commit costs milliseconds whatever it holds, so a busy node (hundreds of triggers or
+    CDRs per second) writes them together; each caller still waits until its item is durable.
+    """
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Future[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None:
+            # Keep a reference: the loop holds tasks only weakly.
+            self._task = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run([item for item, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._task = None
+
+
+class ServiceShell:
+    """Carries out the node's store requests and media commands; see the module docstring."""
+
+    def __init__(
+        self, config: Config, node: Node, db: Database, *, transmit: Callable[[], None]
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.db = db
+        self.transmit = transmit
+        self.loop = asyncio.get_running_loop()
+        self.accounts = AccountRepo(db)
+        self.rates = RateRepo(db)
+        self.credit = CreditRepo(db)
+        self.cdrs = CdrRepo(db)
+        self.speed_dials = SpeedDialRepo(db)
+        self.queue = CallbackQueue(db)
+        self.media = MediaShell(
+            me.MediaEngine(),
+            host=config.media_host,
+            port_range=config.rtp_ports,
+            on_event=self._media_event,
+        )
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._ready = asyncio.Event()
+        node_id = node.calls.node_id if node.calls is not None else ""
+        self._enqueues: GroupCommit[cmd.EnqueueCallback, tuple[PendingCallback, bool]] = (
+            GroupCommit(self._enqueue_batch)
+        )
+        self._cdr_writes: GroupCommit[Cdr, Cdr] = GroupCommit(self.cdrs.write_many)
+        self._settlements: GroupCommit[tuple[int, str, str | None], bool] = GroupCommit(
+            lambda items: self.queue.settle_many(items, node_id=node_id)
+        )
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            cmd.OpenMedia: self._open,
+            cmd.CloseMedia: self._close,
+            cmd.SetRemote: self._set_remote,
+            cmd.PlayMedia: self._play,
+            cmd.StopMedia: self._stop_play,
+            cmd.SendDigits: self._send_digits,
+            cmd.BridgeMedia: self._bridge,
+            cmd.UnbridgeMedia: self._unbridge,
+            cmd.ConferenceMedia: self._conference,
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the prompts, migrate the store, start the media clock."""
+        root = self.config.prompts_dir
+        # A prompt the call flow can play but the set lacks would be silence on a customer's
+        # line, found mid-call: refuse to start instead, naming every missing file.
+        await asyncio.to_thread(prompts.check_prompts, root, names=PROMPTS_PLAYED, decode=True)
+        await self.db.migrate()
+        self.media.start()
+        self.node.sync_clock(self.loop.time(), time.time())
+
+    async def wait_ready(self) -> None:
+        """Wait until the controller has the accounts (the trigger numbers) from the store."""
+        await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
+
+    async def stop(self) -> None:
+        """After ``node.stop()``: wait for the hung-up calls' store writes, close the media."""
+        calls = self.node.calls
+        deadline = self.loop.time() + STOP_GRACE
+        while calls is not None and not calls.idle and self.loop.time() < deadline:
+            pending = [t for t in self._tasks if not t.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
+            else:
+                await asyncio.sleep(0.01)
+            self.transmit()
+        if calls is not None and not calls.idle:
+            log.error(
+                "stopped with %d calls and %d store writes unfinished",
+                len(calls.sessions),
+                len([t for t in self._tasks if not t.done()]),
+            )
+        self.media.stop()
+
+    # --- the node's commands ------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Carry out everything the node asked for since the last input."""
+        node = self.node
+        node.sync_clock(self.loop.time(), time.time())
+        while (command := node.next_event()) is not None:
+            handler = self._handlers.get(type(command))
+            if handler is not None:
+                try:
+                    handler(command)
+                except Exception:
+                    log.exception("media command %r failed", command)
+            else:
+                self._spawn(self._store_task(command))  # type: ignore[arg-type]
+        if not self._ready.is_set() and node.calls is not None and node.calls.ready:
+            self._ready.set()
+
+    async def _store_task(self, request: cmd.StoreRequest) -> None:
+        try:
+            result = await self._run(request)
+        except Exception as exc:
+            log.error("store request %s failed: %s", type(request).__name__, exc, exc_info=exc)
+            self.node.store_failed(request, f"{type(exc).__name__}: {exc}", self.loop.time())
+        else:
+            self.node.store_done(request, result, self.loop.time())
+        self.transmit()
+
+    async def _run(self, request: cmd.StoreRequest) -> object:
+        """One store request against the repositories; the answer its docstring promises."""
+        if isinstance(request, cmd.WriteCdr):
+            return await self._cdr_writes.submit(request.cdr)
+        if isinstance(request, cmd.EnqueueCallback):
+            return await self._enqueues.submit(request)
+        if isinstance(request, cmd.LoadAccounts):
+            return tuple(await self.accounts.list())
+        if isinstance(request, cmd.ClaimCallbacks):
+            due = await self.queue.claim_due(request.node_id, request.at, request.lease_s)
+            return tuple([(p, await self.accounts.get(p.account_id)) for p in due])
+        if isinstance(request, cmd.RenewLeases):
+            return await self.queue.renew(request.node_id, request.callback_ids, request.until)
+        if isinstance(request, cmd.SettleCallback):
+            if request.event == "reschedule":
+                return await self.queue.reschedule(
+                    request.callback_id,
+                    time.time(),
+                    request.error or "",
+                    node_id=request.node_id,
+                )
+            item = (request.callback_id, request.event, request.error)
+            return await self._settlements.submit(item)
+        if isinstance(request, cmd.QuoteRate):
+            rate = await self.rates.lookup(request.number)
+            account = await self.accounts.get(request.account_id)
+            return (rate, account.available_credit)
+        if isinstance(request, cmd.ReserveCredit):
+            return await self.credit.reserve(
+                request.account_id, request.amount, request.key, now=request.at
+            )
+        if isinstance(request, cmd.CommitCredit):
+            await self.credit.commit(request.key, request.cost)
+            return None
+        if isinstance(request, cmd.ReleaseCredit):
+            await self.credit.release(request.key)
+            return None
+        if isinstance(request, cmd.LookUpSpeedDial):
+            found = await self.speed_dials.get(request.account_id, request.code)
+            return None if found is None else found.number
+        raise TypeError(f"not a store request: {request!r}")
+
+    async def _enqueue_batch(
+        self, items: list[cmd.EnqueueCallback]
+    ) -> list[tuple[PendingCallback, bool]]:
+        first = items[0]
+        return await self.queue.enqueue_many(
+            [(i.account_id, i.trigger) for i in items],
+            now=first.at,
+            claim_for=(first.node_id, first.lease_s),
+        )
+
+    # --- media --------------------------------------------------------------------------------
+
+    def _open(self, command: cmd.OpenMedia) -> None:
+        self._spawn(self._open_leg(command))
+
+    async def _open_leg(self, command: cmd.OpenMedia) -> None:
+        leg_id = command.leg_id
+        try:
+            port = await self.media.open_leg(leg_id)
+        except OSError as exc:
+            self.node.media_failed(leg_id, str(exc), self.loop.time())
+        else:
+            engine = self.media.engine
+            engine.enable_dtmf(leg_id, inband=True, fax=True)
+            if command.service_digits:
+                engine.relay_dtmf_events(leg_id, False)
+                engine.set_dtmf_clamp(leg_id, True)
+            self.node.media_opened(leg_id, port, self.loop.time())
+        self.transmit()
+
+    def _close(self, command: cmd.CloseMedia) -> None:
+        if command.leg_id in self.media.transports:
+            self.media.close_leg(command.leg_id)
+
+    def _set_remote(self, c: cmd.SetRemote) -> None:
+        if c.leg_id in self.media.engine.legs:
+            self.media.engine.set_remote(
+                c.leg_id, c.host, c.port, c.codec, c.dtmf_pt, self.loop.time()
+            )
+
+    def _play(self, command: cmd.PlayMedia) -> None:
+        if command.leg_id in self.media.engine.legs:
+            self.media.engine.play(
+                command.leg_id, list(command.items), barge_in=command.barge_in, mix=command.mix
+            )
+
+    def _stop_play(self, command: cmd.StopMedia) -> None:
+        if command.leg_id in self.media.engine.legs:
+            self.media.engine.stop_play(command.leg_id)
+
+    def _send_digits(self, command: cmd.SendDigits) -> None:
+        if command.leg_id in self.media.engine.legs:
+            for digit in command.digits:
+                self.media.engine.send_dtmf(command.leg_id, digit, mode=command.mode)
+
+    def _bridge(self, command: cmd.BridgeMedia) -> None:
+        legs = self.media.engine.legs
+        if command.leg_a in legs and command.leg_b in legs:
+            self.media.engine.bridge(command.leg_a, command.leg_b, early_media=command.early_media)
+
+    def _unbridge(self, command: cmd.UnbridgeMedia) -> None:
+        if command.leg_id in self.media.engine.legs:
+            self.media.engine.unbridge(command.leg_id)
+            self.media.engine.leave_conference(command.leg_id)
+
+    def _conference(self, command: cmd.ConferenceMedia) -> None:
+        for leg_id in command.legs:
+            if leg_id in self.media.engine.legs:
+                self.media.engine.join_conference(command.conf_id, leg_id)
+
+    def _media_event(self, event: me.Event) -> None:
+        self.node.media_event(event, self.loop.time())
+        self.transmit()
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Future[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("service task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task

@@ -1,0 +1,976 @@
+"""The call controller: customers' calls joined to SIP legs, media and the store. Sans-IO.
+
+Theory of operation. A trigger that ends (:class:`~softswitch.service.trigger.TriggerEnded`,
+from the node) becomes a customer call: the controller writes the trigger leg's CDR, checks
+the account (known trigger numbers come from the store every few seconds), de-duplicates
+against the account's live call, then starts one :class:`~softswitch.service.callflow.
+CustomerCall` and queues the callback durably *alongside* its first attempt (the INVITE leaves
+at once; the queue row is committed in the same few milliseconds, already claimed by this
+node). Callbacks due in the queue (retries of a restart's backlog, another node's leftovers)
+are claimed every second; the leases of live calls are renewed, so a long call is never
+called back a second time.
+
+Every action the call flow returns becomes a command (:mod:`softswitch.node.commands`) or a
+call into the node's outbound legs:
+
+* ``Originate``: open the leg's media (``OpenMedia``), then, with its port, an SDP offer and an
+  INVITE through the trunk (:class:`~softswitch.node.outbound.OutboundCalls`); ``HangUp``:
+  CANCEL or BYE, and close the media;
+* ``Play``/``PlayTone``/``Bridge``/``Conference``/...: media commands on the legs' ids, with
+  prompts resolved to files in the account's language (and the recorded name);
+* ``Authorize``: the dial plan (pure), then ``QuoteRate`` and ``ReserveCredit`` in the store,
+  answered to the call flow as ``Authorized`` or ``Refused``; ``ResolveSpeedDial``:
+  ``LookUpSpeedDial``;
+* ``WriteCdr``: a store CDR in wall-clock time, plus the destination's credit committed (or
+  released) under the reservation it was authorised with;
+* ``StartTimer``/``CancelTimer``: named timers behind :meth:`get_timer` / :meth:`handle_timer`;
+* ``Finished``: once the session's CDR writes are durable, its queue row is settled and the
+  trigger number may ask again.
+
+SIP outcomes become service reasons here (:func:`callback_failure`,
+:func:`destination_failure`); digits and prompt ends from the media engine become call-flow
+events. Nothing here reads a clock: ``now`` comes with every input and the wall-clock offset
+with :meth:`sync_clock`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from media import engine as me
+from media.player import Tone
+from softswitch import prompts
+from softswitch.config import Config
+from softswitch.node import commands as cmd
+from softswitch.node.outbound import (
+    LegAnswered,
+    LegEnded,
+    LegEvent,
+    LegFailed,
+    LegRinging,
+    OutboundCalls,
+)
+from softswitch.service import callflow as cf
+from softswitch.service import dialplan, rating
+from softswitch.service.trigger import TriggerEnded, TriggerService
+from softswitch.sip import sdp
+from softswitch.store.models import Account, Cdr, LegKind, PendingCallback, Rate
+
+__all__ = [
+    "CALLBACK_LEASE",
+    "CLAIM_INTERVAL",
+    "STATIC_TRIGGER_HOLD",
+    "TRIGGER_REFRESH",
+    "CallController",
+    "Session",
+    "callback_failure",
+    "callflow_config",
+    "destination_failure",
+]
+
+log = logging.getLogger("softswitch.calls")
+
+#: How long a claimed callback stays ours before another node may take it over.
+CALLBACK_LEASE = 300.0
+#: How often due callbacks (a restart's backlog, other nodes' leftovers) are claimed.
+CLAIM_INTERVAL = 1.0
+#: How often the leases of live calls are renewed (well inside the lease).
+LEASE_RENEWAL = CALLBACK_LEASE / 5
+#: How often trigger numbers are re-read from the store (accounts added by the CLI).
+TRIGGER_REFRESH = 10.0
+#: A static ``[[trigger]]`` (no account: signalling tests) has no call to be live; its
+#: "callback under way" lasts this long, so repeated test triggers are absorbed as a real
+#: account's would be.
+STATIC_TRIGGER_HOLD = 120.0
+#: The node's own timers (not a session's).
+_NODE = ""
+
+_LEG_KINDS = {
+    cf.CALLBACK: LegKind.CALLBACK,
+    cf.DESTINATION: LegKind.DESTINATION,
+    cf.OPERATOR: LegKind.OPERATOR,
+}
+
+
+def callback_failure(status: int | None) -> str:
+    """SIP final status of a callback attempt -> the call flow's failure reason."""
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no_answer"
+    if status in (403, 603):
+        return "rejected"
+    return "unreachable"
+
+
+def destination_failure(status: int | None) -> str:
+    """SIP final status of a destination (or operator) attempt -> the failure cause."""
+    if status in (486, 600):
+        return "busy"
+    if status in (408, 480, 487):
+        return "no_answer"
+    if status in (403, 404, 484, 603, 604):
+        return "rejected"
+    if status in (503, 502):
+        return "congestion"
+    return "unreachable"
+
+
+def callflow_config(config: Config) -> cf.CallFlowConfig:
+    """The call flow's timing and limits from the node configuration (``[service]``)."""
+    return cf.CallFlowConfig(
+        callback_attempts=config.callback_attempts,
+        callback_ring_timeout=config.callback_ring_timeout,
+        callback_retry_pause=config.callback_retry_pause,
+        destination_ring_timeout=config.destination_ring_timeout,
+        silence_timeout=config.silence_timeout,
+        after_call_idle=config.after_call_idle,
+        first_digit_timeout=config.first_digit_timeout,
+        inter_digit_timeout=config.inter_digit_timeout,
+    )
+
+
+@dataclass(slots=True)
+class Session:
+    """One customer's call and what it holds: legs, timers, store writes, credit, queue row."""
+
+    sid: str
+    account: Account
+    call: cf.CustomerCall
+    trigger: str
+    #: The queue row being settled at the end (None: none, or the enqueue failed/absorbed).
+    callback_id: int | None = None
+    #: False while the enqueue that goes alongside the first attempt is unanswered.
+    row_known: bool = True
+    legs: dict[str, str] = field(default_factory=dict)  # call-flow leg name -> leg id
+    offers: dict[str, sdp.SessionDescription] = field(default_factory=dict)
+    #: The credit reservation of the destination being dialled or talked to.
+    reservation: str | None = None
+    reservations: int = 0
+    #: Store requests of this session still unanswered: its CDR and credit writes must be
+    #: durable (and its questions answered) before the row settles and the session goes.
+    outstanding: set[int] = field(default_factory=set)
+    authorizing: tuple[str, str] | None = None  # (number, dial string) being rated
+    quote: tuple[Rate, rating.Reservation] | None = None  # its rate and reservation
+    finished: str | None = None  # the reason, once the call flow said Finished
+    answered: bool = False  # the customer answered a callback attempt
+
+    @property
+    def short(self) -> str:
+        return self.sid[:8]
+
+
+class CallController:
+    """Every customer call of one node; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        outbound: OutboundCalls | None,
+        triggers: TriggerService,
+        *,
+        node_id: str = "node",
+        new_id: Callable[[], str] | None = None,
+        flow: cf.CallFlowConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.outbound = outbound
+        self.triggers = triggers
+        self.node_id = node_id
+        self.flow = flow or callflow_config(config)
+        self._new_id = new_id or (lambda: uuid.uuid4().hex)
+        self.sessions: dict[str, Session] = {}
+        self._by_account: dict[int, Session] = {}
+        self._by_leg: dict[str, tuple[Session, str]] = {}
+        self._opening: dict[str, tuple[Session, cf.Originate]] = {}
+        self._accounts: dict[str, Account] = {}
+        self._commands: deque[cmd.Command] = deque()
+        self._pending: dict[int, Session | None] = {}  # store request id -> its session
+        self._rid = 0
+        self._heap: list[tuple[float, int, str, str]] = []
+        self._armed: dict[tuple[str, str], int] = {}  # (sid, name) -> heap entry's sequence
+        self._seq = 0
+        self._wall_offset = 0.0
+        self._claiming = False
+        self._loading = False
+        self._renew_at = 0.0
+        self.ready = False
+        self.stopping = False
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def sync_clock(self, now: float, wall: float) -> None:
+        """``wall`` (UTC seconds, the store's clock) is what ``now`` is on the wall."""
+        self._wall_offset = wall - now
+
+    def wall(self, now: float) -> float:
+        return now + self._wall_offset
+
+    def start(self, now: float) -> None:
+        """Load the accounts; claim due callbacks every second from then on."""
+        self._load_accounts()
+        self._arm(_NODE, "claim", now + CLAIM_INTERVAL)
+        self._arm(_NODE, "refresh", now + TRIGGER_REFRESH)
+        self._renew_at = now + LEASE_RENEWAL
+
+    def stop(self, now: float) -> None:
+        """A stopping node hangs up its live calls (CANCEL or BYE on every leg, the customer's
+        too), writes their CDRs and settles their callbacks by the usual path; the shell
+        waits for those store writes before it closes the store."""
+        self.stopping = True
+        for session in list(self.sessions.values()):
+            if session.finished is None:
+                self._feed(session, cf.Abort("node_stopping"), now)
+        for key in [k for k in self._armed if k[0] == _NODE]:
+            del self._armed[key]
+
+    @property
+    def idle(self) -> bool:
+        """No session left and no store request unanswered (a stop may close the store)."""
+        return not self.sessions and not self._pending
+
+    def next_command(self) -> cmd.Command | None:
+        return self._commands.popleft() if self._commands else None
+
+    def trigger_ended(self, ended: TriggerEnded, now: float) -> None:
+        """A trigger call ended (the node answered it 487 or 480): CDR, then call back."""
+        account = self._accounts.get(ended.trigger)
+        if account is None:
+            log.info(
+                "trigger %s from %s: no account owns it (a static [[trigger]]): no callback",
+                ended.trigger,
+                ended.caller,
+            )
+            if ended.callback:
+                self._arm(_NODE, f"static {ended.trigger}", now + STATIC_TRIGGER_HOLD)
+            return
+        live = self._by_account.get(account.id)
+        start = ended.callback and account.active and live is None and not self.stopping
+        sid = self._new_id()
+        self._write_trigger_cdr(
+            ended, account, sid, absorbed=not ended.callback or live is not None
+        )
+        if not ended.callback:
+            return
+        if not account.active:
+            log.warning(
+                "trigger %s from %s: account %d (%s) is suspended, no callback",
+                ended.trigger,
+                ended.caller,
+                account.id,
+                account.name,
+            )
+        elif live is not None:
+            log.info(
+                "trigger %s from %s: account %d already has a live call (session %s), absorbed",
+                ended.trigger,
+                ended.caller,
+                account.id,
+                live.short,
+            )
+        if not start:
+            if live is None or live.trigger != ended.trigger:
+                self.triggers.callback_done(ended.trigger)
+            return
+        session = self._start_session(account, ended.trigger, now, sid)
+        if session is None:
+            self.triggers.callback_done(ended.trigger)
+            return
+        session.row_known = False
+        self._store(
+            cmd.EnqueueCallback(
+                self._next_rid(),
+                sid,
+                account.id,
+                ended.trigger,
+                self.wall(now),
+                self.node_id,
+                CALLBACK_LEASE,
+            ),
+            session,
+        )
+
+    def leg_event(self, event: LegEvent, now: float) -> None:
+        """A SIP leg rang, answered, failed or ended (from :class:`OutboundCalls`)."""
+        found = self._by_leg.get(event.leg_id)
+        if found is None:
+            return  # a leg the call flow already let go (its HangUp was sent)
+        session, name = found
+        if isinstance(event, LegRinging):
+            if event.sdp is not None:
+                self._set_remote(session, name, event.sdp)
+            early = event.sdp is not None
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CallbackRinging(), now)
+            elif name == cf.DESTINATION:
+                self._feed(session, cf.DestinationRinging(early_media=early), now)
+            else:
+                self._feed(session, cf.OperatorRinging(early_media=early), now)
+        elif isinstance(event, LegAnswered):
+            self._set_remote(session, name, event.sdp)
+            if name == cf.CALLBACK:
+                session.answered = True
+                self._feed(session, cf.CallbackAnswered(), now)
+            elif name == cf.DESTINATION:
+                self._feed(session, cf.DestinationAnswered(), now)
+            else:
+                self._feed(session, cf.OperatorAnswered(), now)
+        elif isinstance(event, LegFailed):
+            self._leg_gone(session, name)
+            self._feed(session, self._failure(name, event.status), now)
+        elif isinstance(event, LegEnded) and event.by_remote:
+            self._leg_gone(session, name)
+            if name == cf.CALLBACK:
+                self._feed(session, cf.CustomerHungUp(), now)
+            elif name == cf.DESTINATION:
+                self._feed(session, cf.DestinationHungUp(), now)
+            else:
+                self._feed(session, cf.OperatorHungUp(), now)
+
+    def media_event(self, event: me.Event, now: float) -> None:
+        """A digit, a prompt's end, silence on a leg (from the media engine)."""
+        found = self._by_leg.get(event.leg_id)
+        if found is None:
+            return
+        session, name = found
+        if isinstance(event, me.DigitReceived):
+            # Only the customer's keys drive the call; the far legs' keys are theirs (relayed).
+            if name == cf.CALLBACK and event.digit in cf.DTMF_KEYS:
+                self._feed(session, cf.DigitReceived(event.digit, source=event.source), now)
+        elif isinstance(event, me.PlayFinished):
+            if name == cf.CALLBACK and not event.interrupted:
+                self._feed(session, cf.PromptFinished(), now)
+        elif isinstance(event, me.RtpTimeout):
+            log.warning(
+                "session %s: no RTP from the %s leg for %.0f s",
+                session.short,
+                name,
+                event.silent_s,
+            )
+        elif isinstance(event, me.FaxDetected):
+            log.info("session %s: fax/modem tone on the %s leg: %s", session.short, name, event)
+
+    def media_opened(self, leg_id: str, port: int, now: float) -> None:
+        """The leg's RTP socket is bound to ``port``: offer it and place the call."""
+        opening = self._opening.pop(leg_id, None)
+        if opening is None:
+            # The call flow let the leg go while its socket was being bound.
+            self._commands.append(cmd.CloseMedia(leg_id))
+            return
+        session, action = opening
+        offer = sdp.make_offer(
+            self.config.media_host, port, session_id=int(self.wall(now)) & 0x7FFFFFFF
+        )
+        session.offers[action.leg] = offer
+        self._by_leg[leg_id] = (session, action.leg)
+        if self.outbound is None:
+            log.error("session %s: no trunk configured, cannot call out", session.short)
+            self._leg_gone(session, action.leg)
+            self._feed(session, self._failure(action.leg, None), now)
+            return
+        self.outbound.originate(
+            leg_id, action.dial_string, bytes(offer), now, caller_id=action.caller_id
+        )
+
+    def media_failed(self, leg_id: str, error: str, now: float) -> None:
+        """The leg's RTP socket could not be bound (no free port): the attempt fails."""
+        opening = self._opening.pop(leg_id, None)
+        if opening is None:
+            return
+        session, action = opening
+        log.error("session %s: no media for the %s leg: %s", session.short, action.leg, error)
+        session.legs.pop(action.leg, None)
+        self._feed(session, self._failure(action.leg, None), now)
+
+    def store_done(self, request: cmd.StoreRequest, result: object, now: float) -> None:
+        """The answer to a store request."""
+        session = self._pending.pop(request.rid, None)
+        if session is not None:
+            session.outstanding.discard(request.rid)
+        if isinstance(request, cmd.LoadAccounts):
+            assert isinstance(result, tuple)
+            self._accounts_loaded(result)
+        elif isinstance(request, cmd.ClaimCallbacks):
+            assert isinstance(result, tuple)
+            self._claimed(result, now)
+        elif isinstance(request, cmd.EnqueueCallback):
+            assert isinstance(result, tuple) and session is not None
+            pending, created = result
+            assert isinstance(pending, PendingCallback) and isinstance(created, bool)
+            self._enqueued(session, pending, created, now)
+        elif isinstance(request, cmd.QuoteRate):
+            assert isinstance(result, tuple) and session is not None
+            rate, available = result
+            assert rate is None or isinstance(rate, Rate)
+            assert isinstance(available, int)
+            self._quoted(session, rate, available, now)
+        elif isinstance(request, cmd.ReserveCredit):
+            assert isinstance(result, bool) and session is not None
+            self._reserved(session, request, result, now)
+        elif isinstance(request, cmd.LookUpSpeedDial):
+            assert result is None or isinstance(result, str)
+            assert session is not None
+            self._feed(session, cf.SpeedDialResolved(result), now)
+        if session is not None:
+            self._settle_if_done(session)
+
+    def store_failed(self, request: cmd.StoreRequest, error: str, now: float) -> None:
+        """A store request failed (the store is down, a constraint broke): degrade, log."""
+        session = self._pending.pop(request.rid, None)
+        if session is not None:
+            session.outstanding.discard(request.rid)
+        if isinstance(request, cmd.LoadAccounts):
+            self._loading = False
+            log.error("cannot read the accounts: %s (keeping the last known)", error)
+        elif isinstance(request, cmd.ClaimCallbacks):
+            self._claiming = False
+            log.error("cannot claim due callbacks: %s", error)
+        elif isinstance(request, cmd.EnqueueCallback):
+            assert session is not None
+            log.error("session %s: the callback could not be queued: %s", session.short, error)
+            session.row_known = True
+        elif isinstance(request, cmd.QuoteRate | cmd.ReserveCredit):
+            assert session is not None
+            log.error("session %s: cannot rate or reserve credit: %s", session.short, error)
+            session.authorizing = None
+            # The customer hears "invalid number" rather than silence; nothing was held.
+            self._feed(session, cf.Refused("invalid"), now)
+        elif isinstance(request, cmd.LookUpSpeedDial):
+            assert session is not None
+            log.error("session %s: cannot read the speed dial: %s", session.short, error)
+            self._feed(session, cf.SpeedDialResolved(None), now)
+        elif isinstance(request, cmd.WriteCdr):
+            # Never silently lost: the whole record goes to the log for re-entry.
+            log.error("CDR NOT WRITTEN (%s): %r", error, request.cdr)
+        else:
+            log.error("store request %s failed: %s", type(request).__name__, error)
+        if session is not None:
+            self._settle_if_done(session)
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        heap = self._heap
+        while heap and self._armed.get((heap[0][2], heap[0][3])) != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, seq, sid, name = heapq.heappop(heap)
+            if self._armed.get((sid, name)) != seq:
+                continue
+            del self._armed[(sid, name)]
+            if sid == _NODE:
+                self._node_timer(name, now)
+                continue
+            session = self.sessions.get(sid)
+            if session is not None and session.finished is None:
+                self._feed(session, cf.TimerFired(name), now)
+
+    def _arm(self, sid: str, name: str, at: float) -> None:
+        self._seq += 1
+        self._armed[(sid, name)] = self._seq
+        heapq.heappush(self._heap, (at, self._seq, sid, name))
+
+    def _disarm(self, sid: str, name: str) -> None:
+        self._armed.pop((sid, name), None)
+
+    def _node_timer(self, name: str, now: float) -> None:
+        if name == "claim":
+            self._arm(_NODE, "claim", now + CLAIM_INTERVAL)
+            if not self._claiming and not self.stopping:
+                self._claiming = True
+                self._store(
+                    cmd.ClaimCallbacks(
+                        self._next_rid(), self.node_id, self.wall(now), CALLBACK_LEASE
+                    )
+                )
+            if now >= self._renew_at:
+                self._renew_at = now + LEASE_RENEWAL
+                self._renew_leases(now)
+        elif name == "refresh":
+            self._arm(_NODE, "refresh", now + TRIGGER_REFRESH)
+            self._load_accounts()
+        elif name.startswith("static "):
+            self.triggers.callback_done(name.removeprefix("static "))
+
+    # --- accounts and the queue ---------------------------------------------------------------
+
+    def _load_accounts(self) -> None:
+        if self._loading:
+            return
+        self._loading = True
+        self._store(cmd.LoadAccounts(self._next_rid()))
+
+    def _accounts_loaded(self, accounts: tuple[object, ...]) -> None:
+        self._loading = False
+        by_trigger: dict[str, Account] = {}
+        for account in accounts:
+            assert isinstance(account, Account)
+            for number in account.triggers:
+                by_trigger[number] = account
+        self._accounts = by_trigger
+        self.triggers.set_numbers(set(by_trigger) | set(self.config.trigger_numbers))
+        # A live session keeps the account it started with, but sees suspensions at once.
+        if not self.ready:
+            self.ready = True
+            log.info(
+                "callback service ready (node %s, %d accounts, %d trigger numbers)",
+                self.node_id,
+                len(accounts),
+                len(by_trigger),
+            )
+
+    def _claimed(self, claimed: tuple[object, ...], now: float) -> None:
+        self._claiming = False
+        for item in claimed:
+            assert isinstance(item, tuple)
+            pending, account = item
+            assert isinstance(pending, PendingCallback) and isinstance(account, Account)
+            live = self._by_account.get(account.id)
+            if live is not None:
+                # Our own live call's row (its lease lapsed): it stays with that call.
+                if live.callback_id is None:
+                    live.callback_id = pending.id
+                continue
+            if self.stopping:
+                # Back to the queue at once: another node (or this one, restarted) calls.
+                self._settle(None, pending.id, "reschedule", "node stopping")
+                continue
+            if not account.active:
+                self._settle(None, pending.id, "fail", "account suspended")
+                continue
+            session = self._start_session(account, pending.trigger, now, self._new_id())
+            if session is None:
+                self._settle(None, pending.id, "fail", "bad location")
+                continue
+            session.callback_id = pending.id
+
+    def _enqueued(
+        self, session: Session, pending: PendingCallback, created: bool, now: float
+    ) -> None:
+        session.row_known = True
+        if created:
+            session.callback_id = pending.id
+            return
+        # Another node (or an older trigger) holds an open callback for this account.
+        log.info(
+            "session %s: callback %d already pending for account %d, absorbed",
+            session.short,
+            pending.id,
+            session.account.id,
+        )
+        if session.finished is None:
+            self._feed(session, cf.Abort("absorbed"), now)
+
+    def _renew_leases(self, now: float) -> None:
+        ids = tuple(
+            s.callback_id
+            for s in self.sessions.values()
+            if s.callback_id is not None and s.finished is None
+        )
+        if ids:
+            self._store(
+                cmd.RenewLeases(
+                    self._next_rid(), self.node_id, ids, self.wall(now) + CALLBACK_LEASE
+                )
+            )
+
+    def _settle(
+        self, session: Session | None, callback_id: int, event: str, error: str | None
+    ) -> None:
+        """``event``: "complete", "fail" or "reschedule" (due again now)."""
+        sid = session.sid if session is not None else ""
+        self._store(
+            cmd.SettleCallback(self._next_rid(), sid, callback_id, event, error, self.node_id)
+        )
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def _start_session(
+        self, account: Account, trigger: str, now: float, sid: str
+    ) -> Session | None:
+        location = account.location
+        prefix = self._prefix()
+        try:
+            if location is None:
+                raise dialplan.DestinationRefused(dialplan.RefusalReason.INVALID, "no location")
+            dial = dialplan.normalize_destination(location.number, prefix).dial_string
+        except dialplan.DestinationRefused as exc:
+            log.warning("account %d (%s): cannot call back: %s", account.id, account.name, exc)
+            return None
+        call = cf.CustomerCall(
+            location=dial,
+            caller_id=self._caller_id(),
+            extension=location.extension or "",
+            has_name=bool(account.recorded_name_path),
+            preset_destination=account.hotline_destination,
+            trigger_numbers=account.triggers,
+            operator=self.config.operator,
+            config=self.flow,
+            name=sid[:8],
+        )
+        session = Session(sid, account, call, trigger)
+        self.sessions[sid] = session
+        self._by_account[account.id] = session
+        log.info(
+            "session %s: calling back account %d (%s) at %s",
+            session.short,
+            account.id,
+            account.name,
+            location.number,
+        )
+        self._apply(session, call.start(now), now)
+        return session
+
+    def _feed(self, session: Session, event: cf.Event, now: float) -> bool:
+        """Hand the call flow one event; False if it had no entry for it (logged)."""
+        if session.finished is not None:
+            return False
+        try:
+            actions = session.call.handle(event, now)
+        except cf.CallFlowError as exc:
+            log.info("session %s: %s ignored (%s)", session.short, type(event).__name__, exc)
+            return False
+        self._apply(session, actions, now)
+        return True
+
+    def _apply(self, session: Session, actions: list[cf.Action], now: float) -> None:
+        for action in actions:
+            self._do(session, action, now)
+
+    def _do(self, session: Session, action: cf.Action, now: float) -> None:
+        legs = session.legs
+        out = self._commands
+        if isinstance(action, cf.Originate):
+            self._originate(session, action)
+        elif isinstance(action, cf.HangUp):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                if self.outbound is not None:
+                    self.outbound.hangup(leg_id, now)
+                self._leg_gone(session, action.leg)
+        elif isinstance(action, cf.Play):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                items = tuple(self._prompt(session, p) for p in action.prompts)
+                log.debug(
+                    "session %s: playing %s on the %s leg",
+                    session.short,
+                    " + ".join(str(i) for i in items),
+                    action.leg,
+                )
+                out.append(cmd.PlayMedia(leg_id, items, action.barge_in, action.mix))
+        elif isinstance(action, cf.PlayTone):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                tone = Tone(action.tone, country=self.config.tone_country)
+                out.append(cmd.PlayMedia(leg_id, (tone,), False, False))
+        elif isinstance(action, cf.StopPlayback):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                out.append(cmd.StopMedia(leg_id))
+        elif isinstance(action, cf.SendDtmf):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                out.append(cmd.SendDigits(leg_id, action.digits, "both"))
+        elif isinstance(action, cf.ForwardDigit):
+            # The customer's key is not a command: the far end gets it as RFC 4733 (or in-band
+            # if it negotiated none); the tone itself was kept out of the relayed audio.
+            leg_id = legs.get(action.to_leg)
+            if leg_id is not None:
+                out.append(cmd.SendDigits(leg_id, action.digit, "rfc4733"))
+        elif isinstance(action, cf.Bridge):
+            a, b = legs.get(action.leg_a), legs.get(action.leg_b)
+            if a is not None and b is not None:
+                out.append(cmd.BridgeMedia(a, b, action.early_media))
+        elif isinstance(action, cf.Unbridge):
+            leg_id = legs.get(action.leg_a)
+            if leg_id is not None:
+                out.append(cmd.UnbridgeMedia(leg_id))
+        elif isinstance(action, cf.Conference):
+            ids = tuple(legs[leg] for leg in action.legs if leg in legs)
+            out.append(cmd.ConferenceMedia(session.sid, ids))
+        elif isinstance(action, cf.Authorize):
+            self._authorize(session, action.number, now)
+        elif isinstance(action, cf.ResolveSpeedDial):
+            self._store(
+                cmd.LookUpSpeedDial(self._next_rid(), session.sid, session.account.id, action.code),
+                session,
+            )
+        elif isinstance(action, cf.StartTimer):
+            self._arm(session.sid, action.name, action.at)
+        elif isinstance(action, cf.CancelTimer):
+            self._disarm(session.sid, action.name)
+        elif isinstance(action, cf.WriteCdr):
+            self._write_cdr(session, action)
+        elif isinstance(action, cf.StartBilling):
+            log.info("session %s: destination answered, billing", session.short)
+        elif isinstance(action, cf.StopBilling):
+            log.info("session %s: billing stopped", session.short)
+        elif isinstance(action, cf.Finished):
+            self._finish(session, action.reason)
+
+    def _originate(self, session: Session, action: cf.Originate) -> None:
+        old = session.legs.get(action.leg)
+        if old is not None:
+            self._leg_gone(session, action.leg)
+        leg_id = f"{session.short}-{action.leg}-{action.attempt}-{self._new_id()[:4]}"
+        session.legs[action.leg] = leg_id
+        self._opening[leg_id] = (session, action)
+        self._commands.append(cmd.OpenMedia(leg_id, service_digits=action.leg == cf.CALLBACK))
+
+    def _leg_gone(self, session: Session, name: str) -> None:
+        """The leg is over for the call flow: forget it and close its media."""
+        leg_id = session.legs.pop(name, None)
+        if leg_id is None:
+            return
+        session.offers.pop(name, None)
+        self._by_leg.pop(leg_id, None)
+        if self._opening.pop(leg_id, None) is None:
+            self._commands.append(cmd.CloseMedia(leg_id))
+        # else: the socket is still being bound; media_opened will close it.
+
+    def _failure(self, name: str, status: int | None) -> cf.Event:
+        if name == cf.CALLBACK:
+            return cf.CallbackFailed(callback_failure(status), status)
+        cause = destination_failure(status)
+        if name == cf.DESTINATION:
+            return cf.DestinationFailed(cause, status)
+        return cf.OperatorFailed(cause, status)
+
+    def _set_remote(self, session: Session, name: str, body: bytes) -> None:
+        leg_id = session.legs.get(name)
+        offer = session.offers.get(name)
+        if leg_id is None or offer is None or not body:
+            return
+        try:
+            media = sdp.parse_answer(offer, sdp.parse_sdp(body))
+        except sdp.SdpError as exc:
+            log.warning("session %s: bad SDP answer on the %s leg: %s", session.short, name, exc)
+            return
+        self._commands.append(
+            cmd.SetRemote(
+                leg_id,
+                media.remote_address,
+                media.remote_port,
+                media.codec,
+                media.telephone_event_pt,
+            )
+        )
+
+    def _prompt(self, session: Session, prompt: cf.Prompt) -> Path:
+        if prompt is cf.Prompt.NAME and session.account.recorded_name_path:
+            return Path(session.account.recorded_name_path)
+        return prompts.prompt_path(
+            session.account.language.value, prompt.value, self.config.prompts_dir
+        )
+
+    # --- money --------------------------------------------------------------------------------
+
+    def _authorize(self, session: Session, number: str, now: float) -> None:
+        try:
+            dial = dialplan.normalize_destination(
+                number, self._prefix(), blocked_prefixes=self.config.blocked_prefixes
+            )
+        except dialplan.DestinationRefused as exc:
+            log.info("session %s: %s refused: %s", session.short, number, exc)
+            self._feed(session, cf.Refused(exc.reason.value), now)
+            return
+        session.authorizing = (number, dial.dial_string)
+        self._store(
+            cmd.QuoteRate(self._next_rid(), session.sid, session.account.id, number), session
+        )
+
+    def _quoted(self, session: Session, rate: Rate | None, available: int, now: float) -> None:
+        if session.authorizing is None or session.finished is not None:
+            return
+        number, _ = session.authorizing
+        if rate is None or rate.blocked:
+            session.authorizing = None
+            reason = "blocked" if rate is not None else "invalid"
+            log.info("session %s: %s refused: %s (rate table)", session.short, number, reason)
+            self._feed(session, cf.Refused(reason), now)
+            return
+        reservation = rating.reservation_for(
+            available, rate.price_per_minute, rate.minimum_s, rate.increment_s
+        )
+        if reservation.max_seconds <= 0:
+            session.authorizing = None
+            log.info("session %s: %s refused: no credit left", session.short, number)
+            self._feed(session, cf.Refused("no_credit"), now)
+            return
+        session.reservations += 1
+        key = f"{session.sid}-{session.reservations}"
+        session.quote = (rate, reservation)
+        self._store(
+            cmd.ReserveCredit(
+                self._next_rid(),
+                session.sid,
+                session.account.id,
+                reservation.amount,
+                key,
+                self.wall(now),
+            ),
+            session,
+        )
+
+    def _reserved(
+        self, session: Session, request: cmd.ReserveCredit, held: bool, now: float
+    ) -> None:
+        authorizing, session.authorizing = session.authorizing, None
+        quote, session.quote = session.quote, None
+        if not held:
+            if authorizing is not None and session.finished is None:
+                log.info("session %s: %s refused: no credit left", session.short, authorizing[0])
+                self._feed(session, cf.Refused("no_credit"), now)
+            return
+        if authorizing is None or quote is None or session.finished is not None:
+            self._release(session, request.key)
+            return
+        rate, reservation = quote
+        number, dial_string = authorizing
+        session.reservation = request.key
+        accepted = self._feed(
+            session,
+            cf.Authorized(
+                number,
+                dial_string,
+                rate.price_per_minute,
+                reservation.max_seconds,
+                rate.minimum_s,
+                rate.increment_s,
+            ),
+            now,
+        )
+        if not accepted and session.reservation == request.key:
+            # The call flow could not take it (the customer hung up meanwhile): give it back.
+            session.reservation = None
+            self._release(session, request.key)
+
+    def _release(self, session: Session, key: str) -> None:
+        self._store(cmd.ReleaseCredit(self._next_rid(), session.sid, key), session)
+
+    # --- records ------------------------------------------------------------------------------
+
+    def _write_trigger_cdr(
+        self, ended: TriggerEnded, account: Account, call_uuid: str, *, absorbed: bool
+    ) -> None:
+        """The trigger leg's CDR: never answered, never billed, but on record (SPEC 7)."""
+        cdr = Cdr(
+            call_uuid=call_uuid,
+            leg=LegKind.TRIGGER,
+            account_id=account.id,
+            from_number=ended.caller,
+            to_number=ended.trigger,
+            setup_at=self.wall(ended.started_at),
+            ring_at=self.wall(ended.started_at),
+            end_at=self.wall(ended.ended_at),
+            cause_code=ended.status,
+            cause_text=f"trigger ended by {ended.how}"
+            + ("; a callback was already under way" if absorbed else ""),
+            node_id=self.node_id,
+        )
+        self._store(cmd.WriteCdr(self._next_rid(), "", cdr))
+
+    def _write_cdr(self, session: Session, record: cf.WriteCdr) -> None:
+        account = session.account
+        location = account.location
+        cdr = Cdr(
+            call_uuid=session.sid,
+            leg=_LEG_KINDS[record.leg],
+            account_id=account.id,
+            from_number=self._caller_id() or "",
+            # E.164 digits, whatever prefix the trunk wanted in the dial string.
+            to_number=(
+                location.number
+                if record.leg == cf.CALLBACK and location is not None
+                else record.number.lstrip("+")
+            ),
+            setup_at=self.wall(record.setup_at),
+            ring_at=None if record.ring_at is None else self.wall(record.ring_at),
+            answer_at=None if record.answer_at is None else self.wall(record.answer_at),
+            end_at=self.wall(record.end_at),
+            cause_code=record.sip_status,
+            cause_text=record.cause,
+            billed_seconds=record.billed_seconds,
+            cost=record.cost,
+            node_id=self.node_id,
+        )
+        self._store(cmd.WriteCdr(self._next_rid(), session.sid, cdr), session)
+        if record.leg == cf.DESTINATION and session.reservation is not None:
+            key, session.reservation = session.reservation, None
+            if record.cost > 0:
+                commit = cmd.CommitCredit(self._next_rid(), session.sid, key, record.cost)
+                self._store(commit, session)
+            else:
+                self._release(session, key)
+        log.info(
+            "session %s: CDR %s leg to %s, %s, billed %d s, cost %d",
+            session.short,
+            record.leg,
+            record.number,
+            record.cause,
+            record.billed_seconds,
+            record.cost,
+        )
+
+    def _finish(self, session: Session, reason: str) -> None:
+        session.finished = reason
+        for armed in [k for k in self._armed if k[0] == session.sid]:
+            del self._armed[armed]
+        for name in list(session.legs):
+            self._leg_gone(session, name)
+        if session.reservation is not None:
+            key, session.reservation = session.reservation, None
+            self._release(session, key)
+        self._settle_if_done(session)
+
+    def _settle_if_done(self, session: Session) -> None:
+        """Once a finished session's writes are durable: settle its row, then forget it."""
+        if session.finished is None or session.outstanding or not session.row_known:
+            return
+        if session.callback_id is not None:
+            reason = session.finished
+            if reason == "node_stopping" and not session.answered:
+                # The customer was never reached: the callback goes back to the queue, for
+                # another node or this one restarted.
+                self._settle(session, session.callback_id, "reschedule", reason)
+            elif reason.startswith("callback_"):
+                self._settle(session, session.callback_id, "fail", reason)
+            else:
+                self._settle(session, session.callback_id, "complete", None)
+            session.callback_id = None
+        self.sessions.pop(session.sid, None)
+        if self._by_account.get(session.account.id) is session:
+            del self._by_account[session.account.id]
+        self.triggers.callback_done(session.trigger)
+        log.info("session %s: finished (%s)", session.short, session.finished)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    def _store(self, request: cmd.StoreRequest, session: Session | None = None) -> None:
+        self._pending[request.rid] = session
+        if session is not None:
+            session.outstanding.add(request.rid)
+        self._commands.append(request)
+
+    def _prefix(self) -> str:
+        trunk = self.config.trunk
+        return trunk.international_prefix if trunk is not None else "+"
+
+    def _caller_id(self) -> str | None:
+        trunk = self.config.trunk
+        return trunk.caller_id if trunk is not None else None

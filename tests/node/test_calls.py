@@ -1,0 +1,625 @@
+"""The call controller through the node, on a fake clock: what the customer, the carrier and
+the store see of a whole callback call (SPEC sections 1, 2, 7).
+
+Each test drives a real Node with the service (SIP over the wire format, transactions,
+outbound legs, the controller, the call flow) through :class:`tests.node.harness.Rig`, and
+asserts what crosses its edges: the INVITEs, CANCELs and BYEs the carrier gets, the media
+commands per leg, the store requests, and the CDRs, credit and queue rows in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from softswitch.node import commands as cmd
+from softswitch.node.calls import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
+from softswitch.service.callflow import CallState
+from softswitch.store.models import AccountStatus, CallbackState, LegKind, Rate
+from tests.node.harness import (
+    CUSTOMER,
+    DESTINATION,
+    TRIGGER,
+    WALL0,
+    Call,
+    Rig,
+    account,
+)
+
+
+def callback_answered(rig: Rig) -> Call:
+    """Trigger, callback INVITE to the customer, ringing, answered; the dial prompt plays."""
+    rig.trigger()
+    callback = rig.last_call(CUSTOMER)
+    rig.ring(callback)
+    rig.advance(2.0)
+    rig.answer(callback)
+    assert rig.playing(callback) == ["dial_prompt"]
+    return callback
+
+
+def connected(rig: Rig) -> tuple[Call, Call]:
+    """... the customer dials the destination, it rings and answers: bridged."""
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    destination = rig.last_call(DESTINATION)
+    rig.ring(destination)
+    assert rig.playing(callback) == ["ringback"]
+    rig.advance(3.0)
+    rig.answer(destination)
+    legs = rig.media.legs
+    assert legs[callback.leg_id].bridged_to == destination.leg_id
+    assert not legs[callback.leg_id].early_media
+    return callback, destination
+
+
+def session_state(rig: Rig) -> CallState:
+    [session] = rig.calls.sessions.values()
+    return session.call.state
+
+
+def assert_all_over(rig: Rig) -> None:
+    """The call is over everywhere: no session, no live media, no credit held, row settled."""
+    rig.pump()
+    assert rig.calls.sessions == {}
+    assert rig.media.live() == []
+    assert rig.store.reservations == {}
+    assert all(p.state is not CallbackState.CLAIMED for p in rig.store.queue.values())
+    assert rig.calls.idle
+
+
+# --- the whole call -------------------------------------------------------------------------
+
+
+def test_whole_callback_call() -> None:
+    rig = Rig()
+    rig.trigger(ring=1.5)
+    [trigger_cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert (trigger_cdr.to_number, trigger_cdr.cause_code) == (TRIGGER, 487)
+    assert trigger_cdr.end_at == pytest.approx(WALL0 + 1.5)
+    callback = rig.last_call(CUSTOMER)
+    assert callback.invite.uri.user == "+" + CUSTOMER
+    # The callback leaves at once, its queue row (claimed by this node) alongside.
+    enqueue = [c for c in rig.commands if isinstance(c, cmd.EnqueueCallback)]
+    assert [(e.account_id, e.trigger, e.node_id) for e in enqueue] == [(1, TRIGGER, "test-node")]
+    # The customer's leg: in-band keys are the service's (clamped out of the bridge).
+    assert rig.media.legs[callback.leg_id].service_digits
+
+    rig.ring(callback)
+    rig.advance(2.0)
+    rig.answer(callback)
+    assert rig.playing(callback) == ["dial_prompt"]
+    assert rig.media.legs[callback.leg_id].remote == ("127.0.0.1", 40000)
+
+    rig.keys(callback, DESTINATION + "*")
+    destination = rig.last_call(DESTINATION)
+    assert destination.invite.uri.user == "+" + DESTINATION
+    assert not rig.media.legs[destination.leg_id].service_digits
+    assert rig.store.reservations  # credit held before dialling
+    rig.ring(destination)
+    rig.advance(4.0)
+    rig.answer(destination)
+    assert rig.media.legs[callback.leg_id].bridged_to == destination.leg_id
+    rig.advance(20.0)
+    rig.keys(callback, "**")
+    assert rig.requests_to(destination, "BYE") and rig.requests_to(callback, "BYE")
+
+    cdrs = {c.leg: c for c in rig.store.cdrs}
+    assert set(cdrs) == {LegKind.TRIGGER, LegKind.CALLBACK, LegKind.DESTINATION}
+    assert len({c.call_uuid for c in rig.store.cdrs}) == 1  # one customer call
+    dest = cdrs[LegKind.DESTINATION]
+    assert dest.to_number == DESTINATION and dest.cause_text == "customer_release"
+    assert (dest.billed_seconds, dest.cost) == (30, 10)  # 30 s minimum at 20 per minute
+    assert dest.answer_at is not None and dest.end_at is not None
+    assert dest.end_at - dest.answer_at == pytest.approx(20.6)
+    assert cdrs[LegKind.CALLBACK].to_number == CUSTOMER
+    assert rig.store.used == {1: 10}
+    assert rig.store.settled == [(1, "complete", None)]
+    assert_all_over(rig)
+    assert not rig.node.triggers.under_way(TRIGGER)
+
+
+def test_trigger_ended_by_bye_in_its_early_dialog_calls_back() -> None:
+    # A defect: a BYE in the trigger's early dialog got 481 and no callback.
+    rig = Rig()
+    rig.trigger(how="BYE")
+    assert rig.last_call(CUSTOMER)
+    [cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert cdr.cause_text == "trigger ended by BYE"
+
+
+def test_hash_star_replays_the_dial_prompt() -> None:
+    rig = Rig()
+    callback = callback_answered(rig)
+    rig.prompt_done(callback)
+    rig.keys(callback, "4412#*")
+    assert rig.playing(callback) == ["dial_prompt"]
+    assert not any(isinstance(c, cmd.QuoteRate) for c in rig.commands)
+    rig.keys(callback, DESTINATION + "*")
+    assert rig.last_call(DESTINATION)
+
+
+# --- callback retries -----------------------------------------------------------------------
+
+
+def test_busy_callback_is_retried_with_the_configured_pause_and_attempts() -> None:
+    rig = Rig(callback_attempts=2, callback_retry_pause=30.0)
+    rig.trigger()
+    first = rig.last_call(CUSTOMER)
+    rig.reject(first, 486)
+    rig.advance(29.0)
+    assert len(rig.calls_out) == 1
+    rig.advance(1.5)
+    second = rig.last_call(CUSTOMER)
+    assert second is not first
+    rig.reject(second, 486)
+    rig.advance(60.0)
+    assert len(rig.calls_out) == 2  # two attempts in all, as configured
+    callbacks = rig.store.cdrs_of(LegKind.CALLBACK)
+    assert [(c.cause_code, c.cause_text) for c in callbacks] == [(486, "busy")] * 2
+    assert rig.store.settled == [(1, "fail", "callback_busy")]
+    assert_all_over(rig)
+    assert not rig.node.triggers.under_way(TRIGGER)
+
+
+def test_unanswered_callback_is_cancelled_at_the_configured_ring_timeout() -> None:
+    # A defect: the call flow's fixed 45 s won over callback_ring_timeout.
+    rig = Rig(callback_ring_timeout=25.0, callback_attempts=1)
+    rig.trigger()
+    callback = rig.last_call(CUSTOMER)
+    rig.ring(callback)
+    rig.advance(24.0)
+    assert rig.requests_to(callback, "CANCEL") == []
+    rig.advance(1.5)
+    assert rig.requests_to(callback, "CANCEL")
+    rig.reject(callback, 487)
+    [cdr] = rig.store.cdrs_of(LegKind.CALLBACK)
+    assert cdr.cause_text == "no_answer"
+    assert rig.store.settled == [(1, "fail", "callback_no_answer")]
+    assert_all_over(rig)
+
+
+def test_answered_on_the_third_attempt() -> None:
+    rig = Rig(callback_retry_pause=10.0)
+    rig.trigger()
+    rig.reject(rig.last_call(CUSTOMER), 480)
+    rig.advance(10.5)
+    rig.reject(rig.last_call(CUSTOMER), 503)
+    rig.advance(10.5)
+    third = rig.last_call(CUSTOMER)
+    rig.answer(third)
+    assert rig.playing(third) == ["dial_prompt"]
+    assert [c.cause_text for c in rig.store.cdrs_of(LegKind.CALLBACK)] == [
+        "no_answer",
+        "unreachable",
+    ]
+
+
+# --- the destination ------------------------------------------------------------------------
+
+
+def test_busy_destination_plays_busy_tone_and_star_hash_redials() -> None:
+    rig = Rig()
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    first = rig.last_call(DESTINATION)
+    rig.reject(first, 486)
+    assert rig.playing(callback) == ["busy"]
+    [cdr] = rig.store.cdrs_of(LegKind.DESTINATION)
+    assert (cdr.cause_code, cdr.cause_text, cdr.cost) == (486, "busy", 0)
+    assert rig.store.reservations == {}  # nothing was spent: the hold is given back
+    rig.keys(callback, "*#")
+    second = rig.last_call(DESTINATION)
+    assert second is not first and second.number == first.number
+    rig.answer(second)
+    assert session_state(rig) is CallState.CONNECTED
+
+
+def test_unanswered_destination_is_cancelled_and_the_customer_told() -> None:
+    rig = Rig(destination_ring_timeout=30.0)
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    destination = rig.last_call(DESTINATION)
+    rig.ring(destination)
+    rig.advance(30.5)
+    assert rig.requests_to(destination, "CANCEL")
+    assert rig.playing(callback) == ["no_answer"]
+    rig.reject(destination, 487)  # the carrier's answer to our CANCEL: nothing more happens
+    assert session_state(rig) is CallState.DEST_BUSY
+    rig.keys(callback, "##")
+    assert rig.playing(callback) == ["dial_prompt"]
+    assert session_state(rig) is CallState.COLLECTING
+
+
+def test_early_media_is_heard_one_way_until_answer() -> None:
+    # A defect: the bridge was two-way during early media (the destination heard the
+    # customer before it answered).
+    rig = Rig()
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    destination = rig.last_call(DESTINATION)
+    rig.ring(destination, early_media=True)
+    legs = rig.media.legs
+    assert legs[callback.leg_id].bridged_to == destination.leg_id
+    assert legs[callback.leg_id].early_media
+    bridges = [c for c in rig.commands if isinstance(c, cmd.BridgeMedia)]
+    assert bridges[-1] == cmd.BridgeMedia(callback.leg_id, destination.leg_id, True)
+    rig.answer(destination)
+    assert not legs[callback.leg_id].early_media
+
+
+def test_hash_hash_releases_the_destination_and_asks_for_the_next_number() -> None:
+    rig = Rig()
+    callback, destination = connected(rig)
+    rig.advance(40.0)
+    rig.keys(callback, "##")
+    assert rig.requests_to(destination, "BYE")
+    assert rig.requests_to(callback, "BYE") == []
+    assert rig.playing(callback) == ["dial_prompt"]
+    [first] = rig.store.cdrs_of(LegKind.DESTINATION)
+    assert first.cause_text == "new_number" and first.cost == 14  # 42 s at 20/min
+    assert rig.store.used == {1: 14}
+    rig.keys(callback, "44987654321*")
+    second = rig.last_call("44987654321")
+    rig.answer(second)
+    rig.keys(callback, "**")
+    assert [c.cause_text for c in rig.store.cdrs_of(LegKind.DESTINATION)] == [
+        "new_number",
+        "customer_release",
+    ]
+    assert_all_over(rig)
+
+
+def test_destination_hanging_up_returns_the_customer_to_the_dial_prompt() -> None:
+    rig = Rig(after_call_idle=20.0)
+    callback, destination = connected(rig)
+    rig.advance(10.0)
+    rig.hang_up(destination)
+    assert rig.playing(callback) == ["dial_prompt"]
+    rig.prompt_done(callback)
+    rig.advance(21.0)
+    assert rig.playing(callback) == ["goodbye"]  # nobody dialled: the session ends politely
+    rig.prompt_done(callback)
+    assert rig.requests_to(callback, "BYE")
+    assert_all_over(rig)
+
+
+def test_customer_keys_reach_the_destination_as_events_star_held_back() -> None:
+    rig = Rig()
+    callback, destination = connected(rig)
+    rig.keys(callback, "12", source="inband")
+    sent = rig.media.legs[destination.leg_id].sent_digits
+    assert sent == [("1", "rfc4733"), ("2", "rfc4733")]
+    rig.keys(callback, "*")
+    assert len(sent) == 2  # held: it may start a command
+    rig.advance(1.2)
+    assert sent[-1] == ("*", "rfc4733")
+
+
+# --- customer service -----------------------------------------------------------------------
+
+
+def test_double_zero_in_a_call_brings_customer_service_in_without_losing_the_destination() -> None:
+    rig = Rig(operator="care")
+    callback, destination = connected(rig)
+    rig.advance(5.0)
+    rig.keys(callback, "00", gap=0.4)
+    operator = rig.last_call("care")
+    assert rig.requests_to(destination, "BYE") == []  # held, not dropped
+    assert rig.media.legs[callback.leg_id].bridged_to is None
+    assert rig.playing(callback) == ["connecting_customer_service"]
+    rig.answer(operator)
+    legs = rig.media.legs
+    conference = {legs[c.leg_id].conference for c in (callback, destination, operator)}
+    assert len(conference) == 1 and None not in conference
+    rig.advance(30.0)
+    rig.hang_up(operator)
+    assert legs[callback.leg_id].bridged_to == destination.leg_id
+    [op_cdr] = rig.store.cdrs_of(LegKind.OPERATOR)
+    assert op_cdr.cause_text == "normal" and op_cdr.cost == 0
+    rig.keys(callback, "**")
+    [dest_cdr] = rig.store.cdrs_of(LegKind.DESTINATION)
+    assert dest_cdr.billed_seconds >= 36  # billed through the consultation
+    assert_all_over(rig)
+
+
+def test_double_zero_at_the_dial_prompt_calls_customer_service() -> None:
+    rig = Rig(operator="care")
+    callback = callback_answered(rig)
+    rig.keys(callback, "00")
+    operator = rig.last_call("care")
+    rig.answer(operator)
+    assert rig.media.legs[callback.leg_id].bridged_to == operator.leg_id
+
+
+# --- money ----------------------------------------------------------------------------------
+
+
+def test_credit_runs_out_mid_call() -> None:
+    # 100 units at 20/min buys 300 s; the warning plays a minute before the cut.
+    rig = Rig(accounts=[account(credit_limit=100)])
+    callback, destination = connected(rig)
+    rig.advance(239.0)
+    assert rig.playing(callback) == []
+    rig.advance(2.0)
+    assert rig.playing(callback) == ["one_minute_warning"]
+    rig.advance(60.0)
+    assert rig.requests_to(destination, "BYE")
+    assert rig.playing(callback) == ["no_credit", "dial_prompt"]
+    [cdr] = rig.store.cdrs_of(LegKind.DESTINATION)
+    assert (cdr.cause_text, cdr.billed_seconds, cdr.cost) == ("credit_exhausted", 300, 100)
+    assert rig.store.available(1) == 0
+    rig.keys(callback, DESTINATION + "*")
+    assert rig.playing(callback) == ["no_credit", "dial_prompt"]
+    assert len([c for c in rig.calls_out if c.number.endswith(DESTINATION)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("dialled", "prompt"),
+    [
+        ("4412*", "invalid_number"),  # too short for E.164
+        ("1900555*", "blocked_number"),  # blocked by configuration
+        ("86123456789*", "invalid_number"),  # no rate for China
+        ("055*", "unknown_speed_dial"),
+    ],
+)
+def test_refusals_are_explained_then_the_dial_prompt(dialled: str, prompt: str) -> None:
+    rig = Rig(blocked_prefixes=("1900",))
+    callback = callback_answered(rig)
+    rig.keys(callback, dialled)
+    assert rig.playing(callback) == [prompt, "dial_prompt"]
+    assert [c.number for c in rig.calls_out] == ["+" + CUSTOMER]
+    assert rig.store.reservations == {}
+
+
+def test_blocked_rate_is_refused() -> None:
+    rig = Rig(
+        rates=[Rate("44", "UK", Decimal(20), 6, 30), Rate("4470", "UK mobile", 0, 6, 30, True)]
+    )
+    callback = callback_answered(rig)
+    rig.keys(callback, "447012345678*")
+    assert rig.playing(callback) == ["blocked_number", "dial_prompt"]
+
+
+def test_speed_dial() -> None:
+    rig = Rig()
+    rig.store.speed_dials[(1, "03")] = DESTINATION
+    callback = callback_answered(rig)
+    rig.keys(callback, "03*")
+    assert rig.last_call(DESTINATION)
+
+
+def test_reservation_answered_after_the_customer_hung_up_is_given_back() -> None:
+    rig = Rig(hold=[cmd.ReserveCredit])
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    assert rig.held
+    rig.hang_up(callback)
+    assert rig.calls.sessions  # waits for the answer it is owed
+    rig.release()
+    assert rig.store.reservations == {}
+    assert not any(c.number.endswith(DESTINATION) for c in rig.calls_out)
+    assert_all_over(rig)
+
+
+# --- the defects found by trying the product --------------------------------------------------
+
+
+def test_own_trigger_number_at_the_dial_prompt_is_explained_not_silent() -> None:
+    rig = Rig()
+    callback = callback_answered(rig)
+    rig.keys(callback, TRIGGER + "#")
+    assert rig.playing(callback) == ["location_unavailable", "dial_prompt"]
+    assert rig.requests_to(callback, "BYE") == []
+    rig.keys(callback, DESTINATION + "*")
+    assert rig.last_call(DESTINATION)
+
+
+def test_second_trigger_during_a_long_call_is_absorbed_without_ringing_the_customer() -> None:
+    # A defect: after a 120 s window a repeated trigger sent a callback INVITE, then CANCEL.
+    rig = Rig()
+    connected(rig)
+    rig.advance(600.0)
+    rig.trigger(ring=1.0)
+    assert [c.number for c in rig.calls_out].count("+" + CUSTOMER) == 1
+    second = rig.store.cdrs_of(LegKind.TRIGGER)[-1]
+    assert second.cause_text.endswith("a callback was already under way")
+    assert session_state(rig) is CallState.CONNECTED
+
+
+def test_another_trigger_number_of_the_same_account_is_absorbed_too() -> None:
+    rig = Rig(accounts=[account(triggers=(TRIGGER, "815099998888"))])
+    rig.trigger()
+    rig.trigger("815099998888")
+    assert len(rig.calls_out) == 1
+    assert not rig.node.triggers.under_way("815099998888")  # nothing of its own under way
+
+
+def test_long_call_keeps_its_claim_on_the_queue_row() -> None:
+    # Without renewal the 300 s lease lapses mid-call and the claim loop calls back again.
+    rig = Rig()
+    connected(rig)
+    rig.advance(CALLBACK_LEASE + LEASE_RENEWAL)
+    assert rig.store.renewed and all(ids == (1,) for ids in rig.store.renewed)
+    assert len(rig.calls_out) == 2  # the callback and the destination, nothing more
+
+
+# --- the queue and the store ----------------------------------------------------------------
+
+
+def test_due_callback_in_the_queue_is_claimed_and_placed() -> None:
+    rig = Rig()
+    row = rig.store.add_pending(1, due_at=WALL0 + 5.0)
+    rig.advance(4.5)
+    assert rig.calls_out == []
+    rig.advance(1.0)
+    callback = rig.last_call(CUSTOMER)
+    rig.answer(callback)
+    rig.hang_up(callback)
+    assert rig.store.settled == [(row, "complete", None)]
+    assert_all_over(rig)
+
+
+def test_callback_already_open_elsewhere_is_absorbed_and_the_attempt_cancelled() -> None:
+    rig = Rig(hold=[cmd.EnqueueCallback])
+    rig.store.add_pending(1, due_at=WALL0 + 999)  # another node's open callback
+    rig.trigger()
+    callback = rig.last_call(CUSTOMER)
+    rig.ring(callback)
+    rig.release(cmd.EnqueueCallback)
+    assert rig.requests_to(callback, "CANCEL")
+    rig.reject(callback, 487)
+    assert rig.store.settled == []  # not ours to settle
+    rig.pump()
+    assert rig.calls.sessions == {}
+
+
+def test_a_failed_cdr_write_is_logged_whole(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(hold=[cmd.WriteCdr])
+    rig.trigger()
+    with caplog.at_level(logging.ERROR, logger="softswitch.calls"):
+        rig.fail_held(cmd.WriteCdr)
+    assert "CDR NOT WRITTEN" in caplog.text and TRIGGER in caplog.text
+
+
+def test_store_failure_while_rating_gives_a_prompt_not_silence() -> None:
+    rig = Rig(hold=[cmd.QuoteRate])
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    rig.fail_held(cmd.QuoteRate)
+    assert rig.playing(callback) == ["invalid_number", "dial_prompt"]
+
+
+def test_suspended_account_gets_no_callback_but_its_trigger_is_on_record() -> None:
+    rig = Rig(accounts=[account(status=AccountStatus.SUSPENDED)])
+    rig.trigger()
+    assert rig.calls_out == []
+    assert len(rig.store.cdrs_of(LegKind.TRIGGER)) == 1
+    assert not rig.node.triggers.under_way(TRIGGER)
+
+
+def test_static_trigger_has_no_callback_and_absorbs_repeats_for_a_while() -> None:
+    rig = Rig(trigger_numbers=("815011112222",))
+    rig.trigger("815011112222")
+    assert rig.node.triggers.under_way("815011112222")
+    rig.advance(STATIC_TRIGGER_HOLD + 1)
+    assert not rig.node.triggers.under_way("815011112222")
+    assert rig.calls_out == [] and rig.store.cdrs == []
+
+
+def test_an_account_without_a_valid_location_is_not_called() -> None:
+    rig = Rig(accounts=[account(location="0312345678")])
+    rig.trigger()
+    assert rig.calls_out == []
+    assert not rig.node.triggers.under_way(TRIGGER)
+
+
+# --- shutdown in every state ------------------------------------------------------------------
+
+
+def _calling(rig: Rig) -> None:
+    rig.trigger()
+    rig.ring(rig.last_call(CUSTOMER))
+
+
+def _retry_pause(rig: Rig) -> None:
+    rig.trigger()
+    rig.reject(rig.last_call(CUSTOMER), 486)
+
+
+def _collecting(rig: Rig) -> None:
+    rig.prompt_done(callback_answered(rig))
+
+
+def _authorizing(rig: Rig) -> None:
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+
+
+def _dialling(rig: Rig) -> None:
+    _authorizing(rig)
+    rig.ring(rig.last_call(DESTINATION))
+
+
+def _busy(rig: Rig) -> None:
+    _authorizing(rig)
+    rig.reject(rig.last_call(DESTINATION), 486)
+
+
+def _connected(rig: Rig) -> None:
+    connected(rig)
+
+
+def _consulting(rig: Rig) -> None:
+    callback, _ = connected(rig)
+    rig.advance(3.0)
+    rig.keys(callback, "00", gap=0.4)
+
+
+def _conference(rig: Rig) -> None:
+    _consulting(rig)
+    rig.answer(rig.last_call("customer-service"))
+
+
+def _ending(rig: Rig) -> None:
+    callback_answered(rig)
+    rig.advance(121.0)
+
+
+@pytest.mark.parametrize(
+    ("drive", "state"),
+    [
+        (_calling, CallState.CALLING_BACK),
+        (_retry_pause, CallState.CALLING_BACK),
+        (_collecting, CallState.COLLECTING),
+        (_dialling, CallState.DIALLING),
+        (_busy, CallState.DEST_BUSY),
+        (_connected, CallState.CONNECTED),
+        (_consulting, CallState.CONSULTING),
+        (_conference, CallState.CONFERENCE),
+        (_ending, CallState.ENDING),
+    ],
+)
+def test_stopping_the_node_ends_every_call_with_its_records(drive, state) -> None:  # type: ignore[no-untyped-def]
+    rig = Rig()
+    drive(rig)
+    assert session_state(rig) is state
+    placed = list(rig.calls_out)
+    rig.node.stop(rig.now)
+    rig.pump()
+    for call in placed:
+        # Every leg still up is released: CANCEL while it rings, BYE once answered.
+        if call.status is None:
+            assert rig.requests_to(call, "CANCEL"), call.number
+        elif call.status == 200 and not call.hung_up:
+            assert rig.requests_to(call, "BYE"), call.number
+    recorded = len(rig.store.cdrs) - len(rig.store.cdrs_of(LegKind.TRIGGER))
+    assert recorded == len(placed)  # a CDR for every leg placed
+    # A customer never reached gets the callback later (the row goes back to the queue).
+    reached = state not in (CallState.CALLING_BACK,)
+    assert rig.store.settled == [
+        (1, "complete", None) if reached else (1, "reschedule", "node_stopping")
+    ]
+    assert_all_over(rig)
+
+
+def test_stopping_while_authorizing_waits_for_the_answer() -> None:
+    rig = Rig(hold=[cmd.QuoteRate])
+    _authorizing(rig)
+    rig.node.stop(rig.now)
+    rig.pump()
+    assert not rig.calls.idle  # the store still owes an answer
+    rig.release()
+    assert_all_over(rig)
+
+
+def test_claims_made_while_stopping_go_back_to_the_queue() -> None:
+    rig = Rig(hold=[cmd.ClaimCallbacks])
+    rig.store.add_pending(1, due_at=WALL0)
+    rig.advance(1.5)
+    rig.node.stop(rig.now)
+    rig.release()
+    assert rig.store.settled == [(1, "reschedule", "node stopping")]
+    assert rig.calls_out == []
