@@ -59,6 +59,8 @@ WINDOW = 160  # 20 ms: 50 Hz resolution, enough to split 697/770 Hz and to judge
 HOP = 80  # 10 ms
 QUARTER = WINDOW // 4
 OFFSETS = (-0.04, -0.02, 0.0, 0.02, 0.04)
+# Analyse the window straddling two frames only where it can change an event (see process()).
+LAZY_STRADDLE = True
 
 MIN_LEVEL_DBM0 = -38.0  # per tone; Q.24 asks for operation down to about -32 dBm0 per tone
 GROUP_MARGIN_DB = 8.0
@@ -88,13 +90,18 @@ def probe_matrix(freqs: NDArray[np.float64], n: int = WINDOW) -> NDArray[np.floa
     return np.concatenate([np.cos(arg), np.sin(arg)], axis=1).astype(np.float32)
 
 
-# The 3rd harmonic of each low-group tone: a voiced sound whose fundamental and 2nd harmonic
-# land near a low and a high DTMF tone (e.g. 680 + 1360 Hz ~ digit 2) also has a 3rd harmonic.
-_PROBE_FREQS = np.concatenate(
-    [(_FREQS[:, None] * (1.0 + np.array(OFFSETS))[None, :]).ravel(), 3 * _FREQS[:4]]
+# Stage 1 probes: each DTMF frequency f at f (1 - 2 %), f, f (1 + 2 %) (the tone power is the
+# best of the three). Stage 2: f (1 - 4 %) and f (1 + 4 %), which put the acceptance edge at
+# about +-2 %, and the 3rd harmonic of each low-group tone: a voiced sound whose fundamental and
+# 2nd harmonic land near a low and a high DTMF tone (e.g. 680 + 1360 Hz ~ digit 2) also has one.
+_PROBE_FREQS1 = (_FREQS[:, None] * (1.0 + np.array([-0.02, 0.0, 0.02]))[None, :]).ravel()
+_PROBE_FREQS2 = np.concatenate(
+    [(_FREQS[:, None] * (1.0 + np.array([-0.04, 0.04]))[None, :]).ravel(), 3 * _FREQS[:4]]
 )
-_PROBES = probe_matrix(_PROBE_FREQS)
-_NPROBE = len(_PROBE_FREQS)
+_PROBES1 = probe_matrix(_PROBE_FREQS1)
+_PROBES2 = probe_matrix(_PROBE_FREQS2)
+_NPROBE1 = len(_PROBE_FREQS1)
+_NPROBE2 = len(_PROBE_FREQS2)
 # |X|^2 * 2 / N^2 turns a DFT magnitude into the mean power of the sine it matches.
 _POWER_SCALE = 2.0 / WINDOW**2
 _STEADY = 10 ** (STEADY_DB / 10)
@@ -207,32 +214,50 @@ class DtmfDetector:
         )
         digits = np.full((2, n), -1, dtype=np.int8)
         levels = np.zeros((2, n, 2), dtype=np.float64)
-        k_idx, leg_idx = np.nonzero(live)
-        if len(k_idx):
-            # Window k of leg i is (tail + frame)[i, k * HOP : k * HOP + WINDOW].
-            legs = np.unique(leg_idx)
-            buf = np.concatenate([self._tail[slots[legs]], frames[legs]], axis=1)
-            row = np.searchsorted(legs, leg_idx)
-            cols = k_idx[:, None] * HOP + np.arange(WINDOW)[None, :]
-            d, lv = self._classify(buf[row[:, None], cols])
-            digits[k_idx, leg_idx] = d
-            levels[k_idx, leg_idx] = lv
+        # Legs in a digit or with a candidate: their state machine runs on every window.
+        state = (self._cur[slots] >= 0) | (self._cand[slots] >= 0)
+        # The window on this frame (k = 1) first, wherever the gate let it through.
+        full = np.flatnonzero(live[1])
+        if len(full):
+            d, lv = self._classify(frames[full])
+            digits[1, full] = d
+            levels[1, full] = lv
+        # The window straddling the previous frame (k = 0) only where it can matter: beside a
+        # valid window on this frame, or on a leg already in a digit or candidate (whose
+        # candidate then came from the previous frame's window). A digit needs two
+        # consecutive valid windows, and any two consecutive windows include one k = 1
+        # window; a valid k = 0 window on an idle leg between two invalid ones would make a
+        # candidate that the next window drops, so skipping it changes no event.
+        need = live[0] & (state | (digits[1] >= 0)) if LAZY_STRADDLE else live[0]
+        half = np.flatnonzero(need)
+        if len(half):
+            tail = self._tail[slots[half]]
+            d, lv = self._classify(np.concatenate([tail, frames[half, : WINDOW - HOP]], axis=1))
+            digits[0, half] = d
+            levels[0, half] = lv
         self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
         self.last_tone = np.asarray((digits >= 0).any(axis=0), dtype=np.bool_)
         out: list[tuple[Hashable, DigitEvent]] = []
         for k in range(2):
             d = digits[k]
             # Idle legs (no digit, no candidate) with an invalid window do not change state.
-            busy = np.flatnonzero((d >= 0) | (self._cur[slots] >= 0) | (self._cand[slots] >= 0))
+            busy = np.flatnonzero(state | (d >= 0))
             if len(busy) == 0:
                 continue
             start = t0[busy] - HOP + k * HOP
             out.extend(self._step(slots[busy], d[busy], levels[k, busy], start, start + WINDOW))
+            if k == 0:
+                state = (self._cur[slots] >= 0) | (self._cand[slots] >= 0)
         return out
 
     @staticmethod
     def _classify(pcm: NDArray[np.int16]) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
-        """Digit index per window (or -1), and the (low, high) tone powers."""
+        """Digit index per window (or -1), and the (low, high) tone powers.
+
+        Two stages: the tone powers (best of f and f +- 2 %) with the level, twist, group
+        margin, energy fraction and fill tests first; the +-4 % probes (centring) and the
+        3rd harmonics only for the few windows that pass all of those.
+        """
         win = pcm.astype(np.float32)
         m = len(win)
         # Exact energies (integer squares summed in float64) for the thresholds.
@@ -240,14 +265,11 @@ class DtmfDetector:
         sq *= sq
         quarters = sq.reshape(m, 4, QUARTER).sum(axis=2)
         total = quarters.sum(axis=1) / WINDOW
-        m = len(win)
-        ri = win @ _PROBES
+        ri = win @ _PROBES1
         ri *= ri
-        power = (ri[:, :_NPROBE] + ri[:, _NPROBE:]) * np.float32(_POWER_SCALE)
-        third = power[:, 8 * len(OFFSETS) :]
-        power = power[:, : 8 * len(OFFSETS)].reshape(m, 8, len(OFFSETS))
-        tone = power[:, :, 1:4].max(axis=2)
-        centred = power[:, :, 2] >= np.maximum(power[:, :, 0], power[:, :, 4])
+        power = (ri[:, :_NPROBE1] + ri[:, _NPROBE1:]) * np.float32(_POWER_SCALE)
+        power = power.reshape(m, 8, 3)
+        tone = power.max(axis=2)
         rows = np.arange(m)
         lo = tone[:, :4].argmax(axis=1)
         hi = tone[:, 4:].argmax(axis=1)
@@ -267,11 +289,23 @@ class DtmfDetector:
             & (p_lo >= _MARGIN * second_lo)
             & (p_hi >= _MARGIN * second_hi)
             & (p_lo + p_hi >= ENERGY_FRACTION * total)
-            & (third[rows, lo] * _HARMONIC <= p_lo)
-            & centred[rows, lo]
-            & centred[rows, 4 + hi]
             & (quarters.min(axis=1) >= FILL_RATIO * quarters.max(axis=1))
         )
+        cand = np.flatnonzero(valid)
+        if len(cand):
+            ri2 = win[cand] @ _PROBES2
+            ri2 *= ri2
+            power2 = (ri2[:, :_NPROBE2] + ri2[:, _NPROBE2:]) * np.float32(_POWER_SCALE)
+            wide = power2[:, :16].reshape(len(cand), 8, 2)  # f (1 - 4 %), f (1 + 4 %)
+            third = power2[:, 16:]
+            c_lo, c_hi = lo[cand], 4 + hi[cand]
+            sub = np.arange(len(cand))
+            nominal = power[cand, :, 1]
+            centred = (nominal[sub, c_lo] >= wide[sub, c_lo].max(axis=1)) & (
+                nominal[sub, c_hi] >= wide[sub, c_hi].max(axis=1)
+            )
+            harmonic = third[sub, c_lo] * _HARMONIC <= p_lo[cand]
+            valid[cand] = centred & harmonic
         levels = np.stack([p_lo, p_hi], axis=1).astype(np.float64)
         return np.where(valid, _DIGIT_INDEX[lo, hi], -1).astype(np.int8), levels
 

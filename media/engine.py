@@ -70,6 +70,8 @@ RFC4733 = struct.Struct("!BBH")
 # The DTMF clamp (set_dtmf_clamp): frames after the last one with tone energy that are still
 # silenced (a tone's tail can end mid-frame in a window the detector does not call valid).
 CLAMP_HANG_FRAMES = 2
+# A held frame with no successor after this many ticks is released all the same.
+CLAMP_IDLE_TICKS = 2
 SILENCE = {"PCMU": b"\xff" * FRAME, "PCMA": b"\xd5" * FRAME}
 _LAW_OFFSET = {"PCMU": 0, "PCMA": 256}
 _DECODE512 = np.concatenate([ULAW_DECODE, ALAW_DECODE]).astype(np.int16)
@@ -201,6 +203,7 @@ class DtmfClamp:
     held: _Queued | None = None
     held_muted: bool = False
     hang: int = 0  # frames still to silence after the last one with tone energy
+    idle: int = 0  # ticks the held frame has waited with no frame after it
     closing: bool = False  # turned off: drain the queue on the next tick, then drop
     frames: int = 0
     muted: int = 0
@@ -208,6 +211,7 @@ class DtmfClamp:
     def push(self, frame: _Queued, tone: bool) -> tuple[_Queued, bool] | None:
         """Account one analysed frame; returns the frame it releases (and whether muted)."""
         self.frames += 1
+        self.idle = 0
         if tone:
             muted = self.held_muted = True
             self.hang = CLAMP_HANG_FRAMES
@@ -931,7 +935,16 @@ class MediaEngine:
             clamp = leg.delay
             if clamp is None:
                 continue
-            clamp.fresh.clear()
+            if clamp.fresh:
+                clamp.fresh.clear()
+            elif clamp.held is not None:
+                clamp.idle += 1
+                # The sender paused (silence suppression, hold, hang-up): the last frame of
+                # the talkspurt must not wait for the next one.
+                if clamp.idle >= CLAMP_IDLE_TICKS or clamp.closing:
+                    self._release(leg, clamp.held, clamp.held_muted, now, out)
+                    clamp.muted += clamp.held_muted
+                    clamp.held = None
             if clamp.closing:
                 if clamp.held is not None:
                     self._release(leg, clamp.held, clamp.held_muted, now, out)

@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
-"""Media capacity benchmark: bridged calls per core with in-band DTMF detection on every leg.
+"""Media capacity benchmark: bridged G.711 calls on one core, against rtpengine and a trivial relay.
 
-For each server (the softswitch MediaEngine behind media/aio.py, and a trivial asyncio UDP
-forwarder measured in the same run) and each event loop (uvloop, default asyncio), a binary
-search finds the largest number N of bridged G.711 calls for which at most 0.1 % of the
-measured packets are lost or late (> 20 ms one-way delay). The server is pinned to CPU 0, the
-load generator (scripts/rtpgen.py, another process) to CPU 1. The generator is first checked
-alone in a no-relay loopback run at the largest N so it is not the bottleneck. Prints a table:
-N, packet rate, server CPU, RSS per call, delay p50/p99, digits detected / sent.
+One run measures, on the same machine minutes apart: the load generator alone, a trivial uvloop
+relay (one socket pair per call, forwards as received), rtpengine (Debian `rtpengine-daemon`,
+user space, `--num-threads=1`, calls set up over its ng control protocol; installed with apt-get
+when missing and run as root), and the softswitch media engine behind media/aio.py: relay only,
+with in-band DTMF and fax detection on every leg ("dsp"), and the same with the DTMF clamp on one
+leg of every call ("clamp"). For each, a search finds the largest number of calls N for which at
+most 0.1 % of the measured packets are lost or late (over 20 ms one-way; over 60 ms from the
+clamped leg, whose delay line adds 20-40 ms by design). The relay is pinned to CPU 0, the
+generator to CPU 1.
 
-A point that fails is run once more (other jobs on a shared machine preempt the pinned server
-or generator for tens of ms, which alone makes 0.1 % of the packets late). `--fixed N` skips the
-search and reports, per server, the cheapest of `--reps` runs at N calls: a cost measurement.
-Note that the CPU per packet falls as the load rises (more datagrams per event-loop wake-up), so
-the N@85%cpu extrapolation from a small N is pessimistic.
+The generator is scripts/rtpload.c, compiled here with the system C compiler: 2N phones with
+their own sockets, evenly spread send phases, speech as payload (espeak-ng sentences with pauses;
+--payload silence for silence), one in-band key from every A phone every 2 s, stamps in the
+payload's low bits, latency from kernel receive timestamps, and the relay's CPU read from /proc
+over the measured window. It is checked alone (phones sending to each other) at the largest N
+of the run, in the same run.
 
-Usage: bench_media.py [--seconds 4] [--start 50] [--max-calls 2400] [--loops uvloop,asyncio]
-                      [--kinds engine,relay,trivial] [--fixed N --reps 3]
-Internal: bench_media.py --serve engine|trivial --calls N --loop uvloop|asyncio
+Printed per relay: max calls, packet rate, CPU, CPU per packet (us, counting packets in and
+out), p50/p99 one-way latency (and per direction for the clamp), memory per call, digits
+reported / typed, and the ratios to the trivial relay and to rtpengine. `--fixed N` measures
+every relay at N calls instead (`--reps` runs each, the cheapest kept): a cost comparison at one
+load. `--talkoff` prints how much speech the DTMF clamp silences on the talk-off corpus of
+scripts/bench_dtmf.py (no sockets).
+
+Usage: bench_media.py [--seconds 5] [--kinds trivial,rtpengine,relay,dsp,clamp] [--quick]
+                      [--fixed N --reps 3] [--payload speech|silence] [--talkoff] [--no-search]
+Internal: bench_media.py --serve KIND --calls N [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -26,29 +36,36 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-
-from media.aio import MediaShell, loop_factory  # noqa: E402
-from media.engine import DigitReceived, Event, MediaEngine  # noqa: E402
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 
 PY = sys.executable
-# numpy's BLAS must not spawn threads in a process pinned to one core: spinning BLAS threads
-# doubled the engine's CPU time in the first runs.
-CHILD_ENV = {
-    **os.environ,
-    "OPENBLAS_NUM_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+# numpy's BLAS must not spawn threads in a process pinned to one core.
+CHILD_ENV = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 SERVER_CPU = 0
 GEN_CPU = 1
 THRESHOLD = 0.001
+LATE_MS = 20.0
+CLAMP_LATE_MS = 60.0  # the clamp's delay line adds 20-40 ms on purpose
+DIGIT_EVERY = 2.0
+WORK = Path(tempfile.gettempdir()) / "softswitch-bench-media"
+KINDS = ("trivial", "rtpengine", "relay", "dsp", "clamp")
+LABELS = {
+    "trivial": "trivial uvloop relay",
+    "rtpengine": "rtpengine (user space, 1 thread)",
+    "relay": "engine, relay only",
+    "dsp": "engine, DTMF + fax detection on every leg",
+    "clamp": "engine, dsp + DTMF clamp on one leg per call",
+}
 
 
 def _loadavg() -> str:
@@ -56,89 +73,81 @@ def _loadavg() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _rss_kb(pid: int | None = None) -> int:
+    with open(f"/proc/{pid or 'self'}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 # -- servers (run in the pinned child process) ------------------------------------------------
 
 
 class _Forward(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.other: asyncio.DatagramTransport | None = None
-        self.dest: Any = None
-        self.transport: asyncio.DatagramTransport | None = None
+    """The trivial relay: what one socket receives leaves at once from its partner."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def __init__(self) -> None:
+        self.other: Any = None
+        self.dest: Any = None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        other = self.other
-        if other is not None:
-            other.sendto(data, self.dest)
+        self.other.sendto(data, self.dest)
 
 
 async def _serve(kind: str, calls: int) -> None:
+    from media.aio import MediaShell
+    from media.engine import DigitReceived, Event, MediaEngine
+
     loop = asyncio.get_running_loop()
     rss0 = _rss_kb()
     digits = 0
-    marked = False
 
     def on_event(event: Event) -> None:
         nonlocal digits
-        if marked and isinstance(event, DigitReceived):
+        if isinstance(event, DigitReceived):
             digits += 1
 
     ports: list[tuple[int, int]] = []
     shell: MediaShell | None = None
-    fwd: list[tuple[_Forward, _Forward]] = []
-    if kind in ("engine", "relay"):
+    pairs: list[tuple[Any, _Forward, Any, _Forward]] = []
+    if kind == "trivial":
+        for _ in range(calls):
+            ta, fa = await loop.create_datagram_endpoint(_Forward, local_addr=("127.0.0.1", 0))
+            tb, fb = await loop.create_datagram_endpoint(_Forward, local_addr=("127.0.0.1", 0))
+            fa.other, fb.other = tb, ta
+            pairs.append((ta, fa, tb, fb))
+            ports.append((ta.get_extra_info("sockname")[1], tb.get_extra_info("sockname")[1]))
+    else:
         engine = MediaEngine(max_legs=2 * calls + 8)
         shell = MediaShell(engine, port_range=None, on_event=on_event)
         for i in range(calls):
             ports.append((await shell.open_leg(f"a{i}"), await shell.open_leg(f"b{i}")))
-    else:
-        for _ in range(calls):
-            pair = []
-            for _ in range(2):
-                t, p = await loop.create_datagram_endpoint(_Forward, local_addr=("127.0.0.1", 0))
-                pair.append((t, p))
-            (ta, fa), (tb, fb) = pair
-            fa.other, fb.other = tb, ta
-            ports.append((ta.get_extra_info("sockname")[1], tb.get_extra_info("sockname")[1]))
-            fwd.append((fa, fb))
     print(json.dumps({"ports": ports}), flush=True)
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    addrs = json.loads(await reader.readline())["addrs"]
-    gen_a, gen_b = tuple(addrs[0]), tuple(addrs[1])
+    phones = json.loads(await reader.readline())["phones"]
     if shell is not None:
         engine = shell.engine
         now = loop.time()
-        for i in range(calls):
-            engine.set_remote(f"a{i}", gen_a[0], gen_a[1], "PCMU", None, now)
-            engine.set_remote(f"b{i}", gen_b[0], gen_b[1], "PCMU", None, now)
-            engine.bridge(f"a{i}", f"b{i}")
-            if kind == "engine":
-                engine.enable_dtmf(f"a{i}", inband=True)
-                engine.enable_dtmf(f"b{i}", inband=True)
+        for i, (pa, pb) in enumerate(phones):
+            a, b = f"a{i}", f"b{i}"
+            engine.set_remote(a, "127.0.0.1", pa, "PCMU", None, now)
+            engine.set_remote(b, "127.0.0.1", pb, "PCMU", None, now)
+            engine.bridge(a, b)
+            if kind in ("dsp", "clamp"):
+                engine.enable_dtmf(a, inband=True, fax=True)
+                engine.enable_dtmf(b, inband=True, fax=True)
+            if kind == "clamp":
+                engine.set_dtmf_clamp(a, True)
         shell.start()
     else:
-        for fa, fb in fwd:
-            fa.dest, fb.dest = gen_b, gen_a
-    print(json.dumps({"ready": True}), flush=True)
-    await reader.readline()  # "mark": measurement starts
-    marked = True
-    cpu0 = time.process_time()
-    t0 = time.monotonic()
+        for (_, fa, _, fb), (pa, pb) in zip(pairs, phones, strict=True):
+            fa.dest, fb.dest = ("127.0.0.1", pb), ("127.0.0.1", pa)
     rss1 = _rss_kb()
-    await reader.readline()  # "stop": measurement ends
-    cpu = time.process_time() - cpu0
-    wall = time.monotonic() - t0
-    await reader.readline()  # "exit": the generator is done, sockets may close
+    print(json.dumps({"ready": True}), flush=True)
+    await reader.readline()  # "exit": the generator is done
     result = {
-        "cpu": cpu / wall,
         "rss_per_call_kb": (max(_rss_kb(), rss1) - rss0) / calls,
         "digits": digits,
         "late_ticks": shell.late_ticks if shell else 0,
@@ -149,14 +158,214 @@ async def _serve(kind: str, calls: int) -> None:
     print(json.dumps(result), flush=True)
 
 
+# -- rtpengine --------------------------------------------------------------------------------
+
+
+def _bencode(x: Any) -> bytes:
+    if isinstance(x, int):
+        return b"i%de" % x
+    if isinstance(x, str):
+        x = x.encode()
+    if isinstance(x, bytes):
+        return b"%d:%s" % (len(x), x)
+    if isinstance(x, list):
+        return b"l" + b"".join(_bencode(i) for i in x) + b"e"
+    if isinstance(x, dict):
+        return b"d" + b"".join(_bencode(k) + _bencode(v) for k, v in sorted(x.items())) + b"e"
+    raise TypeError(type(x))
+
+
+def _bdecode(data: bytes, i: int = 0) -> tuple[Any, int]:
+    c = data[i : i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        return int(data[i + 1 : end]), end + 1
+    if c in (b"l", b"d"):
+        items = []
+        i += 1
+        while data[i : i + 1] != b"e":
+            item, i = _bdecode(data, i)
+            items.append(item)
+        if c == b"l":
+            return items, i + 1
+        return dict(zip(items[::2], items[1::2], strict=True)), i + 1
+    colon = data.index(b":", i)
+    n = int(data[i:colon])
+    return data[colon + 1 : colon + 1 + n].decode(errors="replace"), colon + 1 + n
+
+
+class RtpEngine:
+    """A private rtpengine daemon pinned to the relay's CPU, driven over the ng protocol."""
+
+    def __init__(self, calls: int) -> None:
+        if shutil.which("rtpengine") is None:
+            _install_rtpengine()
+        self.ng_port = _free_port()
+        low = 30000
+        self.proc = subprocess.Popen(
+            [
+                "taskset", "-c", str(SERVER_CPU),
+                "rtpengine", "--foreground", "--log-stderr", "--log-level=3",
+                "--table=-1", "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{self.ng_port}",
+                f"--port-min={low}", f"--port-max={low + 8 * calls + 100}",
+                "--num-threads=1", "--media-num-threads=1", "--delete-delay=0",
+                "--timeout=600", "--silent-timeout=600",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(0.5)
+        self._cookie = 0
+        for _ in range(40):
+            try:
+                if self.command({"command": "ping"}).get("result") == "pong":
+                    break
+            except (TimeoutError, ConnectionRefusedError):
+                time.sleep(0.1)
+        else:
+            self.close()
+            raise RuntimeError("rtpengine did not answer ping")
+        self.rss0 = _rss_kb(self.proc.pid)
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self._cookie += 1
+        cookie = b"%d" % self._cookie
+        self.sock.sendto(cookie + b" " + _bencode(msg), ("127.0.0.1", self.ng_port))
+        while True:
+            data = self.sock.recv(65536)
+            head, _, body = data.partition(b" ")
+            if head == cookie:
+                result: dict[str, Any] = _bdecode(body)[0]
+                return result
+
+    @staticmethod
+    def _sdp(port: int, session: int) -> str:
+        return (
+            f"v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        )
+
+    @staticmethod
+    def _port(sdp: str) -> int:
+        for line in sdp.splitlines():
+            if line.startswith("m=audio "):
+                return int(line.split()[1])
+        raise RuntimeError(f"no m=audio in {sdp!r}")
+
+    def setup(self, phones: list[list[int]]) -> list[tuple[int, int]]:
+        """One call per phone pair; returns where phone A and phone B must send."""
+        targets = []
+        for i, (pa, pb) in enumerate(phones):
+            call = {"call-id": f"bench-{i}", "from-tag": f"a{i}"}
+            offer = self.command({**call, "command": "offer", "sdp": self._sdp(pa, i)})
+            answer = self.command(
+                {**call, "command": "answer", "to-tag": f"b{i}", "sdp": self._sdp(pb, i)}
+            )
+            if offer.get("result") != "ok" or answer.get("result") != "ok":
+                raise RuntimeError(f"rtpengine: {offer} {answer}")
+            # Phone A sends where the answer (towards A) points; phone B where the offer points.
+            targets.append((self._port(answer["sdp"]), self._port(offer["sdp"])))
+        self.rss1 = _rss_kb(self.proc.pid)
+        return targets
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.sock.close()
+
+
+def _install_rtpengine() -> None:
+    print("installing rtpengine-daemon (apt-get)...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "rtpengine-daemon"],
+        check=True,
+        env=env,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the generator and its payload ------------------------------------------------------------
+
+
+def build_generator() -> Path:
+    """Compile scripts/rtpload.c (again only when the source changed)."""
+    src = HERE / "rtpload.c"
+    out = WORK / "rtpload"
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        WORK.mkdir(parents=True, exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src), "-lm"], check=True)
+    return out
+
+
+def speech_payload() -> Path:
+    """About a minute of mu-law speech with pauses (a talker is silent part of the time):
+    espeak-ng sentences in several voices, or a synthetic voiced signal without espeak-ng."""
+    import numpy as np
+
+    from media.g711 import ulaw_encode
+
+    out = WORK / "speech.ulaw"
+    if out.exists():
+        return out
+    WORK.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    parts: list[Any] = []
+    texts = [
+        ("en-us", "Thank you for calling. Your call is important to us, please stay on the line."),
+        ("en-gb", "The quick brown fox jumps over the lazy dog while the band plays on."),
+        ("de", "Guten Tag, ich rufe wegen der Rechnung vom letzten Monat an."),
+        ("fr", "Bonjour, je voudrais parler au service client, s'il vous plait."),
+        ("es", "Buenos dias, quisiera saber el estado de mi pedido numero cuatro."),
+        ("ja", "お電話ありがとうございます。ただいま担当者におつなぎします。"),
+        ("en-us", "Yes, I can hear you now. The meeting moved to Thursday at three."),
+        ("it", "Pronto, mi senti? La linea e un po disturbata oggi."),
+    ]
+    if shutil.which("espeak-ng"):
+        from media.tools import read_audio
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, (voice, text) in enumerate(texts * 2):
+                wav = Path(tmp) / f"s{k}.wav"
+                pitch = str(30 + 10 * (k % 5))
+                cmd = ["espeak-ng", "-v", voice, "-p", pitch, "-w", str(wav), text]
+                if subprocess.run(cmd, capture_output=True, check=False).returncode == 0:
+                    parts.append(read_audio(wav).astype(np.float64))
+                    parts.append(rng.normal(0, 30, int(8000 * rng.uniform(0.5, 2.5))))
+    if not parts:
+        t = np.arange(8000 * 60) / 8000
+        f0 = 140 + 40 * np.sin(2 * np.pi * 0.5 * t)
+        phase = 2 * np.pi * np.cumsum(f0) / 8000
+        voiced = sum(np.sin(h * phase) / h for h in range(1, 20))
+        gate = (np.sin(2 * np.pi * 0.2 * t) > -0.2) * np.clip(np.sin(2 * np.pi * 3 * t), 0.2, 1)
+        parts = [4000 * voiced * gate + rng.normal(0, 30, len(t))]
+    pcm = np.clip(np.concatenate(parts), -32768, 32767).astype(np.int16)
+    out.write_bytes(ulaw_encode(pcm))
+    return out
+
+
 # -- orchestration ----------------------------------------------------------------------------
 
 
-def _readjson(proc: subprocess.Popen[str]) -> dict[str, Any]:
+def _readjson(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
-        raise RuntimeError(f"child exited: {proc.poll()}")
+        raise RuntimeError(f"{what} exited: {proc.poll()}")
     result: dict[str, Any] = json.loads(line)
     return result
 
@@ -167,215 +376,293 @@ def _send(proc: subprocess.Popen[str], text: str) -> None:
     proc.stdin.flush()
 
 
-def run_once(
-    kind: str, loop: str, calls: int, seconds: float, warmup: float = 1.0
-) -> dict[str, Any]:
-    """One measurement: server `kind` on `loop` with `calls` bridged calls."""
-    gen_args = ["--seconds", str(seconds), "--warmup", str(warmup), "--cpu", str(GEN_CPU)]
-    server = None
-    if kind == "loopback":
-        targets = [[0, 0]] * calls
-        gen = subprocess.Popen(
-            [
-                PY,
-                os.path.join(HERE, "rtpgen.py"),
-                "--targets",
-                json.dumps(targets),
-                "--loopback",
-                *gen_args,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=CHILD_ENV,
-        )
-        _readjson(gen)
-    else:
-        server = subprocess.Popen(
-            [PY, os.path.abspath(__file__), "--serve", kind, "--calls", str(calls), "--loop", loop],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=CHILD_ENV,
-        )
-        ports = _readjson(server)["ports"]
-        gen = subprocess.Popen(
-            [PY, os.path.join(HERE, "rtpgen.py"), "--targets", json.dumps(ports), *gen_args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=CHILD_ENV,
-        )
-        addrs = _readjson(gen)
-        _send(server, json.dumps(addrs))
-        _readjson(server)
-    _send(gen, "go")
-    time.sleep(0.05 + warmup)
-    if server is not None:
-        _send(server, "mark")
-    time.sleep(seconds)
-    if server is not None:
-        _send(server, "stop")
-    stats = _readjson(gen)
-    if server is not None:
-        _send(server, "exit")
-        stats.update(_readjson(server))
-        server.wait(10)
-    gen.wait(10)
-    bad = stats["lost"] + stats["late"]
-    stats["bad_ratio"] = bad / max(1, stats["sent"])
-    stats["ok"] = stats["bad_ratio"] <= THRESHOLD
-    stats["calls"] = calls
+def run_once(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement of relay `kind` at `calls` bridged calls."""
+    gen_cmd = [
+        "taskset", "-c", str(GEN_CPU), str(args.generator), "--calls", str(calls),
+        "--duration", str(args.seconds), "--warmup", str(args.warmup),
+        "--digit-every", str(DIGIT_EVERY), "--late-ms", str(LATE_MS),
+    ]  # fmt: skip
+    if args.payload_file is not None:
+        gen_cmd += ["--payload", str(args.payload_file)]
+    if kind == "clamp":
+        gen_cmd += ["--late-ms-ab", str(CLAMP_LATE_MS)]
+    server: subprocess.Popen[str] | None = None
+    rtpengine: RtpEngine | None = None
+    extra: dict[str, Any] = {}
+    try:
+        if kind == "loopback":
+            gen = _popen([*gen_cmd, "--loopback"])
+            _readjson(gen, "generator")
+            _send(gen, json.dumps({"targets": []}))
+        elif kind == "rtpengine":
+            rtpengine = RtpEngine(calls)
+            gen = _popen([*gen_cmd, "--pid", str(rtpengine.proc.pid)])
+            phones = _readjson(gen, "generator")["ports"]
+            targets = rtpengine.setup(phones)
+            _send(gen, json.dumps({"targets": targets}))
+        else:
+            server = _popen(
+                [
+                    "taskset", "-c", str(SERVER_CPU), PY, str(Path(__file__).resolve()),
+                    "--serve", kind, "--calls", str(calls), "--loop", args.loop,
+                ]
+            )  # fmt: skip
+            targets = _readjson(server, "server")["ports"]
+            gen = _popen([*gen_cmd, "--pid", str(server.pid)])
+            phones = _readjson(gen, "generator")["ports"]
+            _send(server, json.dumps({"phones": phones}))
+            _readjson(server, "server")
+            _send(gen, json.dumps({"targets": targets}))
+        stats = _readjson(gen, "generator")
+        gen.wait(10)
+        if server is not None:
+            _send(server, "exit")
+            extra = _readjson(server, "server")
+            server.wait(10)
+        if rtpengine is not None:
+            rss = max(_rss_kb(rtpengine.proc.pid), rtpengine.rss1)
+            extra = {"rss_per_call_kb": (rss - rtpengine.rss0) / calls}
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+        if rtpengine is not None:
+            rtpengine.close()
+    stats.update(extra)
+    stats["kind"] = kind
+    stats["bad_ratio"] = (stats["lost"] + stats["late"]) / max(1, stats["sent"])
+    stats["ok"] = stats["bad_ratio"] <= THRESHOLD and stats["misroute"] == 0
     return stats
 
 
-def run_point(kind: str, loop: str, calls: int, seconds: float, log: bool) -> dict[str, Any]:
+def _popen(cmd: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=CHILD_ENV
+    )
+
+
+def run_point(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
     """`run_once`, repeated once when it fails: on a shared machine one preemption of the
-    pinned server by another job (tens of ms) is enough to make 0.1 % of the packets late."""
-    r = run_once(kind, loop, calls, seconds)
-    if log:
-        _progress(kind, loop, r)
+    pinned relay by another job (tens of ms) is enough to make 0.1 % of the packets late."""
+    r = run_once(kind, calls, args)
+    _progress(r)
     if not r["ok"]:
-        again = run_once(kind, loop, calls, seconds)
-        if log:
-            _progress(kind, loop, again, "retry")
+        again = run_once(kind, calls, args)
+        _progress(again, "retry")
         if again["bad_ratio"] < r["bad_ratio"]:
             r = again
     return r
 
 
-def search(
-    kind: str, loop: str, seconds: float, lo: int, hi: int, log: bool = True
-) -> dict[str, Any]:
-    """Largest N in [lo, hi] that passes (doubling, then bisection to ~5 %)."""
+def search(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Largest N in [start, max] that passes: doubling from `start`, then bisection to ~3 %."""
     best: dict[str, Any] | None = None
-    n = lo
-    fail = hi + 1
-    while n <= hi:
-        r = run_point(kind, loop, n, seconds, log)
-        if not r["ok"]:
+    last: dict[str, Any] | None = None
+    n, fail = args.start, args.max_calls + 1
+    while n <= args.max_calls:
+        last = run_point(kind, n, args)
+        if not last["ok"]:
             fail = n
             break
-        best = r
-        n *= 2
+        best = last
+        n = min(2 * n, args.max_calls) if n < args.max_calls else args.max_calls + 1
     good = best["calls"] if best else 0
-    if best is not None and fail <= hi:
-        while fail - good > max(10, good // 20):
+    if best is not None:
+        while fail - good > max(10, good // 33):
             mid = (good + fail) // 2
-            r = run_point(kind, loop, mid, seconds, log)
+            r = run_point(kind, mid, args)
             if r["ok"]:
                 good, best = mid, r
             else:
                 fail = mid
-    if best is None:
-        r["passed"] = False
-        r["kind"], r["loop"] = kind, loop
-        return r
-    best["kind"], best["loop"], best["passed"] = kind, loop, True
-    return best
+    result = best if best is not None else last
+    assert result is not None
+    result["passed"] = best is not None
+    return result
 
 
-def cheapest(kind: str, loop: str, calls: int, seconds: float, reps: int) -> dict[str, Any]:
-    """The run with the least server CPU of `reps` at `calls`: other jobs only ever add CPU
-    time (cache and core sharing), so the minimum is the best estimate of the server's cost."""
+def cheapest(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The run with the least relay CPU of `args.reps` at `calls` (other jobs only ever add)."""
     runs = []
-    for _ in range(reps):
-        r = run_once(kind, loop, calls, seconds)
-        _progress(kind, loop, r)
+    for _ in range(args.reps):
+        r = run_once(kind, calls, args)
+        _progress(r)
         runs.append(r)
-    best = min(runs, key=lambda r: r["cpu"])
-    best["kind"], best["loop"], best["passed"] = kind, loop, best["ok"]
+    best = min(runs, key=lambda r: r["relay_cpu"])
+    best["passed"] = best["ok"]
     return best
 
 
-def _progress(kind: str, loop: str, r: dict[str, Any], note: str = "") -> None:
+def _progress(r: dict[str, Any], note: str = "") -> None:
     print(
-        f"  {kind:8s} {loop:8s} N={r['calls']:5d} bad={100 * r['bad_ratio']:.3f}% "
-        f"(lost {r['lost']}, late {r['late']}) "
-        f"cpu={100 * r.get('cpu', 0):.0f}% gen_cpu={100 * r['gen_cpu']:.0f}% "
+        f"  {r['kind']:9s} N={r['calls']:5d} bad={100 * r['bad_ratio']:.3f}% "
+        f"(lost {r['lost']}, late {r['late']}) cpu={100 * r['relay_cpu']:.0f}% "
+        f"gen_cpu={100 * r['gen_cpu']:.0f}% lag99={r['lag_p99_us']:.0f}us "
         f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {'ok' if r['ok'] else 'FAIL'} {note}",
         flush=True,
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--serve", choices=["engine", "relay", "trivial"])
-    ap.add_argument("--calls", type=int, default=100)
-    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--start", type=int, default=50)
-    ap.add_argument("--max-calls", type=int, default=2400)
-    ap.add_argument("--loops", default="uvloop,asyncio")
-    ap.add_argument("--kinds", default="engine,relay,trivial")
-    ap.add_argument(
-        "--fixed",
-        type=int,
-        default=0,
-        help="no search: measure every server at this N --reps times, keep the cheapest run",
-    )
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
-    if args.serve:
-        os.sched_setaffinity(0, {SERVER_CPU})
-        profile = os.environ.get("BENCH_PROFILE")
-        if profile:
-            import cProfile
-
-            prof = cProfile.Profile(time.process_time)
-            prof.enable()
-        with asyncio.Runner(loop_factory=loop_factory(args.loop == "uvloop")) as runner:
-            runner.run(_serve(args.serve, args.calls))
-        if profile:
-            prof.disable()
-            prof.dump_stats(profile)
-        return
-    if len(os.sched_getaffinity(0)) < 2:
-        sys.exit("needs two CPUs (server and generator pinned apart)")
-    print(f"load average before: {_loadavg()}", flush=True)
-    results = []
-    for loop in args.loops.split(","):
-        for kind in args.kinds.split(","):
-            if args.fixed:
-                results.append(cheapest(kind, loop, args.fixed, args.seconds, args.reps))
-            else:
-                results.append(search(kind, loop, args.seconds, args.start, args.max_calls))
-    top = max((r["calls"] for r in results if r["passed"]), default=args.start)
-    probe = max(top, args.start)
-    loopback = run_once("loopback", "none", probe, args.seconds)
+def report(results: list[dict[str, Any]], loopback: dict[str, Any] | None, args: Any) -> None:
+    print()
+    if loopback is not None:
+        verdict = (
+            "not the bottleneck" if loopback["ok"] and loopback["lag_p99_us"] < 1000 else "LIMITING"
+        )
+        print(
+            f"generator alone (phones to phones, N={loopback['calls']}): "
+            f"bad={100 * loopback['bad_ratio']:.3f}% gen_cpu={100 * loopback['gen_cpu']:.0f}% "
+            f"send lag p99={loopback['lag_p99_us']:.0f}us p99={loopback['p99_ms']:.3f}ms "
+            f"-> {verdict}"
+        )
+    by_kind = {r["kind"]: r for r in results}
+    ref = {k: by_kind[k] for k in ("trivial", "rtpengine") if k in by_kind and by_kind[k]["passed"]}
     print()
     print(
-        f"generator alone (loopback, N={probe}): bad={100 * loopback['bad_ratio']:.3f}% "
-        f"gen_cpu={100 * loopback['gen_cpu']:.0f}% "
-        f"p99={loopback['p99_ms']:.2f}ms -> {'not the bottleneck' if loopback['ok'] else 'LIMITING'}"
+        f"{'relay':46s} {'calls':>6s} {'pkt/s':>7s} {'cpu':>5s} {'us/pkt':>7s} {'p50 ms':>7s} "
+        f"{'p99 ms':>7s} {'kB/call':>8s} {'digits':>11s} {'x triv':>6s} {'x rtpe':>6s}"
     )
-    print()
-    print(
-        f"{'server':8s} {'loop':8s} {'calls':>6s} {'pkt/s':>7s} {'cpu':>5s} {'us/pkt':>7s} "
-        f"{'RSS/call':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'digits':>9s} {'vs triv':>7s} "
-        f"{'N@85%cpu':>8s} {'vs triv':>7s}"
-    )
-    trivial = {r["loop"]: r for r in results if r["kind"] == "trivial" and r["passed"]}
     for r in results:
         pps = r["calls"] * 200
-        us = r["cpu"] * 1e6 / pps
-        n85 = 0.85 * r["calls"] / max(r["cpu"], 1e-9)
-        t = trivial.get(r["loop"])
-        ratio = r["calls"] / t["calls"] if t and t["passed"] else float("nan")
-        ratio85 = n85 / (0.85 * t["calls"] / max(t["cpu"], 1e-9)) if t else float("nan")
-        digits = f"{r['digits']}/{r['digits_sent']}" if r["kind"] == "engine" else "-"
+        us = r["relay_cpu"] * 1e6 / pps
         calls = f"{r['calls']:6d}" if r["passed"] else f"<{r['calls']:5d}"
-        print(
-            f"{r['kind']:8s} {r['loop']:8s} {calls} {pps:7d} {100 * r['cpu']:4.0f}% "
-            f"{us:7.2f} {r['rss_per_call_kb']:7.1f}kB {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-            f"{digits:>9s} {ratio:7.2f} {n85:8.0f} {ratio85:7.2f}"
+        digits = (
+            f"{r['digits']}/{r['digits_total']}"
+            if r["kind"] in ("dsp", "clamp") and "digits" in r
+            else "-"
         )
+        ratios = []
+        for k in ("trivial", "rtpengine"):
+            base = ref.get(k)
+            ratios.append(
+                f"{r['calls'] / base['calls']:6.2f}" if base and r["passed"] else "     -"
+            )
+        p99 = f"{r['p99_ms']:7.2f}"
+        print(
+            f"{LABELS[r['kind']]:46s} {calls} {pps:7d} {100 * r['relay_cpu']:4.0f}% {us:7.2f} "
+            f"{r['p50_ms']:7.2f} {p99} {r.get('rss_per_call_kb', 0):8.1f} {digits:>11s} "
+            f"{ratios[0]} {ratios[1]}"
+        )
+        if r["kind"] == "clamp":
+            print(
+                f"{'':46s} clamped leg -> peer p50/p99 {r['ab_p50_ms']:.1f}/{r['ab_p99_ms']:.1f} ms; "
+                f"other way {r['ba_p50_ms']:.2f}/{r['ba_p99_ms']:.2f} ms; key frames leaked "
+                f"{r['digit_frames_leaked']}/{r['digit_frames']}"
+            )
+    print(
+        f"(payload: {args.payload}; one in-band key every {DIGIT_EVERY:.0f} s from every A phone; "
+        "us/pkt counts packets in and out; fail above 0.1 % lost or late)"
+    )
+
+
+# -- the clamp on the talk-off corpus ---------------------------------------------------------
+
+
+def talkoff() -> None:
+    """How much speech (and music) the DTMF clamp silences: the talk-off corpus of
+    scripts/bench_dtmf.py through a MediaEngine with the clamp on, frame by frame."""
+    import numpy as np
+
+    sys.path.insert(0, str(HERE))
+    from bench_dtmf import mix, music_signals, speech_signals
+
+    from media.engine import MediaEngine
+    from media.g711 import ulaw_encode
+    from media.rtp import build_packet
+
+    speech = [mix(s.astype(np.float64) * g) for _, s in speech_signals() for g in (0.3, 1.0, 2.5)]
+    corpora = [("speech (bench_dtmf talk-off, 3 levels)", speech)]
+    corpora.append(("chords/sweeps/notes", music_signals(30.0)))
+    print("DTMF clamp on the talk-off corpus (frames silenced toward the peer):")
+    for name, sigs in corpora:
+        if not sigs:
+            print(f"  {name}: no signals (espeak-ng missing?)")
+            continue
+        engine = MediaEngine(max_legs=2 * len(sigs) + 4)
+        for i in range(len(sigs)):
+            engine.create_leg(f"a{i}", 2 * i, 0.0)
+            engine.create_leg(f"b{i}", 2 * i + 1, 0.0)
+            engine.set_remote(f"a{i}", "192.0.2.1", 1000 + i, "PCMU", None, 0.0)
+            engine.set_remote(f"b{i}", "192.0.2.2", 1000 + i, "PCMU", None, 0.0)
+            engine.bridge(f"a{i}", f"b{i}")
+            engine.set_dtmf_clamp(f"a{i}", True)
+        frames = [len(s) // 160 for s in sigs]
+        encoded = [ulaw_encode(s[: 160 * n]) for s, n in zip(sigs, frames, strict=True)]
+        runs: list[int] = []
+        current = [0] * len(sigs)
+        seen = [0] * len(sigs)
+        digits = 0
+        for k in range(max(frames) + 2):
+            for i, n in enumerate(frames):
+                if k < n:
+                    payload = encoded[i][160 * k : 160 * (k + 1)]
+                    pkt = build_packet(0, False, k, 160 * k, 7, payload)
+                    engine.receive_packet(f"a{i}", pkt, ("192.0.2.1", 1000 + i), 0.02 * k)
+            engine.tick(0.02 * k + 0.01)
+            for i in range(len(sigs)):
+                clamp = engine.leg(f"a{i}").clamp
+                assert clamp is not None
+                new, seen[i] = clamp.muted - seen[i], clamp.muted
+                if new:
+                    current[i] += new
+                elif current[i]:
+                    runs.append(current[i])
+                    current[i] = 0
+            while engine.next_event() is not None:
+                digits += 1
+        runs += [c for c in current if c]
+        total = sum(frames)
+        muted = sum(runs)
+        print(
+            f"  {name}: {total * 0.02:.0f} s, {muted} of {total} frames silenced "
+            f"({100 * muted / total:.3f} %) in {len(runs)} bursts, longest "
+            f"{20 * max(runs, default=0)} ms; {digits} digits reported"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve", choices=KINDS)
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--start", type=int, default=100)
+    ap.add_argument("--max-calls", type=int, default=1600)
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--fixed", type=int, default=0, help="measure every relay at this N")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--payload", choices=["speech", "silence"], default="speech")
+    ap.add_argument("--talkoff", action="store_true", help="also the clamp on the talk-off corpus")
+    ap.add_argument("--quick", action="store_true", help="shorter runs")
+    args = ap.parse_args()
+    if args.serve:
+        from media.aio import loop_factory
+
+        os.sched_setaffinity(0, {SERVER_CPU})
+        with asyncio.Runner(loop_factory=loop_factory(args.loop == "uvloop")) as runner:
+            runner.run(_serve(args.serve, args.calls))
+        return
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs two CPUs (relay and generator pinned apart)")
+    if args.quick:
+        args.seconds, args.warmup = min(args.seconds, 3.0), 1.0
+    args.generator = build_generator()
+    args.payload_file = speech_payload() if args.payload == "speech" else None
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  load average before: {_loadavg()}", flush=True)
+    results = []
+    for kind in args.kinds.split(","):
+        if args.fixed:
+            results.append(cheapest(kind, args.fixed, args))
+        else:
+            results.append(search(kind, args))
+    top = max((r["calls"] for r in results if r["passed"]), default=args.start)
+    loopback = run_once("loopback", max(top, args.fixed), args)
+    report(results, loopback, args)
     print(f"load average after: {_loadavg()} (other jobs on the machine disturb the runs)")
-    print("engine = relay + in-band DTMF and fax detection on every leg; relay = engine, no DSP")
-    print("N@85%cpu extrapolates the CPU per call measured at `calls` to 85 % of the core.")
-    if args.fixed:
-        print(f"(--fixed: each row is the cheapest of {args.reps} runs; '<' = that run failed)")
-    print("(pkt/s counts packets in + out; a bridged call is 100 in + 100 out per second)")
+    if args.talkoff:
+        print()
+        talkoff()
 
 
 if __name__ == "__main__":

@@ -280,3 +280,29 @@ def test_silence_and_clicks_skip_the_probe_product(monkeypatch: pytest.MonkeyPat
     frames[5] = dtmf_tone("9", 20)
     det.process(slots, frames, 1600)
     assert calls == [1]  # only the window that holds the tone
+
+
+def test_lazy_straddle_windows_change_no_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    sig = _mixed_legs(12, 6.0)
+    lazy = _run_batch(sig)
+    assert sum(1 for _, e in lazy if not e.ended) >= 20
+    import media.dtmf
+
+    monkeypatch.setattr(media.dtmf, "LAZY_STRADDLE", False)
+    assert _run_batch(sig) == lazy  # every straddling window analysed: the same events
+
+
+def test_tone_energy_flags_every_frame_a_tone_fills() -> None:
+    det = DtmfDetector(1)
+    slot = np.array([det.add_leg(0)], dtype=np.intp)
+    pcm = np.concatenate(
+        [np.zeros(250, np.int16), dtmf_tone("8", 100, -20.0), np.zeros(800, np.int16)]
+    )
+    pcm = pcm[: len(pcm) // 160 * 160]
+    flags = []
+    for t, frame in enumerate(pcm.reshape(-1, 160)):
+        det.process(slot, frame.reshape(1, 160), t * 160)
+        flags.append(bool(det.last_tone[0]))
+    full = [t for t in range(len(flags)) if t * 160 >= 250 and (t + 1) * 160 <= 250 + 800]
+    assert full and all(flags[t] for t in full)
+    assert not any(flags[: 250 // 160]) and not any(flags[(250 + 800) // 160 + 1 :])

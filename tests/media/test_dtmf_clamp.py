@@ -290,3 +290,18 @@ def test_dtmf_tone_is_flagged_by_the_detector_before_the_digit() -> None:
         onsets += [t for _, e in events if not e.ended]
     first = flags.index(True)
     assert onsets and first <= onsets[0]
+
+
+def test_clamp_releases_the_last_frame_when_the_sender_pauses() -> None:
+    engine = _engine()
+    engine.set_dtmf_clamp("a", True)
+    phone = Phone(A_PEER, ssrc=5)
+    frames = [bytes([i]) * 160 for i in range(1, 6)]
+    got: list[tuple[int, bytes]] = []
+    for k in range(12):
+        if k < len(frames):
+            assert engine.receive_packet("a", phone.packet(frames[k]), A_PEER, k * 0.02) == []
+        got += [(k, p[12:]) for leg, p, _ in engine.tick(k * 0.02 + 0.01) if leg == "b"]
+    # Silence suppression: the talkspurt's last frame leaves two ticks after it was held.
+    assert [p for _, p in got] == frames
+    assert got[-1][0] == len(frames) - 1 + 2
