@@ -163,3 +163,43 @@ def test_unknown_key_suggests_the_known_one(tmp_path: Path) -> None:
     path = write(tmp_path, '[trunk]\nregistrar = "sip:c.test"\nusernme = "alice"\n')
     with pytest.raises(ConfigError, match="did you mean 'username'"):
         load_config(path)
+
+
+def test_service_timings_reach_the_call_flow(tmp_path: Path) -> None:
+    # A defect: callback_ring_timeout was read but the call flow's fixed 45 s won, and the
+    # number of attempts and the pause between them could not be set at all.
+    from softswitch.node.calls import callflow_config
+
+    path = write(
+        tmp_path,
+        "[service]\ncallback_ring_timeout = 30\ncallback_attempts = 2\n"
+        "callback_retry_pause = 60\ndestination_ring_timeout = 50\nsilence_timeout = 90\n"
+        "after_call_idle = 15\nfirst_digit_timeout = 8\ninter_digit_timeout = 6\n",
+    )
+    flow = callflow_config(load_config(path))
+    assert (flow.callback_ring_timeout, flow.callback_attempts, flow.callback_retry_pause) == (
+        30.0,
+        2,
+        60.0,
+    )
+    assert (flow.destination_ring_timeout, flow.silence_timeout, flow.after_call_idle) == (
+        50.0,
+        90.0,
+        15.0,
+    )
+    assert (flow.first_digit_timeout, flow.inter_digit_timeout) == (8.0, 6.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("[service]\ncallback_attempts = 0\n", 2, "[service] callback_attempts"),
+        ("[service]\n\ncallback_retry_pause = -1\n", 3, "[service] callback_retry_pause"),
+        ("[service]\nsilence_timeout = 5\n", 2, "[service] silence_timeout"),
+        ('[service]\ncallback_attempts = "3"\n', 2, "[service] callback_attempts"),
+    ],
+)
+def test_service_timings_out_of_range(tmp_path: Path, text: str, line: int, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.line == line and info.value.key == key

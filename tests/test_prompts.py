@@ -1,7 +1,7 @@
 """The committed prompt set: complete, decodable, 8 kHz mono, sensible length, even loudness.
 
-These tests read the files under prompts/ only; no TTS engine runs here. They also cover the
-loader (media/prompts.py) and the signal processing of scripts/make_prompts.py on synthetic input.
+These tests read the files under softswitch/prompts/ only; no TTS engine runs here. They also cover the
+loader (softswitch/prompts) and the signal processing of scripts/make_prompts.py on synthetic input.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from softswitch.prompts import (
     missing_prompts,
     prompt_path,
 )
+from softswitch.service.callflow import PROMPTS_PLAYED
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 8000
@@ -168,6 +169,18 @@ def test_total_size_stays_small() -> None:
 def test_committed_set_passes_the_startup_check() -> None:
     assert missing_prompts() == []
     check_prompts(decode=True)
+
+
+def test_every_prompt_the_call_flow_can_play_is_in_the_set() -> None:
+    # Derived from the call flow, not written out here: Play takes only callflow.Prompt
+    # members, so PROMPTS_PLAYED is every prompt it can play (the node checks the same list
+    # at start-up). The defect this guards: the flow played call_failed, no_answer and
+    # unknown_speed_dial, which did not exist, and customers heard silence.
+    assert set(PROMPT_NAMES) >= PROMPTS_PLAYED
+    assert {"call_failed", "no_answer", "unknown_speed_dial"} <= PROMPTS_PLAYED
+    check_prompts(names=PROMPTS_PLAYED, decode=True)
+    with pytest.raises(ValueError, match="not prompt names: hello"):
+        check_prompts(names=["hello"])
 
 
 def test_prompt_path_and_read_backs() -> None:

@@ -189,12 +189,17 @@ class Server:
                 self._tcp_servers.append(tcp_server)
                 bound = tcp_server.sockets[0].getsockname()
                 self.bound.append(("tcp", bound[0], bound[1]))
-        if self.node.calls is not None:
-            await self._start_service()
-        self.node.start(self.loop.time())
-        self.transmit()
-        if self.service is not None:
-            await self.service.wait_ready()
+        try:
+            if self.node.calls is not None:
+                await self._start_service()
+            self.node.start(self.loop.time())
+            self.transmit()
+            if self.service is not None:
+                await self.service.wait_ready()
+        except BaseException:
+            # Nothing half-started stays behind: sockets, media clock, store connections.
+            await self._close()
+            raise
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound)
         log.info(
             "softswitch listening on %s (config %s, loop %s)",
@@ -226,11 +231,17 @@ class Server:
             deadline = self.loop.time() + SHUTDOWN_GRACE
             while not trunk.stopped() and self.loop.time() < deadline:
                 await asyncio.sleep(0.05)
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.loop.remove_signal_handler(sig)
+        if self.service is not None:
+            self.service.media.stop()
         for tcp_server in self._tcp_servers:
             tcp_server.close()
         for conn in list(self.tcp.values()):
@@ -244,7 +255,6 @@ class Server:
                 await asyncio.wait_for(tcp_server.wait_closed(), 1.0)
         if self._db is not None:
             await self._db.close()
-        log.info("stopped")
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s", signal.Signals(sig).name)

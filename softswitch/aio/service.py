@@ -152,7 +152,7 @@ class ServiceShell:
         await asyncio.wait_for(self._ready.wait(), READY_TIMEOUT)
 
     async def stop(self) -> None:
-        """After ``node.stop()``: wait for the hung-up calls' store writes, close the media."""
+        """After ``node.stop()``: wait (bounded) for the hung-up calls' store writes."""
         calls = self.node.calls
         deadline = self.loop.time() + STOP_GRACE
         while calls is not None and not calls.idle and self.loop.time() < deadline:
@@ -168,7 +168,6 @@ class ServiceShell:
                 len(calls.sessions),
                 len([t for t in self._tasks if not t.done()]),
             )
-        self.media.stop()
 
     # --- the node's commands ------------------------------------------------------------------
 

@@ -1,0 +1,183 @@
+"""The service's asyncio shell for real: loopback sockets, a SQLite store, the media engine.
+
+The call controller's rules are tested on a fake clock (tests/node/test_calls.py); these tests
+check that the shell carries its commands out: store requests become rows (CDRs, the queue),
+an OpenMedia binds an RTP socket whose port is offered in the INVITE, a stop writes the CDRs
+of the calls it hangs up, and a prompt set without a prompt the call flow plays stops the
+node at start-up instead of leaving customers in silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from softswitch.aio.server import Server
+from softswitch.config import Config, TrunkConfig
+from softswitch.demo.run import free_port
+from softswitch.prompts import LANGUAGES, PROMPTS_DIR, MissingPromptsError
+from softswitch.sip.message import Request
+from softswitch.sip.parser import parse_message
+from softswitch.store import Store
+from softswitch.store.models import CallbackState, LegKind, Location
+
+TRIGGER = "815012345678"
+CUSTOMER = "819012345678"
+
+
+class Carrier(asyncio.DatagramProtocol):
+    """The trunk's side: collects what the node sends, sends what the test says."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.put_nowait(data)
+
+    async def next_request(self, method: str, timeout: float = 5.0) -> Request:
+        while True:
+            msg = parse_message(await asyncio.wait_for(self.received.get(), timeout))
+            if isinstance(msg, Request) and msg.method == method:
+                return msg
+
+
+def trigger(port: int, n: int, cseq_method: str = "INVITE", to_tag: str = "") -> bytes:
+    method = "CANCEL" if cseq_method == "CANCEL" else "INVITE"
+    to = f"<sip:{TRIGGER}@carrier.test>" + (f";tag={to_tag}" if to_tag else "")
+    return (
+        f"{method} sip:{TRIGGER}@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-t{n}\r\n"
+        f"From: <sip:{CUSTOMER}@carrier.test>;tag=c{n}\r\nTo: {to}\r\n"
+        f"Call-ID: trigger-{n}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def reply(req: Request, status: int) -> bytes:
+    via = "".join(f"Via: {v}\r\n" for v in req.vias)
+    return (
+        f"SIP/2.0 {status} X\r\n{via}From: {req.from_}\r\nTo: {req.to};tag=far\r\n"
+        f"Call-ID: {req.call_id}\r\nCSeq: {req.cseq}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def provision(db_url: str) -> None:
+    store = await Store.open(db_url)
+    try:
+        await store.accounts.add("Alice", triggers=[TRIGGER], location=Location(CUSTOMER))
+    finally:
+        await store.close()
+
+
+async def test_trigger_to_callback_to_records_through_the_shell(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
+    await provision(db_url)
+    loop = asyncio.get_running_loop()
+    transport, carrier = await loop.create_datagram_endpoint(Carrier, local_addr=("127.0.0.1", 0))
+    trunk_port = transport.get_extra_info("sockname")[1]
+    port = free_port()
+    config = Config(
+        listen=(("127.0.0.1", port),),
+        db_url=db_url,
+        trunk=TrunkConfig(proxy=("127.0.0.1", trunk_port), ip_auth=True, keepalive_interval=0),
+        rtp_ports=(31000, 31999),
+        callback_attempts=1,
+    )
+    server = Server(config, with_service=True)
+    await server.startup()
+    try:
+        transport.sendto(trigger(trunk_port, 1), ("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        transport.sendto(trigger(trunk_port, 1, "CANCEL"), ("127.0.0.1", port))
+        invite = await carrier.next_request("INVITE")
+        assert invite.uri.user == "+" + CUSTOMER
+        offered = next(
+            int(line.split()[1])
+            for line in invite.body.decode().splitlines()
+            if line.startswith("m=audio")
+        )
+        assert 31000 <= offered <= 31999
+        assert server.service is not None
+        assert len(server.service.media.transports) == 1  # the callback leg's RTP socket
+        transport.sendto(reply(invite, 486), ("127.0.0.1", port))
+        await carrier.next_request("ACK")
+        for _ in range(100):
+            if server.node.calls is not None and server.node.calls.idle:
+                break
+            await asyncio.sleep(0.02)
+        assert server.service.media.transports == {}
+    finally:
+        await server.shutdown()
+        transport.close()
+    store = await Store.open(db_url)
+    try:
+        cdrs = {c.leg: c for c in await store.cdrs.list()}
+        assert set(cdrs) == {LegKind.TRIGGER, LegKind.CALLBACK}
+        assert cdrs[LegKind.CALLBACK].cause_code == 486
+        [row] = await store.callbacks.list()
+        assert row.state is CallbackState.FAILED and row.last_error == "callback_busy"
+    finally:
+        await store.close()
+
+
+async def test_stopping_writes_the_records_of_the_calls_it_hangs_up(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
+    await provision(db_url)
+    loop = asyncio.get_running_loop()
+    transport, carrier = await loop.create_datagram_endpoint(Carrier, local_addr=("127.0.0.1", 0))
+    trunk_port = transport.get_extra_info("sockname")[1]
+    port = free_port()
+    config = Config(
+        listen=(("127.0.0.1", port),),
+        db_url=db_url,
+        trunk=TrunkConfig(proxy=("127.0.0.1", trunk_port), ip_auth=True, keepalive_interval=0),
+        rtp_ports=(32000, 32999),
+    )
+    server = Server(config, with_service=True)
+    await server.startup()
+    try:
+        transport.sendto(trigger(trunk_port, 1), ("127.0.0.1", port))
+        await asyncio.sleep(0.05)
+        transport.sendto(trigger(trunk_port, 1, "CANCEL"), ("127.0.0.1", port))
+        invite = await carrier.next_request("INVITE")
+    finally:
+        await server.shutdown()  # the callback still rings: CANCELled, recorded, requeued
+        transport.close()
+    store = await Store.open(db_url)
+    try:
+        [callback] = [c for c in await store.cdrs.list() if c.leg is LegKind.CALLBACK]
+        assert callback.cause_text == "node_stopping" and callback.answer_at is None
+        [row] = await store.callbacks.list()
+        assert row.state is CallbackState.PENDING  # the customer still gets the callback
+    finally:
+        await store.close()
+    assert invite.call_id
+
+
+async def test_a_prompt_set_without_a_prompt_the_call_flow_plays_stops_the_node(
+    tmp_path: Path,
+) -> None:
+    prompts = tmp_path / "prompts"
+    for lang in LANGUAGES:
+        shutil.copytree(PROMPTS_DIR / lang, prompts / lang)
+    (prompts / "ja" / "call_failed.wav").unlink()
+    port = free_port()
+    config = Config(
+        listen=(("127.0.0.1", port),),
+        db_url=f"sqlite:///{tmp_path / 'node.sqlite3'}",
+        prompts_dir=prompts,
+    )
+    server = Server(config, with_service=True)
+    with pytest.raises(MissingPromptsError, match=r"ja/call_failed\.wav"):
+        await server.startup()
+    # Nothing was left bound: the port is free again.
+    again = Server(Config(listen=(("127.0.0.1", port),)))
+    await again.startup()
+    await again.shutdown()
