@@ -1,4 +1,7 @@
-"""The ``softswitch`` command: serve, demo, tools (typer; CLI -> Config -> Server)."""
+"""The ``softswitch`` command: serve, demo, version; mounts tools and the admin commands.
+
+Typer, in uvicorn's shape: CLI -> Config -> Server (``softswitch.aio.server``).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,13 @@ import typer
 
 from softswitch import __version__
 from softswitch.cli import admin as admin_cli
+from softswitch.cli.tools import tools_app
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="softswitch: a SIP/RTP softswitch for an international callback service.",
 )
-tools_app = typer.Typer(no_args_is_help=True, help="Tools for debugging calls (DTMF, audio).")
 app.add_typer(tools_app, name="tools")
 app.add_typer(admin_cli.account_app, name="account")
 app.add_typer(admin_cli.speed_dial_app, name="speed-dial")
@@ -100,42 +103,6 @@ def demo(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
-
-
-@tools_app.command("detect-dtmf")
-def detect_dtmf(
-    file: Annotated[
-        Path, typer.Argument(help="Any audio file PyAV can read.", exists=True, dir_okay=False)
-    ],
-) -> None:
-    """Print each DTMF digit in FILE as: DIGIT START_MS DURATION_MS."""
-    from media.tools import detect_dtmf_file
-
-    try:
-        digits = detect_dtmf_file(str(file))
-    except Exception as exc:  # PyAV raises many kinds; the user needs the message, not a trace
-        typer.echo(f"softswitch: cannot read {file}: {exc}", err=True)
-        raise typer.Exit(1) from None
-    for digit, start_ms, duration_ms in digits:
-        typer.echo(f"{digit} {start_ms} {duration_ms}")
-
-
-@tools_app.command("gen-dtmf")
-def gen_dtmf(
-    digits: Annotated[str, typer.Argument(help="Digits 0-9 * # A-D.")],
-    out: Annotated[Path, typer.Argument(help="Output WAV file.", dir_okay=False)],
-    level: Annotated[float, typer.Option("--level", help="Level per tone, dBm0.")] = -4.0,
-    on: Annotated[int, typer.Option("--on", help="Tone duration, ms.")] = 50,
-    off: Annotated[int, typer.Option("--off", help="Pause between digits, ms.")] = 50,
-) -> None:
-    """Write DTMF test tones to OUT.wav (8 kHz, 16-bit mono)."""
-    from media.tools import gen_dtmf_file
-
-    bad = [d for d in digits.upper() if d not in "0123456789*#ABCD"]
-    if bad:
-        typer.echo(f"softswitch: not DTMF digits: {''.join(bad)!r}", err=True)
-        raise typer.Exit(2)
-    gen_dtmf_file(digits.upper(), str(out), level_dbm0=level, on_ms=on, off_ms=off)
 
 
 def main() -> None:
