@@ -202,6 +202,10 @@ class ServiceShell:
         if isinstance(request, cmd.WriteCdr):
             return await self._cdr_writes.submit(request.cdr)
         if isinstance(request, cmd.EnqueueCallback):
+            if not request.claimed:
+                return await self.queue.enqueue(
+                    request.account_id, request.trigger, request.at, now=request.at
+                )
             return await self._enqueues.submit(request)
         if isinstance(request, cmd.LoadAccounts):
             return tuple(await self.accounts.list())

@@ -275,6 +275,22 @@ class CallController:
                 live.short,
             )
         if not start:
+            if self.stopping and account.active and live is None:
+                # The node is going away: the callback is queued for whichever node (or this
+                # one, restarted) claims it next, not lost.
+                log.info("trigger %s: node stopping, callback queued for later", ended.trigger)
+                self._store(
+                    cmd.EnqueueCallback(
+                        self._next_rid(),
+                        "",
+                        account.id,
+                        ended.trigger,
+                        self.wall(now),
+                        self.node_id,
+                        CALLBACK_LEASE,
+                        claimed=False,
+                    )
+                )
             if live is None or live.trigger != ended.trigger:
                 self.triggers.callback_done(ended.trigger)
             return
@@ -400,10 +416,11 @@ class CallController:
             assert isinstance(result, tuple)
             self._claimed(result, now)
         elif isinstance(request, cmd.EnqueueCallback):
-            assert isinstance(result, tuple) and session is not None
+            assert isinstance(result, tuple)
             pending, created = result
             assert isinstance(pending, PendingCallback) and isinstance(created, bool)
-            self._enqueued(session, pending, created, now)
+            if session is not None:
+                self._enqueued(session, pending, created, now)
         elif isinstance(request, cmd.QuoteRate):
             assert isinstance(result, tuple) and session is not None
             rate, available = result
@@ -432,9 +449,14 @@ class CallController:
             self._claiming = False
             log.error("cannot claim due callbacks: %s", error)
         elif isinstance(request, cmd.EnqueueCallback):
-            assert session is not None
-            log.error("session %s: the callback could not be queued: %s", session.short, error)
-            session.row_known = True
+            log.error(
+                "trigger %s of account %d: the callback could not be queued: %s",
+                request.trigger,
+                request.account_id,
+                error,
+            )
+            if session is not None:
+                session.row_known = True
         elif isinstance(request, cmd.QuoteRate | cmd.ReserveCredit):
             assert session is not None
             log.error("session %s: cannot rate or reserve credit: %s", session.short, error)

@@ -63,10 +63,12 @@ class LoadAccounts:
 
 @dataclass(frozen=True, slots=True)
 class EnqueueCallback:
-    """Queue a callback for ``account_id``, already claimed by ``node_id`` until ``lease_until``.
+    """Queue a callback for ``account_id``, due at ``at``.
 
-    Answer: ``(PendingCallback, created: bool)``; ``created`` is False when the account already
-    had an open callback (another node's, or an older one): the trigger is absorbed.
+    ``claimed``: already claimed by ``node_id`` for ``lease_s`` (its first attempt leaves
+    alongside); otherwise left pending for any node (a trigger that came in while this node
+    was stopping). Answer: ``(PendingCallback, created: bool)``; ``created`` is False when the
+    account already had an open callback (another node's, or an older one): absorbed.
     """
 
     rid: int
@@ -76,6 +78,7 @@ class EnqueueCallback:
     at: float
     node_id: str
     lease_s: float
+    claimed: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,10 +136,16 @@ class FakeStore:
             existing = self.open_row(request.account_id)
             if existing is not None:
                 return (existing, False)
-            row = PendingCallback(
-                next(self._ids), request.account_id, request.trigger, request.at, request.at, 1,
-                CallbackState.CLAIMED, request.node_id, request.at + request.lease_s, None,
-            )  # fmt: skip
+            if request.claimed:
+                row = PendingCallback(
+                    next(self._ids), request.account_id, request.trigger, request.at, request.at,
+                    1, CallbackState.CLAIMED, request.node_id, request.at + request.lease_s, None,
+                )  # fmt: skip
+            else:
+                row = PendingCallback(
+                    next(self._ids), request.account_id, request.trigger, request.at, request.at,
+                    0, CallbackState.PENDING, None, None, None,
+                )  # fmt: skip
             self.queue[row.id] = row
             return (row, True)
         if isinstance(request, cmd.ClaimCallbacks):

@@ -623,3 +623,13 @@ def test_claims_made_while_stopping_go_back_to_the_queue() -> None:
     rig.release()
     assert rig.store.settled == [(1, "reschedule", "node stopping")]
     assert rig.calls_out == []
+
+
+def test_a_trigger_while_stopping_is_queued_for_later_not_lost() -> None:
+    rig = Rig()
+    rig.node.stop(rig.now)
+    rig.trigger()
+    assert rig.calls_out == []
+    [row] = rig.store.queue.values()
+    assert row.state is CallbackState.PENDING and row.claimed_by is None
+    assert len(rig.store.cdrs_of(LegKind.TRIGGER)) == 1
