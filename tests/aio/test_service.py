@@ -76,26 +76,45 @@ async def provision(db_url: str) -> None:
         await store.close()
 
 
-async def test_trigger_to_callback_to_records_through_the_shell(tmp_path: Path) -> None:
+async def start_node(
+    tmp_path: Path, rtp_ports: tuple[int, int], **config: object
+) -> tuple[Server, Carrier, asyncio.DatagramTransport, str]:
+    """A node with the service on a provisioned SQLite store, its trunk a local socket."""
     db_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
     await provision(db_url)
     loop = asyncio.get_running_loop()
     transport, carrier = await loop.create_datagram_endpoint(Carrier, local_addr=("127.0.0.1", 0))
     trunk_port = transport.get_extra_info("sockname")[1]
-    port = free_port()
-    config = Config(
-        listen=(("127.0.0.1", port),),
-        db_url=db_url,
-        trunk=TrunkConfig(proxy=("127.0.0.1", trunk_port), ip_auth=True, keepalive_interval=0),
-        rtp_ports=(31000, 31999),
-        callback_attempts=1,
+    server = Server(
+        Config(
+            listen=(("127.0.0.1", free_port()),),
+            db_url=db_url,
+            trunk=TrunkConfig(proxy=("127.0.0.1", trunk_port), ip_auth=True, keepalive_interval=0),
+            rtp_ports=rtp_ports,
+            **config,  # type: ignore[arg-type]
+        ),
+        with_service=True,
     )
-    server = Server(config, with_service=True)
     await server.startup()
+    return server, carrier, transport, db_url
+
+
+async def ring_and_hang_up(server: Server, transport: asyncio.DatagramTransport) -> None:
+    """The customer rings the trigger and hangs up (CANCEL)."""
+    trunk_port = transport.get_extra_info("sockname")[1]
+    node = ("127.0.0.1", server.config.listen[0][1])
+    transport.sendto(trigger(trunk_port, 1), node)
+    await asyncio.sleep(0.05)
+    transport.sendto(trigger(trunk_port, 1, "CANCEL"), node)
+
+
+async def test_trigger_to_callback_to_records_through_the_shell(tmp_path: Path) -> None:
+    server, carrier, transport, db_url = await start_node(
+        tmp_path, (31000, 31999), callback_attempts=1
+    )
+    port = server.config.listen[0][1]
     try:
-        transport.sendto(trigger(trunk_port, 1), ("127.0.0.1", port))
-        await asyncio.sleep(0.05)
-        transport.sendto(trigger(trunk_port, 1, "CANCEL"), ("127.0.0.1", port))
+        await ring_and_hang_up(server, transport)
         invite = await carrier.next_request("INVITE")
         assert invite.uri.user == "+" + CUSTOMER
         offered = next(
@@ -128,24 +147,9 @@ async def test_trigger_to_callback_to_records_through_the_shell(tmp_path: Path) 
 
 
 async def test_stopping_writes_the_records_of_the_calls_it_hangs_up(tmp_path: Path) -> None:
-    db_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
-    await provision(db_url)
-    loop = asyncio.get_running_loop()
-    transport, carrier = await loop.create_datagram_endpoint(Carrier, local_addr=("127.0.0.1", 0))
-    trunk_port = transport.get_extra_info("sockname")[1]
-    port = free_port()
-    config = Config(
-        listen=(("127.0.0.1", port),),
-        db_url=db_url,
-        trunk=TrunkConfig(proxy=("127.0.0.1", trunk_port), ip_auth=True, keepalive_interval=0),
-        rtp_ports=(32000, 32999),
-    )
-    server = Server(config, with_service=True)
-    await server.startup()
+    server, carrier, transport, db_url = await start_node(tmp_path, (32000, 32999))
     try:
-        transport.sendto(trigger(trunk_port, 1), ("127.0.0.1", port))
-        await asyncio.sleep(0.05)
-        transport.sendto(trigger(trunk_port, 1, "CANCEL"), ("127.0.0.1", port))
+        await ring_and_hang_up(server, transport)
         invite = await carrier.next_request("INVITE")
     finally:
         await server.shutdown()  # the callback still rings: CANCELled, recorded, requeued
