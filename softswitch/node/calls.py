@@ -250,67 +250,96 @@ class CallController:
             if ended.callback:
                 self._arm(_NODE, f"static {ended.trigger}", now + STATIC_TRIGGER_HOLD)
             return
-        live = self._by_account.get(account.id)
-        start = ended.callback and account.active and live is None and not self.stopping
         sid = self._new_id()
+        live = self._by_account.get(account.id)
         self._write_trigger_cdr(
             ended, account, sid, absorbed=not ended.callback or live is not None
         )
-        if not ended.callback:
-            return
+        if ended.callback:
+            self._schedule(account, ended.trigger, now, sid, f"from {ended.caller}")
+
+    def callback_requested(
+        self, trigger: str, now: float, *, source: str, destination: str | None = None
+    ) -> str:
+        """A trigger from the web page or an e-mail: the phone trigger's path, without a leg.
+
+        ``destination``: call it as soon as the customer answers (no dialling: the hotline
+        path with a one-off number). Returns what happened, for the caller's log and answer:
+        ``"scheduled"``, ``"absorbed"`` (a callback is under way), ``"unknown"`` (not a trigger
+        number of an account), ``"refused"`` (suspended, stopping, no valid location).
+        """
+        account = self._accounts.get(trigger)
+        if account is None:
+            return "unknown"
+        if not self.triggers.request(trigger):
+            log.info("trigger %s by %s: a callback is already under way, absorbed", trigger, source)
+            return "absorbed"
+        outcome = self._schedule(account, trigger, now, self._new_id(), f"by {source}", destination)
+        return "scheduled" if outcome else "refused"
+
+    def _schedule(
+        self,
+        account: Account,
+        trigger: str,
+        now: float,
+        sid: str,
+        origin: str,
+        destination: str | None = None,
+    ) -> bool:
+        """Start the customer's call for a trigger now under way (or absorb or refuse it)."""
+        live = self._by_account.get(account.id)
         if not account.active:
             log.warning(
-                "trigger %s from %s: account %d (%s) is suspended, no callback",
-                ended.trigger,
-                ended.caller,
+                "trigger %s %s: account %d (%s) is suspended, no callback",
+                trigger,
+                origin,
                 account.id,
                 account.name,
             )
         elif live is not None:
             log.info(
-                "trigger %s from %s: account %d already has a live call (session %s), absorbed",
-                ended.trigger,
-                ended.caller,
+                "trigger %s %s: account %d already has a live call (session %s), absorbed",
+                trigger,
+                origin,
                 account.id,
                 live.short,
             )
-        if not start:
-            if self.stopping and account.active and live is None:
-                # The node is going away: the callback is queued for whichever node (or this
-                # one, restarted) claims it next, not lost.
-                log.info("trigger %s: node stopping, callback queued for later", ended.trigger)
+        elif self.stopping:
+            # The node is going away: the callback is queued for whichever node (or this one,
+            # restarted) claims it next, not lost.
+            log.info("trigger %s %s: node stopping, callback queued for later", trigger, origin)
+            self._store(
+                cmd.EnqueueCallback(
+                    self._next_rid(),
+                    "",
+                    account.id,
+                    trigger,
+                    self.wall(now),
+                    self.node_id,
+                    CALLBACK_LEASE,
+                    claimed=False,
+                )
+            )
+        else:
+            session = self._start_session(account, trigger, now, sid, destination)
+            if session is not None:
+                session.row_known = False
                 self._store(
                     cmd.EnqueueCallback(
                         self._next_rid(),
-                        "",
+                        sid,
                         account.id,
-                        ended.trigger,
+                        trigger,
                         self.wall(now),
                         self.node_id,
                         CALLBACK_LEASE,
-                        claimed=False,
-                    )
+                    ),
+                    session,
                 )
-            if live is None or live.trigger != ended.trigger:
-                self.triggers.callback_done(ended.trigger)
-            return
-        session = self._start_session(account, ended.trigger, now, sid)
-        if session is None:
-            self.triggers.callback_done(ended.trigger)
-            return
-        session.row_known = False
-        self._store(
-            cmd.EnqueueCallback(
-                self._next_rid(),
-                sid,
-                account.id,
-                ended.trigger,
-                self.wall(now),
-                self.node_id,
-                CALLBACK_LEASE,
-            ),
-            session,
-        )
+                return True
+        if live is None or live.trigger != trigger:
+            self.triggers.callback_done(trigger)
+        return False
 
     def leg_event(self, event: LegEvent, now: float) -> None:
         """A SIP leg rang, answered, failed or ended (from :class:`OutboundCalls`)."""
@@ -618,7 +647,12 @@ class CallController:
     # --- sessions -----------------------------------------------------------------------------
 
     def _start_session(
-        self, account: Account, trigger: str, now: float, sid: str
+        self,
+        account: Account,
+        trigger: str,
+        now: float,
+        sid: str,
+        destination: str | None = None,
     ) -> Session | None:
         location = account.location
         prefix = self._prefix()
@@ -634,7 +668,7 @@ class CallController:
             caller_id=self._caller_id(),
             extension=location.extension or "",
             has_name=bool(account.recorded_name_path),
-            preset_destination=account.hotline_destination,
+            preset_destination=destination or account.hotline_destination,
             trigger_numbers=account.triggers,
             operator=self.config.operator,
             config=self.flow,

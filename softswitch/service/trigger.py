@@ -143,6 +143,18 @@ class TriggerService:
             callback = True
         return TriggerEnded(number, ringing.caller, ringing.started_at, now, how, status, callback)
 
+    def request(self, trigger: str) -> bool:
+        """A trigger from elsewhere (web, e-mail) asks for a callback for ``trigger``.
+
+        True if it may go ahead (now under way), False if one is already under way (absorbed)
+        or the number is not a trigger number. The same de-duplication as a phone trigger.
+        """
+        number = normalize_number(trigger)
+        if number not in self._numbers or number in self._under_way:
+            return False
+        self._under_way.add(number)
+        return True
+
     def callback_done(self, trigger: str) -> None:
         """The call a trigger of ``trigger`` asked for is over; a new trigger may ask again."""
         self._under_way.discard(normalize_number(trigger))

@@ -633,3 +633,38 @@ def test_a_trigger_while_stopping_is_queued_for_later_not_lost() -> None:
     [row] = rig.store.queue.values()
     assert row.state is CallbackState.PENDING and row.claimed_by is None
     assert len(rig.store.cdrs_of(LegKind.TRIGGER)) == 1
+
+
+def test_web_trigger_takes_the_phone_triggers_path() -> None:
+    rig = Rig()
+    assert rig.calls.callback_requested("815000000000", rig.now, source="web") == "unknown"
+    assert rig.calls.callback_requested(TRIGGER, rig.now, source="web") == "scheduled"
+    rig.pump()
+    callback = rig.last_call(CUSTOMER)
+    assert rig.calls.callback_requested(TRIGGER, rig.now, source="mail") == "absorbed"
+    rig.trigger()  # the phone's trigger is absorbed the same way
+    assert len(rig.calls_out) == 1
+    assert rig.store.cdrs_of(LegKind.TRIGGER)[-1].cause_text.endswith("already under way")
+    rig.answer(callback)
+    assert rig.playing(callback) == ["dial_prompt"]
+
+
+def test_web_trigger_with_a_destination_dials_it_on_answer() -> None:
+    rig = Rig()
+    assert (
+        rig.calls.callback_requested(TRIGGER, rig.now, source="web", destination=DESTINATION)
+        == "scheduled"
+    )
+    rig.pump()
+    callback = rig.last_call(CUSTOMER)
+    rig.answer(callback)
+    destination = rig.last_call(DESTINATION)
+    rig.answer(destination)
+    assert rig.media.legs[callback.leg_id].bridged_to == destination.leg_id
+    assert not any(isinstance(c, cmd.PlayMedia) and "dial_prompt" in str(c) for c in rig.commands)
+
+
+def test_web_trigger_for_a_suspended_account_is_refused() -> None:
+    rig = Rig(accounts=[account(status=AccountStatus.SUSPENDED)])
+    assert rig.calls.callback_requested(TRIGGER, rig.now, source="web") == "refused"
+    assert not rig.node.triggers.under_way(TRIGGER)
