@@ -10,6 +10,7 @@ import pytest
 
 from softswitch.cli import csvio
 from softswitch.store import Cdr, CdrFilter, Conflict, CsvError, LegKind, Rate, SpeedDial, Store
+from softswitch.store.repos import CDR_CSV_COLUMNS
 
 T0 = 1_700_000_000.0
 
@@ -143,7 +144,7 @@ async def test_cdr_export(store: Store) -> None:
     assert rows[1]["leg"] == "destination"
     assert rows[1]["answer_at"] == "2023-11-14T22:13:25.123457Z"
     assert rows[1]["cost"] == "30" and rows[0]["ring_at"] == ""
-    assert list(rows[0]) == list(csvio.CDR_CSV_COLUMNS)
+    assert list(rows[0]) == list(CDR_CSV_COLUMNS)
     assert rows[0]["cause_code"] == "200" and rows[0]["account_id"] == str(acct.id)
 
     everything = io.StringIO()

@@ -19,6 +19,8 @@ from media.tones import dtmf_tone, sine
 from .test_engine import A_PEER, B_PEER, SILENT, Phone
 
 Pcm = npt.NDArray[np.int16]
+Float = npt.NDArray[np.float64]
+Noise = npt.NDArray[np.int16] | npt.NDArray[np.int32]
 
 
 def _engine(codec_b: str = "PCMU") -> MediaEngine:
@@ -79,14 +81,16 @@ def _far_end(payloads: list[bytes]) -> tuple[str, int]:
     return digits, energy
 
 
-def _keys(digits: str, *, lead: int = 5, offset: int = 0, noise: Pcm | None = None) -> list[bytes]:
+def _keys(
+    digits: str, *, lead: int = 5, offset: int = 0, noise: Noise | None = None
+) -> list[bytes]:
     """In-band keys as the customer's phone sends them (each 100 ms on, 60 ms off), starting
     `offset` samples into a frame, over optional background `noise`."""
     return _keys_and_mask(digits, lead=lead, offset=offset, noise=noise)[0]
 
 
 def _keys_and_mask(
-    digits: str, *, lead: int = 5, offset: int = 0, noise: Pcm | None = None
+    digits: str, *, lead: int = 5, offset: int = 0, noise: Noise | None = None
 ) -> tuple[list[bytes], list[bool]]:
     """`_keys`, and for every frame whether it holds any sample of a tone."""
     pcm = np.concatenate(
@@ -95,7 +99,7 @@ def _keys_and_mask(
         + [np.zeros(5 * 160, np.int16)]
     )
     pcm = pcm[: len(pcm) - len(pcm) % 160]
-    tone = pcm.reshape(-1, 160).any(axis=1).tolist()
+    tone = [bool(frame.any()) for frame in pcm.reshape(-1, 160)]
     if noise is not None:
         pcm = np.clip(pcm.astype(np.int32) + noise[: len(pcm)], -32768, 32767).astype(np.int16)
     return [ulaw_encode(f) for f in pcm.reshape(-1, 160)], tone
@@ -109,7 +113,7 @@ def _speech_like(seconds: float, seed: int = 1) -> Pcm:
     t = np.arange(n) / 8000
     f0 = 150 + 60 * np.sin(2 * np.pi * 0.7 * t) + 10 * np.sin(2 * np.pi * 5.3 * t)
     phase = 2 * np.pi * np.cumsum(f0) / 8000
-    voice = np.zeros(n)
+    voice: Float = np.zeros(n)
     for h in range(1, 25):
         freq = h * f0
         gain = sum(
@@ -117,7 +121,7 @@ def _speech_like(seconds: float, seed: int = 1) -> Pcm:
         )
         voice += gain * np.sin(h * phase) / h**0.5
     envelope = np.clip(np.sin(2 * np.pi * 3.5 * t) * 0.8 + 0.4, 0, 1)
-    pcm = 5000 * voice * envelope / np.max(np.abs(voice)) + rng.normal(0, 100, n)
+    pcm: Float = 5000 * voice * envelope / np.max(np.abs(voice)) + rng.normal(0, 100, n)
     return np.clip(pcm, -32768, 32767).astype(np.int16)
 
 

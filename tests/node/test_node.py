@@ -276,7 +276,7 @@ def test_response_goes_to_via_when_no_rport() -> None:
 TRUNK = Address("127.0.0.1", 5080)
 
 
-def trunk_node(**trunk: object) -> Node:
+def trunk_node() -> Node:
     cfg = TrunkConfig(
         proxy=("127.0.0.1", 5080),
         registrar="sip:carrier.test",
@@ -284,8 +284,7 @@ def trunk_node(**trunk: object) -> Node:
         password="secret",
         expires=600,
         keepalive_interval=0,
-        **trunk,
-    )  # type: ignore[arg-type]
+    )
     return make_node(trunk=cfg)
 
 

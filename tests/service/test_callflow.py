@@ -12,6 +12,7 @@ from softswitch.service.callflow import (
     DESTINATION,
     OPERATOR,
     TABLE,
+    Action,
     Authorize,
     Authorized,
     Bridge,
@@ -30,6 +31,7 @@ from softswitch.service.callflow import (
     DestinationHungUp,
     DestinationRinging,
     DigitReceived,
+    Event,
     Finished,
     ForwardDigit,
     HangUp,
@@ -40,6 +42,7 @@ from softswitch.service.callflow import (
     Originate,
     Play,
     PlayTone,
+    Prompt,
     PromptFinished,
     Refused,
     ResolveSpeedDial,
@@ -56,6 +59,8 @@ from softswitch.service.callflow import (
     transitions,
 )
 from tests.service.driver import LOCATION, Driver, of
+
+Handler = Callable[[CustomerCall, Event, float], list[Action]]
 
 S = CallState
 NUMBER = "81312345678"
@@ -115,7 +120,7 @@ def test_happy_path() -> None:
     d.send(CallbackRinging(), after=1.0)
     out = d.send(CallbackAnswered(), after=4.0)
     assert CancelTimer("ring") in out
-    assert of(out, Play) == [Play(CALLBACK, ("name", "dial_prompt"), barge_in=True)]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.NAME, Prompt.DIAL_PROMPT), barge_in=True)]
     assert d.in_state(S.ANNOUNCING)
     out = d.send(PromptFinished(), after=5.0)
     assert d.in_state(S.COLLECTING)
@@ -233,7 +238,7 @@ def test_answer_on_the_second_attempt() -> None:
     d.fire("retry")
     out = d.send(CallbackAnswered(), after=5.0)
     assert d.in_state(S.ANNOUNCING)
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
 
 
 # --- announcements ---
@@ -247,7 +252,7 @@ def test_extension_is_sent_after_a_pause_then_the_prompt() -> None:
     assert StartTimer("extension", 5.0) in out
     assert d.send(DigitReceived("5")) == []  # the switchboard's keys are not the customer's
     out = d.fire("extension")
-    assert out == [SendDtmf(CALLBACK, "1234"), Play(CALLBACK, ("dial_prompt",))]
+    assert out == [SendDtmf(CALLBACK, "1234"), Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
 
 
 def test_extension_must_be_dtmf() -> None:
@@ -272,7 +277,7 @@ def test_hash_star_replays_the_dial_prompt() -> None:
     d = Driver()
     d.answered()
     out = d.keys("8131#*")
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
     assert of(out, Authorize) == []
     assert "collect" not in d.timers
     out = d.send(PromptFinished(), after=3.0)
@@ -286,7 +291,7 @@ def test_inter_digit_timeout_replays_the_prompt() -> None:
     d.answered()
     d.keys("813")
     out = d.fire("collect")
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
     assert d.call.collector.entry == ""
 
 
@@ -303,7 +308,7 @@ def test_silent_callback_ends_cleanly_after_two_minutes() -> None:
     out = d.fire("silence")
     assert d.now == answered_at + 120.0
     assert prompts >= 5  # the prompt kept being replayed
-    assert of(out, Play) == [Play(CALLBACK, ("goodbye",), barge_in=False)]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.GOODBYE,), barge_in=False)]
     assert d.in_state(S.ENDING)
     out = d.send(PromptFinished(), after=2.0)
     assert out[0] == HangUp(CALLBACK, "silence")
@@ -341,7 +346,9 @@ def test_speed_dial_with_star_and_four_keys() -> None:
     assert of(d.keys("087*"), ResolveSpeedDial) == [ResolveSpeedDial("087")]
     d.send(SpeedDialResolved(None))
     assert d.in_state(S.COLLECTING)
-    assert of(d.actions, Play)[-1] == Play(CALLBACK, ("unknown_speed_dial", "dial_prompt"))
+    assert of(d.actions, Play)[-1] == Play(
+        CALLBACK, (Prompt.UNKNOWN_SPEED_DIAL, Prompt.DIAL_PROMPT)
+    )
     assert of(d.keys("0871"), ResolveSpeedDial) == [ResolveSpeedDial("0871")]
 
 
@@ -350,7 +357,7 @@ def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
     d.answered()
     out = d.keys("00")
     assert d.in_state(S.OPERATOR)
-    assert Play(CALLBACK, ("connecting_customer_service",), barge_in=False) in out
+    assert Play(CALLBACK, (Prompt.CONNECTING_CUSTOMER_SERVICE,), barge_in=False) in out
     assert Originate(OPERATOR, "sip:care@127.0.0.1", None) in out
     assert d.send(OperatorRinging(), after=0.5) == []  # announcement plays on
     assert d.send(PromptFinished(), after=2.0) == [PlayTone(CALLBACK, "ringback")]
@@ -362,7 +369,7 @@ def test_double_zero_at_the_prompt_reaches_customer_service() -> None:
     assert last_cdr(d, OPERATOR).cause == "normal"
     assert last_cdr(d, OPERATOR).cost == 0
     assert d.in_state(S.COLLECTING)
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
 
 
 def test_destination_events_without_a_destination_are_errors() -> None:
@@ -378,7 +385,7 @@ def test_unreachable_customer_service_returns_to_the_prompt() -> None:
     d.answered()
     d.keys("00")
     out = d.send(OperatorFailed("congestion", 503), after=1.0)
-    assert of(out, Play)[-1] == Play(CALLBACK, ("call_failed", "dial_prompt"))
+    assert of(out, Play)[-1] == Play(CALLBACK, (Prompt.CALL_FAILED, Prompt.DIAL_PROMPT))
     assert d.in_state(S.COLLECTING)
 
 
@@ -389,7 +396,7 @@ def test_own_trigger_number_is_answered_with_a_prompt_and_the_dial_prompt() -> N
     d.answered()
     out = d.keys("12065550100#")
     assert of(out, HangUp) == []
-    assert of(out, Play) == [Play(CALLBACK, ("location_unavailable", "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.LOCATION_UNAVAILABLE, Prompt.DIAL_PROMPT))]
     assert d.in_state(S.COLLECTING)
     assert of(out, Finished) == []
     d.send(PromptFinished(), after=5.0)
@@ -422,7 +429,7 @@ def test_refusal_plays_a_prompt_then_the_dial_prompt(reason: str, prompt: str) -
     d.answered()
     d.keys(NUMBER + "*")
     out = d.send(Refused(reason), after=0.05)
-    assert of(out, Play) == [Play(CALLBACK, (prompt, "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt(prompt), Prompt.DIAL_PROMPT))]
     assert d.in_state(S.COLLECTING)
     d.send(PromptFinished(), after=5.0)
     dial(d)
@@ -433,7 +440,7 @@ def test_no_talk_time_is_no_credit() -> None:
     d.answered()
     d.keys(NUMBER + "*")
     out = d.send(authorized(max_seconds=0))
-    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT))]
     assert of(out, Originate) == []
 
 
@@ -442,7 +449,7 @@ def test_garbage_entry_is_refused_without_asking_the_runtime() -> None:
     d.answered()
     out = d.keys("81#3*")
     assert of(out, Authorize) == []
-    assert of(out, Play) == [Play(CALLBACK, ("invalid_number", "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.INVALID_NUMBER, Prompt.DIAL_PROMPT))]
 
 
 def test_unknown_refusal_reason() -> None:
@@ -500,7 +507,7 @@ def test_busy_then_new_number() -> None:
     d = Driver()
     busy(d)
     out = d.keys("##")
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
     assert d.in_state(S.COLLECTING)
 
 
@@ -516,7 +523,7 @@ def test_busy_times_out_to_the_prompt() -> None:
     busy(d)
     d.keys("5")  # not a command: ignored
     out = d.fire("busy")
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
 
 
 def test_destination_no_answer() -> None:
@@ -526,7 +533,7 @@ def test_destination_no_answer() -> None:
     d.send(DestinationRinging(), after=1.0)
     out = d.fire("dest_ring")
     assert HangUp(DESTINATION, "no_answer") in out
-    assert Play(CALLBACK, ("no_answer",)) in out
+    assert Play(CALLBACK, (Prompt.NO_ANSWER,)) in out
     assert d.in_state(S.DEST_BUSY)
 
 
@@ -551,7 +558,7 @@ def test_new_number_in_call() -> None:
     assert StopBilling(d.now) in out
     assert HangUp(DESTINATION, "new_number") in out
     assert of(out, ForwardDigit) == []
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
     assert d.in_state(S.COLLECTING)
     dial(d, "12025550123")
     assert of(d.actions, Originate)[-1] == Originate(DESTINATION, "+12025550123", None, 2)
@@ -627,7 +634,7 @@ def test_destination_hangs_up_back_to_the_prompt_then_idle_end() -> None:
     assert of(out, HangUp) == []
     cdr = last_cdr(d, DESTINATION)
     assert (cdr.cause, cdr.billed_seconds, cdr.cost) == ("normal", 66, 14)  # 13.2 -> 14
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
     assert d.timers["silence"] == d.now + 30.0
     d.fire("silence")
     d.send(PromptFinished(), after=2.0)
@@ -642,14 +649,14 @@ def test_credit_warning_and_cut() -> None:
     answer_at = connected(d, max_seconds=90)
     assert d.timers["credit_warning"] == answer_at + 30
     out = d.fire("credit_warning")
-    assert out == [Play(CALLBACK, ("one_minute_warning",), barge_in=False, mix=True)]
+    assert out == [Play(CALLBACK, (Prompt.ONE_MINUTE_WARNING,), barge_in=False, mix=True)]
     out = d.fire("credit_cut")
     assert d.now == answer_at + 90
     assert StopBilling(answer_at + 90) in out
     assert HangUp(DESTINATION, "credit_exhausted") in out
     cdr = last_cdr(d, DESTINATION)
     assert (cdr.billed_seconds, cdr.cost) == (90, 18)
-    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT))]
     assert d.in_state(S.COLLECTING)
 
 
@@ -685,7 +692,7 @@ def test_refused_hotline_falls_back_to_the_dial_prompt() -> None:
     d.start()
     d.send(CallbackAnswered(), after=3.0)
     out = d.send(Refused("no_credit"))
-    assert of(out, Play) == [Play(CALLBACK, ("no_credit", "dial_prompt"))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT))]
 
 
 # --- the customer hangs up, in every state ---
@@ -881,7 +888,7 @@ def test_destination_leaving_the_conference_leaves_customer_service() -> None:
     assert last_cdr(d, DESTINATION).cost > 0
     out = d.send(OperatorHungUp(), after=10.0)
     assert d.in_state(S.COLLECTING)
-    assert of(out, Play) == [Play(CALLBACK, ("dial_prompt",))]
+    assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
 
 
 def test_customer_service_unreachable_returns_to_the_destination() -> None:
@@ -889,7 +896,7 @@ def test_customer_service_unreachable_returns_to_the_destination() -> None:
     consulting(d)
     out = d.send(OperatorFailed("busy", 486), after=2.0)
     assert Bridge(CALLBACK, DESTINATION) in out
-    assert Play(CALLBACK, ("call_failed",), barge_in=False, mix=True) in out
+    assert Play(CALLBACK, (Prompt.CALL_FAILED,), barge_in=False, mix=True) in out
     assert d.in_state(S.CONNECTED)
     assert last_cdr(d, OPERATOR).sip_status == 486
     assert {"credit_warning", "credit_cut"} <= set(d.timers)
@@ -938,7 +945,7 @@ def test_every_state_is_reachable_and_drawn() -> None:
 def test_a_handler_may_not_move_where_its_entry_does_not_lead() -> None:
     d = Driver()
     d.start()
-    broken = fsm.Table(
+    broken: fsm.Table[CallState, object, Handler] = fsm.Table(
         "broken",
         {(S.CALLING_BACK, CallbackAnswered): (CustomerCall._on_callback_answered, S.ENDED)},
         initial=S.CALLING_BACK,
