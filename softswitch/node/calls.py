@@ -68,6 +68,8 @@ __all__ = [
     "STATIC_TRIGGER_HOLD",
     "TRIGGER_REFRESH",
     "CallController",
+    "CallInfo",
+    "LegInfo",
     "Session",
     "callback_failure",
     "callflow_config",
@@ -160,10 +162,36 @@ class Session:
     quote: tuple[Rate, rating.Reservation] | None = None  # its rate and reservation
     finished: str | None = None  # the reason, once the call flow said Finished
     answered: bool = False  # the customer answered a callback attempt
+    started_at: float = 0.0  # the node's now when the session began
+    key_source: str | None = None  # how the customer's last key came: rfc4733 or inband
 
     @property
     def short(self) -> str:
         return self.sid[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class LegInfo:
+    """One leg of a live call, for the operators (``softswitch calls``)."""
+
+    name: str
+    leg_id: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """A live customer call as an operator sees it: who, where in the flow, which legs."""
+
+    sid: str
+    account_id: int
+    account_name: str
+    trigger: str
+    state: str
+    started_at: float  # wall-clock UTC seconds
+    duration: float
+    legs: tuple[LegInfo, ...]
+    key_source: str | None
 
 
 class CallController:
@@ -201,6 +229,9 @@ class CallController:
         self._loading = False
         self._renew_at = 0.0
         self.ready = False
+        #: No new calls start (SIGTERM's drain): triggers are queued for later, claims stop.
+        self.draining = False
+        #: The node is stopping: the calls still up are hung up.
         self.stopping = False
 
     # --- inputs -----------------------------------------------------------------------------
@@ -223,12 +254,60 @@ class CallController:
         """A stopping node hangs up its live calls (CANCEL or BYE on every leg, the customer's
         too), writes their CDRs and settles their callbacks by the usual path; the shell
         waits for those store writes before it closes the store."""
-        self.stopping = True
+        self.stopping = self.draining = True
         for session in list(self.sessions.values()):
             if session.finished is None:
                 self._feed(session, cf.Abort("node_stopping"), now)
         for key in [k for k in self._armed if k[0] == _NODE]:
             del self._armed[key]
+
+    def drain(self, now: float) -> None:
+        """Start no new calls: live ones go on; triggers and due callbacks wait in the queue."""
+        if not self.draining:
+            log.info("draining: %d live calls go on, new triggers are queued", len(self.sessions))
+        self.draining = True
+
+    def calls(self, now: float) -> list[CallInfo]:
+        """The live calls, oldest first (the admin API's ``/calls``)."""
+        out = []
+        for session in self.sessions.values():
+            if session.finished is not None:
+                continue
+            legs = tuple(
+                LegInfo(name, leg_id, self._leg_state(leg_id))
+                for name, leg_id in session.legs.items()
+            )
+            out.append(
+                CallInfo(
+                    session.sid,
+                    session.account.id,
+                    session.account.name,
+                    session.trigger,
+                    session.call.state.name,
+                    self.wall(session.started_at),
+                    now - session.started_at,
+                    legs,
+                    session.key_source,
+                )
+            )
+        return sorted(out, key=lambda c: c.started_at)
+
+    def hang_up(self, sid: str, now: float) -> bool:
+        """End a live call as an operator asked (every leg released, CDRs written).
+
+        ``sid`` may be the session id or its first eight characters (what logs show).
+        """
+        for session in list(self.sessions.values()):
+            if session.finished is None and (session.sid == sid or session.short == sid):
+                log.info("session %s: hung up by an operator", session.short)
+                return self._feed(session, cf.Abort("operator_hangup"), now)
+        return False
+
+    def _leg_state(self, leg_id: str) -> str:
+        if leg_id in self._opening:
+            return "opening"
+        state = self.outbound.state(leg_id) if self.outbound is not None else None
+        return "ended" if state is None else state.name.lower()
 
     @property
     def idle(self) -> bool:
@@ -304,10 +383,10 @@ class CallController:
                 account.id,
                 live.short,
             )
-        elif self.stopping:
+        elif self.draining:
             # The node is going away: the callback is queued for whichever node (or this one,
             # restarted) claims it next, not lost.
-            log.info("trigger %s %s: node stopping, callback queued for later", trigger, origin)
+            log.info("trigger %s %s: node draining, callback queued for later", trigger, origin)
             self._store(
                 cmd.EnqueueCallback(
                     self._next_rid(),
@@ -387,6 +466,7 @@ class CallController:
         if isinstance(event, me.DigitReceived):
             # Only the customer's keys drive the call; the far legs' keys are theirs (relayed).
             if name == cf.CALLBACK and event.digit in cf.DTMF_KEYS:
+                session.key_source = event.source
                 self._feed(session, cf.DigitReceived(event.digit, source=event.source), now)
         elif isinstance(event, me.PlayFinished):
             if name == cf.CALLBACK and not event.interrupted:
@@ -537,7 +617,7 @@ class CallController:
     def _node_timer(self, name: str, now: float) -> None:
         if name == "claim":
             self._arm(_NODE, "claim", now + CLAIM_INTERVAL)
-            if not self._claiming and not self.stopping:
+            if not self._claiming and not self.draining:
                 self._claiming = True
                 self._store(
                     cmd.ClaimCallbacks(
@@ -592,7 +672,7 @@ class CallController:
                 if live.callback_id is None:
                     live.callback_id = pending.id
                 continue
-            if self.stopping:
+            if self.draining:
                 # Back to the queue at once: another node (or this one, restarted) calls.
                 self._settle(None, pending.id, "reschedule", "node stopping")
                 continue
@@ -674,7 +754,7 @@ class CallController:
             config=self.flow,
             name=sid[:8],
         )
-        session = Session(sid, account, call, trigger)
+        session = Session(sid, account, call, trigger, started_at=now)
         self.sessions[sid] = session
         self._by_account[account.id] = session
         log.info(

@@ -668,3 +668,43 @@ def test_web_trigger_for_a_suspended_account_is_refused() -> None:
     rig = Rig(accounts=[account(status=AccountStatus.SUSPENDED)])
     assert rig.calls.callback_requested(TRIGGER, rig.now, source="web") == "refused"
     assert not rig.node.triggers.under_way(TRIGGER)
+
+
+def test_live_calls_as_the_operators_see_them_and_a_hang_up_by_hand() -> None:
+    rig = Rig()
+    callback, destination = connected(rig)
+    rig.keys(callback, "5", source="inband")
+    [info] = rig.calls.calls(rig.now)
+    assert (info.account_id, info.trigger, info.state, info.key_source) == (
+        1,
+        TRIGGER,
+        "CONNECTED",
+        "inband",
+    )
+    assert {(leg.name, leg.state) for leg in info.legs} == {
+        ("callback", "answered"),
+        ("destination", "answered"),
+    }
+    assert info.duration > 0 and info.started_at >= WALL0
+    assert not rig.calls.hang_up("nosuchid", rig.now)
+    assert rig.calls.hang_up(info.sid[:8], rig.now)
+    rig.pump()
+    assert rig.requests_to(callback, "BYE") and rig.requests_to(destination, "BYE")
+    assert {c.cause_text for c in rig.store.cdrs_of(LegKind.DESTINATION)} == {"operator_hangup"}
+    assert_all_over(rig)
+
+
+def test_draining_lets_live_calls_finish_and_queues_new_triggers() -> None:
+    rig = Rig(
+        accounts=[account(1), account(2, triggers=("815099990000",), location="819099990000")]
+    )
+    callback, _ = connected(rig)
+    rig.calls.drain(rig.now)
+    rig.trigger("815099990000", caller="819099990000")
+    assert len(rig.calls_out) == 2  # no callback for the second account now
+    [row] = [p for p in rig.store.queue.values() if p.account_id == 2]
+    assert row.state is CallbackState.PENDING
+    rig.advance(30.0)
+    assert session_state(rig) is CallState.CONNECTED  # the live call goes on
+    rig.keys(callback, "**")
+    assert_all_over(rig)
