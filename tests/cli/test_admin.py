@@ -7,7 +7,7 @@ import io
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import typer
@@ -23,8 +23,15 @@ app.add_typer(cdr_app, name="cdr")
 app.add_typer(db_app, name="db")
 
 
+class Cli(Protocol):
+    """Run the admin CLI, check the exit code; the parsed JSON with --json (exit 0), else the
+    typer ``Result``."""
+
+    def __call__(self, *args: str, code: int = ...) -> Any: ...
+
+
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv("SOFTSWITCH_DB", f"sqlite:///{tmp_path}/new/dir/admin.sqlite3")
     runner = CliRunner()
 
@@ -38,7 +45,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return run
 
 
-def test_account_round_trip(cli: Any, tmp_path: Path) -> None:
+def test_account_round_trip(cli: Cli, tmp_path: Path) -> None:
     added = cli(
         "account", "add", "Alice Example", "--kind", "traveler", "--language", "en",
         "-t", "+81 50 1234 5678", "-t", "815099990000", "--location", "12125550100",
@@ -73,7 +80,7 @@ def test_account_round_trip(cli: Any, tmp_path: Path) -> None:
     assert "credit_available" in cli("account", "show", aid).stdout
 
 
-def test_bad_input_is_one_line_and_exit_2(cli: Any) -> None:
+def test_bad_input_is_one_line_and_exit_2(cli: Cli) -> None:
     cli("db", "upgrade")  # the store exists: read-only commands do not create it
     for args in (
         ("account", "show", "42"),
@@ -94,7 +101,7 @@ def test_bad_input_is_one_line_and_exit_2(cli: Any) -> None:
     assert "unsupported database" in bad_url.stderr
 
 
-def test_speed_dials_and_rates(cli: Any, tmp_path: Path) -> None:
+def test_speed_dials_and_rates(cli: Cli, tmp_path: Path) -> None:
     aid = str(cli("account", "add", "Alice", "--json")["id"])
     assert cli("speed-dial", "set", aid, "03", "+1 212 555 0100", "--label", "NY", "--json") == [
         {"account_id": int(aid), "code": "03", "number": "12125550100", "label": "NY"}
@@ -122,7 +129,7 @@ def test_speed_dials_and_rates(cli: Any, tmp_path: Path) -> None:
     assert "2 rates imported" not in cli("rates", "list").stdout
 
 
-def test_cdr_list_and_export(cli: Any, tmp_path: Path) -> None:
+def test_cdr_list_and_export(cli: Cli, tmp_path: Path) -> None:
     import asyncio
 
     from softswitch.store import Cdr, LegKind, Store
@@ -165,7 +172,9 @@ READ_ONLY = (
 
 
 @pytest.mark.parametrize("args", READ_ONLY, ids=lambda a: " ".join(a))
-def test_read_only_commands_never_create_a_store(cli: Any, tmp_path: Path, args: Any) -> None:
+def test_read_only_commands_never_create_a_store(
+    cli: Cli, tmp_path: Path, args: tuple[str, ...]
+) -> None:
     missing_dir = tmp_path / "nonexistent" / "dir" / "x.db"
     missing_file = tmp_path / "x.db"
     for path in (missing_dir, missing_file):
@@ -176,13 +185,13 @@ def test_read_only_commands_never_create_a_store(cli: Any, tmp_path: Path, args:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cdr_export_to_a_file_from_a_missing_store_writes_nothing(cli: Any, tmp_path: Path) -> None:
+def test_cdr_export_to_a_file_from_a_missing_store_writes_nothing(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     cli("cdr", "export", "--db", f"sqlite:///{tmp_path}/none.db", "-o", str(out), code=1)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_read_only_commands_on_a_store_without_schema(cli: Any, tmp_path: Path) -> None:
+def test_read_only_commands_on_a_store_without_schema(cli: Cli, tmp_path: Path) -> None:
     blank = tmp_path / "blank.db"
     blank.touch()
     result = cli("account", "list", "--db", f"sqlite:///{blank}", code=1)
@@ -192,7 +201,7 @@ def test_read_only_commands_on_a_store_without_schema(cli: Any, tmp_path: Path) 
     assert cli("account", "list", "--db", f"sqlite:///{blank}", "--json") == []
 
 
-def test_write_commands_create_the_store(cli: Any, tmp_path: Path) -> None:
+def test_write_commands_create_the_store(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "new.db"
     cli("account", "add", "Alice", "--db", f"sqlite:///{path}")
     assert path.exists()
@@ -209,7 +218,7 @@ def _refused_port() -> int:
 @pytest.mark.parametrize(
     "args", [("account", "list"), ("account", "add", "Alice"), ("db", "upgrade")]
 )
-def test_postgresql_connection_failure_is_one_clear_line(cli: Any, args: Any) -> None:
+def test_postgresql_connection_failure_is_one_clear_line(cli: Cli, args: tuple[str, ...]) -> None:
     port = _refused_port()
     url = f"postgresql://bob:hunter2@127.0.0.1:{port}/switch"
     result = cli(*args, "--db", url, code=1)
@@ -219,7 +228,7 @@ def test_postgresql_connection_failure_is_one_clear_line(cli: Any, args: Any) ->
     assert "hunter2" not in err and "Traceback" not in err and "Error" not in err
 
 
-def test_national_numbers_are_refused_with_the_format_expected(cli: Any, tmp_path: Path) -> None:
+def test_national_numbers_are_refused_with_the_format_expected(cli: Cli, tmp_path: Path) -> None:
     result = cli("account", "add", "Alice", "--location", "0312345678", code=2)
     assert "location '0312345678': starts with 0" in result.stderr
     assert "country code first" in result.stderr and result.stderr.count("\n") == 1
@@ -234,7 +243,7 @@ def test_national_numbers_are_refused_with_the_format_expected(cli: Any, tmp_pat
     assert cli("account", "show", aid, "--json")["location"] == "81312345678"
 
 
-def test_fractional_prices_in_rates_set_and_import(cli: Any, tmp_path: Path) -> None:
+def test_fractional_prices_in_rates_set_and_import(cli: Cli, tmp_path: Path) -> None:
     assert cli("rates", "set", "44", "2.35", "--description", "UK", "--json") == [
         {
             "prefix": "44",

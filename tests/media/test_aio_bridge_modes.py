@@ -2,7 +2,8 @@
 
 import asyncio
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import cast
 
 from media.aio import MediaShell
 from media.engine import DigitReceived, Event, MediaEngine
@@ -18,13 +19,13 @@ SILENT = b"\xff" * 160
 class Phone(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.received: list[bytes] = []
-        self.transport: Any = None
+        self.transport: asyncio.DatagramTransport  # set by connection_made
         self.seq = 0
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def datagram_received(self, data: bytes, addr: object) -> None:
         self.received.append(data)
 
     def send(self, payload: bytes, port: int, ssrc: int) -> None:
@@ -54,7 +55,7 @@ async def _setup(events: list[Event]) -> tuple[MediaShell, Phone, Phone, int, in
     return shell, phones[0], phones[1], port_a, port_b
 
 
-async def _paced(frames: int, send: Any) -> None:
+async def _paced(frames: int, send: Callable[[int], None]) -> None:
     """Call send(k) for k in range(frames) every 20 ms on an absolute schedule."""
     loop = asyncio.get_running_loop()
     start = loop.time()

@@ -9,6 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from media.engine import (
+    RTP_TIMEOUT,
     DigitReceived,
     Event,
     FaxDetected,
@@ -53,8 +54,8 @@ def _events(engine: MediaEngine) -> list[Event]:
     return out
 
 
-def _engine(**kw: Any) -> MediaEngine:
-    return MediaEngine(max_legs=16, **kw)
+def _engine(*, rtp_timeout: float = RTP_TIMEOUT) -> MediaEngine:
+    return MediaEngine(max_legs=16, rtp_timeout=rtp_timeout)
 
 
 def _bridged(codec_b: str = "PCMU", dtmf_b: int | None = 96) -> MediaEngine:
@@ -278,8 +279,9 @@ def test_fax_tone_switches_bridge_to_clear_channel(codec_b: str, clear: bool) ->
     assert a.jb is None and b.jb is None
     ((pkt, _),) = engine.receive_packet("a", phone.packet(tone), A_PEER, 0.2)
     assert (pkt[12:] == tone) is clear
-    assert engine.leg("a").bridge is not None
-    assert engine.leg("a").bridge.clear_channel is clear  # type: ignore[union-attr]
+    bridge = engine.leg("a").bridge
+    assert bridge is not None
+    assert bridge.clear_channel is clear
     engine.enable_dtmf("a", inband=True)
     assert not a.inband
 

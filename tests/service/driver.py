@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 from softswitch.service.callflow import (
     Action,
     CallbackAnswered,
+    CallFlowConfig,
     CallState,
     CancelTimer,
     CustomerCall,
@@ -17,6 +19,9 @@ from softswitch.service.callflow import (
     TimerFired,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 T = TypeVar("T")
 
 LOCATION = "+815012345678"
@@ -26,10 +31,24 @@ def of(actions: list[Action], kind: type[T]) -> list[T]:
     return [a for a in actions if isinstance(a, kind)]
 
 
+class CallArgs(TypedDict, total=False):
+    """The keyword arguments of :class:`CustomerCall` (``location`` defaults to LOCATION)."""
+
+    location: str
+    caller_id: str | None
+    extension: str
+    has_name: bool
+    preset_destination: str | None
+    trigger_numbers: Iterable[str]
+    operator: str
+    config: CallFlowConfig | None
+    name: str
+
+
 class Driver:
     """Drives one CustomerCall the way the runtime will, on a fake clock."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Unpack[CallArgs]) -> None:
         kwargs.setdefault("location", LOCATION)
         self.call = CustomerCall(**kwargs)
         self.now = 0.0

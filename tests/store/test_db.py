@@ -7,9 +7,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from softswitch.store import Database, DatabaseUnavailable, DatabaseUrlError, Rate, Store
 from softswitch.store.db import async_url, redact
 from softswitch.store.tables import metadata
+from tests.store.conftest import PgServer
 
 
 def test_urls_get_their_async_driver() -> None:
@@ -132,7 +133,7 @@ async def test_unreachable_postgresql_is_one_line_naming_host_and_port() -> None
 
 
 async def test_postgresql_refusals_are_one_line_without_the_password(
-    pg_server: Any,
+    pg_server: PgServer,
 ) -> None:
     missing = pg_server.url("no_such_database").replace("postgres@", "postgres:s3cret@")
     with pytest.raises(DatabaseUnavailable) as info:
@@ -153,7 +154,7 @@ def test_redact_hides_only_the_password() -> None:
     assert "hunter2" not in str(info.value)
 
 
-def _upgrade_to(revision: str) -> Any:
+def _upgrade_to(revision: str) -> Callable[[Connection], None]:
     def run(connection: Connection) -> None:
         from alembic import command
 
@@ -201,7 +202,7 @@ async def test_migration_0002_keeps_prices_and_constraints(
                     )
 
 
-def _downgrade_to(revision: str) -> Any:
+def _downgrade_to(revision: str) -> Callable[[Connection], None]:
     def run(connection: Connection) -> None:
         from alembic import command
 
