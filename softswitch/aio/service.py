@@ -218,7 +218,7 @@ class ServiceShell:
             if request.event == "reschedule":
                 return await self.queue.reschedule(
                     request.callback_id,
-                    time.time(),
+                    time.time() if request.due_at is None else request.due_at,
                     request.error or "",
                     node_id=request.node_id,
                 )

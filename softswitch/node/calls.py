@@ -101,12 +101,16 @@ _LEG_KINDS = {
 
 
 def callback_failure(status: int | None) -> str:
-    """SIP final status of a callback attempt -> the call flow's failure reason."""
+    """SIP final status of a callback attempt -> the call flow's failure reason.
+
+    Busy and no answer are retried, as is a network that cannot reach the customer now (5xx,
+    a timeout); a number that does not exist or refuses (403, 404, 484, 603, 604) is not.
+    """
     if status in (486, 600):
         return "busy"
     if status in (408, 480, 487):
         return "no_answer"
-    if status in (403, 603):
+    if status in (403, 404, 484, 603, 604):
         return "rejected"
     return "unreachable"
 
@@ -164,6 +168,7 @@ class Session:
     answered: bool = False  # the customer answered a callback attempt
     started_at: float = 0.0  # the node's now when the session began
     key_source: str | None = None  # how the customer's last key came: rfc4733 or inband
+    retry_at: float | None = None  # wall-clock due time of the next attempt (RetryLater)
 
     @property
     def short(self) -> str:
@@ -218,6 +223,8 @@ class CallController:
         self._by_leg: dict[str, tuple[Session, str]] = {}
         self._opening: dict[str, tuple[Session, cf.Originate]] = {}
         self._accounts: dict[str, Account] = {}
+        #: Accounts whose callback waits in the queue for its next attempt: (trigger, sid).
+        self._retrying: dict[int, tuple[str, str]] = {}
         self._commands: deque[cmd.Command] = deque()
         self._pending: dict[int, Session | None] = {}  # store request id -> its session
         self._rid = 0
@@ -367,6 +374,7 @@ class CallController:
     ) -> bool:
         """Start the customer's call for a trigger now under way (or absorb or refuse it)."""
         live = self._by_account.get(account.id)
+        retrying = self._retrying.get(account.id)
         if not account.active:
             log.warning(
                 "trigger %s %s: account %d (%s) is suspended, no callback",
@@ -382,6 +390,13 @@ class CallController:
                 origin,
                 account.id,
                 live.short,
+            )
+        elif retrying is not None:
+            log.info(
+                "trigger %s %s: account %d's callback waits for its next attempt, absorbed",
+                trigger,
+                origin,
+                account.id,
             )
         elif self.draining:
             # The node is going away: the callback is queued for whichever node (or this one,
@@ -416,7 +431,8 @@ class CallController:
                     session,
                 )
                 return True
-        if live is None or live.trigger != trigger:
+        owner = live.trigger if live is not None else retrying[0] if retrying else None
+        if owner != trigger:
             self.triggers.callback_done(trigger)
         return False
 
@@ -672,6 +688,7 @@ class CallController:
                 if live.callback_id is None:
                     live.callback_id = pending.id
                 continue
+            _, sid = self._retrying.pop(account.id, (pending.trigger, self._new_id()))
             if self.draining:
                 # Back to the queue at once: another node (or this one, restarted) calls.
                 self._settle(None, pending.id, "reschedule", "node stopping")
@@ -679,9 +696,12 @@ class CallController:
             if not account.active:
                 self._settle(None, pending.id, "fail", "account suspended")
                 continue
-            session = self._start_session(account, pending.trigger, now, self._new_id())
+            session = self._start_session(
+                account, pending.trigger, now, sid, first_attempt=max(1, pending.attempts)
+            )
             if session is None:
                 self._settle(None, pending.id, "fail", "bad location")
+                self.triggers.callback_done(pending.trigger)
                 continue
             session.callback_id = pending.id
 
@@ -716,12 +736,19 @@ class CallController:
             )
 
     def _settle(
-        self, session: Session | None, callback_id: int, event: str, error: str | None
+        self,
+        session: Session | None,
+        callback_id: int,
+        event: str,
+        error: str | None,
+        due_at: float | None = None,
     ) -> None:
-        """``event``: "complete", "fail" or "reschedule" (due again now)."""
+        """``event``: "complete", "fail" or "reschedule" (due again at ``due_at``, or now)."""
         sid = session.sid if session is not None else ""
         self._store(
-            cmd.SettleCallback(self._next_rid(), sid, callback_id, event, error, self.node_id)
+            cmd.SettleCallback(
+                self._next_rid(), sid, callback_id, event, error, self.node_id, due_at
+            )
         )
 
     # --- sessions -----------------------------------------------------------------------------
@@ -733,6 +760,8 @@ class CallController:
         now: float,
         sid: str,
         destination: str | None = None,
+        *,
+        first_attempt: int = 1,
     ) -> Session | None:
         location = account.location
         prefix = self._prefix()
@@ -753,6 +782,7 @@ class CallController:
             operator=self.config.operator,
             config=self.flow,
             name=sid[:8],
+            first_attempt=first_attempt,
         )
         session = Session(sid, account, call, trigger, started_at=now)
         self.sessions[sid] = session
@@ -852,6 +882,8 @@ class CallController:
             log.info("session %s: destination answered, billing", session.short)
         elif isinstance(action, cf.StopBilling):
             log.info("session %s: billing stopped", session.short)
+        elif isinstance(action, cf.RetryLater):
+            session.retry_at = self.wall(action.at)
         elif isinstance(action, cf.Finished):
             self._finish(session, action.reason)
 
@@ -1074,9 +1106,27 @@ class CallController:
         """Once a finished session's writes are durable: settle its row, then forget it."""
         if session.finished is None or session.outstanding or not session.row_known:
             return
+        retry = session.finished == "callback_retry" and session.retry_at is not None
+        if retry and session.callback_id is None and session.retry_at is not None:
+            # No queue row to put back (its enqueue failed): queue the next attempt afresh.
+            self._store(
+                cmd.EnqueueCallback(
+                    self._next_rid(),
+                    "",
+                    session.account.id,
+                    session.trigger,
+                    session.retry_at,
+                    self.node_id,
+                    CALLBACK_LEASE,
+                    claimed=False,
+                )
+            )
         if session.callback_id is not None:
             reason = session.finished
-            if reason == "node_stopping" and not session.answered:
+            if retry:
+                # The next attempt is the queue's: a restart (or another node) resumes it.
+                self._settle(session, session.callback_id, "reschedule", reason, session.retry_at)
+            elif reason == "node_stopping" and not session.answered:
                 # The customer was never reached: the callback goes back to the queue, for
                 # another node or this one restarted.
                 self._settle(session, session.callback_id, "reschedule", reason)
@@ -1088,7 +1138,11 @@ class CallController:
         self.sessions.pop(session.sid, None)
         if self._by_account.get(session.account.id) is session:
             del self._by_account[session.account.id]
-        self.triggers.callback_done(session.trigger)
+        if retry:
+            # Still under way: a trigger in the pause is absorbed, the claim resumes it.
+            self._retrying[session.account.id] = (session.trigger, session.sid)
+        else:
+            self.triggers.callback_done(session.trigger)
         log.info("session %s: finished (%s)", session.short, session.finished)
 
     # --- plumbing -----------------------------------------------------------------------------

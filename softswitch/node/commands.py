@@ -106,7 +106,8 @@ class RenewLeases:
 
 @dataclass(frozen=True, slots=True)
 class SettleCallback:
-    """``event`` ("complete" or "fail") the queued callback. Answer: ``bool`` (applied)."""
+    """``event`` the queued callback: "complete", "fail", or "reschedule" (back to the
+    queue, due at ``due_at``, wall-clock). Answer: ``bool`` (applied)."""
 
     rid: int
     sid: str
@@ -114,6 +115,7 @@ class SettleCallback:
     event: str
     error: str | None
     node_id: str
+    due_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,11 @@ callback leg's digits and prompt ends are reported (the customer's keys; the far
 theirs to send in the audio or as RFC 4733 events the bridge relays).
 
 The SPEC rules it implements (sections 1, 2, 7): up to ``callback_attempts`` callback
-attempts on busy / no answer / unreachable with a pause; extension DTMF, recorded name and
+attempts on busy / no answer / unreachable with a pause, not for a number that does not exist
+or refuses (the pause is the queue's: a failed attempt ends the session with
+:class:`RetryLater`, and the controller puts the callback back in the store due after the
+pause, so a restart resumes it; the next attempt is a new session that knows its number);
+extension DTMF, recorded name and
 dial prompt on answer; barge-in; the DialPrompt grammar (:mod:`softswitch.service.dialplan`);
 busy handling (``*#`` redial, ``##`` new number, ``**`` end); in-call ``**``, ``##``, ``00``
 with ``*`` and ``#`` held back ``hold_back`` seconds before they are forwarded; early media of
@@ -100,6 +104,7 @@ __all__ = [
     "PromptFinished",
     "Refused",
     "ResolveSpeedDial",
+    "RetryLater",
     "SendDtmf",
     "SpeedDialResolved",
     "StartBilling",
@@ -514,8 +519,19 @@ class ForwardDigit:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Call the customer back again at ``at`` (the attempt failed for ``reason``)."""
+
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
-    """The session is over; every leg is released and recorded."""
+    """The session is over; every leg is released and recorded.
+
+    ``reason`` ``"callback_retry"`` follows a :class:`RetryLater`: another attempt is owed.
+    """
 
     reason: str
 
@@ -538,6 +554,7 @@ Action = (
     | StopBilling
     | WriteCdr
     | ForwardDigit
+    | RetryLater
     | Finished
 )
 
@@ -595,7 +612,7 @@ S = CallState
 #: The timers each state runs; entering a state cancels the others.
 TIMERS_IN: Mapping[CallState, frozenset[str]] = MappingProxyType(
     {
-        S.CALLING_BACK: frozenset({"ring", "retry"}),
+        S.CALLING_BACK: frozenset({"ring"}),
         S.ANNOUNCING: frozenset({"extension", "silence"}),
         S.COLLECTING: frozenset({"collect", "silence"}),
         S.AUTHORIZING: frozenset({"silence"}),
@@ -700,6 +717,7 @@ class CustomerCall:
         operator: str = "customer-service",
         config: CallFlowConfig | None = None,
         name: str = "",
+        first_attempt: int = 1,
     ) -> None:
         if any(ch not in "0123456789*#" for ch in extension):
             raise ValueError(f"extension may only hold 0-9 * #: {extension!r}")
@@ -719,7 +737,9 @@ class CustomerCall:
             trigger_numbers=trigger_numbers,
         )
         self.state = CallState.CALLING_BACK
-        self.attempt = 0
+        if first_attempt < 1:
+            raise ValueError(f"first_attempt {first_attempt} (attempts count from 1)")
+        self.attempt = first_attempt - 1  # the attempts made before this session
         self._started = False
         self._timers: dict[str, float] = {}
         self._callback: _Leg | None = None
@@ -987,13 +1007,14 @@ class CustomerCall:
         actions += self._cancel_if_armed("ring")
         if reason in RETRYABLE_CALLBACK_FAILURES and self.attempt < self.config.callback_attempts:
             log.info(
-                "customer call %s: callback attempt %d failed (%s), retrying",
+                "customer call %s: callback attempt %d failed (%s), retrying in %.0f s",
                 self.name,
                 self.attempt,
                 reason,
+                self.config.callback_retry_pause,
             )
-            actions.append(self._arm("retry", now + self.config.callback_retry_pause))
-            return actions
+            actions.append(RetryLater(now + self.config.callback_retry_pause, reason))
+            return actions + self._end(now, "callback_retry", hang_up_callback=False)
         log.info(
             "customer call %s: callback gave up after attempt %d (%s)",
             self.name,
@@ -1022,9 +1043,6 @@ class CustomerCall:
 
     def _timer_ring(self, event: Event, now: float) -> list[Action]:
         return [HangUp(CALLBACK, "no_answer"), *self._callback_failed(now, "no_answer", None)]
-
-    def _timer_retry(self, event: Event, now: float) -> list[Action]:
-        return self._originate_callback(now)
 
     # --- ANNOUNCING / COLLECTING ---
 
@@ -1468,10 +1486,9 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     # The callback leg rings at the customer's location.
     (S.CALLING_BACK, CallbackRinging): (_C._on_callback_ringing, S.CALLING_BACK),
     (S.CALLING_BACK, CallbackAnswered): (_C._on_callback_answered, {S.ANNOUNCING, S.AUTHORIZING}),
-    (S.CALLING_BACK, CallbackFailed): (_C._on_callback_failed, {S.CALLING_BACK, S.ENDED}),
+    (S.CALLING_BACK, CallbackFailed): (_C._on_callback_failed, S.ENDED),
     (S.CALLING_BACK, CustomerHungUp): (_C._on_hung_up_before_answer, S.ENDED),
-    (S.CALLING_BACK, _timer("ring")): (_C._timer_ring, {S.CALLING_BACK, S.ENDED}),
-    (S.CALLING_BACK, _timer("retry")): (_C._timer_retry, S.CALLING_BACK),
+    (S.CALLING_BACK, _timer("ring")): (_C._timer_ring, S.ENDED),
     # Answered: extension DTMF, then the name and the dial prompt.
     (S.ANNOUNCING, DigitReceived): (_C._on_digit_announcing, {S.ANNOUNCING, *_COLLECT_TARGETS}),
     (S.ANNOUNCING, PromptFinished): (_C._on_announced, {S.ANNOUNCING, S.COLLECTING}),

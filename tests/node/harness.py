@@ -172,7 +172,8 @@ class FakeStore:
                 "reschedule": CallbackState.PENDING,
             }[request.event]
             row = self.queue[request.callback_id]
-            self.queue[row.id] = replace(row, state=state, claimed_by=None)
+            due = row.due_at if request.due_at is None else request.due_at
+            self.queue[row.id] = replace(row, state=state, claimed_by=None, due_at=due)
             return True
         if isinstance(request, cmd.QuoteRate):
             matches = [r for p, r in self.rates.items() if request.number.startswith(p)]

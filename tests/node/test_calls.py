@@ -10,6 +10,7 @@ commands per leg, the store requests, and the CDRs, credit and queue rows in the
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -159,9 +160,47 @@ def test_busy_callback_is_retried_with_the_configured_pause_and_attempts() -> No
     assert len(rig.calls_out) == 2  # two attempts in all, as configured
     callbacks = rig.store.cdrs_of(LegKind.CALLBACK)
     assert [(c.cause_code, c.cause_text) for c in callbacks] == [(486, "busy")] * 2
-    assert rig.store.settled == [(1, "fail", "callback_busy")]
+    # One customer call across its attempts: the retry kept the call's id.
+    assert len({c.call_uuid for c in rig.store.cdrs}) == 1
+    # The pause was the queue's (a restart would resume it), then the last attempt failed.
+    assert rig.store.settled == [(1, "reschedule", "callback_retry"), (1, "fail", "callback_busy")]
     assert_all_over(rig)
     assert not rig.node.triggers.under_way(TRIGGER)
+
+
+def test_a_trigger_during_the_retry_pause_is_absorbed() -> None:
+    rig = Rig(callback_retry_pause=30.0)
+    rig.trigger()
+    rig.reject(rig.last_call(CUSTOMER), 486)
+    [row] = rig.store.queue.values()
+    assert row.state is CallbackState.PENDING and row.due_at == pytest.approx(WALL0 + 31.0)
+    rig.advance(5.0)
+    rig.trigger()
+    assert len(rig.calls_out) == 1
+    assert rig.store.cdrs_of(LegKind.TRIGGER)[-1].cause_text.endswith("already under way")
+    rig.advance(30.0)
+    assert len(rig.calls_out) == 2
+
+
+def test_a_restarted_node_resumes_the_attempts_where_they_were() -> None:
+    # The queue says two attempts were made (the row was claimed twice): this is the third
+    # and last, and its failure gives up instead of starting over.
+    rig = Rig(callback_attempts=3)
+    row = rig.store.add_pending(1, due_at=WALL0)
+    rig.store.queue[row] = replace(rig.store.queue[row], attempts=2)
+    rig.advance(1.5)
+    rig.reject(rig.last_call(CUSTOMER), 486)
+    assert rig.store.settled == [(row, "fail", "callback_busy")]
+    assert len(rig.calls_out) == 1
+
+
+def test_a_number_that_does_not_exist_is_not_retried() -> None:
+    rig = Rig()
+    rig.trigger()
+    rig.reject(rig.last_call(CUSTOMER), 404)
+    rig.advance(120.0)
+    assert len(rig.calls_out) == 1
+    assert rig.store.settled == [(1, "fail", "callback_rejected")]
 
 
 def test_unanswered_callback_is_cancelled_at_the_configured_ring_timeout() -> None:
@@ -524,11 +563,6 @@ def _calling(rig: Rig) -> None:
     rig.ring(rig.last_call(CUSTOMER))
 
 
-def _retry_pause(rig: Rig) -> None:
-    rig.trigger()
-    rig.reject(rig.last_call(CUSTOMER), 486)
-
-
 def _collecting(rig: Rig) -> None:
     rig.prompt_done(callback_answered(rig))
 
@@ -572,7 +606,6 @@ def _ending(rig: Rig) -> None:
     ("drive", "state"),
     [
         (_calling, CallState.CALLING_BACK),
-        (_retry_pause, CallState.CALLING_BACK),
         (_collecting, CallState.COLLECTING),
         (_dialling, CallState.DIALLING),
         (_busy, CallState.DEST_BUSY),

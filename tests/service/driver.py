@@ -43,6 +43,7 @@ class CallArgs(TypedDict, total=False):
     operator: str
     config: CallFlowConfig | None
     name: str
+    first_attempt: int
 
 
 class Driver:

@@ -46,6 +46,7 @@ from softswitch.service.callflow import (
     PromptFinished,
     Refused,
     ResolveSpeedDial,
+    RetryLater,
     SendDtmf,
     SpeedDialResolved,
     StartBilling,
@@ -200,26 +201,29 @@ def test_star_star_in_call_releases_both_legs_and_stops_billing() -> None:
 # --- callback retries ---
 
 
-def test_three_attempts_then_give_up_with_cdrs() -> None:
+def test_a_retryable_failure_ends_the_session_with_a_retry_due_after_the_pause() -> None:
     d = Driver(config=CallFlowConfig(callback_retry_pause=20.0, callback_ring_timeout=45.0))
     d.start()
     out = d.send(CallbackFailed("busy", 486), after=2.0)
     assert out[0] == WriteCdr(
         CALLBACK, 1, LOCATION, LOCATION, 0.0, None, None, 2.0, "busy", 486, 0, 0, None
     )
-    assert StartTimer("retry", 22.0) in out
-    out = d.fire("retry")
-    assert out[0] == Originate(CALLBACK, LOCATION, None, 2)
+    assert RetryLater(22.0, "busy") in out
+    assert out[-1] == Finished("callback_retry")
+    assert_finished(d)
+
+
+def test_the_next_attempt_knows_its_number_and_the_last_one_gives_up() -> None:
+    d = Driver(first_attempt=3)
+    out = d.start()
+    assert out[0] == Originate(CALLBACK, LOCATION, None, 3)
     d.send(CallbackRinging(), after=1.0)
     out = d.fire("ring")  # nobody answers within 45 s
-    assert d.now == 22.0 + 45.0
     assert out[0] == HangUp(CALLBACK, "no_answer")
+    assert of(out, RetryLater) == []
+    assert of(out, Finished) == [Finished("callback_no_answer")]
     cdr = of(out, WriteCdr)[0]
-    assert (cdr.attempt, cdr.cause, cdr.ring_at) == (2, "no_answer", 23.0)
-    d.fire("retry")
-    out = d.send(CallbackFailed("unreachable", 503), after=0.5)
-    assert of(out, Finished) == [Finished("callback_unreachable")]
-    assert [c.attempt for c in of(d.actions, WriteCdr)] == [1, 2, 3]
+    assert (cdr.attempt, cdr.cause, cdr.ring_at) == (3, "no_answer", 1.0)
     assert_finished(d)
 
 
@@ -231,14 +235,13 @@ def test_rejected_callback_is_not_retried() -> None:
     assert_finished(d)
 
 
-def test_answer_on_the_second_attempt() -> None:
-    d = Driver()
+def test_answer_on_a_later_attempt() -> None:
+    d = Driver(first_attempt=2)
     d.start()
-    d.send(CallbackFailed("no_answer", 480), after=45.0)
-    d.fire("retry")
     out = d.send(CallbackAnswered(), after=5.0)
     assert d.in_state(S.ANNOUNCING)
     assert of(out, Play) == [Play(CALLBACK, (Prompt.DIAL_PROMPT,))]
+    assert d.call.attempt == 2
 
 
 # --- announcements ---
@@ -703,11 +706,6 @@ def to_calling_back(d: Driver) -> None:
     d.send(CallbackRinging(), after=1.0)
 
 
-def to_retry_pause(d: Driver) -> None:
-    d.start()
-    d.send(CallbackFailed("busy"), after=1.0)
-
-
 def to_announcing(d: Driver) -> None:
     d.start()
     d.send(CallbackAnswered(), after=1.0)
@@ -753,7 +751,6 @@ def to_ending(d: Driver) -> None:
     ("drive", "state"),
     [
         (to_calling_back, S.CALLING_BACK),
-        (to_retry_pause, S.CALLING_BACK),
         (to_announcing, S.ANNOUNCING),
         (to_collecting, S.COLLECTING),
         (to_authorizing, S.AUTHORIZING),
