@@ -42,7 +42,7 @@ from media.jitter import FrameRing, JitterBuffer
 from media.mixer import Bridge, Conference, saturate
 from media.player import FRAME, PlayItem, PromptPlayer, dtmf_frames
 from media.recorder import Recorder
-from media.rtp import HEADER, RtpError, parse_header
+from media.rtp import HEADER, MAX_DROPOUT, TS_MOD, RtpError, parse_header
 from media.session import Addr, RtpSession
 
 __all__ = [
@@ -81,6 +81,9 @@ _DTMF_CODES = {d: i for i, d in enumerate("0123456789*#ABCD")}
 _RING_SLOT = FrameRing.SLOT
 _RING_MASK = FrameRing.DEPTH - 1
 _Out = list[tuple[str, bytes, Addr]]
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack_into
+_HALF_TS = TS_MOD // 2
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -318,6 +321,8 @@ class MediaEngine:
         self._idle: list[Leg] = []
         self._delayed: list[Leg] = []
         self._mix_clamps: list[tuple[int, int, Leg]] = []
+        #: Called with the leg after ``set_remote`` (the shell re-binds what it filters on).
+        self.on_remote_change: Callable[[Leg], None] | None = None
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -364,6 +369,8 @@ class MediaEngine:
         leg.created = max(leg.created, now) if leg.session.last_rx is None else leg.created
         self._update_transcode(leg)
         self._dirty = True
+        if self.on_remote_change is not None:
+            self.on_remote_change(leg)
 
     def bridge(self, a: str, b: str, *, early_media: bool = False) -> None:
         """Join two legs on the fast path (each is first taken out of any bridge/conference).
@@ -650,6 +657,102 @@ class MediaEngine:
             return []
         out = self.receive_on(leg, data, addr, now)
         return [] if out is None else [out]
+
+    def receive_into(self, leg: Leg, buf: bytearray, n: int, now: float) -> int:
+        """The shell's fast path: one datagram in ``buf[:n]`` from the leg's latched source.
+
+        The caller guarantees the source (its socket is connected to ``leg.session.latched``).
+        The datagram is handled as by `receive_on`; a datagram to relay is rewritten in place.
+        Returns how many bytes of ``buf`` to send from the bridge peer's socket to the peer's
+        destination (0: nothing). The common packet (plain header, the current source in
+        sequence, the negotiated codec) costs a handful of attribute updates and one header
+        pack; everything else goes through `receive_on`.
+        """
+        if n < 12:
+            leg.session.malformed += 1
+            return 0
+        b0, b1, seq, ts, ssrc = _unpack_header(buf)
+        session = leg.session
+        rx = session.rx
+        if (
+            b0 != 0x80
+            or rx is None
+            or rx.ssrc != ssrc
+            or rx.probation
+            or (b1 & 0x7F) != session.pt
+            or leg.timed_out
+            or (n != _RING_SLOT and leg.ring is not None)
+        ):
+            return self._receive_copy(leg, buf, n, now)
+        max_seq = rx.max_seq
+        udelta = (seq - max_seq) & 0xFFFF
+        if udelta >= MAX_DROPOUT:
+            return self._receive_copy(leg, buf, n, now)
+        # RFC 3550 A.1 and A.8 for a packet in sequence (ReceptionStats.update, inlined).
+        if seq < max_seq:
+            rx.cycles += 0x10000
+        rx.max_seq = seq
+        rx.received += 1
+        rx.bytes += n
+        transit = now * 8000 - ts
+        last = rx.transit
+        if last is not None:
+            d = abs(transit - last)
+            if d > _HALF_TS:
+                d = TS_MOD - d
+            rx.jitter += (d - rx.jitter) * 0.0625
+        rx.transit = transit
+        session.packets_received += 1
+        session.last_rx = now
+        ring = leg.ring
+        if ring is not None:
+            pos = (seq & _RING_MASK) * _RING_SLOT
+            ring[pos : pos + _RING_SLOT] = buf[:_RING_SLOT]
+        else:
+            jb = leg.jb
+            if jb is not None:
+                jb.put(seq, bytes(buf[12:n]))
+        peer = leg.peer
+        if peer is None or peer.tx_dsp or not leg.to_peer:
+            return 0
+        delay = leg.delay
+        if delay is not None:
+            delay.fresh.append((seq, ts, ssrc, b1 > 127, bytes(buf[12:n])))
+            return 0
+        psession = peer.session
+        if psession.remote is None:
+            return 0
+        if ssrc != psession.relay_src or leg.transcode is not None:
+            payload = bytes(buf[12:n])
+            if leg.transcode is not None:
+                payload = payload.translate(leg.transcode)
+            packet = psession.relayed(psession.pt, b1 > 127, seq, ts, ssrc, payload, now)
+            buf[: len(packet)] = packet
+            return len(packet)
+        # RtpSession.relayed, inlined for a source it already relays.
+        out_seq = (seq + psession.relay_seq_off) & 0xFFFF
+        out_ts = (ts + psession.relay_ts_off) & 0xFFFFFFFF
+        if 0 < ((out_seq - psession.out_seq) & 0xFFFF) < 0x8000:
+            psession.out_seq = out_seq
+            psession.out_ts = out_ts
+            psession.out_time = now
+        psession.packets_sent += 1
+        psession.octets_sent += n - 12
+        _pack_header(buf, 0, 0x80, psession.pt | (b1 & 0x80), out_seq, out_ts, psession.ssrc)
+        return n
+
+    def _receive_copy(self, leg: Leg, buf: bytearray, n: int, now: float) -> int:
+        """`receive_into` for the unusual packet: `receive_on` on a copy, result into `buf`."""
+        session = leg.session
+        source = session.latched or session.remote
+        if source is None:
+            return 0
+        out = self.receive_on(leg, bytes(buf[:n]), source, now)
+        if out is None:
+            return 0
+        packet = out[0]
+        buf[: len(packet)] = packet
+        return len(packet)
 
     def receive_on(
         self, leg: Leg, data: bytes, addr: Addr, now: float

@@ -4,6 +4,8 @@ import asyncio
 import socket
 from typing import Any
 
+import pytest
+
 from media.aio import MediaShell, loop_factory
 from media.engine import Event, MediaEngine, PlayFinished
 from media.player import Tone
@@ -24,10 +26,12 @@ async def _phone() -> tuple[asyncio.DatagramTransport, Phone, int]:
     return transport, proto, transport.get_extra_info("sockname")[1]
 
 
-async def test_relay_between_two_legs_over_loopback() -> None:
+@pytest.mark.parametrize("io", ["poller", "protocol"])
+async def test_relay_between_two_legs_over_loopback(io: str) -> None:
     events: list[Event] = []
     engine = MediaEngine(max_legs=8)
-    shell = MediaShell(engine, port_range=None, on_event=events.append)
+    shell = MediaShell(engine, port_range=None, on_event=events.append, io=io)
+    assert shell.io == io
     port_a = await shell.open_leg("a")
     port_b = await shell.open_leg("b")
     ta, pa, phone_a = await _phone()
