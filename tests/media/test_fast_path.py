@@ -6,6 +6,7 @@ statistics of both legs, the events.
 """
 
 import random
+from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
 
@@ -130,6 +131,7 @@ def test_receive_into_matches_receive_on(
                 engine.play("b", [np.zeros(160 * 3, dtype=np.int16)])
         else:
             expected = slow.receive_packet("a", packet, A_PEER, now)
+            got: Sequence[tuple[bytes, tuple[str, int] | None]]
             if fast.leg("a").session.latched is None:
                 # The shell reads with the source address until the leg has latched.
                 got = fast.receive_packet("a", packet, A_PEER, now)
