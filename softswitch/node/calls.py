@@ -58,6 +58,7 @@ from softswitch.node.outbound import (
 )
 from softswitch.service import callflow as cf
 from softswitch.service import dialplan, rating
+from softswitch.service.ivr import DTMF_KEYS
 from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
 from softswitch.store.models import Account, Cdr, LegKind, PendingCallback, Rate
@@ -481,7 +482,7 @@ class CallController:
         session, name = found
         if isinstance(event, me.DigitReceived):
             # Only the customer's keys drive the call; the far legs' keys are theirs (relayed).
-            if name == cf.CALLBACK and event.digit in cf.DTMF_KEYS:
+            if name == cf.CALLBACK and event.digit in DTMF_KEYS:
                 session.key_source = event.source
                 self._feed(session, cf.DigitReceived(event.digit, source=event.source), now)
         elif isinstance(event, me.PlayFinished):

@@ -74,6 +74,7 @@ PROMPT_NAMES: tuple[str, ...] = (
     "no_answer",
     "unknown_speed_dial",
     "location_unavailable",
+    "no_name",
 )
 
 _NAMES = frozenset(PROMPT_NAMES)

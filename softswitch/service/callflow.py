@@ -61,6 +61,19 @@ from types import MappingProxyType
 from softswitch import fsm
 from softswitch.service import dialplan
 from softswitch.service.dialplan import DigitCollector, RefusalReason
+from softswitch.service.ivr import (
+    PROMPTS_PLAYED,
+    CancelTimer,
+    DigitReceived,
+    HangUp,
+    Play,
+    PlayTone,
+    Prompt,
+    PromptFinished,
+    StartTimer,
+    StopPlayback,
+    TimerFired,
+)
 from softswitch.service.rating import Rate, billable_seconds, cost, cut_at, warning_at
 
 __all__ = [
@@ -126,39 +139,10 @@ OPERATOR = "operator"
 #: What :class:`Unbridge` names as the other side when the callback leg is in a conference.
 CONFERENCE = "conference"
 
-#: RFC 4733 section 3.2 events 0-15; A-D exist on some phones and are ignored by the service.
-DTMF_KEYS = "0123456789*#ABCD"
 CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable", "rejected"})
 RETRYABLE_CALLBACK_FAILURES = frozenset({"busy", "no_answer", "unreachable"})
 DESTINATION_FAILURES = frozenset({"busy", "no_answer", "rejected", "congestion", "unreachable"})
 
-
-class Prompt(enum.StrEnum):
-    """Every prompt the call flow can play: the prompt set must hold each one (but NAME).
-
-    :class:`Play` takes only these, so this enum *is* the list of prompts the flow can play
-    (mypy rejects anything else); the node refuses to start when one is missing from the
-    prompt set (:func:`softswitch.prompts.check_prompts`).
-    """
-
-    #: The customer's recorded name (a file of the account, not of the prompt set).
-    NAME = "name"
-    DIAL_PROMPT = "dial_prompt"
-    INVALID_NUMBER = "invalid_number"
-    BLOCKED_NUMBER = "blocked_number"
-    NO_CREDIT = "no_credit"
-    OVER_LIMIT = "over_limit"
-    UNKNOWN_SPEED_DIAL = "unknown_speed_dial"
-    NO_ANSWER = "no_answer"
-    CALL_FAILED = "call_failed"
-    ONE_MINUTE_WARNING = "one_minute_warning"
-    CONNECTING_CUSTOMER_SERVICE = "connecting_customer_service"
-    LOCATION_UNAVAILABLE = "location_unavailable"
-    GOODBYE = "goodbye"
-
-
-#: The prompt-set names the call flow can play (what the node checks at start-up).
-PROMPTS_PLAYED: frozenset[str] = frozenset(p.value for p in Prompt if p is not Prompt.NAME)
 
 #: The prompt played for each refusal, before the dial prompt again.
 REFUSAL_PROMPTS: Mapping[RefusalReason, Prompt] = MappingProxyType(
@@ -208,23 +192,6 @@ class CallbackFailed:
     def __post_init__(self) -> None:
         if self.reason not in CALLBACK_FAILURES:
             raise ValueError(f"callback failure reason {self.reason!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class DigitReceived:
-    """A key press of the customer (RFC 4733 or in-band, already de-duplicated)."""
-
-    digit: str
-    source: str = "rfc4733"
-
-    def __post_init__(self) -> None:
-        if len(self.digit) != 1 or self.digit not in DTMF_KEYS:
-            raise ValueError(f"not a DTMF key: {self.digit!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class PromptFinished:
-    """The prompts of the last :class:`Play` on the callback leg played to the end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,13 +299,6 @@ class SpeedDialResolved:
     number: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    """The timer ``name`` (armed by :class:`StartTimer`) is due."""
-
-    name: str
-
-
 Event = (
     CallbackRinging
     | CallbackAnswered
@@ -377,43 +337,6 @@ class Originate:
     dial_string: str
     caller_id: str | None = None
     attempt: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class HangUp:
-    """Release ``leg``: CANCEL if unanswered, BYE if answered."""
-
-    leg: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Play:
-    """Play prompts on ``leg`` in order; :attr:`Prompt.NAME` is the customer's recorded name.
-
-    ``barge_in``: the first key press stops it (the machine sends :class:`StopPlayback`).
-    ``mix``: play over the bridge (the other party keeps talking) instead of replacing audio.
-    """
-
-    leg: str
-    prompts: tuple[Prompt, ...]
-    barge_in: bool = True
-    mix: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PlayTone:
-    """Play a tone on ``leg`` until stopped: ``"ringback"``, ``"busy"`` or ``"beep"``."""
-
-    leg: str
-    tone: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopPlayback:
-    """Stop any prompt or tone on ``leg`` (no :class:`PromptFinished` follows)."""
-
-    leg: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,21 +383,6 @@ class ResolveSpeedDial:
     """Look up the SpeedDial ``code`` (``"03"``); answer :class:`SpeedDialResolved`."""
 
     code: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartTimer:
-    """Arm (or re-arm) the timer ``name`` to fire at ``at``."""
-
-    name: str
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTimer:
-    """Disarm the timer ``name``."""
-
-    name: str
 
 
 @dataclass(frozen=True, slots=True)
