@@ -126,6 +126,8 @@ class Config:
     media_host: str = "127.0.0.1"
     rtp_ports: tuple[int, int] | None = (16384, 32767)
     prompts_dir: Path | None = None
+    #: Where recorded names are kept (default: beside the SQLite database).
+    recordings_dir: Path | None = None
     service: bool = True
     source: str = "<defaults>"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -151,7 +153,7 @@ _KEYS: dict[str, frozenset[str]] = {
     ),
     "trigger": frozenset({"number"}),
     "service": frozenset(
-        {"enabled", "operator", "tone_country", "callback_ring_timeout"}
+        {"enabled", "operator", "tone_country", "callback_ring_timeout", "recordings_dir"}
         | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
         | {"first_digit_timeout", "inter_digit_timeout"}
@@ -379,6 +381,9 @@ def load_config(
             if not low <= value <= high:
                 raise service.error(key, f"must be between {low} and {high} seconds")
             kwargs[key] = float(value)
+    recordings = service.get("recordings_dir", str)
+    if recordings is not None:
+        kwargs["recordings_dir"] = Path(recordings)
     attempts = service.get("callback_attempts", int)
     if attempts is not None:
         if not 1 <= attempts <= 10:

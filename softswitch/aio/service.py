@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
@@ -29,15 +30,17 @@ from media.aio import MediaShell
 from softswitch import prompts
 from softswitch.config import Config
 from softswitch.node import commands as cmd
+from softswitch.node.calls import recordings_dir
 from softswitch.node.node import Node
 from softswitch.service.callflow import PROMPTS_PLAYED
 from softswitch.store.db import Database
-from softswitch.store.models import Cdr, PendingCallback
+from softswitch.store.models import Cdr, CodeCheck, Location, PendingCallback
 from softswitch.store.repos import (
     AccountRepo,
     CallbackQueue,
     CdrRepo,
     CreditRepo,
+    InvalidInput,
     RateRepo,
     SpeedDialRepo,
 )
@@ -113,6 +116,7 @@ class ServiceShell:
             port_range=config.rtp_ports,
             on_event=self._media_event,
         )
+        self.recordings = recordings_dir(config)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._ready = asyncio.Event()
         node_id = node.calls.node_id if node.calls is not None else ""
@@ -133,6 +137,7 @@ class ServiceShell:
             cmd.BridgeMedia: self._bridge,
             cmd.UnbridgeMedia: self._unbridge,
             cmd.ConferenceMedia: self._conference,
+            cmd.RecordMedia: self._record,
         }
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -144,6 +149,7 @@ class ServiceShell:
         # line, found mid-call: refuse to start instead, naming every missing file.
         await asyncio.to_thread(prompts.check_prompts, root, names=PROMPTS_PLAYED, decode=True)
         await self.db.migrate()
+        self.recordings.mkdir(parents=True, exist_ok=True)
         self.media.start()
         self.node.sync_clock(self.loop.time(), time.time())
 
@@ -241,7 +247,35 @@ class ServiceShell:
         if isinstance(request, cmd.LookUpSpeedDial):
             found = await self.speed_dials.get(request.account_id, request.code)
             return None if found is None else found.number
+        if isinstance(request, cmd.CheckSecurityCode):
+            check = await self.accounts.verify_security_code(
+                request.account_id, request.code, request.at
+            )
+            # An account without a code sounds like a wrong code (SPEC section 4).
+            return (
+                "accepted"
+                if check is CodeCheck.ACCEPTED
+                else ("locked" if check is CodeCheck.LOCKED else "rejected")
+            )
+        if isinstance(request, cmd.SetLocation):
+            location = Location(request.number, request.extension or None)
+            try:
+                await self.accounts.set_location(request.account_id, location)
+            except InvalidInput as exc:
+                log.warning("account %d: location not saved: %s", request.account_id, exc)
+                return False
+            return True
+        if isinstance(request, cmd.SaveRecordedName):
+            return await self._save_name(request)
         raise TypeError(f"not a store request: {request!r}")
+
+    async def _save_name(self, request: cmd.SaveRecordedName) -> str:
+        """Move the recording into place atomically, then remember it (the old one goes)."""
+        source = self.recordings / request.recording
+        final = self.recordings / f"name-{request.account_id}.wav"
+        await asyncio.to_thread(os.replace, source, final)
+        await self.accounts.set_recorded_name(request.account_id, str(final))
+        return str(final)
 
     async def _enqueue_batch(
         self, items: list[cmd.EnqueueCallback]
@@ -312,6 +346,16 @@ class ServiceShell:
         for leg_id in command.legs:
             if leg_id in self.media.engine.legs:
                 self.media.engine.join_conference(command.conf_id, leg_id)
+
+    def _record(self, command: cmd.RecordMedia) -> None:
+        if command.leg_id in self.media.engine.legs:
+            self.media.engine.record(
+                command.leg_id,
+                str(self.recordings / command.recording),
+                max_s=command.max_s,
+                stop_on="#",
+                silence_s=command.silence_s,
+            )
 
     def _media_event(self, event: me.Event) -> None:
         self.node.media_event(event, self.loop.time())

@@ -58,10 +58,11 @@ from softswitch.node.outbound import (
 )
 from softswitch.service import callflow as cf
 from softswitch.service import dialplan, rating
-from softswitch.service.ivr import DTMF_KEYS
+from softswitch.service import menu as mn
+from softswitch.service.ivr import DTMF_KEYS, Record, RecordFinished
 from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
-from softswitch.store.models import Account, Cdr, LegKind, PendingCallback, Rate
+from softswitch.store.models import Account, AccountKind, Cdr, LegKind, PendingCallback, Rate
 
 __all__ = [
     "CALLBACK_LEASE",
@@ -129,6 +130,11 @@ def destination_failure(status: int | None) -> str:
     return "unreachable"
 
 
+def menu_config(config: Config) -> mn.MenuConfig:
+    """The Location menu's settings from the node configuration."""
+    return mn.MenuConfig(blocked_prefixes=config.blocked_prefixes)
+
+
 def callflow_config(config: Config) -> cf.CallFlowConfig:
     """The call flow's timing and limits from the node configuration (``[service]``)."""
     return cf.CallFlowConfig(
@@ -170,6 +176,10 @@ class Session:
     started_at: float = 0.0  # the node's now when the session began
     key_source: str | None = None  # how the customer's last key came: rfc4733 or inband
     retry_at: float | None = None  # wall-clock due time of the next attempt (RetryLater)
+    call_back_now: bool = False  # the Location menu asked for a callback at the new location
+    recordings: int = 0  # recordings made at the name menu
+    new_name: str | None = None  # the latest recording's file name (not yet saved)
+    name_path: str | None = None  # the recorded name saved in this call (newer than account's)
 
     @property
     def short(self) -> str:
@@ -218,6 +228,12 @@ class CallController:
         self.triggers = triggers
         self.node_id = node_id
         self.flow = flow or callflow_config(config)
+        self.menu = menu_config(config)
+        #: Where recordings are played from (the shell writes them there).
+        self._recordings = recordings_dir(config)
+        #: Settlements whose commit lets a new callback be queued (the Location menu's
+        #: "call back now"): request id -> (account id, trigger).
+        self._after_settle: dict[int, tuple[int, str]] = {}
         self._new_id = new_id or (lambda: uuid.uuid4().hex)
         self.sessions: dict[str, Session] = {}
         self._by_account: dict[int, Session] = {}
@@ -488,6 +504,9 @@ class CallController:
         elif isinstance(event, me.PlayFinished):
             if name == cf.CALLBACK and not event.interrupted:
                 self._feed(session, cf.PromptFinished(), now)
+        elif isinstance(event, me.RecordFinished):
+            if name == cf.CALLBACK:
+                self._feed(session, RecordFinished(event.duration, event.reason), now)
         elif isinstance(event, me.RtpTimeout):
             log.warning(
                 "session %s: no RTP from the %s leg for %.0f s",
@@ -560,8 +579,39 @@ class CallController:
             assert result is None or isinstance(result, str)
             assert session is not None
             self._feed(session, cf.SpeedDialResolved(result), now)
+        elif isinstance(request, cmd.CheckSecurityCode):
+            assert isinstance(result, str) and session is not None
+            if result != "accepted":
+                log.warning(
+                    "security: code_%s account=%d session=%s via=callback",
+                    result,
+                    request.account_id,
+                    session.short,
+                )
+            self._feed(session, mn.CodeChecked(result), now)
+        elif isinstance(request, cmd.SetLocation):
+            assert isinstance(result, bool) and session is not None
+            if result:
+                log.info(
+                    "session %s: account %d moved to %s%s",
+                    session.short,
+                    request.account_id,
+                    request.number,
+                    f" ext {request.extension}" if request.extension else "",
+                )
+            self._feed(session, mn.LocationSaved(result), now)
+        elif isinstance(request, cmd.SaveRecordedName):
+            assert isinstance(result, str | None) and session is not None
+            if result is not None:
+                session.name_path = result
+                session.new_name = None
+            self._feed(session, mn.NameSaved(result is not None), now)
+        elif isinstance(request, cmd.SettleCallback):
+            follow = self._after_settle.pop(request.rid, None)
+            if follow is not None:
+                self._queue_callback_now(follow, now)
         if session is not None:
-            self._settle_if_done(session)
+            self._settle_if_done(session, now)
 
     def store_failed(self, request: cmd.StoreRequest, error: str, now: float) -> None:
         """A store request failed (the store is down, a constraint broke): degrade, log."""
@@ -593,13 +643,30 @@ class CallController:
             assert session is not None
             log.error("session %s: cannot read the speed dial: %s", session.short, error)
             self._feed(session, cf.SpeedDialResolved(None), now)
+        elif isinstance(request, cmd.CheckSecurityCode):
+            assert session is not None
+            log.error("session %s: cannot check the security code: %s", session.short, error)
+            self._feed(session, mn.CodeChecked("rejected"), now)
+        elif isinstance(request, cmd.SetLocation):
+            assert session is not None
+            log.error("session %s: cannot save the location: %s", session.short, error)
+            self._feed(session, mn.LocationSaved(False), now)
+        elif isinstance(request, cmd.SaveRecordedName):
+            assert session is not None
+            log.error("session %s: cannot save the recorded name: %s", session.short, error)
+            self._feed(session, mn.NameSaved(False), now)
+        elif isinstance(request, cmd.SettleCallback):
+            log.error("callback %d: %s not settled: %s", request.callback_id, request.event, error)
+            follow = self._after_settle.pop(request.rid, None)
+            if follow is not None:
+                self._queue_callback_now(follow, now)
         elif isinstance(request, cmd.WriteCdr):
             # Never silently lost: the whole record goes to the log for re-entry.
             log.error("CDR NOT WRITTEN (%s): %r", error, request.cdr)
         else:
             log.error("store request %s failed: %s", type(request).__name__, error)
         if session is not None:
-            self._settle_if_done(session)
+            self._settle_if_done(session, now)
 
     # --- timers -----------------------------------------------------------------------------
 
@@ -723,6 +790,24 @@ class CallController:
         if session.finished is None:
             self._feed(session, cf.Abort("absorbed"), now)
 
+    def _queue_callback_now(self, follow: tuple[int, str], now: float) -> None:
+        """A callback for the account, due now, for whichever claim comes first (this node's
+        within a second): the normal path, with the new location read from the store."""
+        account_id, trigger = follow
+        log.info("account %d: calling back at the new location", account_id)
+        self._store(
+            cmd.EnqueueCallback(
+                self._next_rid(),
+                "",
+                account_id,
+                trigger,
+                self.wall(now),
+                self.node_id,
+                CALLBACK_LEASE,
+                claimed=False,
+            )
+        )
+
     def _renew_leases(self, now: float) -> None:
         ids = tuple(
             s.callback_id
@@ -784,6 +869,7 @@ class CallController:
             config=self.flow,
             name=sid[:8],
             first_attempt=first_attempt,
+            location_menu=self.menu if self._may_change_location(account) else None,
         )
         session = Session(sid, account, call, trigger, started_at=now)
         self.sessions[sid] = session
@@ -797,6 +883,11 @@ class CallController:
         )
         self._apply(session, call.start(now), now)
         return session
+
+    @staticmethod
+    def _may_change_location(account: Account) -> bool:
+        """Hotline accounts call one number only; every other kind may move by phone."""
+        return account.kind is not AccountKind.HOTLINE
 
     def _feed(self, session: Session, event: cf.Event, now: float) -> bool:
         """Hand the call flow one event; False if it had no entry for it (logged)."""
@@ -885,8 +976,36 @@ class CallController:
             log.info("session %s: billing stopped", session.short)
         elif isinstance(action, cf.RetryLater):
             session.retry_at = self.wall(action.at)
+        elif isinstance(action, mn.VerifyCode):
+            check = cmd.CheckSecurityCode(
+                self._next_rid(), session.sid, session.account.id, action.code, self.wall(now)
+            )
+            self._store(check, session)
+        elif isinstance(action, mn.SaveLocation):
+            save = cmd.SetLocation(
+                self._next_rid(), session.sid, session.account.id, action.number, action.extension
+            )
+            self._store(save, session)
+        elif isinstance(action, Record):
+            leg_id = legs.get(action.leg)
+            if leg_id is not None:
+                session.recordings += 1
+                session.new_name = (
+                    f"{session.account.id}-{session.short}-{session.recordings}.wav"
+                )
+                out.append(
+                    cmd.RecordMedia(leg_id, session.new_name, action.max_s, action.silence_s)
+                )
+        elif isinstance(action, mn.SaveName):
+            if session.new_name is not None:
+                keep = cmd.SaveRecordedName(
+                    self._next_rid(), session.sid, session.account.id, session.new_name
+                )
+                self._store(keep, session)
+        elif isinstance(action, cf.CallBackNow):
+            session.call_back_now = True
         elif isinstance(action, cf.Finished):
-            self._finish(session, action.reason)
+            self._finish(session, action.reason, now)
 
     def _originate(self, session: Session, action: cf.Originate) -> None:
         old = session.legs.get(action.leg)
@@ -937,8 +1056,13 @@ class CallController:
         )
 
     def _prompt(self, session: Session, prompt: cf.Prompt) -> Path:
-        if prompt is cf.Prompt.NAME and session.account.recorded_name_path:
-            return Path(session.account.recorded_name_path)
+        if prompt is cf.Prompt.NEW_NAME and session.new_name is not None:
+            return self._recordings / session.new_name
+        if prompt in (cf.Prompt.NAME, cf.Prompt.NEW_NAME):
+            saved = session.name_path or session.account.recorded_name_path
+            if saved:
+                return Path(saved)
+            prompt = cf.Prompt.NO_NAME
         return prompts.prompt_path(
             session.account.language.value, prompt.value, self.config.prompts_dir
         )
@@ -1092,7 +1216,7 @@ class CallController:
             record.cost,
         )
 
-    def _finish(self, session: Session, reason: str) -> None:
+    def _finish(self, session: Session, reason: str, now: float) -> None:
         session.finished = reason
         for armed in [k for k in self._armed if k[0] == session.sid]:
             del self._armed[armed]
@@ -1101,9 +1225,9 @@ class CallController:
         if session.reservation is not None:
             key, session.reservation = session.reservation, None
             self._release(session, key)
-        self._settle_if_done(session)
+        self._settle_if_done(session, now)
 
-    def _settle_if_done(self, session: Session) -> None:
+    def _settle_if_done(self, session: Session, now: float) -> None:
         """Once a finished session's writes are durable: settle its row, then forget it."""
         if session.finished is None or session.outstanding or not session.row_known:
             return
@@ -1135,7 +1259,13 @@ class CallController:
                 self._settle(session, session.callback_id, "fail", reason)
             else:
                 self._settle(session, session.callback_id, "complete", None)
+                if session.call_back_now:
+                    # Queued once this row is closed (one open callback per account).
+                    self._after_settle[self._rid] = (session.account.id, session.trigger)
+                    session.call_back_now = False
             session.callback_id = None
+        if session.call_back_now:
+            self._queue_callback_now((session.account.id, session.trigger), now)
         self.sessions.pop(session.sid, None)
         if self._by_account.get(session.account.id) is session:
             del self._by_account[session.account.id]
@@ -1165,3 +1295,40 @@ class CallController:
     def _caller_id(self) -> str | None:
         trunk = self.config.trunk
         return trunk.caller_id if trunk is not None else None
+
+    # --- operations (issue 9) ---
+
+    def reconfigure(self, config: Config) -> None:
+        """SIGHUP: the blocklist, the operator, the tone country and the call-flow timings.
+
+        The blocklist applies to the next number any call dials; the timings to calls that
+        start from now on (a live call keeps the flow it began with). The trunk, media and
+        prompts are the ones the node started with (they need a restart).
+        """
+        from dataclasses import replace
+
+        self.config = replace(
+            self.config,
+            blocked_prefixes=config.blocked_prefixes,
+            operator=config.operator,
+            tone_country=config.tone_country,
+            callback_ring_timeout=config.callback_ring_timeout,
+            destination_ring_timeout=config.destination_ring_timeout,
+            callback_attempts=config.callback_attempts,
+            callback_retry_pause=config.callback_retry_pause,
+            silence_timeout=config.silence_timeout,
+            after_call_idle=config.after_call_idle,
+            first_digit_timeout=config.first_digit_timeout,
+            inter_digit_timeout=config.inter_digit_timeout,
+        )
+        self.flow = callflow_config(self.config)
+
+
+def recordings_dir(config: Config) -> Path:
+    """Where the name menu's recordings live: ``[service] recordings_dir``, or beside the
+    SQLite database, or ``recordings`` in the working directory (PostgreSQL)."""
+    if config.recordings_dir is not None:
+        return config.recordings_dir
+    if config.db_url.startswith("sqlite:///"):
+        return Path(config.db_url.removeprefix("sqlite:///")).parent / "recordings"
+    return Path("recordings")

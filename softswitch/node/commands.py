@@ -27,6 +27,7 @@ from softswitch.store.models import Cdr
 
 __all__ = [
     "BridgeMedia",
+    "CheckSecurityCode",
     "ClaimCallbacks",
     "CloseMedia",
     "Command",
@@ -39,10 +40,13 @@ __all__ = [
     "OpenMedia",
     "PlayMedia",
     "QuoteRate",
+    "RecordMedia",
     "ReleaseCredit",
     "RenewLeases",
     "ReserveCredit",
+    "SaveRecordedName",
     "SendDigits",
+    "SetLocation",
     "SetRemote",
     "SettleCallback",
     "StopMedia",
@@ -173,6 +177,41 @@ class LookUpSpeedDial:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckSecurityCode:
+    """Check ``code`` against the account's stored hash; the store counts failures and locks
+    the menu for the account (every entry point). Answer: ``"accepted"``, ``"rejected"``
+    (also for an account with no code: they sound the same) or ``"locked"``."""
+
+    rid: int
+    sid: str
+    account_id: int
+    code: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetLocation:
+    """Make ``number`` + ``extension`` the account's location. Answer: ``bool`` (saved)."""
+
+    rid: int
+    sid: str
+    account_id: int
+    number: str
+    extension: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveRecordedName:
+    """Keep the recording ``recording`` (a file name in the recordings directory) as the
+    account's name: moved into place atomically, then recorded in the store. Answer: ``bool``."""
+
+    rid: int
+    sid: str
+    account_id: int
+    recording: str
+
+
+@dataclass(frozen=True, slots=True)
 class WriteCdr:
     """Write one CDR durably (group commit). Answer: ignored."""
 
@@ -193,6 +232,9 @@ StoreRequest = (
     | ReleaseCredit
     | LookUpSpeedDial
     | WriteCdr
+    | CheckSecurityCode
+    | SetLocation
+    | SaveRecordedName
 )
 
 
@@ -238,6 +280,17 @@ class PlayMedia:
     items: tuple[Path | Tone, ...]
     barge_in: bool
     mix: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMedia:
+    """Record the leg to ``recording`` (a file name in the recordings directory) until ``#``,
+    ``silence_s`` of silence or ``max_s``. The engine reports a RecordFinished."""
+
+    leg_id: str
+    recording: str
+    max_s: float
+    silence_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +343,7 @@ MediaCommand = (
     | BridgeMedia
     | UnbridgeMedia
     | ConferenceMedia
+    | RecordMedia
 )
 
 Command = StoreRequest | MediaCommand

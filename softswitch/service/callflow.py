@@ -70,9 +70,24 @@ from softswitch.service.ivr import (
     PlayTone,
     Prompt,
     PromptFinished,
+    Record,
+    RecordFinished,
     StartTimer,
     StopPlayback,
     TimerFired,
+)
+from softswitch.service.menu import (
+    CodeChecked,
+    LocationMenu,
+    LocationSaved,
+    MenuAction,
+    MenuConfig,
+    MenuDone,
+    MenuHungUp,
+    NameSaved,
+    SaveLocation,
+    SaveName,
+    VerifyCode,
 )
 from softswitch.service.rating import Rate, billable_seconds, cost, cut_at, warning_at
 
@@ -87,6 +102,7 @@ __all__ = [
     "Authorize",
     "Authorized",
     "Bridge",
+    "CallBackNow",
     "CallFlowConfig",
     "CallFlowError",
     "CallState",
@@ -319,6 +335,10 @@ Event = (
     | Refused
     | SpeedDialResolved
     | TimerFired
+    | CodeChecked
+    | LocationSaved
+    | NameSaved
+    | RecordFinished
 )
 
 
@@ -427,6 +447,11 @@ class ForwardDigit:
 
 
 @dataclass(frozen=True, slots=True)
+class CallBackNow:
+    """After this session: call the customer back at their (just changed) location."""
+
+
+@dataclass(frozen=True, slots=True)
 class RetryLater:
     """Call the customer back again at ``at`` (the attempt failed for ``reason``)."""
 
@@ -464,6 +489,11 @@ Action = (
     | ForwardDigit
     | RetryLater
     | Finished
+    | VerifyCode
+    | SaveLocation
+    | SaveName
+    | Record
+    | CallBackNow
 )
 
 
@@ -511,6 +541,7 @@ class CallState(enum.Enum):
     CONSULTING = "consulting"
     CONFERENCE = "conference"
     OPERATOR = "operator"
+    LOCATION = "location"
     ENDING = "ending"
     ENDED = "ended"
 
@@ -530,6 +561,7 @@ TIMERS_IN: Mapping[CallState, frozenset[str]] = MappingProxyType(
         S.CONSULTING: frozenset({"operator_ring", "hold", "credit_warning", "credit_cut"}),
         S.CONFERENCE: frozenset({"hold", "credit_warning", "credit_cut"}),
         S.OPERATOR: frozenset({"operator_ring", "hold"}),
+        S.LOCATION: frozenset({"menu.input", "menu.ending"}),
         S.ENDING: frozenset({"ending"}),
         S.ENDED: frozenset(),
     }
@@ -626,6 +658,7 @@ class CustomerCall:
         config: CallFlowConfig | None = None,
         name: str = "",
         first_attempt: int = 1,
+        location_menu: MenuConfig | None = None,
     ) -> None:
         if any(ch not in "0123456789*#" for ch in extension):
             raise ValueError(f"extension may only hold 0-9 * #: {extension!r}")
@@ -637,6 +670,9 @@ class CustomerCall:
         self.has_name = has_name
         self.preset_destination = preset_destination
         self.operator = operator
+        #: The Location menu's settings; None: this account may not change location by phone.
+        self.location_menu = location_menu
+        self._menu: LocationMenu | None = None
         self.collector = DigitCollector(
             first_digit_timeout=self.config.first_digit_timeout,
             inter_digit_timeout=self.config.inter_digit_timeout,
@@ -1021,14 +1057,16 @@ class CustomerCall:
         if isinstance(result, dialplan.CustomerService):
             return self._enter_operator(now)
         if isinstance(result, dialplan.LocationChange):
-            log.info(
-                "customer call %s: location change asked for (trigger %s), not available yet",
-                self.name,
-                result.trigger,
-            )
-            return self._enter_collecting(
-                now, (Prompt.LOCATION_UNAVAILABLE, Prompt.DIAL_PROMPT), None
-            )
+            if self.location_menu is None:
+                log.info(
+                    "customer call %s: location change asked for (trigger %s), not allowed",
+                    self.name,
+                    result.trigger,
+                )
+                return self._enter_collecting(
+                    now, (Prompt.LOCATION_UNAVAILABLE, Prompt.DIAL_PROMPT), None
+                )
+            return self._enter_location(now)
         if isinstance(result, dialplan.EndSession):
             return self._end(now, "customer_release", hang_up_callback=True)
         if isinstance(result, dialplan.Invalid):
@@ -1294,6 +1332,57 @@ class CustomerCall:
             now, (Prompt.DIAL_PROMPT,), self.config.after_call_idle
         )
 
+    # --- LOCATION: the Location menu on the callback leg (guide 5-B) ---
+
+    def _enter_location(self, now: float) -> list[Action]:
+        actions = self._quiet()
+        actions += self._set_state(S.LOCATION)
+        self._menu = LocationMenu(
+            leg=CALLBACK, has_name=self.has_name, config=self.location_menu, name=self.name
+        )
+        return actions + self._from_menu(self._menu.start(now), now)
+
+    def _on_menu_event(self, event: Event, now: float) -> list[Action]:
+        menu = self._menu
+        assert menu is not None
+        assert isinstance(
+            event,
+            DigitReceived
+            | PromptFinished
+            | RecordFinished
+            | TimerFired
+            | CodeChecked
+            | LocationSaved
+            | NameSaved,
+        )
+        return self._from_menu(menu.handle(event, now), now)
+
+    def _on_menu_hung_up(self, event: Event, now: float) -> list[Action]:
+        menu = self._menu
+        assert menu is not None
+        return self._from_menu(menu.handle(MenuHungUp(), now), now)
+
+    def _from_menu(self, actions: list[MenuAction], now: float) -> list[Action]:
+        """The menu's actions as the call's: its timers are the call's, its end ends the call."""
+        out: list[Action] = []
+        for action in actions:
+            if isinstance(action, StartTimer):
+                out.append(self._arm(action.name, action.at))
+            elif isinstance(action, CancelTimer):
+                if action.name in self._timers:
+                    out.append(self._cancel(action.name))
+            elif isinstance(action, MenuDone):
+                if action.outcome == "hung_up":
+                    out += self._end(now, "customer_hangup", hang_up_callback=False)
+                elif action.call_back:
+                    out.append(CallBackNow())
+                    out += self._end(now, "location_changed", hang_up_callback=False)
+                else:
+                    out += self._end(now, f"menu_{action.outcome}", hang_up_callback=False)
+            else:
+                out.append(action)
+        return out
+
     # --- ENDING ---
 
     def _goodbye_done(self, event: Event, now: float) -> list[Action]:
@@ -1381,7 +1470,7 @@ def input_of(event: Event) -> object:
 
 _C = CustomerCall
 _CALLING = {S.CALLING_BACK}
-_COLLECT_TARGETS = {S.COLLECTING, S.AUTHORIZING, S.OPERATOR, S.ENDED}
+_COLLECT_TARGETS = {S.COLLECTING, S.AUTHORIZING, S.OPERATOR, S.LOCATION, S.ENDED}
 _COMMAND_TARGETS = {S.ENDED, S.COLLECTING}
 
 
@@ -1478,6 +1567,16 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     (S.OPERATOR, _timer("hold")): (_C._timer_hold, S.OPERATOR),
     (S.OPERATOR, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
     # Goodbye after silence.
+    # The Location menu on the callback leg (the menu is a machine of its own).
+    (S.LOCATION, DigitReceived): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, PromptFinished): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, RecordFinished): (_C._on_menu_event, S.LOCATION),
+    (S.LOCATION, CodeChecked): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, LocationSaved): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, NameSaved): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, _timer("menu.input")): (_C._on_menu_event, {S.LOCATION, S.ENDED}),
+    (S.LOCATION, _timer("menu.ending")): (_C._on_menu_event, S.ENDED),
+    (S.LOCATION, CustomerHungUp): (_C._on_menu_hung_up, S.ENDED),
     (S.ENDING, DigitReceived): (_C._ignore, S.ENDING),
     (S.ENDING, PromptFinished): (_C._on_goodbye_finished, {S.ENDING, S.ENDED}),
     (S.ENDING, _timer("ending")): (_C._goodbye_done, S.ENDED),

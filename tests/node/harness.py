@@ -69,11 +69,12 @@ def account(
     language: Language = Language.EN,
     name_path: str | None = None,
     hotline: str | None = None,
+    kind: AccountKind = AccountKind.STANDARD,
 ) -> Account:
     return Account(
         id=account_id,
         name=f"Customer {account_id}",
-        kind=AccountKind.STANDARD,
+        kind=kind,
         language=language,
         status=status,
         location=None if location is None else Location(location, extension),
@@ -104,6 +105,9 @@ class FakeStore:
         self.used: dict[int, int] = {}
         self.settled: list[tuple[int, str, str | None]] = []
         self.renewed: list[tuple[int, ...]] = []
+        self.codes: dict[int, str] = {}  # account id -> security code
+        self.code_failures: dict[int, int] = {}
+        self.max_code_failures = 3
         self._ids = itertools.count(1)
 
     def available(self, account_id: int) -> int:
@@ -196,6 +200,25 @@ class FakeStore:
         if isinstance(request, cmd.WriteCdr):
             self.cdrs.append(request.cdr)
             return None
+        if isinstance(request, cmd.CheckSecurityCode):
+            failures = self.code_failures.get(request.account_id, 0)
+            if failures >= self.max_code_failures:
+                return "locked"
+            if self.codes.get(request.account_id) == request.code:
+                self.code_failures[request.account_id] = 0
+                return "accepted"
+            self.code_failures[request.account_id] = failures + 1
+            return "locked" if failures + 1 >= self.max_code_failures else "rejected"
+        if isinstance(request, cmd.SetLocation):
+            old = self.accounts[request.account_id]
+            where = Location(request.number, request.extension or None)
+            self.accounts[old.id] = replace(old, location=where)
+            return True
+        if isinstance(request, cmd.SaveRecordedName):
+            old = self.accounts[request.account_id]
+            path = f"/var/recordings/name-{old.id}.wav"
+            self.accounts[old.id] = replace(old, recorded_name_path=path)
+            return path
         raise AssertionError(f"unexpected store request {request!r}")
 
     def cdrs_of(self, leg: LegKind) -> list[Cdr]:
@@ -215,6 +238,7 @@ class FakeLeg:
     early_media: bool = False
     conference: str | None = None
     sent_digits: list[tuple[str, str]] = field(default_factory=list)
+    recording: str | None = None
     closed: bool = False
 
 
@@ -252,6 +276,8 @@ class FakeMedia:
                 self.legs[leg.bridged_to].bridged_to = None
             leg.bridged_to = None
             leg.conference = None
+        elif isinstance(command, cmd.RecordMedia):
+            self.legs[command.leg_id].recording = command.recording
         elif isinstance(command, cmd.ConferenceMedia):
             for leg_id in command.legs:
                 leg = self.legs[leg_id]
@@ -360,7 +386,8 @@ class Rig:
                 | cmd.SendDigits
                 | cmd.BridgeMedia
                 | cmd.UnbridgeMedia
-                | cmd.ConferenceMedia,
+                | cmd.ConferenceMedia
+                | cmd.RecordMedia,
             ):
                 self.media.apply(command)
             elif isinstance(command, self.hold):
@@ -543,6 +570,15 @@ class Rig:
 
     def prompt_done(self, call: Call) -> None:
         self.node.media_event(me.PlayFinished(call.leg_id, False), self.now)
+        self.pump()
+
+    def recorded(self, call: Call, duration: float, reason: str = "key") -> None:
+        """The recording on ``call``'s leg ended after ``duration`` seconds."""
+        leg = self.media.legs[call.leg_id]
+        assert leg.recording is not None, "nothing is being recorded"
+        event = me.RecordFinished(call.leg_id, leg.recording, duration, reason)
+        leg.recording = None
+        self.node.media_event(event, self.now)
         self.pump()
 
     def playing(self, call: Call) -> list[str]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from softswitch.node import commands as cmd
 from softswitch.node.calls import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
 from softswitch.service.callflow import CallState
-from softswitch.store.models import AccountStatus, CallbackState, LegKind, Rate
+from softswitch.store.models import AccountKind, AccountStatus, CallbackState, LegKind, Rate
 from tests.node.harness import (
     CUSTOMER,
     DESTINATION,
@@ -446,14 +447,90 @@ def test_reservation_answered_after_the_customer_hung_up_is_given_back() -> None
 # --- the defects found by trying the product --------------------------------------------------
 
 
-def test_own_trigger_number_at_the_dial_prompt_is_explained_not_silent() -> None:
+def test_own_trigger_number_opens_the_location_menu_and_calls_back_at_the_new_place() -> None:
+    # Guide 5-B: on a callback, 1 + the trigger number (NANP's 1 is its country code here).
     rig = Rig()
+    rig.store.codes[1] = "4711"
+    callback = callback_answered(rig)
+    rig.keys(callback, TRIGGER + "#")
+    assert rig.playing(callback) == ["security_code_enter"]
+    rig.prompt_done(callback)
+    rig.keys(callback, "4711")
+    assert rig.playing(callback) == ["location_enter_number"]
+    rig.keys(callback, "819011112222*")
+    assert rig.playing(callback) == ["location_enter_extension"]
+    rig.keys(callback, "*")
+    readback = rig.playing(callback)
+    assert readback[0] == "location_you_entered" and readback[-1] == "location_confirm"
+    assert "".join(p.removeprefix("digit_") for p in readback[1:-1]) == "819011112222"
+    rig.keys(callback, "1")
+    assert rig.store.accounts[1].location is not None
+    assert rig.store.accounts[1].location.number == "819011112222"
+    assert rig.playing(callback) == ["location_saved", "location_call_back_now"]
+    rig.keys(callback, "1")
+    assert rig.requests_to(callback, "BYE")
+    [cdr] = rig.store.cdrs_of(LegKind.CALLBACK)
+    assert cdr.cause_text == "location_changed"
+    # Then the normal callback path, at the new location, read from the store.
+    rig.advance(1.5)
+    moved = rig.last_call("819011112222")
+    assert moved.invite.uri.user == "+819011112222"
+    rig.answer(moved)
+    assert rig.playing(moved) == ["dial_prompt"]
+
+
+def test_wrong_security_codes_lock_the_menu(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    rig.store.codes[1] = "4711"
+    callback = callback_answered(rig)
+    rig.keys(callback, TRIGGER + "#")
+    with caplog.at_level(logging.WARNING, logger="softswitch.calls"):
+        for code in ("1111", "2222"):
+            rig.keys(callback, code)
+            assert rig.playing(callback) == ["security_code_wrong", "security_code_enter"]
+        rig.keys(callback, "3333")
+    assert rig.playing(callback) == ["security_code_locked"]
+    assert caplog.text.count("security: code_rejected account=1") == 2
+    assert "security: code_locked account=1" in caplog.text
+    rig.prompt_done(callback)
+    assert rig.requests_to(callback, "BYE")
+    assert rig.store.accounts[1].location is not None
+    assert rig.store.accounts[1].location.number == CUSTOMER  # nothing changed
+    assert_all_over(rig)
+
+
+def test_name_recorded_at_the_name_menu_is_played_at_the_next_callback() -> None:
+    rig = Rig()
+    rig.store.codes[1] = "4711"
+    callback = callback_answered(rig)
+    rig.keys(callback, TRIGGER + "#")
+    rig.keys(callback, "4711")
+    rig.keys(callback, "#")
+    assert rig.playing(callback) == ["no_name", "name_menu"]
+    rig.keys(callback, "2")
+    assert rig.playing(callback) == ["name_record", "beep"]
+    rig.prompt_done(callback)
+    recording = rig.media.legs[callback.leg_id].recording
+    assert recording is not None and recording.startswith("1-")
+    rig.recorded(callback, 2.4)
+    assert rig.playing(callback) == [Path(recording).stem, "name_menu"]
+    rig.keys(callback, "3")
+    assert rig.store.accounts[1].recorded_name_path == "/var/recordings/name-1.wav"
+    assert rig.playing(callback) == ["name_saved", "location_enter_number"]
+    rig.hang_up(callback)
+    assert_all_over(rig)
+    rig.trigger()
+    again = rig.last_call(CUSTOMER)
+    assert again is not callback
+    rig.answer(again)
+    assert rig.playing(again) == ["name-1", "dial_prompt"]
+
+
+def test_a_hotline_account_has_no_location_menu() -> None:
+    rig = Rig(accounts=[account(kind=AccountKind.HOTLINE, hotline=None)])
     callback = callback_answered(rig)
     rig.keys(callback, TRIGGER + "#")
     assert rig.playing(callback) == ["location_unavailable", "dial_prompt"]
-    assert rig.requests_to(callback, "BYE") == []
-    rig.keys(callback, DESTINATION + "*")
-    assert rig.last_call(DESTINATION)
 
 
 def test_second_trigger_during_a_long_call_is_absorbed_without_ringing_the_customer() -> None:
