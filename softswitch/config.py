@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,16 @@ from typing import Any
 DEFAULT_LISTEN = "127.0.0.1:5060"
 DEFAULT_DB = "sqlite:///var/softswitch.sqlite3"
 LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:8090"
+
+#: Secrets an environment variable may set instead of the file (systemd's ``Environment=`` or
+#: ``LoadCredential=``, a container's secrets): variable -> (table, key). The variable wins.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "SOFTSWITCH_TRUNK_PASSWORD": ("trunk", "password"),
+    "SOFTSWITCH_ADMIN_TOKEN": ("admin", "token"),
+    "SOFTSWITCH_WEB_SECRET": ("web", "secret"),
+    "SOFTSWITCH_DB": ("database", "url"),
+}
 
 
 class ConfigError(ValueError):
@@ -89,6 +101,56 @@ class TrunkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Trigger rate limits shared by the web page and e-mail (``[limits]``).
+
+    Within any ``window`` seconds a source (an IP address, a sender's address) may ask for at
+    most ``per_source`` callbacks and one trigger number may be asked for at most
+    ``per_trigger`` times; a source over its limit is banned for ``ban`` seconds.
+    """
+
+    per_source: int = 10
+    per_trigger: int = 5
+    window: float = 3600.0
+    ban: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The "Trigger a call" page (``[web]``)."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    #: Key for the CSRF tokens; random at each start when unset (forms die with a restart).
+    secret: str | None = None
+    #: Reverse proxies whose ``X-Forwarded-For`` names the client (else the peer address is).
+    trusted_proxies: tuple[str, ...] = ()
+    #: Every answer to a trigger takes at least this long (seconds), so timing tells nothing.
+    answer_time: float = 0.5
+    #: The page's language when the browser states no Japanese or English preference.
+    default_language: str = "ja"
+
+
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    """The e-mail trigger's SMTP listener (``[mail]``)."""
+
+    address: str
+    listen: tuple[str, int] = ("127.0.0.1", 2525)
+    max_size: int = 32 * 1024
+    #: Trigger number -> the only senders that may trigger it (numbers not listed: anyone).
+    senders: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hostname: str = "softswitch"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API and ``/metrics`` (``[admin]``): off without a token."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8090)
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything ``softswitch serve`` needs, validated."""
 
@@ -129,6 +191,12 @@ class Config:
     #: Where recorded names are kept (default: beside the SQLite database).
     recordings_dir: Path | None = None
     service: bool = True
+    #: SIGTERM: seconds live calls may go on before they are hung up (0: at once).
+    drain_timeout: float = 0.0
+    web: WebConfig | None = None
+    mail: MailConfig | None = None
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<defaults>"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -139,7 +207,7 @@ class Config:
 _KEYS: dict[str, frozenset[str]] = {
     "": frozenset(
         {"sip", "database", "log", "trunk", "trigger", "service", "media", "prompts"}
-        | {"test_number"}
+        | {"test_number", "web", "mail", "admin", "limits"}
     ),
     "sip": frozenset(
         {"listen", "transports", "public_address", "allow_from", "t1", "t2", "t4"}
@@ -156,11 +224,17 @@ _KEYS: dict[str, frozenset[str]] = {
         {"enabled", "operator", "tone_country", "callback_ring_timeout", "recordings_dir"}
         | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
-        | {"first_digit_timeout", "inter_digit_timeout"}
+        | {"first_digit_timeout", "inter_digit_timeout", "drain_timeout"}
     ),
     "media": frozenset({"host", "rtp_ports"}),
     "prompts": frozenset({"dir"}),
     "test_number": frozenset({"number", "hangup_after"}),
+    "web": frozenset(
+        {"enabled", "listen", "secret", "trusted_proxies", "answer_time", "default_language"}
+    ),
+    "mail": frozenset({"enabled", "listen", "address", "max_size", "senders", "hostname"}),
+    "admin": frozenset({"listen", "token"}),
+    "limits": frozenset({"per_source", "per_trigger", "window", "ban"}),
 }
 
 _KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
@@ -276,9 +350,14 @@ def _addr(reader: _Reader, key: str, value: str, default_port: int = 5060) -> tu
 
 
 def load_config(
-    path: str | Path | None = None, *, sip_listen: str | None = None, db_url: str | None = None
+    path: str | Path | None = None,
+    *,
+    sip_listen: str | None = None,
+    db_url: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read and validate ``path`` (or the defaults), then apply command-line overrides."""
+    """Read and validate ``path`` (or the defaults), then apply the environment's secrets
+    (:data:`ENV_OVERRIDES`; ``env`` defaults to ``os.environ``) and command-line overrides."""
     text = ""
     source = "<defaults>"
     data: dict[str, Any] = {}
@@ -298,6 +377,7 @@ def load_config(
             raise ConfigError(f"TOML syntax error: {msg}", path=source, line=line) from None
 
     _check_keys(data, text, source)
+    _apply_env(data, os.environ if env is None else env)
     top = _Reader(data, "", text, source)
     sip = _Reader(top.get("sip", dict, {}), "sip", text, source)
     kwargs: dict[str, Any] = {"source": source}
@@ -393,7 +473,20 @@ def load_config(
     if not all(isinstance(p, str) and p.lstrip("+").isdigit() for p in blocked):
         raise service.error("blocked_prefixes", "expected a list of digit strings")
     kwargs["blocked_prefixes"] = tuple(p.lstrip("+") for p in blocked)
+    drain = service.get("drain_timeout", (int, float), 0)
+    if not 0 <= drain <= 3600:
+        raise service.error("drain_timeout", "must be between 0 and 3600 seconds")
+    kwargs["drain_timeout"] = float(drain)
     service.finish()
+
+    kwargs["limits"] = _load_limits(_Reader(top.get("limits", dict, {}), "limits", text, source))
+    web = top.get("web", dict)
+    if web is not None:
+        kwargs["web"] = _load_web(_Reader(web, "web", text, source))
+    mail = top.get("mail", dict)
+    if mail is not None:
+        kwargs["mail"] = _load_mail(_Reader(mail, "mail", text, source))
+    kwargs["admin"] = _load_admin(_Reader(top.get("admin", dict, {}), "admin", text, source))
 
     media = _Reader(top.get("media", dict, {}), "media", text, source)
     kwargs["media_host"] = media.get("host", str, "127.0.0.1")
@@ -508,3 +601,107 @@ def _keepalive(r: _Reader) -> float:
     if value != 0 and value < 5:
         raise r.error("keepalive_interval", "must be 0 (off) or at least 5 seconds")
     return value
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Secrets from the environment replace the file's (a table that configures nothing else
+    is not created for them: a trunk password alone is no trunk, a web secret no web page)."""
+    for variable, (table, key) in ENV_OVERRIDES.items():
+        value = env.get(variable)
+        if not value:
+            continue
+        section = data.get(table)
+        if section is None and table in ("database", "admin"):
+            section = data[table] = {}
+        if isinstance(section, dict):
+            section[key] = value
+
+
+def _positive(r: _Reader, key: str, default: float, *, low: float, high: float) -> float:
+    value = r.get(key, (int, float), default)
+    if not low <= value <= high:
+        raise r.error(key, f"must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def _load_limits(r: _Reader) -> LimitsConfig:
+    limits = LimitsConfig(
+        per_source=int(_positive(r, "per_source", 10, low=1, high=100_000)),
+        per_trigger=int(_positive(r, "per_trigger", 5, low=1, high=100_000)),
+        window=_positive(r, "window", 3600, low=1, high=86400 * 7),
+        ban=_positive(r, "ban", 3600, low=0, high=86400 * 7),
+    )
+    for key in ("per_source", "per_trigger"):
+        if not isinstance(r.data.get(key, 0), int):
+            raise r.error(key, "expected an integer")
+    r.finish()
+    return limits
+
+
+def _load_web(r: _Reader) -> WebConfig | None:
+    enabled = r.get("enabled", bool, True)
+    listen = _addr(r, "listen", r.get("listen", str, "127.0.0.1:8080"), 8080)
+    secret = r.get("secret", str)
+    if secret is not None and len(secret) < 16:
+        raise r.error("secret", "too short: use at least 16 random characters")
+    proxies = r.get("trusted_proxies", list, [])
+    for net in proxies:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise r.error("trusted_proxies", f"not an address or network: {net!r}") from None
+    language = r.get("default_language", str, "ja")
+    if language not in ("ja", "en"):
+        raise r.error("default_language", f"unknown language {language!r} (ja, en)")
+    web = WebConfig(
+        listen=listen,
+        secret=secret,
+        trusted_proxies=tuple(str(n) for n in proxies),
+        answer_time=_positive(r, "answer_time", 0.5, low=0, high=10),
+        default_language=language,
+    )
+    r.finish()
+    return web if enabled else None
+
+
+_MAIL_ADDRESS = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
+
+
+def _load_mail(r: _Reader) -> MailConfig | None:
+    enabled = r.get("enabled", bool, True)
+    address = r.get("address", str)
+    if address is None:
+        raise r.error(None, "needs 'address' (the trigger address, e.g. callback@example.net)")
+    if not _MAIL_ADDRESS.match(address):
+        raise r.error("address", f"not an e-mail address: {address!r}")
+    listen = _addr(r, "listen", r.get("listen", str, "127.0.0.1:2525"), 25)
+    max_size = r.get("max_size", int, 32 * 1024)
+    if not 1024 <= max_size <= 10 * 1024 * 1024:
+        raise r.error("max_size", "must be between 1024 and 10485760 bytes")
+    senders: dict[str, tuple[str, ...]] = {}
+    for number, allowed in r.get("senders", dict, {}).items():
+        if not number.lstrip("+").isdigit():
+            raise r.error("senders", f"expected trigger numbers as keys, got {number!r}")
+        if not isinstance(allowed, list) or not all(
+            isinstance(a, str) and _MAIL_ADDRESS.match(a) for a in allowed
+        ):
+            raise r.error("senders", f"{number}: expected a list of e-mail addresses")
+        senders[number.lstrip("+")] = tuple(a.lower() for a in allowed)
+    mail = MailConfig(
+        address=address.lower(),
+        listen=listen,
+        max_size=max_size,
+        senders=senders,
+        hostname=r.get("hostname", str, "softswitch"),
+    )
+    r.finish()
+    return mail if enabled else None
+
+
+def _load_admin(r: _Reader) -> AdminConfig:
+    listen = _addr(r, "listen", r.get("listen", str, DEFAULT_ADMIN_LISTEN), 8090)
+    token = r.get("token", str)
+    if token is not None and len(token) < 16:
+        raise r.error("token", "too short: use at least 16 random characters")
+    r.finish()
+    return AdminConfig(listen=listen, token=token)

@@ -4,15 +4,20 @@ One DatagramProtocol per UDP socket, one Protocol per TCP connection, and one ti
 from ``node.get_timer()`` after every input (aioquic's ``transmit()``), which also hands the
 node's store requests and media commands to the service shell
 (:mod:`softswitch.aio.service`). Time is ``loop.time()``. Lifecycle: ``startup`` binds every
-socket (failing loudly if a port is taken), starts the service (prompts, store, media) and
-waits for the accounts, ``serve`` waits for SIGTERM/SIGINT, ``shutdown`` hangs up live calls
-(their CDRs written), unregisters from the trunk (bounded waits), then closes.
+socket (failing loudly if a port is taken), starts the service (prompts, store, media), waits for
+the accounts and starts the operations listeners (web and mail triggers, admin API and
+metrics: :mod:`softswitch.aio.ops`); ``serve`` waits for SIGTERM/SIGINT, then drains (live
+calls go on for up to ``[service] drain_timeout``, new triggers wait in the store's queue; a
+second signal ends the drain); ``shutdown`` stops the listeners, hangs up live calls (their
+CDRs written), unregisters from the trunk (bounded waits), then closes. SIGHUP re-reads the
+configuration file and applies what can change without a restart (:data:`RELOADABLE`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -21,12 +26,13 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softswitch.config import Config
+from softswitch.config import Config, ConfigError, load_config
 from softswitch.node.node import Node
 from softswitch.sip.message import Address
 from softswitch.sip.parser import StreamFramer
 
 if TYPE_CHECKING:
+    from softswitch.aio.ops import Operations
     from softswitch.aio.service import ServiceShell
     from softswitch.store.db import Database
 
@@ -36,6 +42,23 @@ log = logging.getLogger("softswitch.server")
 #: this bounds what a slow-loris peer can make us hold).
 TCP_MAX_BUFFER = 256 * 1024
 SHUTDOWN_GRACE = 3.0
+#: What SIGHUP may change in a running node; any other changed setting needs a restart.
+RELOADABLE = (
+    "log_level",
+    "blocked_prefixes",
+    "limits",
+    "operator",
+    "tone_country",
+    "callback_ring_timeout",
+    "destination_ring_timeout",
+    "callback_attempts",
+    "callback_retry_pause",
+    "silence_timeout",
+    "after_call_idle",
+    "first_digit_timeout",
+    "inter_digit_timeout",
+    "drain_timeout",
+)
 GC_THRESHOLD0 = 50_000
 
 
@@ -151,6 +174,11 @@ class Server:
         self.bound: list[tuple[str, str, int]] = []
         self.service: ServiceShell | None = None
         self._db: Database | None = None
+        #: The web and mail triggers, admin API and metrics (None: a signalling-only node).
+        self.ops: Operations | None = None
+        #: SIGTERM's drain is under way: live calls go on, new triggers are queued.
+        self.draining = False
+        self._hurry = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -158,14 +186,42 @@ class Server:
         await self.startup()
         try:
             await self._stop.wait()
+            await self.drain()
         finally:
             await self.shutdown()
+
+    async def drain(self) -> None:
+        """Let live calls finish, up to ``[service] drain_timeout`` (0: no drain) or a second
+        signal; triggers meanwhile are queued in the store for the next node."""
+        calls = self.node.calls
+        timeout = self.config.drain_timeout
+        if calls is None or timeout <= 0:
+            return
+        self.draining = True
+        calls.drain(self.loop.time())
+        self.transmit()
+        deadline = self.loop.time() + timeout
+        # Until every session is gone, its CDRs written and its queue row settled.
+        while calls.sessions and not self._hurry.is_set():
+            left = deadline - self.loop.time()
+            if left <= 0:
+                log.warning(
+                    "drain timeout (%g s): hanging up %d live calls",
+                    timeout,
+                    len(calls.calls(self.loop.time())),
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), min(0.1, left))
+        log.info("drained: no live call left" if not self._hurry.is_set() else "drain cut short")
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self.loop.add_signal_handler(signal.SIGHUP, self._on_hangup_signal)
         for host, port in self.config.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if "udp" in self.config.transports:
@@ -196,6 +252,8 @@ class Server:
             self.transmit()
             if self.service is not None:
                 await self.service.wait_ready()
+            if self.node.calls is not None:
+                await self._start_ops()
         except BaseException:
             # Nothing half-started stays behind: sockets, media clock, store connections.
             await self._close()
@@ -220,8 +278,18 @@ class Server:
         self.service = ServiceShell(self.config, self.node, self._db, transmit=self.transmit)
         await self.service.start()
 
+    async def _start_ops(self) -> None:
+        from softswitch.aio.ops import Operations
+
+        self.ops = Operations(self)
+        if self.service is not None:
+            self.service.metrics = self.ops.metrics
+        await self.ops.start()
+
     async def shutdown(self) -> None:
         log.info("shutting down")
+        if self.ops is not None:
+            await self.ops.stop()
         self.node.stop(self.loop.time())
         self.transmit()
         if self.service is not None:
@@ -237,7 +305,9 @@ class Server:
     async def _close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        if self.ops is not None:
+            await self.ops.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.loop.remove_signal_handler(sig)
         if self.service is not None:
@@ -258,10 +328,61 @@ class Server:
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s", signal.Signals(sig).name)
+        if self.draining and not self._hurry.is_set():
+            log.warning("second signal: hanging up the calls still up")
+            self._hurry.set()
+            return
         if self._stop.is_set():
-            log.warning("second signal: exiting now")
+            log.warning("another signal: exiting now")
             raise SystemExit(1)
         self._stop.set()
+
+    def _on_hangup_signal(self) -> None:
+        log.info("received SIGHUP: reloading %s", self.config.source)
+        self.reload()
+
+    def reload(self, config: Config | None = None) -> list[str]:
+        """Apply the reloadable settings of ``config`` (default: the file re-read) and return
+        their names; a broken file changes nothing (logged, with its file, line and key)."""
+        if config is None:
+            if self.config.source == "<defaults>":
+                log.info("no configuration file to reload")
+                return []
+            try:
+                config = load_config(self.config.source)
+            except ConfigError as exc:
+                log.error("reload refused, nothing changed: configuration error: %s", exc)
+                return []
+        old = self.config
+        changed = [name for name in RELOADABLE if getattr(config, name) != getattr(old, name)]
+        new_mail = old.mail
+        if (
+            old.mail is not None
+            and config.mail is not None
+            and config.mail.senders != old.mail.senders
+        ):
+            new_mail = dataclasses.replace(old.mail, senders=config.mail.senders)
+            changed.append("mail.senders")
+        applied = {name: getattr(config, name) for name in RELOADABLE}
+        fresh = dataclasses.replace(old, mail=new_mail, **applied)
+        restart = [
+            f.name
+            for f in dataclasses.fields(Config)
+            if f.name not in (*RELOADABLE, "source", "mail")
+            and getattr(fresh, f.name) != getattr(config, f.name)
+        ]
+        if new_mail != config.mail:
+            restart.append("mail")
+        self.config = fresh
+        logging.getLogger().setLevel(fresh.log_level)
+        if self.node.calls is not None:
+            self.node.calls.reconfigure(fresh)
+        if self.ops is not None:
+            self.ops.reconfigure(fresh)
+        log.info("reloaded: %s", ", ".join(changed) if changed else "nothing changed")
+        if restart:
+            log.warning("changed but not applied until a restart: %s", ", ".join(restart))
+        return changed
 
     # --- I/O ----------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from media import engine as me
 from media.aio import MediaShell
@@ -44,6 +44,9 @@ from softswitch.store.repos import (
     RateRepo,
     SpeedDialRepo,
 )
+
+if TYPE_CHECKING:
+    from softswitch.web.metrics import Metrics
 
 log = logging.getLogger("softswitch.service")
 T = TypeVar("T")
@@ -119,6 +122,8 @@ class ServiceShell:
         self.recordings = recordings_dir(config)
         self._tasks: set[asyncio.Future[Any]] = set()
         self._ready = asyncio.Event()
+        #: Told of every command, store answer and media event (``/metrics``), when set.
+        self.metrics: Metrics | None = None
         node_id = node.calls.node_id if node.calls is not None else ""
         self._enqueues: GroupCommit[cmd.EnqueueCallback, tuple[PendingCallback, bool]] = (
             GroupCommit(self._enqueue_batch)
@@ -182,6 +187,8 @@ class ServiceShell:
         node = self.node
         node.sync_clock(self.loop.time(), time.time())
         while (command := node.next_event()) is not None:
+            if self.metrics is not None:
+                self.metrics.command(command)
             handler = self._handlers.get(type(command))
             if handler is not None:
                 try:
@@ -194,12 +201,15 @@ class ServiceShell:
             self._ready.set()
 
     async def _store_task(self, request: cmd.StoreRequest) -> None:
+        started = self.loop.time()
         try:
             result = await self._run(request)
         except Exception as exc:
             log.error("store request %s failed: %s", type(request).__name__, exc, exc_info=exc)
             self.node.store_failed(request, f"{type(exc).__name__}: {exc}", self.loop.time())
         else:
+            if self.metrics is not None:
+                self.metrics.store_latency(request, self.loop.time() - started)
             self.node.store_done(request, result, self.loop.time())
         self.transmit()
 
@@ -358,6 +368,8 @@ class ServiceShell:
             )
 
     def _media_event(self, event: me.Event) -> None:
+        if self.metrics is not None:
+            self.metrics.media_event(event)
         self.node.media_event(event, self.loop.time())
         self.transmit()
 

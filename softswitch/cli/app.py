@@ -16,6 +16,7 @@ import typer
 from softswitch import __version__
 from softswitch.cli import admin as admin_cli
 from softswitch.cli.tools import tools_app
+from softswitch.config import Config
 
 app = typer.Typer(
     add_completion=False,
@@ -75,6 +76,61 @@ def serve(
         raise typer.Exit(2) from None
     setup_logging((log_level or cfg.log_level).upper())
     raise typer.Exit(run(cfg))
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="TOML configuration file.", dir_okay=False)],
+) -> None:
+    """Check a configuration file (with the environment's secrets) without starting anything.
+
+    Exit 0 and a summary when it is valid; exit 2 and ``file:line: [table] key: problem``
+    when it is not.
+    """
+    from softswitch.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        typer.echo(f"softswitch: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for line in describe_config(cfg):
+        typer.echo(line)
+
+
+def describe_config(cfg: Config) -> list[str]:
+    """What a node with ``cfg`` would run, one line per part (``check-config``'s summary)."""
+
+    def hp(addr: tuple[str, int]) -> str:
+        host, port = addr
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    lines = [f"{cfg.source}: OK"]
+    sip = ", ".join(f"{t}:{hp(a)}" for a in cfg.listen for t in cfg.transports)
+    lines.append(f"  sip      {sip}")
+    lines.append(f"  database {_redact(cfg.db_url)}")
+    if cfg.trunk is None:
+        lines.append("  trunk    none (no call goes out)")
+    else:
+        how = "ip auth" if cfg.trunk.ip_auth else f"registers as {cfg.trunk.username}"
+        lines.append(f"  trunk    {hp(cfg.trunk.proxy)} ({how})")
+    web = "off" if cfg.web is None else f"http://{hp(cfg.web.listen)}/"
+    lines.append(f"  web      {web}")
+    mail = "off" if cfg.mail is None else f"smtp {hp(cfg.mail.listen)} for {cfg.mail.address}"
+    lines.append(f"  mail     {mail}")
+    admin = "off (no token)" if cfg.admin.token is None else f"http://{hp(cfg.admin.listen)}/api/"
+    lines.append(f"  admin    {admin}")
+    lines.append(f"  drain    {cfg.drain_timeout:g} s")
+    return lines
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
 DEMO_HELP = (

@@ -1,0 +1,127 @@
+"""Rate limits for triggers that come from the Internet (web page, e-mail). Sans-IO.
+
+Two sliding windows: per *source* (an IP address, or an e-mail sender) and per *trigger
+number*. A source over its limit is banned for a while (every request from it is refused,
+whatever it asks for); a trigger number over its limit is refused without banning anyone, so
+one customer's many clicks do not lock out the web page for everyone behind the same NAT.
+Unknown trigger numbers count exactly as known ones do: the limits must not tell an attacker
+which numbers exist.
+
+Memory is bounded: keys whose window has passed are dropped as the clock moves on, and the
+tables never hold more than :data:`MAX_KEYS` keys (the oldest go first).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from softswitch.config import LimitsConfig
+
+__all__ = ["MAX_KEYS", "Decision", "TriggerLimits"]
+
+MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the limits say about one request: ``allowed``, or why not (``banned``: the source
+    is still banned; ``source``: the source just went over its limit and is now banned;
+    ``trigger``: the trigger number is over its limit)."""
+
+    allowed: bool
+    reason: str | None = None
+    retry_after: float = 0.0
+
+
+ALLOWED = Decision(True)
+
+
+class _Window:
+    """Timestamps per key within the last ``window`` seconds."""
+
+    def __init__(self) -> None:
+        self.hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def count(self, key: str, now: float, window: float) -> int:
+        hits = self.hits.get(key)
+        if hits is None:
+            return 0
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if not hits:
+            del self.hits[key]
+            return 0
+        return len(hits)
+
+    def oldest(self, key: str) -> float:
+        return self.hits[key][0]
+
+    def add(self, key: str, now: float) -> None:
+        hits = self.hits.get(key)
+        if hits is None:
+            hits = self.hits[key] = deque()
+            if len(self.hits) > MAX_KEYS:
+                self.hits.popitem(last=False)
+        else:
+            self.hits.move_to_end(key)
+        hits.append(now)
+
+    def expire(self, now: float, window: float) -> None:
+        """Drop keys with nothing in the window, oldest first, until one is still live."""
+        while self.hits:
+            key, hits = next(iter(self.hits.items()))
+            if hits and hits[-1] > now - window:
+                break
+            del self.hits[key]
+
+
+class TriggerLimits:
+    """Per-source and per-trigger-number limits; see the module docstring."""
+
+    def __init__(self, config: LimitsConfig) -> None:
+        self.config = config
+        self._sources = _Window()
+        self._triggers = _Window()
+        self._bans: OrderedDict[str, float] = OrderedDict()
+
+    def reconfigure(self, config: LimitsConfig) -> None:
+        """New limits (SIGHUP): the counts so far and the bans in force stay."""
+        self.config = config
+
+    def check(self, source: str, trigger: str, now: float) -> Decision:
+        """May ``source`` ask for a callback to ``trigger`` now? Counts the request if so."""
+        config = self.config
+        self._expire(now)
+        until = self._bans.get(source)
+        if until is not None:
+            if now < until:
+                return Decision(False, "banned", until - now)
+            del self._bans[source]
+        if self._sources.count(source, now, config.window) >= config.per_source:
+            retry = config.ban or self._sources.oldest(source) + config.window - now
+            if config.ban:
+                self._bans[source] = now + config.ban
+                if len(self._bans) > MAX_KEYS:
+                    self._bans.popitem(last=False)
+            return Decision(False, "source", retry)
+        self._sources.add(source, now)
+        if self._triggers.count(trigger, now, config.window) >= config.per_trigger:
+            return Decision(False, "trigger", self._triggers.oldest(trigger) + config.window - now)
+        self._triggers.add(trigger, now)
+        return ALLOWED
+
+    def banned(self, source: str, now: float) -> bool:
+        """Whether ``source`` is banned now (checked before any work is done for it)."""
+        until = self._bans.get(source)
+        return until is not None and now < until
+
+    def _expire(self, now: float) -> None:
+        window = self.config.window
+        self._sources.expire(now, window)
+        self._triggers.expire(now, window)
+        while self._bans:
+            source, until = next(iter(self._bans.items()))
+            if until > now:
+                break
+            del self._bans[source]

@@ -1,0 +1,1 @@
+"""The node's HTTP side: the trigger page, the admin API and /metrics (aiohttp)."""

@@ -1,0 +1,61 @@
+"""The web and e-mail trigger limits on a fake clock: windows, bans, and nothing told away."""
+
+from __future__ import annotations
+
+import pytest
+
+from softswitch.config import LimitsConfig
+from softswitch.service import ratelimit
+from softswitch.service.ratelimit import TriggerLimits
+
+
+def test_a_source_over_its_limit_is_banned_for_the_ban_time() -> None:
+    limits = TriggerLimits(LimitsConfig(per_source=3, per_trigger=100, window=60, ban=600))
+    assert [limits.check("198.51.100.1", f"8150000000{i}", 0.0).allowed for i in range(3)] == [
+        True
+    ] * 3
+    over = limits.check("198.51.100.1", "815000000009", 1.0)
+    assert (over.allowed, over.reason, over.retry_after) == (False, "source", 600)
+    assert limits.banned("198.51.100.1", 2.0)
+    # Still banned after the window has passed: the ban, not the window, decides.
+    assert limits.check("198.51.100.1", "815000000009", 100.0).reason == "banned"
+    assert limits.check("198.51.100.2", "815000000009", 100.0).allowed  # others are not
+    assert limits.check("198.51.100.1", "815000000009", 601.5).allowed
+
+
+def test_a_trigger_number_over_its_limit_is_refused_without_banning() -> None:
+    limits = TriggerLimits(LimitsConfig(per_source=100, per_trigger=2, window=60, ban=600))
+    assert limits.check("a", "815012345678", 0.0).allowed
+    assert limits.check("b", "815012345678", 10.0).allowed
+    refused = limits.check("c", "815012345678", 20.0)
+    assert (refused.allowed, refused.reason, refused.retry_after) == (False, "trigger", 40.0)
+    assert not limits.banned("c", 21.0)
+    # The window slides: the first request leaves it at 60 s.
+    assert limits.check("c", "815012345678", 60.5).allowed
+
+
+def test_unknown_and_known_numbers_count_alike() -> None:
+    """The limiter knows no accounts: it cannot tell (or be made to tell) which exist."""
+    limits = TriggerLimits(LimitsConfig(per_source=100, per_trigger=1, window=60))
+    assert limits.check("a", "1", 0.0).allowed
+    assert limits.check("a", "1", 1.0).reason == "trigger"
+
+
+def test_no_ban_means_the_window_alone_limits() -> None:
+    limits = TriggerLimits(LimitsConfig(per_source=1, per_trigger=100, window=10, ban=0))
+    assert limits.check("a", "1", 0.0).allowed
+    refused = limits.check("a", "2", 4.0)
+    assert (refused.reason, refused.retry_after) == ("source", 6.0)
+    assert not limits.banned("a", 4.0)
+    assert limits.check("a", "2", 10.5).allowed
+
+
+def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_KEYS", 10)
+    limits = TriggerLimits(LimitsConfig(per_source=5, per_trigger=5, window=3600))
+    for i in range(50):
+        limits.check(f"10.0.0.{i}", f"8150000{i:05d}", float(i))
+    assert len(limits._sources.hits) <= 11 and len(limits._triggers.hits) <= 11
+    # Keys whose window has passed go as the clock moves on.
+    limits.check("x", "y", 10_000.0)
+    assert len(limits._sources.hits) == 1
