@@ -126,7 +126,7 @@ class DtmfDetector:
         self.max_legs = max_legs
         self._leg_of_slot: list[Hashable | None] = [None] * max_legs
         self._slot_of_leg: dict[Hashable, int] = {}
-        self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.int16)
+        self._tail = np.zeros((max_legs, WINDOW - HOP), dtype=np.float32)
         self._tail_energy = np.zeros((max_legs, 2), dtype=np.float32)  # its two quarters
         self._cur = np.full(max_legs, -1, dtype=np.int8)
         self._cand = np.full(max_legs, -1, dtype=np.int8)
@@ -175,14 +175,14 @@ class DtmfDetector:
     def process(
         self,
         slots: NDArray[np.intp],
-        frames: NDArray[np.int16],
+        frames: NDArray[np.int16] | NDArray[np.float32],
         sample_time: int | NDArray[np.int64],
     ) -> list[tuple[Hashable, DigitEvent]]:
         """Analyse one 160-sample frame for each leg in ``slots``.
 
-        ``frames[i]`` belongs to ``slots[i]``; ``sample_time`` is the leg's sample count at the
-        first sample of the frame (one number for all, or one per slot). Returns the onsets and
-        ends detected, in slot order.
+        ``frames[i]`` belongs to ``slots[i]`` (int16 samples, or the same values in float32);
+        ``sample_time`` is the leg's sample count at the first sample of the frame (one number
+        for all, or one per slot). Returns the onsets and ends detected, in slot order.
         """
         slots = np.asarray(slots, dtype=np.intp)
         n = len(slots)
@@ -195,8 +195,11 @@ class DtmfDetector:
         # The gate, in float32 for the whole batch: the quarter energies of this frame, after
         # the last two of the previous one (kept per slot), as rows (6, n). The two windows
         # are quarters 0-3 and 2-5 since HOP is two quarters.
-        x = frames.astype(np.float32)
-        x *= x
+        if frames.dtype == np.float32:
+            x = frames * frames
+        else:
+            x = frames.astype(np.float32)
+            x *= x
         e = np.empty((6, n), dtype=np.float32)
         e[:2] = self._tail_energy[slots].T
         e[2:] = (x.reshape(-1, QUARTER) @ _ONES).reshape(n, 4).T
@@ -251,7 +254,9 @@ class DtmfDetector:
         return out
 
     @staticmethod
-    def _classify(pcm: NDArray[np.int16]) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
+    def _classify(
+        pcm: NDArray[np.int16] | NDArray[np.float32],
+    ) -> tuple[NDArray[np.int8], NDArray[np.float64]]:
         """Digit index per window (or -1), and the (low, high) tone powers.
 
         Two stages: the tone powers (best of f and f +- 2 %) with the level, twist, group

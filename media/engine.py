@@ -75,6 +75,24 @@ CLAMP_IDLE_TICKS = 2
 SILENCE = {"PCMU": b"\xff" * FRAME, "PCMA": b"\xd5" * FRAME}
 _LAW_OFFSET = {"PCMU": 0, "PCMA": 256}
 _DECODE512 = np.concatenate([ULAW_DECODE, ALAW_DECODE]).astype(np.int16)
+# The tick decodes straight to float32 (G.711 samples are exact in it): the detectors work in
+# float32 and mixing in int32, so an int16 batch would only cost conversions.
+_DECODE512_F32 = _DECODE512.astype(np.float32)
+_Batch = npt.NDArray[np.float32]
+
+
+def _decode_batch(raw: npt.NDArray[np.uint8], law: int | None, offsets: Any = None) -> _Batch:
+    """G.711 bytes (n, 160) to float32 samples: one law (a table offset), or per row."""
+    # `take` is several times faster than indexing the table with the byte array, and the
+    # 1 kB table stays in cache (a 512 kB table of byte pairs measured faster warm, slower on
+    # the tick, where the relay has evicted it).
+    if law is not None:
+        decoded: _Batch = _DECODE512_F32[law : law + 256].take(raw)
+        return decoded
+    decoded = _DECODE512_F32.take(raw.astype(np.uint16) + offsets)
+    return decoded
+
+
 _U2A = bytes(ALAW_ENCODE[ULAW_DECODE.view(np.uint16)].tobytes())
 _A2U = bytes(ULAW_ENCODE[ALAW_DECODE.view(np.uint16)].tobytes())
 _DTMF_CODES = {d: i for i, d in enumerate("0123456789*#ABCD")}
@@ -149,8 +167,10 @@ class BatchDetector(Protocol):
     def remove_leg(self, leg_id: Hashable) -> None: ...
 
     def process(
-        self, slots: npt.NDArray[np.intp], frames: npt.NDArray[np.int16], sample_time: int
-    ) -> list[tuple[Hashable, Any]]: ...
+        self, slots: npt.NDArray[np.intp], frames: npt.NDArray[Any], sample_time: int
+    ) -> list[tuple[Hashable, Any]]:
+        """`frames` (n, 160): G.711 samples decoded to float32 (exact integers)."""
+        ...
 
 
 class EventReceiver(Protocol):
@@ -199,7 +219,9 @@ class DtmfClamp:
     Frames received since the last tick wait in `fresh`; the tick analyses them (in arrival
     order, with the leg's DTMF detector) and releases each frame once the next one has been
     analysed, so a tone found in frame n also silences frame n - 1 (where it may have begun
-    too briefly for the detector to see it). One frame is always `held` back.
+    too briefly for the detector to see it). One frame is always `held` back. The tick
+    (`MediaEngine._release_queued`) runs the rule: a frame with tone energy is silenced with
+    the held one before it and sets `hang`; a frame after it is silenced while `hang` lasts.
     """
 
     fresh: collections.deque[_Queued] = field(default_factory=collections.deque)
@@ -210,25 +232,6 @@ class DtmfClamp:
     closing: bool = False  # turned off: drain the queue on the next tick, then drop
     frames: int = 0
     muted: int = 0
-
-    def push(self, frame: _Queued, tone: bool) -> tuple[_Queued, bool] | None:
-        """Account one analysed frame; returns the frame it releases (and whether muted)."""
-        self.frames += 1
-        self.idle = 0
-        if tone:
-            muted = self.held_muted = True
-            self.hang = CLAMP_HANG_FRAMES
-        elif self.hang:
-            muted = True
-            self.hang -= 1
-        else:
-            muted = False
-        held, held_muted = self.held, self.held_muted
-        self.held, self.held_muted = frame, muted
-        if held is None:
-            return None
-        self.muted += held_muted
-        return held, held_muted
 
 
 @dataclass(eq=False, slots=True)
@@ -320,6 +323,11 @@ class MediaEngine:
         self._tx: list[Leg] = []
         self._idle: list[Leg] = []
         self._delayed: list[Leg] = []
+        self._delayed_dtmf: list[int] = []
+        self._delayed_dtmf_slots = np.zeros(0, dtype=np.intp)
+        self._delayed_fax: list[int] = []
+        self._delayed_fax_slots = np.zeros(0, dtype=np.intp)
+        self._delayed_laws: list[int] = []
         self._mix_clamps: list[tuple[int, int, Leg]] = []
         #: Called with the leg after ``set_remote`` (the shell re-binds what it filters on).
         self.on_remote_change: Callable[[Leg], None] | None = None
@@ -941,6 +949,17 @@ class MediaEngine:
         self._fax_rows = np.array([r for r, _ in fax], dtype=np.intp)
         self._fax_slots = np.array([s for _, s in fax], dtype=np.intp)
         self._delayed = delayed
+        # For the usual tick, where every clamped leg got exactly one frame: their detector
+        # slots and codec tables, computed once.
+        self._delayed_dtmf = [i for i, leg in enumerate(delayed) if leg.inband]
+        self._delayed_dtmf_slots = np.array(
+            [self._dtmf_slot_of[delayed[i].leg_id] for i in self._delayed_dtmf], dtype=np.intp
+        )
+        self._delayed_fax = [i for i, leg in enumerate(delayed) if leg.fax_detect]
+        self._delayed_fax_slots = np.array(
+            [self._fax_slot_of[delayed[i].leg_id] for i in self._delayed_fax], dtype=np.intp
+        )
+        self._delayed_laws = [_LAW_OFFSET[leg.session.codec] for leg in delayed]
         self._tx = [leg for leg in self._legs.values() if leg.tx_dsp]
         # Legs with nothing to send (between prompts, while the customer dials) still get a
         # silent frame every tick: a peer or a NAT on the way may end a call whose RTP stops,
@@ -1001,7 +1020,7 @@ class MediaEngine:
 
     def _receive_batch(
         self, sample_time: int, now: float, out: list[tuple[str, bytes, Addr]]
-    ) -> npt.NDArray[np.int16] | None:
+    ) -> _Batch | None:
         """Decode and analyse this tick's received frames; returns the batch to mix from.
 
         Frames waiting in DTMF clamps are analysed here too, and released into `out`.
@@ -1010,30 +1029,25 @@ class MediaEngine:
         delayed = self._delayed
         if not rx and not delayed:
             return None
-        pcm: npt.NDArray[np.int16] | None = None
-        if rx:
-            pcm = self._decode_rx()
-        # Clamped legs: the first frame of each joins this tick's detector batch; a leg that
-        # got two or more frames since the last tick (arrival jitter) has them analysed in
-        # further small passes, so every detector sees each leg's frames once and in order.
+        # Clamped legs: the first frame of each joins this tick's batch (decoded and analysed
+        # with the other legs' frames); a leg that got two or more frames since the last tick
+        # (arrival jitter) has them analysed in further small passes, so every detector sees
+        # each leg's frames once and in order.
         queued = [leg for leg in delayed if leg.delay is not None and leg.delay.fresh]
-        static_tone: npt.NDArray[np.bool_] | None = None
-        k = 0
-        while queued or k == 0:
-            clamp_pcm = self._decode_queued(queued, k)
-            tone = self._detect(pcm if k == 0 else None, queued, clamp_pcm, sample_time, now)
-            if k == 0:
-                static_tone = tone[: len(self._dtmf_rows)]
-                tone = tone[len(self._dtmf_rows) :]
-            for leg, flag in zip(queued, tone.tolist(), strict=True):
-                clamp = leg.delay
-                assert clamp is not None
-                released = clamp.push(clamp.fresh[k], flag)
-                if released is not None:
-                    self._release(leg, released[0], released[1], now, out)
+        raw, gains = self._raw_rx() if rx else (None, None)
+        n_rx = len(rx)
+        batch = self._decode_with_queued(raw, gains, queued, 0)
+        tone = self._detect(batch, n_rx, queued, sample_time, now)
+        static_tone = tone[: len(self._dtmf_rows)]
+        self._release_queued(queued, tone[len(self._dtmf_rows) :].tolist(), 0, now, out)
+        k = 1
+        queued = [leg for leg in queued if len(leg.delay.fresh) > k]  # type: ignore[union-attr]
+        while queued:
+            more = self._decode_with_queued(None, None, queued, k)
+            tone = self._detect(more, 0, queued, sample_time + k * FRAME, now)
+            self._release_queued(queued, tone.tolist(), k, now, out)
             k += 1
             queued = [leg for leg in queued if len(leg.delay.fresh) > k]  # type: ignore[union-attr]
-            sample_time += FRAME
         for leg in delayed:
             clamp = leg.delay
             if clamp is None:
@@ -1053,13 +1067,14 @@ class MediaEngine:
                     self._release(leg, clamp.held, clamp.held_muted, now, out)
                 leg.clamp = leg.delay = None
                 self._dirty = True
-        if pcm is None:
+        if not rx:
             return None
+        pcm = batch[:n_rx]
         for i, leg in enumerate(self._rx_jb):
             rec = leg.recorder
-            if rec is not None and rec.feed(pcm[i]):
+            if rec is not None and rec.feed(pcm[i].astype(np.int16)):
                 self._finish_recording(leg)
-        if self._mix_clamps and static_tone is not None:
+        if self._mix_clamps:
             muted = []
             for j, row, leg in self._mix_clamps:
                 clamp = leg.clamp
@@ -1076,8 +1091,9 @@ class MediaEngine:
                 pcm[muted] = 0
         return pcm
 
-    def _decode_rx(self) -> npt.NDArray[np.int16]:
-        """One frame of every jitter-buffered and FrameRing leg, decoded: (len(rx), 160)."""
+    def _raw_rx(self) -> tuple[npt.NDArray[np.uint8], list[float] | None]:
+        """One frame of every jitter-buffered and FrameRing leg, as G.711 bytes (len(rx), 160),
+        and the concealment gains of the jitter-buffered rows (None when all are 1)."""
         payloads: list[bytes] = []
         gains: list[float] = []
         concealed = False
@@ -1095,95 +1111,159 @@ class MediaEngine:
         raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), FRAME)
         if len(self._ring):
             raw = np.concatenate([raw, self._ring.pop()]) if payloads else self._ring.pop()
-        # All legs on one law (the usual case) decode without the offset into the joint table.
-        law = self._rx_law
-        pcm: npt.NDArray[np.int16] = (
-            _DECODE512[raw + self._rx_offsets] if law is None else _DECODE512[law : law + 256][raw]
-        )
-        if concealed:
-            gains.extend([1.0] * len(self._ring))
-            scale = np.array(gains, dtype=np.float32)[:, np.newaxis]
-            pcm = (pcm * scale).astype(np.int16)
+        return raw, gains if concealed else None
+
+    def _decode_with_queued(
+        self,
+        raw: npt.NDArray[np.uint8] | None,
+        gains: list[float] | None,
+        queued: list[Leg],
+        k: int,
+    ) -> _Batch:
+        """Decode `raw` (the rx rows) and frame `k` of each queued clamp, in one batch."""
+        law = self._rx_law if raw is not None and len(raw) else None
+        offsets = None if raw is None else self._rx_offsets
+        if queued:
+            payloads = []
+            for leg in queued:
+                payload = leg.delay.fresh[k][4]  # type: ignore[union-attr]
+                if len(payload) != FRAME:
+                    payload = (payload + leg.silence)[:FRAME]
+                payloads.append(payload)
+            if len(queued) == len(self._delayed):
+                laws = self._delayed_laws
+            else:
+                laws = [_LAW_OFFSET[leg.session.codec] for leg in queued]
+            extra = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(-1, FRAME)
+            same = laws.count(laws[0]) == len(laws)
+            if raw is None or not len(raw):
+                law = laws[0] if same else None
+                offsets = np.array(laws, dtype=np.uint16).reshape(-1, 1)
+            else:
+                if not (same and law == laws[0]):
+                    law = None
+                    offsets = np.concatenate(
+                        [self._rx_offsets, np.array(laws, dtype=np.uint16).reshape(-1, 1)]
+                    )
+                extra = np.concatenate([raw, extra])
+            raw = extra
+        if raw is None:
+            return np.zeros((0, FRAME), dtype=np.float32)
+        pcm = _decode_batch(raw, law, offsets)
+        if gains is not None:
+            scale = np.ones(len(pcm), dtype=np.float32)
+            scale[: len(gains)] = gains
+            pcm *= scale[:, np.newaxis]
+            np.trunc(pcm, out=pcm)  # as the int16 conversion of the scaled samples would
         return pcm
 
-    @staticmethod
-    def _decode_queued(legs: list[Leg], k: int) -> npt.NDArray[np.int16]:
-        """Frame `k` of each leg's clamp queue, decoded: (len(legs), 160)."""
-        payloads = []
-        offsets = []
-        for leg in legs:
-            assert leg.delay is not None
-            payload = leg.delay.fresh[k][4]
-            if len(payload) != FRAME:
-                payload = (payload + leg.silence)[:FRAME]
-            payloads.append(payload)
-            offsets.append(_LAW_OFFSET[leg.session.codec])
-        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), FRAME)
-        law = offsets[0] if offsets and offsets.count(offsets[0]) == len(offsets) else None
-        if law is not None:
-            decoded: npt.NDArray[np.int16] = _DECODE512[law : law + 256][raw]
-            return decoded
-        table = np.array(offsets, dtype=np.uint16).reshape(-1, 1)
-        decoded = _DECODE512[raw + table]
-        return decoded
-
     def _detect(
-        self,
-        pcm: npt.NDArray[np.int16] | None,
-        queued: list[Leg],
-        clamp_pcm: npt.NDArray[np.int16],
-        sample_time: int,
-        now: float,
+        self, batch: _Batch, n_rx: int, queued: list[Leg], sample_time: int, now: float
     ) -> npt.NDArray[np.bool_]:
-        """Run the DTMF and fax detectors on the static rows of `pcm` (if given) and on the
-        clamped legs' frames; returns the tone-energy flag of every static DTMF row, then of
-        every queued leg (False for a leg without in-band detection)."""
-        n_static = len(self._dtmf_rows) if pcm is not None else 0
-        frames = []
-        slots = []
-        if n_static:
-            assert pcm is not None
-            frames.append(pcm if n_static == len(pcm) else pcm[self._dtmf_rows])
-            slots.append(self._dtmf_slots)
-        inband = [i for i, leg in enumerate(queued) if leg.inband]
-        if inband:
-            frames.append(clamp_pcm if len(inband) == len(queued) else clamp_pcm[inband])
-            slots.append(
-                np.array([self._dtmf_slot_of[queued[i].leg_id] for i in inband], dtype=np.intp)
+        """Run the DTMF and fax detectors on `batch`: its first `n_rx` rows are the rx legs
+        (analysed as the static rows say), then one row per queued clamp. Returns the
+        tone-energy flag of every static DTMF row, then of every queued leg (False for a leg
+        without in-band detection)."""
+        n_static = len(self._dtmf_rows) if n_rx else 0
+        every = len(queued) == len(self._delayed)  # then queued is self._delayed
+        if every:
+            inband, inband_slots = self._delayed_dtmf, self._delayed_dtmf_slots
+        else:
+            inband = [i for i, leg in enumerate(queued) if leg.inband]
+            inband_slots = np.array(
+                [self._dtmf_slot_of[queued[i].leg_id] for i in inband], dtype=np.intp
             )
         tone = np.zeros(n_static + len(queued), dtype=np.bool_)
-        if frames:
-            batch = frames[0] if len(frames) == 1 else np.concatenate(frames)
-            slot_arr = slots[0] if len(slots) == 1 else np.concatenate(slots)
-            for leg_id, event in self._dtmf.process(slot_arr, batch, sample_time):
+        if n_static or inband:
+            rows = self._dtmf_rows if n_static else np.zeros(0, dtype=np.intp)
+            slots = self._dtmf_slots if n_static else np.zeros(0, dtype=np.intp)
+            if inband:
+                rows = np.concatenate([rows, n_rx + np.array(inband, dtype=np.intp)])
+                slots = np.concatenate([slots, inband_slots])
+            frames = batch if len(rows) == len(batch) else batch[rows]
+            for leg_id, event in self._dtmf.process(slots, frames, sample_time):
                 target = self._legs.get(str(leg_id))
                 if target is not None:
                     self._digit(target, event, now)
             flags = getattr(self._dtmf, "last_tone", None)
-            if flags is not None and len(flags) == len(batch):
+            if flags is not None and len(flags) == len(rows):
                 tone[:n_static] = flags[:n_static]
                 tone[n_static + np.array(inband, dtype=np.intp)] = flags[n_static:]
         fax = self._fax
         if fax is None:
             return tone
-        frames = []
-        slots = []
-        if pcm is not None and len(self._fax_rows):
-            frames.append(pcm if len(self._fax_rows) == len(pcm) else pcm[self._fax_rows])
-            slots.append(self._fax_slots)
-        faxed = [i for i, leg in enumerate(queued) if leg.fax_detect]
-        if faxed:
-            frames.append(clamp_pcm if len(faxed) == len(queued) else clamp_pcm[faxed])
-            slots.append(
-                np.array([self._fax_slot_of[queued[i].leg_id] for i in faxed], dtype=np.intp)
+        n_fax = len(self._fax_rows) if n_rx else 0
+        if every:
+            faxed, faxed_slots = self._delayed_fax, self._delayed_fax_slots
+        else:
+            faxed = [i for i, leg in enumerate(queued) if leg.fax_detect]
+            faxed_slots = np.array(
+                [self._fax_slot_of[queued[i].leg_id] for i in faxed], dtype=np.intp
             )
-        if frames:
-            batch = frames[0] if len(frames) == 1 else np.concatenate(frames)
-            slot_arr = slots[0] if len(slots) == 1 else np.concatenate(slots)
-            for leg_id, found in fax.process(slot_arr, batch, sample_time):
+        if n_fax or faxed:
+            rows = self._fax_rows if n_fax else np.zeros(0, dtype=np.intp)
+            slots = self._fax_slots if n_fax else np.zeros(0, dtype=np.intp)
+            if faxed:
+                rows = np.concatenate([rows, n_rx + np.array(faxed, dtype=np.intp)])
+                slots = np.concatenate([slots, faxed_slots])
+            frames = batch if len(rows) == len(batch) else batch[rows]
+            for leg_id, found in fax.process(slots, frames, sample_time):
                 # media.faxdetect reports FaxToneEvent(kind="cng"|"ced"|"ansam", ...).
                 self._fax_detected(str(leg_id), str(getattr(found, "kind", found)))
         return tone
+
+    def _release_queued(
+        self, queued: list[Leg], tone: list[bool], k: int, now: float, out: _Out
+    ) -> None:
+        """Push frame `k` of every queued clamp (analysed: `tone`) and relay what that frees.
+
+        `DtmfClamp.push` and `RtpSession.relayed`, inlined: this runs for every clamped frame.
+        """
+        for leg, flag in zip(queued, tone, strict=True):
+            clamp = leg.delay
+            assert clamp is not None
+            clamp.frames += 1
+            clamp.idle = 0
+            if flag:
+                muted = clamp.held_muted = True
+                clamp.hang = CLAMP_HANG_FRAMES
+            elif clamp.hang:
+                muted = True
+                clamp.hang -= 1
+            else:
+                muted = False
+            held, held_muted = clamp.held, clamp.held_muted
+            clamp.held, clamp.held_muted = clamp.fresh[k], muted
+            if held is None:
+                continue
+            clamp.muted += held_muted
+            peer = leg.peer
+            if peer is None:
+                continue
+            psession = peer.session
+            dest = psession.latched or psession.remote
+            if dest is None:
+                continue
+            seq, ts, ssrc, marker, payload = held
+            if held_muted:
+                silence = peer.silence
+                payload = silence if len(payload) == FRAME else silence[:1] * len(payload)
+            elif leg.transcode is not None:
+                payload = payload.translate(leg.transcode)
+            if ssrc != psession.relay_src:
+                packet = psession.relayed(psession.pt, marker, seq, ts, ssrc, payload, now)
+            else:
+                out_seq = (seq + psession.relay_seq_off) & 0xFFFF
+                out_ts = (ts + psession.relay_ts_off) & 0xFFFFFFFF
+                if 0 < ((out_seq - psession.out_seq) & 0xFFFF) < 0x8000:
+                    psession.out_seq = out_seq
+                    psession.out_ts = out_ts
+                    psession.out_time = now
+                psession.packets_sent += 1
+                psession.octets_sent += len(payload)
+                b1 = psession.pt | 0x80 if marker else psession.pt
+                packet = HEADER.pack(0x80, b1, out_seq, out_ts, psession.ssrc) + payload
+            out.append((peer.leg_id, packet, dest))
 
     def _release(self, leg: Leg, frame: _Queued, muted: bool, now: float, out: _Out) -> None:
         """Relay one frame from a clamp's delay line to the leg's peer (silence if muted)."""
@@ -1211,7 +1291,7 @@ class MediaEngine:
         self._events.append(FaxDetected(leg_id, kind, ok))
 
     def _send_batch(
-        self, pcm: npt.NDArray[np.int16] | None, now: float, out: list[tuple[str, bytes, Addr]]
+        self, pcm: _Batch | None, now: float, out: list[tuple[str, bytes, Addr]]
     ) -> None:
         tx = self._tx
         acc = np.zeros((len(tx), FRAME), dtype=np.int32)
@@ -1254,7 +1334,7 @@ class MediaEngine:
             if peer is not None and pcm is not None and leg.mix_peer and peer.to_peer:
                 row = rows.get(peer.leg_id)
                 if row is not None:
-                    acc[i] += pcm[row]
+                    acc[i] += pcm[row].astype(np.int32)
                     sound = True
             if sound or leg.conference is not None:
                 audio.append(i)
@@ -1268,7 +1348,7 @@ class MediaEngine:
                 for i, leg in enumerate(tx):
                     if leg.conference is conf:
                         own = rows.get(leg.leg_id)
-                        acc[i] += total - (pcm[own] if own is not None else 0)
+                        acc[i] += total - (pcm[own].astype(np.int32) if own is not None else 0)
         if not audio:
             return
         mixed = saturate(acc[audio])
