@@ -179,9 +179,12 @@ def start_callback_rig(
     audio_file: Path | None = None,
     rtp_ports: tuple[int, int] | None = None,
     language: Language = Language.EN,
+    extra_config: str = "",
 ) -> CallbackRig:
     """Provision the store, start the carrier, the destination UAS, the phone and the node,
-    and wait until the node has registered to the carrier. The caller stops the node."""
+    and wait until the node has registered to the carrier. The caller stops the node.
+
+    ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...)."""
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
     provision(db_url, language=language)
     dest_port = destination_port or free_port()
@@ -198,7 +201,7 @@ def start_callback_rig(
         softswitch_bin,
         tmp_path,
         port,
-        switch_config(port, carrier.address, db_url, rtp_ports=ports),
+        switch_config(port, carrier.address, db_url, rtp_ports=ports) + extra_config,
     )
     node.start()
     rig = CallbackRig(db_url, carrier, phone, destination, node, ports)

@@ -15,6 +15,7 @@ import typer
 
 from softswitch import __version__
 from softswitch.cli import admin as admin_cli
+from softswitch.cli import ops as ops_cli
 from softswitch.cli.tools import tools_app
 from softswitch.config import Config
 
@@ -29,6 +30,8 @@ app.add_typer(admin_cli.speed_dial_app, name="speed-dial")
 app.add_typer(admin_cli.rates_app, name="rates")
 app.add_typer(admin_cli.cdr_app, name="cdr")
 app.add_typer(admin_cli.db_app, name="db")
+app.add_typer(ops_cli.calls_app, name="calls")
+app.command("status")(ops_cli.status)
 
 
 class _UtcFormatter(logging.Formatter):
@@ -48,6 +51,8 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
     # Alembic narrates every plugin it loads; a sysadmin needs only the migration lines.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # aiosmtpd logs every SMTP command; the mail trigger logs what matters (softswitch.mail).
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @app.command()
