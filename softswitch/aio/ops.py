@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -37,9 +39,19 @@ if TYPE_CHECKING:
     from softswitch.aio.server import Server
     from softswitch.mail import MailTrigger
 
-__all__ = ["Operations"]
+__all__ = ["SCANNER", "Operations"]
 
 log = logging.getLogger("softswitch.ops")
+
+#: SIP requests from the usual scanning tools (SIPVicious's "friendly-scanner" and kin), found
+#: by the shell in the raw datagram: one regular expression search per datagram.
+SCANNER = re.compile(
+    rb"(?im)^user-agent:[ \t]*[^\r\n]*"
+    rb"(friendly-scanner|sipvicious|sipcli|sundayddr|sipsak|pplsip|vaxsipuseragent|sip-scan|iwar)"
+)
+#: One security event per source and kind this often at most: a scanner sends thousands of
+#: requests a minute, fail2ban needs a few lines to ban it, the log needs no more.
+SIP_EVENT_INTERVAL = 2.0
 
 
 class Operations:
@@ -54,6 +66,7 @@ class Operations:
         self._runners: list[web.AppRunner] = []
         self._smtp: list[Any] = []
         self._mail: MailTrigger | None = None
+        self._sip_events: OrderedDict[tuple[str, str], float] = OrderedDict()
         #: Where each listener is bound: name -> (host, port) (tests use port 0).
         self.bound: dict[str, tuple[str, int]] = {}
 
@@ -181,6 +194,27 @@ class Operations:
                 outcome,
             )
         return outcome
+
+    def sip_suspect(self, data: bytes, source: str) -> None:
+        """A SIP datagram from outside ``[sip] allow_from`` (dropped unanswered by the endpoint)
+        or from a scanning tool: a security event, at most one per source and kind a while."""
+        scanner = SCANNER.search(data)
+        kind = "scanner" if scanner else "source_rejected"
+        now = self.server.loop.time()
+        key = (kind, source)
+        last = self._sip_events.get(key)
+        if last is not None and now - last < SIP_EVENT_INTERVAL:
+            return
+        self._sip_events[key] = now
+        self._sip_events.move_to_end(key)
+        while len(self._sip_events) > 10_000:
+            self._sip_events.popitem(last=False)
+        method = data.split(b" ", 1)[0][:16].decode("ascii", "replace")
+        if scanner:
+            agent = scanner.group(0).split(b":", 1)[1].strip()[:120].decode("ascii", "replace")
+            security_event("scanner", source, channel="sip", method=method, user_agent=agent)
+        else:
+            security_event("source_rejected", source, channel="sip", method=method)
 
     def count_http(self, listener: str, status: int) -> None:
         self.metrics.http.labels(listener, str(status)).inc()

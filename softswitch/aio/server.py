@@ -26,6 +26,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from softswitch.aio.ops import SCANNER
 from softswitch.config import Config, ConfigError, load_config
 from softswitch.node.node import Node
 from softswitch.sip.message import Address
@@ -72,7 +73,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         server = self.server
+        stats = server.node.endpoint.stats
+        dropped = stats["dropped_acl"]
         server.node.receive_datagram(data, Address(addr[0], addr[1], "UDP"), server.loop.time())
+        if server.ops is not None and (stats["dropped_acl"] != dropped or SCANNER.search(data)):
+            server.ops.sip_suspect(data, addr[0])
         server.transmit()
 
     def error_received(self, exc: Exception) -> None:
@@ -121,6 +126,8 @@ class _TcpProtocol(asyncio.Protocol):
         framer = self.framer
         pings = framer.pings
         messages = framer.feed(data)
+        if server.ops is not None and SCANNER.search(data):
+            server.ops.sip_suspect(data, self.address.host)
         now = server.loop.time()
         for msg in messages:
             server.node.receive_message(msg, self.address, now)

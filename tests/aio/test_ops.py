@@ -57,6 +57,20 @@ async def get_json(server: Server, path: str, **kwargs: Any) -> tuple[int, Any]:
         return response.status, await response.json()
 
 
+DASHBOARD = (
+    Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "softswitch-dashboard.json"
+)
+
+
+async def metrics_text(server: Server) -> str:
+    async with (
+        aiohttp.ClientSession(headers=AUTH) as http,
+        http.get(url(server, "admin", "/metrics")) as response,
+    ):
+        assert response.status == 200
+        return await response.text()
+
+
 async def metric(server: Server, name: str) -> float:
     """One sample of /metrics (``name`` with its labels, as Prometheus prints it)."""
     async with (
@@ -439,3 +453,38 @@ async def test_drain_gives_up_at_its_timeout(tmp_path: Path, drain_timeout: floa
         await server.shutdown()  # hangs up what is left
         transport.close()
     assert (await carrier.next_request("CANCEL")).method == "CANCEL"
+
+
+async def test_sip_scanners_and_rejected_sources_are_security_events(tmp_path: Path) -> None:
+    server, _, transport, _ = await ops_node(tmp_path, (42000, 42999), allow_from=("10.0.0.0/8",))
+    loop = asyncio.get_running_loop()
+    node = ("127.0.0.1", server.config.listen[0][1])
+    stranger, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.2", 0)
+    )
+    options = (
+        "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK-s{n}\r\n"
+        "From: <sip:100@127.0.0.2>;tag=s\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: scan-{n}\r\n"
+        "CSeq: 1 OPTIONS\r\n{ua}Content-Length: 0\r\n\r\n"
+    )
+    try:
+        for n in range(3):  # a burst: one event per source and kind while it lasts
+            stranger.sendto(options.format(n=n, ua="").encode(), node)
+        # The trunk's own address is allowed, but a scanning tool is named wherever it comes from.
+        transport.sendto(options.format(n=9, ua="User-Agent: friendly-scanner\r\n").encode(), node)
+        await asyncio.sleep(0.2)
+        events = [(e.kind, e.src, e.fields) for e in recent_security_events(2)]
+        assert events == [
+            (
+                "scanner",
+                "127.0.0.1",
+                {"channel": "sip", "method": "OPTIONS", "user_agent": "friendly-scanner"},
+            ),
+            ("source_rejected", "127.0.0.2", {"channel": "sip", "method": "OPTIONS"}),
+        ]
+        burst = [e for e in recent_security_events(10) if e.src == "127.0.0.2"]
+        assert len(burst) == 1
+    finally:
+        stranger.close()
+        await server.shutdown()
+        transport.close()
