@@ -532,6 +532,7 @@ class CallFlowConfig:
 
 class CallState(enum.Enum):
     CALLING_BACK = "calling_back"
+    HOTLINE = "hotline"  # the customer and the preset destination ring together
     ANNOUNCING = "announcing"
     COLLECTING = "collecting"
     AUTHORIZING = "authorizing"
@@ -552,6 +553,7 @@ S = CallState
 TIMERS_IN: Mapping[CallState, frozenset[str]] = MappingProxyType(
     {
         S.CALLING_BACK: frozenset({"ring"}),
+        S.HOTLINE: frozenset({"ring", "dest_ring"}),
         S.ANNOUNCING: frozenset({"extension", "silence"}),
         S.COLLECTING: frozenset({"collect", "silence"}),
         S.AUTHORIZING: frozenset({"silence"}),
@@ -594,12 +596,19 @@ class _Leg:
     minimum: int = 30
     increment: int = 6
     early_media: bool = False
+    #: Billing starts here: the answer, or (hotline) when the customer joins the answered call.
+    bill_from: float | None = None
+    #: Hotline: billed only once the customer joined (an answer alone costs nothing).
+    joined_only: bool = False
 
     def cdr(self, end_at: float, cause: str, sip_status: int | None = None) -> WriteCdr:
         billed = charged = 0
-        if self.answer_at is not None and self.rate is not None:
+        start = self.bill_from
+        if start is None and not self.joined_only:
+            start = self.answer_at
+        if start is not None and self.rate is not None:
             billed = min(
-                billable_seconds(end_at - self.answer_at, self.minimum, self.increment),
+                billable_seconds(end_at - start, self.minimum, self.increment),
                 self.max_seconds,
             )
             charged = cost(self.rate, billed)
@@ -693,6 +702,9 @@ class CustomerCall:
         self._bridged: str | None = None  # the far leg bridged with the callback, or CONFERENCE
         self._billing = False
         self._awaiting: str | None = None  # "speed_dial" or "authorize" while AUTHORIZING
+        #: HOTLINE: why the destination cannot be reached, for when the customer answers.
+        self._hotline_refusal: Prompt | None = None
+        self._hotline_failure: str | None = None
         self._number: str | None = None  # the last number sent to Authorize (for *# redial)
         self._keys = _Keys()
         self._placed: dict[str, int] = {}
@@ -714,11 +726,18 @@ class CustomerCall:
         return self.state is CallState.ENDED
 
     def start(self, now: float) -> list[Action]:
-        """Place the first callback attempt."""
+        """Place the first callback attempt (and, for a preset destination, dial it too)."""
         if self._started:
             raise CallFlowError("session already started", state=self.state)
         self._started = True
-        return self._originate_callback(now)
+        actions = self._originate_callback(now)
+        if self.preset_destination is None:
+            return actions
+        # Hotline (guide section 10): the customer and the preset destination at once.
+        self.state = S.HOTLINE
+        self._awaiting = "authorize"
+        self._number = self.preset_destination
+        return [*actions, Authorize(self.preset_destination)]
 
     def handle(self, event: Event, now: float) -> list[Action]:
         """Feed one event; returns the actions to perform, in order.
@@ -1103,6 +1122,11 @@ class CustomerCall:
         if event.max_seconds <= 0:
             return self._enter_collecting(now, (Prompt.NO_CREDIT, Prompt.DIAL_PROMPT), None)
         actions = self._set_state(S.DIALLING)
+        return actions + self._dial(event, now)
+
+    def _dial(self, event: Authorized, now: float) -> list[Action]:
+        """Place the destination leg the controller authorised."""
+        actions: list[Action] = []
         self._awaiting = None
         self._dest = _Leg(
             DESTINATION,
@@ -1127,6 +1151,113 @@ class CustomerCall:
             raise CallFlowError("Refused without an Authorize", state=self.state)
         prompt = REFUSAL_PROMPTS[RefusalReason(event.reason)]
         return self._enter_collecting(now, (prompt, Prompt.DIAL_PROMPT), None)
+
+    # --- HOTLINE: the customer and the preset destination ring at once ---
+
+    def _hotline_authorized(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, Authorized)
+        if self._awaiting != "authorize":
+            raise CallFlowError("Authorized without an Authorize", state=self.state)
+        if event.max_seconds <= 0:
+            self._awaiting = None
+            self._hotline_refusal = Prompt.NO_CREDIT
+            return []
+        actions = self._dial(event, now)
+        assert self._dest is not None
+        self._dest.joined_only = True
+        return actions
+
+    def _hotline_refused(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, Refused)
+        if self._awaiting != "authorize":
+            raise CallFlowError("Refused without an Authorize", state=self.state)
+        self._awaiting = None
+        self._hotline_refusal = REFUSAL_PROMPTS[RefusalReason(event.reason)]
+        return []
+
+    def _hotline_dest(self, event: Event) -> _Leg:
+        if self._dest is None:
+            raise CallFlowError(
+                f"{type(event).__name__} while no destination is dialled", state=self.state
+            )
+        return self._dest
+
+    def _hotline_dest_ringing(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DestinationRinging)
+        self._hotline_dest(event)
+        assert self._dest is not None
+        if self._dest.ring_at is None:
+            self._dest.ring_at = now
+        if event.early_media:
+            self._dest.early_media = True  # heard by the customer once they answer
+        return []
+
+    def _hotline_dest_answered(self, event: Event, now: float) -> list[Action]:
+        dest = self._hotline_dest(event)
+        if dest.answer_at is not None:
+            raise CallFlowError("destination answered twice", state=self.state)
+        dest.answer_at = now
+        # The destination answered first: it hears ringback while the customer's phone rings.
+        actions = self._cancel_if_armed("dest_ring")
+        return [*actions, PlayTone(DESTINATION, "ringback")]
+
+    def _hotline_dest_failed(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, DestinationFailed)
+        if self._hotline_dest(event).answer_at is not None:
+            raise CallFlowError("destination failed after answer", state=self.state)
+        self._hotline_failure = event.cause
+        return self._release_dest(now, event.cause, hang_up=False, status=event.sip_status)
+
+    def _hotline_dest_hung_up(self, event: Event, now: float) -> list[Action]:
+        # The destination gave up waiting for the customer: the customer will hear so.
+        self._hotline_dest(event)
+        self._hotline_failure = "unreachable"
+        actions: list[Action] = [StopPlayback(DESTINATION)]
+        return actions + self._release_dest(now, "normal", hang_up=False)
+
+    def _hotline_dest_no_answer(self, event: Event, now: float) -> list[Action]:
+        self._hotline_failure = "no_answer"
+        return self._release_dest(now, "no_answer", hang_up=True)
+
+    def _hotline_callback_answered(self, event: Event, now: float) -> list[Action]:
+        leg = self._callback_leg(event)
+        leg.answer_at = now
+        actions = self._cancel_if_armed("ring")
+        if self.extension:
+            actions.append(SendDtmf(CALLBACK, self.extension))
+        dest = self._dest
+        if dest is not None and dest.answer_at is not None:
+            # Both have answered: joined now, billed from now.
+            actions.append(StopPlayback(DESTINATION))
+            actions += self._set_state(S.CONNECTED)
+            return actions + self._connect(dest, now)
+        if dest is not None:
+            actions += self._set_state(S.DIALLING)
+            actions.append(
+                self._arm("dest_ring", dest.setup_at + self.config.destination_ring_timeout)
+            )
+            if dest.early_media:
+                self._bridged = DESTINATION
+                return [*actions, Bridge(CALLBACK, DESTINATION, early_media=True)]
+            return actions + self._tone("ringback")
+        if self._awaiting == "authorize":
+            actions += self._set_state(S.AUTHORIZING)
+            return actions + self._touch(now)
+        if self._hotline_failure is not None:
+            return actions + self._enter_busy(now, self._hotline_failure)
+        prompt = self._hotline_refusal or Prompt.CALL_FAILED
+        return actions + self._enter_collecting(now, (prompt, Prompt.DIAL_PROMPT), None)
+
+    def _hotline_callback_failed(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, CallbackFailed)
+        self._callback_leg(event)
+        actions = self._release_dest(now, "customer_unreachable", hang_up=True)
+        return actions + self._callback_failed(now, event.reason, event.sip_status)
+
+    def _hotline_ring_timeout(self, event: Event, now: float) -> list[Action]:
+        actions: list[Action] = [HangUp(CALLBACK, "no_answer")]
+        actions += self._release_dest(now, "customer_unreachable", hang_up=True)
+        return actions + self._callback_failed(now, "no_answer", None)
 
     # --- DIALLING / DEST_BUSY ---
 
@@ -1158,9 +1289,14 @@ class CustomerCall:
         dest.answer_at = now
         actions = self._quiet()
         actions += self._cancel_if_armed("dest_ring")
-        self._bridged = DESTINATION
-        actions.append(Bridge(CALLBACK, DESTINATION))
         actions += self._set_state(S.CONNECTED)
+        return actions + self._connect(dest, now)
+
+    def _connect(self, dest: _Leg, now: float) -> list[Action]:
+        """Bridge the customer and the answered destination; billing starts now."""
+        dest.bill_from = now
+        self._bridged = DESTINATION
+        actions: list[Action] = [Bridge(CALLBACK, DESTINATION)]
         self._billing = True
         actions.append(StartBilling(now))
         actions.append(
@@ -1486,6 +1622,22 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     (S.CALLING_BACK, CallbackFailed): (_C._on_callback_failed, S.ENDED),
     (S.CALLING_BACK, CustomerHungUp): (_C._on_hung_up_before_answer, S.ENDED),
     (S.CALLING_BACK, _timer("ring")): (_C._timer_ring, S.ENDED),
+    # Hotline: the customer and the preset destination ring at once.
+    (S.HOTLINE, CallbackRinging): (_C._on_callback_ringing, S.HOTLINE),
+    (S.HOTLINE, CallbackAnswered): (
+        _C._hotline_callback_answered,
+        {S.CONNECTED, S.DIALLING, S.AUTHORIZING, S.DEST_BUSY, S.COLLECTING},
+    ),
+    (S.HOTLINE, CallbackFailed): (_C._hotline_callback_failed, S.ENDED),
+    (S.HOTLINE, Authorized): (_C._hotline_authorized, S.HOTLINE),
+    (S.HOTLINE, Refused): (_C._hotline_refused, S.HOTLINE),
+    (S.HOTLINE, DestinationRinging): (_C._hotline_dest_ringing, S.HOTLINE),
+    (S.HOTLINE, DestinationAnswered): (_C._hotline_dest_answered, S.HOTLINE),
+    (S.HOTLINE, DestinationFailed): (_C._hotline_dest_failed, S.HOTLINE),
+    (S.HOTLINE, DestinationHungUp): (_C._hotline_dest_hung_up, S.HOTLINE),
+    (S.HOTLINE, _timer("ring")): (_C._hotline_ring_timeout, S.ENDED),
+    (S.HOTLINE, _timer("dest_ring")): (_C._hotline_dest_no_answer, S.HOTLINE),
+    (S.HOTLINE, CustomerHungUp): (_C._on_hung_up_before_answer, S.ENDED),
     # Answered: extension DTMF, then the name and the dial prompt.
     (S.ANNOUNCING, DigitReceived): (_C._on_digit_announcing, {S.ANNOUNCING, *_COLLECT_TARGETS}),
     (S.ANNOUNCING, PromptFinished): (_C._on_announced, {S.ANNOUNCING, S.COLLECTING}),
@@ -1590,7 +1742,7 @@ _ENTRIES.update({(state, Abort): (_C._on_abort, S.ENDED) for state in S if state
 TABLE: fsm.Table[CallState, object, _Handler] = fsm.Table(
     "customer call",
     _ENTRIES,
-    initial=S.CALLING_BACK,
+    initial={S.CALLING_BACK, S.HOTLINE},
     final={S.ENDED},
     error=CallFlowError,
 )

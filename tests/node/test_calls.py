@@ -818,3 +818,20 @@ def test_draining_lets_live_calls_finish_and_queues_new_triggers() -> None:
     assert session_state(rig) is CallState.CONNECTED  # the live call goes on
     rig.keys(callback, "**")
     assert_all_over(rig)
+
+
+def test_hotline_calls_the_customer_and_the_destination_at_once() -> None:
+    rig = Rig(accounts=[account(kind=AccountKind.HOTLINE, hotline=DESTINATION)])
+    rig.trigger()
+    callback = rig.last_call(CUSTOMER)
+    destination = rig.last_call(DESTINATION)  # placed together, before anyone answered
+    rig.answer(destination)
+    assert rig.playing(destination) == ["ringback"]
+    rig.advance(5.0)
+    rig.answer(callback)
+    assert rig.media.legs[callback.leg_id].bridged_to == destination.leg_id
+    rig.advance(40.0)
+    rig.keys(callback, "**")
+    [cdr] = rig.store.cdrs_of(LegKind.DESTINATION)
+    assert cdr.billed_seconds == 42  # from the join, not from the destination's answer
+    assert_all_over(rig)

@@ -672,22 +672,78 @@ def test_short_credit_warns_at_once() -> None:
 # --- hotline / preset destination ---
 
 
-def test_hotline_dials_the_preset_destination_on_answer() -> None:
+def test_hotline_rings_the_customer_and_the_destination_at_once() -> None:
+    # Guide section 10: the callback and the preset destination are placed together.
+    d = Driver(preset_destination="12025550123")
+    out = d.start()
+    assert out == [
+        Originate(CALLBACK, LOCATION, None, 1),
+        StartTimer("ring", 45.0),
+        Authorize("12025550123"),
+    ]
+    assert d.in_state(S.HOTLINE)
+    out = d.send(authorized(number="12025550123"), after=0.05)
+    assert of(out, Originate) == [Originate(DESTINATION, "+12025550123", None, 1)]
+    d.send(DestinationRinging(), after=1.0)
+    out = d.send(CallbackAnswered(), after=2.0)
+    assert d.in_state(S.DIALLING)
+    assert of(out, PlayTone) == [PlayTone(CALLBACK, "ringback")]
+    answer_at = d.now + 3.0
+    out = d.send(DestinationAnswered(), after=3.0)
+    assert Bridge(CALLBACK, DESTINATION) in out and StartBilling(answer_at) in out
+
+
+def test_hotline_destination_answering_first_hears_ringback_and_is_billed_from_the_join() -> None:
     d = Driver(preset_destination="12025550123")
     d.start()
-    out = d.send(CallbackAnswered(), after=3.0)
-    assert of(out, Play) == []
-    assert out[-1] == Authorize("12025550123")
-    d.send(authorized(number="12025550123"))
-    assert d.in_state(S.DIALLING)
+    d.send(authorized(number="12025550123"), after=0.05)
+    out = d.send(DestinationAnswered(), after=4.0)
+    assert out == [CancelTimer("dest_ring"), PlayTone(DESTINATION, "ringback")]
+    assert d.in_state(S.HOTLINE)
+    joined = d.now + 6.0
+    out = d.send(CallbackAnswered(), after=6.0)
+    assert d.in_state(S.CONNECTED)
+    assert StopPlayback(DESTINATION) in out
+    assert Bridge(CALLBACK, DESTINATION) in out and StartBilling(joined) in out
+    d.keys("**", gap=10.0)
+    cdr = last_cdr(d, DESTINATION)
+    assert cdr.answer_at == pytest.approx(4.05)
+    assert cdr.billed_seconds == 30  # 20.3 s from the join, not 26 s from the answer
+    assert_finished(d)
+
+
+def test_hotline_destination_failing_first_is_told_to_the_customer_on_answer() -> None:
+    d = Driver(preset_destination="12025550123")
+    d.start()
+    d.send(authorized(number="12025550123"), after=0.05)
+    d.send(DestinationFailed("busy", 486), after=1.0)
+    assert d.in_state(S.HOTLINE)
+    out = d.send(CallbackAnswered(), after=2.0)
+    assert d.in_state(S.DEST_BUSY)
+    assert of(out, PlayTone) == [PlayTone(CALLBACK, "busy")]
+    out = d.keys("*#")
+    assert Authorize("12025550123") in out
+
+
+def test_hotline_customer_not_reached_releases_the_destination() -> None:
+    d = Driver(preset_destination="12025550123")
+    d.start()
+    d.send(authorized(number="12025550123"), after=0.05)
+    d.send(DestinationAnswered(), after=2.0)
+    out = d.send(CallbackFailed("busy", 486), after=1.0)
+    assert HangUp(DESTINATION, "customer_unreachable") in out
+    assert RetryLater(d.now + 20.0, "busy") in out
+    assert last_cdr(d, DESTINATION).cost == 0
+    assert_finished(d)
 
 
 def test_hotline_with_extension() -> None:
     d = Driver(preset_destination="12025550123", extension="305")
     d.start()
-    d.send(CallbackAnswered(), after=3.0)
-    out = d.fire("extension")
-    assert out == [SendDtmf(CALLBACK, "305"), Authorize("12025550123")]
+    d.send(authorized(number="12025550123"), after=0.05)
+    d.send(DestinationRinging(), after=1.0)
+    out = d.send(CallbackAnswered(), after=3.0)
+    assert out[1] == SendDtmf(CALLBACK, "305")
 
 
 def test_refused_hotline_falls_back_to_the_dial_prompt() -> None:

@@ -100,6 +100,20 @@ LIKELY: dict[CallState, st.SearchStrategy[object]] = {
     CallState.CALLING_BACK: st.sampled_from(
         [CallbackRinging(), *[CallbackAnswered()] * 4, CallbackFailed("busy"), "timer"]
     ),
+    CallState.HOTLINE: st.sampled_from(
+        [
+            CallbackRinging(),
+            *[CallbackAnswered()] * 3,
+            CallbackFailed("busy"),
+            Authorized("12025550123", "+12025550123", 12, 600),
+            Refused("no_credit"),
+            DestinationRinging(),
+            DestinationRinging(early_media=True),
+            DestinationAnswered(),
+            DestinationFailed("busy", 486),
+            "timer",
+        ]
+    ),
     CallState.ANNOUNCING: st.sampled_from([PromptFinished(), "timer", *KEY_RUNS]),
     CallState.COLLECTING: st.sampled_from(
         [PromptFinished(), "timer", *KEY_RUNS, *KEY_RUNS[:1] * 4]
