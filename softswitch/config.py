@@ -198,6 +198,9 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: str = "<defaults>"
+    #: Fields the command line set over the file (``--sip-listen``, ``--db``): a reload of
+    #: the file keeps them.
+    overrides: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -535,13 +538,17 @@ def load_config(
             key="[sip] t2",
         )
 
+    overrides = []
     if sip_listen is not None:
         try:
             kwargs["listen"] = (parse_host_port(sip_listen),)
         except ValueError as exc:
             raise ConfigError(str(exc), path="--sip-listen") from None
+        overrides.append("listen")
     if db_url is not None:
         kwargs["db_url"] = db_url
+        overrides.append("db_url")
+    kwargs["overrides"] = tuple(overrides)
     return Config(**kwargs)
 
 

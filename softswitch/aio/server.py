@@ -361,6 +361,10 @@ class Server:
                 log.error("reload refused, nothing changed: configuration error: %s", exc)
                 return []
         old = self.config
+        # What the command line set (--sip-listen, --db) still wins over the file.
+        config = dataclasses.replace(
+            config, **{name: getattr(old, name) for name in old.overrides}, overrides=old.overrides
+        )
         changed = [name for name in RELOADABLE if getattr(config, name) != getattr(old, name)]
         new_mail = old.mail
         if (
@@ -375,7 +379,7 @@ class Server:
         restart = [
             f.name
             for f in dataclasses.fields(Config)
-            if f.name not in (*RELOADABLE, "source", "mail")
+            if f.name not in (*RELOADABLE, "source", "mail", "overrides")
             and getattr(fresh, f.name) != getattr(config, f.name)
         ]
         if new_mail != config.mail:

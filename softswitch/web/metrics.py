@@ -134,11 +134,6 @@ class Metrics:
         if isinstance(event, me.DigitReceived):
             self.dtmf.labels(event.source).inc()
 
-    def session_over(self, sid: str) -> None:
-        """Forget what was kept for a finished session."""
-        self._trigger_at.pop(sid, None)
-        self._last_cause.pop(sid, None)
-
 
 def _cause(text: str | None) -> str:
     """A CDR's cause text -> a short label (``busy``, ``no_answer`` ...: the first word)."""
