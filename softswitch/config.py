@@ -190,6 +190,9 @@ class Config:
     prompts_dir: Path | None = None
     #: Where recorded names are kept (default: beside the SQLite database).
     recordings_dir: Path | None = None
+    #: A trigger caller who stays on the line this long (about 4 rings) is answered into the
+    #: Location menu; 0: never (the trigger is released with 480 at the ring limit).
+    trigger_answer_after: float = 20.0
     service: bool = True
     #: SIGTERM: seconds live calls may go on before they are hung up (0: at once).
     drain_timeout: float = 0.0
@@ -225,6 +228,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "trigger": frozenset({"number"}),
     "service": frozenset(
         {"enabled", "operator", "tone_country", "callback_ring_timeout", "recordings_dir"}
+        | {"trigger_answer_after"}
         | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
         | {"first_digit_timeout", "inter_digit_timeout", "drain_timeout"}
@@ -464,6 +468,13 @@ def load_config(
             if not low <= value <= high:
                 raise service.error(key, f"must be between {low} and {high} seconds")
             kwargs[key] = float(value)
+    answer_after = service.get("trigger_answer_after", (int, float))
+    if answer_after is not None:
+        if answer_after != 0 and not 5 <= answer_after <= 120:
+            raise service.error(
+                "trigger_answer_after", "must be 0 (never) or between 5 and 120 seconds"
+            )
+        kwargs["trigger_answer_after"] = float(answer_after)
     recordings = service.get("recordings_dir", str)
     if recordings is not None:
         kwargs["recordings_dir"] = Path(recordings)

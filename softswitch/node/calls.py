@@ -48,6 +48,7 @@ from media.player import Tone
 from softswitch import prompts
 from softswitch.config import Config
 from softswitch.node import commands as cmd
+from softswitch.node.inbound import InboundCalls, InboundEnded
 from softswitch.node.outbound import (
     LegAnswered,
     LegEnded,
@@ -94,6 +95,25 @@ TRIGGER_REFRESH = 10.0
 STATIC_TRIGGER_HOLD = 120.0
 #: The node's own timers (not a session's).
 _NODE = ""
+#: The leg name of a trigger call the service took over (early media, the menu).
+TRIGGER_LEG = "trigger"
+_MENU_CALL_EVENTS = (
+    cf.DigitReceived,
+    cf.PromptFinished,
+    RecordFinished,
+    cf.TimerFired,
+    mn.CodeChecked,
+    mn.LocationSaved,
+    mn.NameSaved,
+    cf.CustomerHungUp,
+    cf.Abort,
+)
+
+
+def _menu_actions(actions: list[mn.MenuCallAction]) -> list[cf.Action]:
+    """A menu call's actions as the controller carries them out (the menu's end is inside)."""
+    return [a for a in actions if not isinstance(a, mn.MenuDone)]
+
 
 _LEG_KINDS = {
     cf.CALLBACK: LegKind.CALLBACK,
@@ -155,7 +175,9 @@ class Session:
 
     sid: str
     account: Account
-    call: cf.CustomerCall
+    #: The customer's callback call, or the Location menu on an answered trigger call (None
+    #: while that trigger still rings).
+    call: cf.CustomerCall | mn.MenuCall | None
     trigger: str
     #: The queue row being settled at the end (None: none, or the enqueue failed/absorbed).
     callback_id: int | None = None
@@ -180,6 +202,13 @@ class Session:
     recordings: int = 0  # recordings made at the name menu
     new_name: str | None = None  # the latest recording's file name (not yet saved)
     name_path: str | None = None  # the recorded name saved in this call (newer than account's)
+    #: A trigger call the service took over (early media, the menu): its key, its caller,
+    #: our SDP answer, and how it was answered.
+    key: str | None = None
+    caller: str = ""
+    answer_sdp: bytes | None = None
+    answered_how: str | None = None
+    answered_at: float | None = None
 
     @property
     def short(self) -> str:
@@ -222,9 +251,11 @@ class CallController:
         node_id: str = "node",
         new_id: Callable[[], str] | None = None,
         flow: cf.CallFlowConfig | None = None,
+        inbound: InboundCalls | None = None,
     ) -> None:
         self.config = config
         self.outbound = outbound
+        self.inbound = inbound
         self.triggers = triggers
         self.node_id = node_id
         self.flow = flow or callflow_config(config)
@@ -239,6 +270,9 @@ class CallController:
         self._by_account: dict[int, Session] = {}
         self._by_leg: dict[str, tuple[Session, str]] = {}
         self._opening: dict[str, tuple[Session, cf.Originate]] = {}
+        #: Trigger calls taken over: by trigger key, and their legs whose socket is binding.
+        self._trigger_sessions: dict[str, Session] = {}
+        self._trigger_opening: dict[str, Session] = {}
         self._accounts: dict[str, Account] = {}
         #: Accounts whose callback waits in the queue for its next attempt: (trigger, sid).
         self._retrying: dict[int, tuple[str, str]] = {}
@@ -280,7 +314,11 @@ class CallController:
         waits for those store writes before it closes the store."""
         self.stopping = self.draining = True
         for session in list(self.sessions.values()):
-            if session.finished is None:
+            if session.call is None:
+                if session.key is not None:
+                    self._trigger_sessions.pop(session.key, None)
+                self._drop(session)
+            elif session.finished is None:
                 self._feed(session, cf.Abort("node_stopping"), now)
         for key in [k for k in self._armed if k[0] == _NODE]:
             del self._armed[key]
@@ -307,7 +345,7 @@ class CallController:
                     session.account.id,
                     session.account.name,
                     session.trigger,
-                    session.call.state.name,
+                    "TRIGGER_RINGING" if session.call is None else session.call.state.name,
                     self.wall(session.started_at),
                     now - session.started_at,
                     legs,
@@ -343,6 +381,10 @@ class CallController:
 
     def trigger_ended(self, ended: TriggerEnded, now: float) -> None:
         """A trigger call ended (the node answered it 487 or 480): CDR, then call back."""
+        early = self._trigger_sessions.pop(ended.key, None)
+        if early is not None:
+            # Its early media ends with it (the customer hung up: the free signal).
+            self._drop(early)
         account = self._accounts.get(ended.trigger)
         if account is None:
             log.info(
@@ -453,6 +495,117 @@ class CallController:
             self.triggers.callback_done(trigger)
         return False
 
+    # --- trigger calls with early media (SPEC section 4) --------------------------------------
+
+    def trigger_ringing(self, key: str, trigger: str, caller: str, now: float) -> bool:
+        """A trigger INVITE with an SDP offer rings: take it over (True) for early media?
+
+        Only for an account that may use the Location menu; the node then leaves the 183 and
+        the answer to us (:class:`InboundCalls`), and rings it plainly otherwise.
+        """
+        if self.inbound is None or self.draining:
+            return False
+        account = self._accounts.get(trigger)
+        if account is None or not account.active or not self._may_change_location(account):
+            return False
+        sid = self._new_id()
+        session = Session(sid, account, None, trigger, started_at=now, key=key, caller=caller)
+        leg_id = f"{session.short}-{TRIGGER_LEG}"
+        session.legs[TRIGGER_LEG] = leg_id
+        self.sessions[sid] = session
+        self._trigger_sessions[key] = session
+        self._trigger_opening[leg_id] = session
+        self._commands.append(cmd.OpenMedia(leg_id, service_digits=True))
+        return True
+
+    def trigger_due(self, key: str, now: float) -> bool:
+        """The caller stayed on the line (about 4 rings): answer into the menu if we can."""
+        session = self._trigger_sessions.get(key)
+        if session is None or session.call is not None or session.answer_sdp is None:
+            return False
+        after = self.config.trigger_answer_after
+        return self._answer_trigger(session, f"the caller stayed on the line {after:.0f} s", now)
+
+    def inbound_ended(self, event: InboundEnded, now: float) -> None:
+        """The answered trigger call is over on the caller's side."""
+        found = self._by_leg.get(event.leg_id)
+        if found is None:
+            return
+        session, name = found
+        self._leg_gone(session, name)
+        self._feed(session, cf.CustomerHungUp(), now)
+
+    def _trigger_media(self, session: Session, leg_id: str, port: int, now: float) -> None:
+        """The trigger's RTP socket is bound: answer its SDP offer in a 183, play ringback."""
+        assert self.inbound is not None and session.key is not None
+        request = self.inbound.offered(session.key)
+        if request is None or session.finished is not None:
+            self._commands.append(cmd.CloseMedia(leg_id))
+            return
+        try:
+            result = sdp.negotiate_answer(
+                sdp.parse_sdp(request.body),
+                self.config.media_host,
+                port,
+                session_id=int(self.wall(now)) & 0x7FFFFFFF,
+            )
+        except sdp.SdpError as exc:
+            log.info("trigger %s: no early media (%s): plain ringing", session.trigger, exc)
+            self.inbound.ring(session.key, now)
+            self._trigger_sessions.pop(session.key, None)
+            self._commands.append(cmd.CloseMedia(leg_id))
+            self._drop(session)
+            return
+        media = result.audio
+        assert media is not None
+        session.answer_sdp = bytes(result.answer)
+        self._by_leg[leg_id] = (session, TRIGGER_LEG)
+        self._commands.append(
+            cmd.SetRemote(
+                leg_id,
+                media.remote_address,
+                media.remote_port,
+                media.codec,
+                media.telephone_event_pt,
+            )
+        )
+        self.inbound.progress(session.key, session.answer_sdp, now)
+        ringback = Tone("ringback", country=self.config.tone_country)
+        self._commands.append(cmd.PlayMedia(leg_id, (ringback,), False, False))
+
+    def _answer_trigger(self, session: Session, how: str, now: float) -> bool:
+        """Answer the trigger call into the Location menu."""
+        assert self.inbound is not None and session.key is not None
+        leg_id = session.legs.get(TRIGGER_LEG)
+        if leg_id is None or session.answer_sdp is None:
+            return False
+        if not self.inbound.answer(session.key, leg_id, session.answer_sdp, now):
+            return False
+        self._trigger_sessions.pop(session.key, None)
+        session.answered_how = how
+        session.answered_at = now
+        log.info(
+            "trigger %s from %s: answered (%s) into the location menu (session %s)",
+            session.trigger,
+            session.caller,
+            how,
+            session.short,
+        )
+        self._commands.append(cmd.StopMedia(leg_id))
+        has_name = bool(session.account.recorded_name_path)
+        menu = mn.MenuCall(leg=TRIGGER_LEG, has_name=has_name, config=self.menu, name=session.short)
+        session.call = menu
+        self._apply(session, _menu_actions(menu.start(now)), now)
+        return True
+
+    def _drop(self, session: Session) -> None:
+        """Forget a trigger session that never became a call (nothing to record)."""
+        for name in list(session.legs):
+            self._leg_gone(session, name)
+            self._trigger_opening.pop(f"{session.short}-{name}", None)
+        session.finished = "trigger_ended"
+        self.sessions.pop(session.sid, None)
+
     def leg_event(self, event: LegEvent, now: float) -> None:
         """A SIP leg rang, answered, failed or ended (from :class:`OutboundCalls`)."""
         found = self._by_leg.get(event.leg_id)
@@ -496,16 +649,21 @@ class CallController:
         if found is None:
             return
         session, name = found
+        if name == TRIGGER_LEG and session.call is None:
+            # A ringing trigger: "#" in its early media asks for the Location menu.
+            if isinstance(event, me.DigitReceived) and event.digit == "#":
+                self._answer_trigger(session, "# in the early media", now)
+            return
         if isinstance(event, me.DigitReceived):
             # Only the customer's keys drive the call; the far legs' keys are theirs (relayed).
-            if name == cf.CALLBACK and event.digit in DTMF_KEYS:
+            if name in (cf.CALLBACK, TRIGGER_LEG) and event.digit in DTMF_KEYS:
                 session.key_source = event.source
                 self._feed(session, cf.DigitReceived(event.digit, source=event.source), now)
         elif isinstance(event, me.PlayFinished):
-            if name == cf.CALLBACK and not event.interrupted:
+            if name in (cf.CALLBACK, TRIGGER_LEG) and not event.interrupted:
                 self._feed(session, cf.PromptFinished(), now)
         elif isinstance(event, me.RecordFinished):
-            if name == cf.CALLBACK:
+            if name in (cf.CALLBACK, TRIGGER_LEG):
                 self._feed(session, RecordFinished(event.duration, event.reason), now)
         elif isinstance(event, me.RtpTimeout):
             log.warning(
@@ -519,6 +677,10 @@ class CallController:
 
     def media_opened(self, leg_id: str, port: int, now: float) -> None:
         """The leg's RTP socket is bound to ``port``: offer it and place the call."""
+        trigger = self._trigger_opening.pop(leg_id, None)
+        if trigger is not None:
+            self._trigger_media(trigger, leg_id, port, now)
+            return
         opening = self._opening.pop(leg_id, None)
         if opening is None:
             # The call flow let the leg go while its socket was being bound.
@@ -541,6 +703,14 @@ class CallController:
 
     def media_failed(self, leg_id: str, error: str, now: float) -> None:
         """The leg's RTP socket could not be bound (no free port): the attempt fails."""
+        trigger = self._trigger_opening.pop(leg_id, None)
+        if trigger is not None and trigger.key is not None and self.inbound is not None:
+            log.error("trigger %s: no media for early media: %s", trigger.trigger, error)
+            self.inbound.ring(trigger.key, now)
+            self._trigger_sessions.pop(trigger.key, None)
+            trigger.legs.clear()
+            self._drop(trigger)
+            return
         opening = self._opening.pop(leg_id, None)
         if opening is None:
             return
@@ -891,11 +1061,17 @@ class CallController:
 
     def _feed(self, session: Session, event: cf.Event, now: float) -> bool:
         """Hand the call flow one event; False if it had no entry for it (logged)."""
-        if session.finished is not None:
+        call = session.call
+        if session.finished is not None or call is None:
             return False
         try:
-            actions = session.call.handle(event, now)
-        except cf.CallFlowError as exc:
+            if isinstance(call, mn.MenuCall):
+                if not isinstance(event, _MENU_CALL_EVENTS):
+                    raise mn.MenuError(f"{type(event).__name__} is not for the menu")
+                actions = _menu_actions(call.handle(event, now))
+            else:
+                actions = call.handle(event, now)
+        except (cf.CallFlowError, mn.MenuError) as exc:
             log.info("session %s: %s ignored (%s)", session.short, type(event).__name__, exc)
             return False
         self._apply(session, actions, now)
@@ -913,7 +1089,10 @@ class CallController:
         elif isinstance(action, cf.HangUp):
             leg_id = legs.get(action.leg)
             if leg_id is not None:
-                if self.outbound is not None:
+                if action.leg == TRIGGER_LEG:
+                    if self.inbound is not None:
+                        self.inbound.hangup(leg_id, now)
+                elif self.outbound is not None:
                     self.outbound.hangup(leg_id, now)
                 self._leg_gone(session, action.leg)
         elif isinstance(action, cf.Play):
@@ -990,9 +1169,7 @@ class CallController:
             leg_id = legs.get(action.leg)
             if leg_id is not None:
                 session.recordings += 1
-                session.new_name = (
-                    f"{session.account.id}-{session.short}-{session.recordings}.wav"
-                )
+                session.new_name = f"{session.account.id}-{session.short}-{session.recordings}.wav"
                 out.append(
                     cmd.RecordMedia(leg_id, session.new_name, action.max_s, action.silence_s)
                 )
@@ -1174,6 +1351,24 @@ class CallController:
         )
         self._store(cmd.WriteCdr(self._next_rid(), "", cdr))
 
+    def _write_answered_trigger_cdr(self, session: Session, reason: str, now: float) -> None:
+        """The trigger leg the switch answered into the menu: never billed, on record."""
+        cdr = Cdr(
+            call_uuid=session.sid,
+            leg=LegKind.TRIGGER,
+            account_id=session.account.id,
+            from_number=session.caller,
+            to_number=session.trigger,
+            setup_at=self.wall(session.started_at),
+            ring_at=self.wall(session.started_at),
+            answer_at=None if session.answered_at is None else self.wall(session.answered_at),
+            end_at=self.wall(now),
+            cause_code=200,
+            cause_text=f"answered ({session.answered_how}) into the location menu; {reason}",
+            node_id=self.node_id,
+        )
+        self._store(cmd.WriteCdr(self._next_rid(), session.sid, cdr), session)
+
     def _write_cdr(self, session: Session, record: cf.WriteCdr) -> None:
         account = session.account
         location = account.location
@@ -1218,6 +1413,8 @@ class CallController:
 
     def _finish(self, session: Session, reason: str, now: float) -> None:
         session.finished = reason
+        if session.answered_at is not None:
+            self._write_answered_trigger_cdr(session, reason, now)
         for armed in [k for k in self._armed if k[0] == session.sid]:
             del self._armed[armed]
         for name in list(session.legs):

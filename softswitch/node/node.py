@@ -26,6 +26,7 @@ from media import engine as me
 from softswitch.config import Config
 from softswitch.node import commands as cmd
 from softswitch.node.calls import CallController
+from softswitch.node.inbound import InboundCalls, InboundEnded, TriggerAnswered
 from softswitch.node.outbound import OutboundCalls
 from softswitch.node.testline import TestLines
 from softswitch.node.trunk import Trunk
@@ -57,6 +58,8 @@ class _Ringing:
     key: str
     deadline: float
     to_tag: str
+    #: The call controller has it: early media, and answered into the menu when due.
+    early_media: bool = False
 
 
 class Node:
@@ -90,13 +93,21 @@ class Node:
             OutboundCalls(self.endpoint, config.trunk) if config.trunk is not None else None
         )
         self.test_lines = TestLines(self.endpoint, dict(config.test_numbers), ep_config.timers)
+        self.inbound = InboundCalls(self.endpoint, ep_config.timers)
         self.ring_limit = ring_limit
         self._ringing: dict[int, _Ringing] = {}
         self._ringing_by_key: dict[str, _Ringing] = {}
         self._ring_heap: list[tuple[float, int]] = []
         #: The callback service; None for a signalling-only node (triggers ring and end).
         self.calls = (
-            CallController(config, self.outbound, self.triggers, node_id=node_id, new_id=new_id)
+            CallController(
+                config,
+                self.outbound,
+                self.triggers,
+                node_id=node_id,
+                new_id=new_id,
+                inbound=self.inbound,
+            )
             if service
             else None
         )
@@ -178,6 +189,7 @@ class Node:
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
         self.test_lines.handle_timer(now)
+        self.inbound.handle_timer(now)
         if self.outbound is not None:
             self.outbound.handle_timer(now)
         if self.trunk is not None:
@@ -188,7 +200,11 @@ class Node:
         self._process(now)
 
     def get_timer(self) -> float | None:
-        timers = [self.endpoint.get_timer(), self.test_lines.get_timer()]
+        timers = [
+            self.endpoint.get_timer(),
+            self.test_lines.get_timer(),
+            self.inbound.get_timer(),
+        ]
         if self.outbound is not None:
             timers.append(self.outbound.get_timer())
         if self.trunk is not None:
@@ -222,10 +238,13 @@ class Node:
                 continue
             if self.outbound is not None and self.outbound.handle_event(event, now):
                 continue
+            if self.inbound.handle_event(event, now):
+                continue
             if self.test_lines.handle_event(event, now):
                 continue
             if isinstance(event, ep.AckReceived):
-                self.test_lines.ack(event.request)
+                if not self.inbound.ack(event.request):
+                    self.test_lines.ack(event.request)
             elif isinstance(event, ep.RequestReceived):
                 self._request(event, now)
             elif isinstance(event, ep.RequestCancelled):
@@ -234,11 +253,20 @@ class Node:
                 log.debug("transaction timed out: %s", event.tx)
 
     def _legs_to_calls(self, now: float) -> None:
-        """Hand the controller what its outbound legs did (rang, answered, failed, ended)."""
+        """Hand the controller what its legs did (rang, answered, failed, ended)."""
         calls, outbound = self.calls, self.outbound
         if calls is not None and outbound is not None:
             while (leg_event := outbound.next_event()) is not None:
                 calls.leg_event(leg_event, now)
+        while (inbound_event := self.inbound.next_event()) is not None:
+            if isinstance(inbound_event, TriggerAnswered):
+                # Answered into the menu: the trigger no longer rings, and asks no callback.
+                ringing = self._ringing_by_key.pop(inbound_event.key, None)
+                if ringing is not None:
+                    self._ringing.pop(id(ringing.tx), None)
+                    self.triggers.trigger_answered(inbound_event.key)
+            elif isinstance(inbound_event, InboundEnded) and calls is not None:
+                calls.inbound_ended(inbound_event, now)
 
     def _request(self, event: ep.RequestReceived, now: float) -> None:
         req = event.request
@@ -246,7 +274,9 @@ class Node:
         if req.to.tag is not None:
             if req.method == "BYE" and self._early_bye(tx, req, now):
                 return
-            # Inside a dialog: only test-line calls have dialogs (triggers are never answered).
+            # Inside a dialog: a trigger answered into the menu, or a test line.
+            if self.inbound.in_dialog(tx, req, now):
+                return
             if not self.test_lines.in_dialog(tx, req, now):
                 self.endpoint.respond(tx, 481, now=now)
             return
@@ -263,9 +293,21 @@ class Node:
                 return
             to_tag = self.endpoint.new_tag()
             self.endpoint.respond(tx, 100, now=now)
-            self.endpoint.respond(tx, 180, now=now, to_tag=to_tag)
+            calls = self.calls
+            early = (
+                calls is not None
+                and bool(req.body)
+                and calls.trigger_ringing(key, dialled, caller, now)
+            )
             deadline = now + self.ring_limit
-            ringing = _Ringing(tx, key, deadline, to_tag)
+            if early:
+                # The controller plays the early media (183) and may answer into the menu.
+                self.inbound.offer(key, tx, req, event.source, to_tag)
+                answer_after = self.config.trigger_answer_after
+                deadline = now + (answer_after if answer_after > 0 else self.ring_limit)
+            else:
+                self.endpoint.respond(tx, 180, now=now, to_tag=to_tag)
+            ringing = _Ringing(tx, key, deadline, to_tag, early)
             self._ringing[id(tx)] = ringing
             self._ringing_by_key[key] = ringing
             heapq.heappush(self._ring_heap, (deadline, id(tx)))
@@ -295,6 +337,8 @@ class Node:
         if ringing is None:
             return
         self._ringing_by_key.pop(ringing.key, None)
+        if ringing.early_media:
+            self.inbound.forget(ringing.key)
         ended = self.triggers.trigger_ended(ringing.key, how, now, status)
         if ended is not None:
             if self.calls is not None:
@@ -310,6 +354,14 @@ class Node:
             ringing = self._ringing.get(key)
             if ringing is None or ringing.deadline > now:
                 continue
+            calls = self.calls
+            if (
+                ringing.early_media
+                and calls is not None
+                and self.config.trigger_answer_after > 0
+                and calls.trigger_due(ringing.key, now)
+            ):
+                continue  # answered into the menu (TriggerAnswered takes it off the list)
             if ringing.tx.can_send_final():
                 # The caller kept ringing: release the trigger (480) and treat it as a trigger.
                 self.endpoint.respond(ringing.tx, 480, now=now)

@@ -63,8 +63,12 @@ from softswitch.service import dialplan
 from softswitch.service.dialplan import DigitCollector, RefusalReason
 from softswitch.service.ivr import (
     PROMPTS_PLAYED,
+    Abort,
+    CallBackNow,
     CancelTimer,
+    CustomerHungUp,
     DigitReceived,
+    Finished,
     HangUp,
     Play,
     PlayTone,
@@ -269,19 +273,6 @@ class OperatorHungUp:
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerHungUp:
-    """The callback leg is gone (customer BYE)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Abort:
-    """The controller ends the session (the node stops, the trigger was absorbed elsewhere):
-    every leg still up is released, the customer's too, and recorded with ``reason``."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class Authorized:
     """The controller validated, rated and reserved credit for ``number``.
 
@@ -447,25 +438,10 @@ class ForwardDigit:
 
 
 @dataclass(frozen=True, slots=True)
-class CallBackNow:
-    """After this session: call the customer back at their (just changed) location."""
-
-
-@dataclass(frozen=True, slots=True)
 class RetryLater:
     """Call the customer back again at ``at`` (the attempt failed for ``reason``)."""
 
     at: float
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The session is over; every leg is released and recorded.
-
-    ``reason`` ``"callback_retry"`` follows a :class:`RetryLater`: another attempt is owed.
-    """
-
     reason: str
 
 

@@ -21,8 +21,12 @@ __all__ = [
     "DIGIT_PROMPTS",
     "DTMF_KEYS",
     "PROMPTS_PLAYED",
+    "Abort",
+    "CallBackNow",
     "CancelTimer",
+    "CustomerHungUp",
     "DigitReceived",
+    "Finished",
     "HangUp",
     "Play",
     "PlayTone",
@@ -141,7 +145,35 @@ class TimerFired:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerHungUp:
+    """The customer's leg is gone (their BYE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """The controller ends the session (the node stops, the trigger was absorbed elsewhere, an
+    operator hung it up): every leg still up is released and recorded with ``reason``."""
+
+    reason: str
+
+
 # --- what the service does --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallBackNow:
+    """After this session: call the customer back at their (just changed) location."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The session is over; every leg is released and recorded.
+
+    ``reason`` ``"callback_retry"`` follows a ``RetryLater``: another attempt is owed.
+    """
+
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,8 +42,12 @@ from softswitch import fsm
 from softswitch.service import dialplan
 from softswitch.service.ivr import (
     DIGIT_PROMPTS,
+    Abort,
+    CallBackNow,
     CancelTimer,
+    CustomerHungUp,
     DigitReceived,
+    Finished,
     HangUp,
     Play,
     Prompt,
@@ -56,11 +60,14 @@ from softswitch.service.ivr import (
 )
 
 __all__ = [
+    "CALL_TABLE",
     "TABLE",
     "CodeChecked",
     "LocationMenu",
     "LocationSaved",
     "MenuAction",
+    "MenuCall",
+    "MenuCallState",
     "MenuConfig",
     "MenuDone",
     "MenuError",
@@ -279,6 +286,13 @@ class LocationMenu:
         return self.state is MenuState.ENDED
 
     # --- public API ---
+
+    def abandon(self) -> list[MenuAction]:
+        """Stop here (the host ends the call): what plays stops, the timers are disarmed."""
+        actions = self._quiet()
+        actions += [self._cancel(name) for name in list(self._timers)]
+        self.state = MenuState.ENDED
+        return actions
 
     def start(self, now: float) -> list[MenuAction]:
         """Ask for the security code."""
@@ -628,4 +642,129 @@ _ENTRIES.update({(state, MenuHungUp): (_L._on_hung_up, M.ENDED) for state in _AL
 #: The transition table of the Location menu.
 TABLE: fsm.Table[MenuState, object, _Handler] = fsm.Table(
     "location menu", _ENTRIES, initial=M.CODE, final={M.ENDED}, error=MenuError
+)
+
+
+# --- the menu on an answered trigger call ------------------------------------------------------
+
+
+class MenuCallState(enum.Enum):
+    MENU = "menu"
+    ENDED = "ended"
+
+
+MenuCallEvent = MenuEvent | CustomerHungUp | Abort
+MenuCallAction = MenuAction | CallBackNow | Finished
+_CallHandler = Callable[["MenuCall", MenuCallEvent, float], list[MenuCallAction]]
+
+
+class MenuCall:
+    """The Location menu on a trigger call the switch answered (``#`` in its early media, or
+    the caller stayed on the line): the whole life of that call, for the controller.
+
+    It speaks the customer's call's language (``handle(event, now) -> actions``,
+    :class:`~softswitch.service.ivr.Finished` last), so the controller runs it like any
+    session: the menu's actions pass through, its :class:`MenuDone` becomes
+    :class:`~softswitch.service.ivr.CallBackNow` (when asked) and ``Finished``. The caller
+    hanging up is ``CustomerHungUp``; the controller ending it is ``Abort`` (the leg is
+    released). States: MENU -> ENDED (:data:`CALL_TABLE`).
+    """
+
+    def __init__(
+        self,
+        *,
+        leg: str,
+        has_name: bool = False,
+        config: MenuConfig | None = None,
+        name: str = "",
+    ) -> None:
+        self.leg = leg
+        self.name = name or f"{id(self):x}"
+        self.menu = LocationMenu(leg=leg, has_name=has_name, config=config, name=self.name)
+        self.state = MenuCallState.MENU
+        self._transition: fsm.Transition[MenuCallState, _CallHandler] | None = None
+
+    def __repr__(self) -> str:
+        return f"<MenuCall {self.name} {self.state.name}>"
+
+    @property
+    def finished(self) -> bool:
+        return self.state is MenuCallState.ENDED
+
+    @property
+    def armed_timers(self) -> Mapping[str, float]:
+        return self.menu.armed_timers
+
+    def start(self, now: float) -> list[MenuCallAction]:
+        return self._from_menu(self.menu.start(now))
+
+    def handle(self, event: MenuCallEvent, now: float) -> list[MenuCallAction]:
+        """Feed one event (a menu event, ``CustomerHungUp`` or ``Abort``)."""
+        inp = type(event) if not isinstance(event, TimerFired) else timer_input(event.name)
+        transition = CALL_TABLE.fire(self.state, inp, who=self.name)
+        self._transition = transition
+        try:
+            assert transition.handler is not None
+            return transition.handler(self, event, now)
+        finally:
+            self._transition = None
+
+    def _to_menu(self, event: MenuCallEvent, now: float) -> list[MenuCallAction]:
+        assert not isinstance(event, CustomerHungUp | Abort)
+        return self._from_menu(self.menu.handle(event, now))
+
+    def _hung_up(self, event: MenuCallEvent, now: float) -> list[MenuCallAction]:
+        return self._from_menu(self.menu.handle(MenuHungUp(), now))
+
+    def _abort(self, event: MenuCallEvent, now: float) -> list[MenuCallAction]:
+        assert isinstance(event, Abort)
+        actions: list[MenuCallAction] = [*self.menu.abandon(), HangUp(self.leg, event.reason)]
+        return [*actions, *self._done(event.reason)]
+
+    def _from_menu(self, actions: list[MenuAction]) -> list[MenuCallAction]:
+        out: list[MenuCallAction] = []
+        for action in actions:
+            if isinstance(action, MenuDone):
+                if action.call_back:
+                    out.append(CallBackNow())
+                hung_up = action.outcome == "hung_up"
+                out += self._done("customer_hangup" if hung_up else f"menu_{action.outcome}")
+            else:
+                out.append(action)
+        return out
+
+    def _done(self, reason: str) -> list[MenuCallAction]:
+        old, self.state = self.state, MenuCallState.ENDED
+        if self._transition is not None:
+            CALL_TABLE.move(log, self.name, old, self.state, self._transition, reason)
+        log.info("menu call %s: over (%s)", self.name, reason)
+        return [Finished(reason)]
+
+
+_MC = MenuCall
+_MENU_INPUTS: tuple[object, ...] = (
+    DigitReceived,
+    PromptFinished,
+    RecordFinished,
+    CodeChecked,
+    LocationSaved,
+    NameSaved,
+    timer_input(INPUT),
+    timer_input(ENDING),
+)
+#: The menu call's table: every menu event goes to the menu; the caller or the controller
+#: may end it any time.
+CALL_TABLE: fsm.Table[MenuCallState, object, _CallHandler] = fsm.Table(
+    "menu call",
+    {
+        **{
+            (MenuCallState.MENU, inp): (_MC._to_menu, {MenuCallState.MENU, MenuCallState.ENDED})
+            for inp in _MENU_INPUTS
+        },
+        (MenuCallState.MENU, CustomerHungUp): (_MC._hung_up, MenuCallState.ENDED),
+        (MenuCallState.MENU, Abort): (_MC._abort, MenuCallState.ENDED),
+    },
+    initial=MenuCallState.MENU,
+    final={MenuCallState.ENDED},
+    error=MenuError,
 )

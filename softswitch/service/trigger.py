@@ -34,6 +34,7 @@ class TriggerOutcome(enum.Enum):
 
 class TriggerState(enum.Enum):
     RINGING = "ringing"
+    ANSWERED = "answered"  # into the Location menu (SPEC section 4): no callback
     ENDED = "ended"
 
 
@@ -43,14 +44,19 @@ class TriggerError(fsm.TransitionError):
 
 class _In(enum.Enum):
     HUNG_UP = "caller hung up (CANCEL, BYE) or rang too long"
+    ANSWERED = "answered into the location menu"
 
 
-#: A trigger call only ever rings, then ends: the switch never answers it.
+#: A trigger call rings, then ends (the free signal), unless the customer asks for the
+#: Location menu (``#`` in the early media, or staying on the line), which answers it.
 TABLE: fsm.Table[TriggerState, _In, None] = fsm.Table(
     "trigger call",
-    {(TriggerState.RINGING, _In.HUNG_UP): (None, TriggerState.ENDED)},
+    {
+        (TriggerState.RINGING, _In.HUNG_UP): (None, TriggerState.ENDED),
+        (TriggerState.RINGING, _In.ANSWERED): (None, TriggerState.ANSWERED),
+    },
     initial=TriggerState.RINGING,
-    final={TriggerState.ENDED},
+    final={TriggerState.ENDED, TriggerState.ANSWERED},
     error=TriggerError,
 )
 
@@ -70,6 +76,8 @@ class TriggerEnded:
     how: str
     status: int
     callback: bool
+    #: The node's key of the call (Call-ID and From tag), for what else it is tied to.
+    key: str = ""
 
 
 def normalize_number(text: str) -> str:
@@ -141,7 +149,9 @@ class TriggerService:
                 "trigger %s from %s ended by %s: callback scheduled", number, ringing.caller, how
             )
             callback = True
-        return TriggerEnded(number, ringing.caller, ringing.started_at, now, how, status, callback)
+        return TriggerEnded(
+            number, ringing.caller, ringing.started_at, now, how, status, callback, call_key
+        )
 
     def request(self, trigger: str) -> bool:
         """A trigger from elsewhere (web, e-mail) asks for a callback for ``trigger``.
@@ -154,6 +164,12 @@ class TriggerService:
             return False
         self._under_way.add(number)
         return True
+
+    def trigger_answered(self, call_key: str) -> None:
+        """The trigger call was answered into the Location menu: it asks no callback."""
+        ringing = self._ringing.pop(call_key, None)
+        if ringing is not None:
+            ringing.state = TABLE.step(log, call_key, ringing.state, _In.ANSWERED)
 
     def callback_done(self, trigger: str) -> None:
         """The call a trigger of ``trigger`` asked for is over; a new trigger may ask again."""

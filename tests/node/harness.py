@@ -302,6 +302,18 @@ def reply(
 
 
 @dataclass
+class TriggerCall:
+    """A trigger call the test made with an SDP offer (early media, maybe the menu)."""
+
+    n: int
+    number: str
+    caller: str
+    call_id: str
+    branch: str
+    leg_id: str = ""
+
+
+@dataclass
 class Call:
     """An INVITE the node sent the carrier, and the dialog the test answers it in."""
 
@@ -515,6 +527,60 @@ class Rig:
                 "CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
             )
             self.node.receive_datagram(bye.encode(), TRUNK, self.now)
+        self.pump()
+
+    def ring_trigger(self, number: str = TRIGGER, caller: str = CUSTOMER) -> TriggerCall:
+        """A customer rings ``number`` from a phone that offers SDP (and stays on the line)."""
+        n = next(self._trigger_seq)
+        call = TriggerCall(n, number, caller, f"trigger-{n}", f"z9hG4bK-trigger-{n}")
+        body = ANSWER_SDP.replace(b"40000", b"41000")
+        invite = (
+            f"INVITE sip:{number}@127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {TRUNK.host}:{TRUNK.port};branch={call.branch}\r\n"
+            f"From: <sip:{caller}@carrier.test>;tag=caller{n}\r\n"
+            f"To: <sip:{number}@carrier.test>\r\nCall-ID: {call.call_id}\r\n"
+            "CSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:5080>\r\nMax-Forwards: 70\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.node.receive_datagram(invite, TRUNK, self.now)
+        self.pump()
+        opened = [
+            c.leg_id
+            for c in self.commands
+            if isinstance(c, cmd.OpenMedia) and c.leg_id.endswith("-trigger")
+        ]
+        call.leg_id = opened[-1] if opened else ""
+        return call
+
+    def trigger_responses(self, call: TriggerCall) -> list[Response]:
+        return [r for r in self.responses if r.call_id == call.call_id]
+
+    def trigger_key(self, call: TriggerCall, digits: str, gap: float = 0.3) -> None:
+        for digit in digits:
+            self.advance(gap)
+            self.node.media_event(me.DigitReceived(call.leg_id, digit, "rfc4733", 0), self.now)
+            self.pump()
+
+    def trigger_request(self, call: TriggerCall, method: str) -> None:
+        """The caller sends ``method`` (CANCEL before the answer; ACK or BYE after it)."""
+        tag = ""
+        answered = [
+            r for r in self.trigger_responses(call) if r.status == 200 and r.cseq.method == "INVITE"
+        ]
+        if answered:
+            tag = answered[-1].to.tag or ""
+        seq, branch = (1, call.branch) if method in ("CANCEL", "ACK") else (2, call.branch + "b")
+        if method == "ACK" and answered:
+            branch = call.branch + "ack"
+        to = f"<sip:{call.number}@carrier.test>" + (f";tag={tag}" if tag else "")
+        request = (
+            f"{method} sip:{call.number}@127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {TRUNK.host}:{TRUNK.port};branch={branch}\r\n"
+            f"From: <sip:{call.caller}@carrier.test>;tag=caller{call.n}\r\nTo: {to}\r\n"
+            f"Call-ID: {call.call_id}\r\nCSeq: {seq} {method}\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        self.node.receive_datagram(request.encode(), TRUNK, self.now)
         self.pump()
 
     def last_call(self, number: str | None = None) -> Call:

@@ -18,7 +18,7 @@ import pytest
 
 from softswitch.node import commands as cmd
 from softswitch.node.calls import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
-from softswitch.service.callflow import CallState
+from softswitch.service.callflow import CallState, CustomerCall
 from softswitch.store.models import AccountKind, AccountStatus, CallbackState, LegKind, Rate
 from tests.node.harness import (
     CUSTOMER,
@@ -59,6 +59,7 @@ def connected(rig: Rig) -> tuple[Call, Call]:
 
 def session_state(rig: Rig) -> CallState:
     [session] = rig.calls.sessions.values()
+    assert isinstance(session.call, CustomerCall)
     return session.call.state
 
 
@@ -835,3 +836,87 @@ def test_hotline_calls_the_customer_and_the_destination_at_once() -> None:
     [cdr] = rig.store.cdrs_of(LegKind.DESTINATION)
     assert cdr.billed_seconds == 42  # from the join, not from the destination's answer
     assert_all_over(rig)
+
+
+# --- the trigger call: early media, # and the 4-ring answer (SPEC sections 1 and 4) ----------
+
+
+def test_trigger_rings_with_early_media_and_a_short_ring_still_calls_back() -> None:
+    rig = Rig()
+    trigger = rig.ring_trigger()
+    [progress] = [r for r in rig.trigger_responses(trigger) if r.status == 183]
+    assert b"m=audio" in progress.body  # our SDP: the caller hears our ringback
+    assert not any(r.status == 180 for r in rig.trigger_responses(trigger))
+    assert rig.media.legs[trigger.leg_id].remote == ("127.0.0.1", 41000)
+    assert [getattr(i, "name", None) for i in rig.media.legs[trigger.leg_id].playing] == [
+        "ringback"
+    ]
+    rig.advance(1.0)
+    rig.trigger_request(trigger, "CANCEL")  # hung up after one ring: the free signal
+    assert any(r.status == 487 for r in rig.trigger_responses(trigger))
+    assert rig.media.legs[trigger.leg_id].closed
+    assert rig.last_call(CUSTOMER)  # the callback, exactly as before
+    [cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert cdr.cause_code == 487 and cdr.answer_at is None
+
+
+def test_hash_in_early_media_answers_into_the_location_menu() -> None:
+    rig = Rig()
+    rig.store.codes[1] = "4711"
+    trigger = rig.ring_trigger()
+    rig.advance(2.0)
+    rig.trigger_key(trigger, "#")
+    [ok] = [r for r in rig.trigger_responses(trigger) if r.status == 200]
+    assert ok.cseq.method == "INVITE" and b"m=audio" in ok.body
+    rig.trigger_request(trigger, "ACK")
+    assert rig.calls_out == []  # no callback: the customer is in the menu
+    playing = rig.media.legs[trigger.leg_id].playing
+    assert [p.stem for p in playing if isinstance(p, Path)] == ["security_code_enter"]
+    rig.trigger_key(trigger, "4711")
+    rig.trigger_key(trigger, "442071234567*")
+    rig.trigger_key(trigger, "*")
+    rig.trigger_key(trigger, "1")
+    location = rig.store.accounts[1].location
+    assert location is not None and location.number == "442071234567"
+    rig.trigger_key(trigger, "1")  # call me back now
+    bye = [r for r in rig.requests if r.call_id == trigger.call_id and r.method == "BYE"]
+    assert bye, "the switch hangs up the trigger call"
+    [cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert cdr.answer_at is not None and cdr.cost == 0
+    assert (
+        cdr.cause_text == "answered (# in the early media) into the location menu; menu_call_back"
+    )
+    rig.advance(1.5)
+    assert rig.last_call("442071234567")  # the callback, at the new location
+
+
+def test_a_caller_who_stays_on_the_line_is_answered_into_the_menu() -> None:
+    rig = Rig(trigger_answer_after=20.0)
+    trigger = rig.ring_trigger()
+    rig.advance(19.0)
+    assert not any(r.status == 200 for r in rig.trigger_responses(trigger))
+    rig.advance(1.5)
+    assert any(r.status == 200 for r in rig.trigger_responses(trigger))
+    rig.trigger_request(trigger, "ACK")
+    rig.trigger_request(trigger, "BYE")  # the caller gives up in the menu
+    rig.pump()
+    [cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert cdr.cause_text.startswith("answered (the caller stayed on the line 20 s)")
+    assert cdr.cause_text.endswith("customer_hangup")
+    assert rig.calls_out == [] and rig.calls.idle
+
+
+def test_the_four_ring_answer_can_be_turned_off() -> None:
+    rig = Rig(trigger_answer_after=0.0)
+    trigger = rig.ring_trigger()
+    rig.advance(21.0)
+    assert any(r.status == 480 for r in rig.trigger_responses(trigger))
+    assert rig.last_call(CUSTOMER)  # a trigger that rang too long still asks for a callback
+
+
+def test_accounts_without_the_menu_get_plain_ringing() -> None:
+    rig = Rig(accounts=[account(kind=AccountKind.HOTLINE, hotline=DESTINATION)])
+    trigger = rig.ring_trigger()
+    statuses = [r.status for r in rig.trigger_responses(trigger)]
+    assert 180 in statuses and 183 not in statuses
+    assert trigger.leg_id == ""
