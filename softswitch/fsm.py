@@ -1,14 +1,16 @@
 """State machines: one table type, one way to fire it, one error, one diagram.
 
-Every state machine of the project (SIP transactions, dialogs, registration, outbound legs,
-trigger calls, the customer's call flow, the demo's phones) is written the same way, after
+Every state machine of the project (SIP transactions, dialogs, registration and the trunk
+keep-alive, outbound legs, test line calls, trigger calls, the customer's call flow, the
+Location menu, the callback queue, the demo's phones) is written the same way, after
 h2's and h11's: an Enum of states and a :class:`Table` mapping ``(state, input)`` to a
 :class:`Transition`, the handler to run (or ``None`` where the move is all there is) and the
 states it may leave the machine in. An input the table has no entry for is a protocol error
 (:class:`TransitionError`), never a silent no-op; a handler that moves to a state the entry
 does not list is a bug caught at once, not a wrong call. Every move is logged ``old -> new``
-by :meth:`Table.move`, and :meth:`Table.mermaid` draws the real diagram from the same table,
-so the documentation cannot drift from the code.
+by :meth:`Table.move`, and :meth:`Table.mermaid` draws the real diagram from the same table
+(``scripts/diagrams.py`` writes them all to ``docs/state-machines.md``, and a test fails when
+that file is stale), so the documentation cannot drift from the code.
 
 Inputs are whatever identifies an event: an Enum member (SIP transactions), an event class
 (the call flow), or a string (timer names). Tables are plain dicts underneath, so the lookup
@@ -132,8 +134,14 @@ class Table(Generic[S, I, H]):
         new: S,
         transition: Transition[S, H],
         inp: I,
+        *,
+        level: int = logging.DEBUG,
     ) -> S:
-        """Check ``new`` against the entry that fired, log ``old -> new``, return ``new``."""
+        """Check ``new`` against the entry that fired, log ``old -> new``, return ``new``.
+
+        ``level`` is the log level of the move (machines whose every move is news to the
+        operator, such as the trunk registration, log at INFO).
+        """
         if new not in transition.targets:
             raise self.error(
                 f"{self.name} ({who}) in {old.name}: {input_name(inp)} may lead to "
@@ -141,14 +149,22 @@ class Table(Generic[S, I, H]):
                 state=old,
                 input=inp,
             )
-        if new is not old and log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s: %s -> %s (%s)", self.name, who, old.name, new.name, input_name(inp))
+        if new is not old and log.isEnabledFor(level):
+            log.log(
+                level, "%s %s: %s -> %s (%s)", self.name, who, old.name, new.name, input_name(inp)
+            )
         return new
 
-    def step(self, log: logging.Logger, who: object, state: S, inp: I) -> S:
+    def step(
+        self, log: logging.Logger, who: object, state: S, inp: I, *, level: int = logging.DEBUG
+    ) -> S:
         """:meth:`fire` and :meth:`move` for a single-target entry: the new state."""
         transition = self.fire(state, inp, who=who)
-        return self.move(log, who, state, transition.target, transition, inp)
+        return self.move(log, who, state, transition.target, transition, inp, level=level)
+
+    def sources(self, inp: I) -> frozenset[S]:
+        """The states that have an entry for ``inp``."""
+        return frozenset(state for state, i in self.entries if i == inp)
 
     def states(self) -> frozenset[S]:
         """Every state named by the table (as source, target, initial or final)."""

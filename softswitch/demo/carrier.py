@@ -19,8 +19,9 @@ loopback sockets. It plays three parts:
   :class:`CustomerPhone`, the destination's to :class:`DestinationPhone`, anything else 404.
   A phone sends 180, answers 200 with an SDP answer for its own RTP leg after ``answer_after``
   seconds, retransmits the 200 until the ACK (RFC 3261 section 13.3.1.4), answers BYE with 200
-  and can hang up itself. Its life is the table ``_PHONE_TRANSITIONS``; an input without an
-  entry raises :class:`PhoneError`.
+  and can hang up itself. Its life is the table :data:`PHONE_TABLE`: what the phone does itself
+  without an entry raises :class:`PhoneError`; what the node sends without one (a CANCEL after
+  the 200, say) is logged and dropped.
 
 Every RTP payload a phone accepts is decoded (G.711) and kept per *phase* of its script, so the
 demo checks audio instead of assuming it: :func:`heard_prompt` (more than a second of non-silent
@@ -58,6 +59,7 @@ from media.g711 import ALAW_DECODE, ULAW_DECODE
 from media.rtp import RtpError, parse_header
 from media.session import Addr
 from media.tones import sine
+from softswitch import fsm
 from softswitch.node.testline import next_hop
 from softswitch.sip import endpoint as ep
 from softswitch.sip import sdp
@@ -68,6 +70,7 @@ from softswitch.sip.uri import parse_name_addr
 
 __all__ = [
     "FRAME",
+    "PHONE_TABLE",
     "RATE",
     "AudioCheck",
     "CarrierConfig",
@@ -294,7 +297,7 @@ def verify_digest(
 # --- phones ---------------------------------------------------------------------------------
 
 
-class PhoneError(Exception):
+class PhoneError(fsm.TransitionError):
     """An input the phone's state machine has no entry for."""
 
 
@@ -317,20 +320,7 @@ class _In(enum.Enum):
     FAILURE = "could not answer"
 
 
-_P = PhoneState
-_PHONE_TRANSITIONS: dict[tuple[PhoneState, _In], PhoneState] = {
-    (_P.IDLE, _In.INVITE): _P.RINGING,
-    (_P.RINGING, _In.ANSWER): _P.ANSWERED,
-    (_P.RINGING, _In.CANCEL): _P.ENDED,
-    (_P.RINGING, _In.FAILURE): _P.ENDED,
-    (_P.ANSWERED, _In.ACK): _P.CONNECTED,
-    # A BYE may overtake the ACK (RFC 3261 section 15): the call still ends cleanly.
-    (_P.ANSWERED, _In.BYE): _P.ENDED,
-    (_P.ANSWERED, _In.ACK_TIMEOUT): _P.ENDED,
-    (_P.ANSWERED, _In.HANGUP): _P.ENDED,
-    (_P.CONNECTED, _In.BYE): _P.ENDED,
-    (_P.CONNECTED, _In.HANGUP): _P.ENDED,
-}
+_PhoneHandler = Callable[["Phone", Request | None], None]
 
 
 class Phone:
@@ -412,13 +402,26 @@ class Phone:
 
     # --- state --------------------------------------------------------------------------------
 
-    def _fire(self, event: _In) -> None:
-        try:
-            new = _PHONE_TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise PhoneError(f"{self.name}: {event.value} while {self.state.value}") from None
-        log.debug("%s: %s -> %s (%s)", self.name, self.state.name, new.name, event.value)
-        self.state = new
+    def _fire(self, event: _In, req: Request | None = None) -> None:
+        """Move as :data:`PHONE_TABLE` says, then run the entry's handler in the new state."""
+        transition = PHONE_TABLE.fire(self.state, event, who=self.name)
+        self.state = PHONE_TABLE.move(
+            log, self.name, self.state, transition.target, transition, event
+        )
+        if transition.handler is not None:
+            transition.handler(self, req)
+
+    def _if_entry(self, event: _In, req: Request | None = None) -> bool:
+        """:meth:`_fire` where the table has an entry, else drop ``event`` and return False.
+
+        For what the node sends (a CANCEL after our 200) and what may come after the call is
+        over (a hang-up, the ACK timer of a re-INVITE's 200): not the phone's protocol errors.
+        """
+        if not PHONE_TABLE.accepts(self.state, event):
+            log.debug("%s: %s dropped while %s", self.name, event.value, self.state.value)
+            return False
+        self._fire(event, req)
+        return True
 
     def _note(self, text: str) -> None:
         self.carrier.note(f"{self.name}: {text}")
@@ -427,8 +430,8 @@ class Phone:
 
     def on_invite(self, tx: txl.ServerTransaction, req: Request, source: Address) -> None:
         carrier = self.carrier
-        if self.state is not PhoneState.IDLE:
-            carrier.endpoint.respond(tx, 486, now=carrier.now())
+        if not PHONE_TABLE.accepts(self.state, _In.INVITE):
+            carrier.endpoint.respond(tx, 486, now=carrier.now())  # one call per phone
             return
         self._fire(_In.INVITE)
         self.invited_at = time.time()
@@ -461,7 +464,7 @@ class Phone:
                 endpoint.respond(
                     tx, 488 if isinstance(exc, sdp.SdpError) else 500, now=carrier.now()
                 )
-            self._finish(_In.FAILURE, "error")
+            self._fire(_In.FAILURE)
             carrier.flush()
             return
         self.dialog = dialog
@@ -524,24 +527,12 @@ class Phone:
             )
 
     def on_cancel(self) -> None:
-        if self.state is PhoneState.RINGING:
-            self._note("the node cancelled the call before it was answered")
-            self._finish(_In.CANCEL, "cancel")
+        self._if_entry(_In.CANCEL)
 
     def on_ack(self, req: Request) -> None:
         if self.responder is not None:
             self.responder.ack_received()
-        if self.state is not PhoneState.ANSWERED:
-            return  # the ACK of a re-INVITE's 200
-        if self._offer is not None and req.body:
-            try:
-                self._apply(sdp.parse_answer(self._offer, sdp.parse_sdp(req.body)))
-            except sdp.SdpError as exc:
-                self.error = f"bad SDP answer in the ACK: {exc}"
-        self._fire(_In.ACK)
-        self.connected_at = time.time()
-        self.connected.set()
-        self.on_connected()
+        self._if_entry(_In.ACK, req)
 
     def on_request(self, tx: txl.ServerTransaction, req: Request) -> None:
         """A request inside our dialog (BYE, re-INVITE, ...)."""
@@ -569,9 +560,8 @@ class Phone:
         elif answer is None:
             answer = self.dialog.create_response(req, 200, "OK", now=now)
         endpoint.send_response(tx, answer, now)
-        if req.method == "BYE" and self.state in (PhoneState.ANSWERED, PhoneState.CONNECTED):
-            self._note("BYE from the node, answered 200")
-            self._finish(_In.BYE, "node")
+        if req.method == "BYE":
+            self._if_entry(_In.BYE)
 
     def _reanswer(self, body: bytes) -> bytes:
         if not body:
@@ -602,20 +592,14 @@ class Phone:
             if isinstance(item, AckTimeout):
                 self.error = "no ACK for our 200"
                 self._note("no ACK for our 200 within 64*T1: hanging up")
-                if self.state is PhoneState.ANSWERED:
-                    self._bye()
-                    self._finish(_In.ACK_TIMEOUT, "timeout")
+                self._if_entry(_In.ACK_TIMEOUT)
             else:
                 self.carrier.endpoint.send_response(self.invite_tx, item, now)
 
     async def hangup(self) -> None:
         """The phone hangs up: BYE to the node (nothing if the call is not up)."""
-        if self.state not in (PhoneState.ANSWERED, PhoneState.CONNECTED):
-            return
-        self._note("hangs up (BYE)")
-        self._bye()
-        self._finish(_In.HANGUP, "phone")
-        self.carrier.flush()
+        if self._if_entry(_In.HANGUP):
+            self.carrier.flush()
 
     def _bye(self) -> None:
         assert self.dialog is not None and self.remote is not None
@@ -623,12 +607,44 @@ class Phone:
         bye = self.dialog.create_request("BYE", now=carrier.now())
         self.bye_tx = carrier.endpoint.send_request(bye, next_hop(bye, self.remote), carrier.now())
 
-    def _finish(self, event: _In, by: str) -> None:
-        self._fire(event)
+    # --- handlers: what each entry of PHONE_TABLE does, once the phone is in its new state ---
+
+    def _connected(self, req: Request | None) -> None:
+        assert req is not None
+        if self._offer is not None and req.body:
+            try:
+                self._apply(sdp.parse_answer(self._offer, sdp.parse_sdp(req.body)))
+            except sdp.SdpError as exc:
+                self.error = f"bad SDP answer in the ACK: {exc}"
+        self.connected_at = time.time()
+        self.connected.set()
+        self.on_connected()
+
+    def _cancelled(self, req: Request | None) -> None:
+        self._note("the node cancelled the call before it was answered")
+        self._finish("cancel")
+
+    def _failed(self, req: Request | None) -> None:
+        self._finish("error")
+
+    def _node_hung_up(self, req: Request | None) -> None:
+        self._note("BYE from the node, answered 200")
+        self._finish("node")
+
+    def _ack_timed_out(self, req: Request | None) -> None:
+        self._bye()
+        self._finish("timeout", stop_200=False)
+
+    def _hung_up(self, req: Request | None) -> None:
+        self._note("hangs up (BYE)")
+        self._bye()
+        self._finish("phone")
+
+    def _finish(self, by: str, *, stop_200: bool = True) -> None:
         self.ended_at = time.time()
         self.ended_by = by
         self.set_phase("ended")
-        if self.responder is not None and event is not _In.ACK_TIMEOUT:
+        if self.responder is not None and stop_200:
             self.responder.ack_received()
         self.carrier.close_leg(self.leg_id)
         self.ended.set()
@@ -645,6 +661,30 @@ class Phone:
     def on_digit(self, digit: str) -> None:
         self.digits_received.append(digit)
         self._note(f"received DTMF {digit}")
+
+
+_P = PhoneState
+#: One emulated phone's call: (state, input) -> (what it does in the new state, new state).
+PHONE_TABLE: fsm.Table[PhoneState, _In, _PhoneHandler] = fsm.Table(
+    "phone",
+    {
+        (_P.IDLE, _In.INVITE): (None, _P.RINGING),
+        (_P.RINGING, _In.ANSWER): (None, _P.ANSWERED),
+        (_P.RINGING, _In.CANCEL): (Phone._cancelled, _P.ENDED),
+        (_P.RINGING, _In.FAILURE): (Phone._failed, _P.ENDED),
+        (_P.ANSWERED, _In.ACK): (Phone._connected, _P.CONNECTED),
+        # A BYE may overtake the ACK (RFC 3261 section 15): the call still ends cleanly.
+        (_P.ANSWERED, _In.BYE): (Phone._node_hung_up, _P.ENDED),
+        (_P.ANSWERED, _In.ACK_TIMEOUT): (Phone._ack_timed_out, _P.ENDED),
+        (_P.ANSWERED, _In.HANGUP): (Phone._hung_up, _P.ENDED),
+        (_P.CONNECTED, _In.ACK): (None, _P.CONNECTED),  # the ACK of a re-INVITE's 200
+        (_P.CONNECTED, _In.BYE): (Phone._node_hung_up, _P.ENDED),
+        (_P.CONNECTED, _In.HANGUP): (Phone._hung_up, _P.ENDED),
+    },
+    initial=_P.IDLE,
+    final={_P.ENDED},
+    error=PhoneError,
+)
 
 
 class DestinationPhone(Phone):

@@ -9,7 +9,13 @@ It reports what the service needs as :class:`LegEvent` values: ringing (with ear
 answered (with the answer SDP), failed (with the status) and ended.
 
 States of one leg: CALLING -> RINGING -> ANSWERED -> ENDED, or CALLING/RINGING -> FAILED;
-CANCELLING while a CANCEL waits for the INVITE's final response.
+CANCELLING while a CANCEL waits for the INVITE's final response. :data:`TABLE` says where each
+event goes, ``(state, input) -> (handler, next states)``: the INVITE's responses (100,
+provisional, 2xx, failure), the transaction timing out, the switch hanging up, the ring timer,
+the far end's BYE and other in-dialog requests, and the answer to our own BYE. A leg stays in
+ENDED after our BYE until the BYE is answered (a retransmitted 2xx is ACKed again meanwhile).
+Events from the network that the table has no entry for are logged and dropped (a peer's
+doing); an input the switch itself sends in the wrong state raises :class:`LegError`.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ import enum
 import heapq
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from softswitch import fsm
 from softswitch.config import TrunkConfig
 from softswitch.node.testline import next_hop
 from softswitch.sip import auth
@@ -40,19 +48,23 @@ class LegState(enum.Enum):
     FAILED = "failed"
 
 
-_TRANSITIONS: dict[LegState, frozenset[LegState]] = {
-    LegState.CALLING: frozenset(
-        {LegState.RINGING, LegState.ANSWERED, LegState.FAILED, LegState.CANCELLING}
-    ),
-    LegState.RINGING: frozenset(
-        {LegState.RINGING, LegState.ANSWERED, LegState.FAILED, LegState.CANCELLING}
-    ),
-    # A 2xx can cross our CANCEL (RFC 3261 section 9.1): answered, then hung up with BYE.
-    LegState.CANCELLING: frozenset({LegState.FAILED, LegState.ANSWERED}),
-    LegState.ANSWERED: frozenset({LegState.ENDED}),
-    LegState.ENDED: frozenset(),
-    LegState.FAILED: frozenset(),
-}
+class LegError(fsm.TransitionError):
+    """An input the outbound leg's state machine has no entry for."""
+
+
+class LegInput(enum.Enum):
+    """What can happen to an outbound leg."""
+
+    PROGRESS = "100 or 1xx without To tag"
+    PROVISIONAL = "1xx with To tag"
+    ANSWERED = "2xx"
+    FAILED = "3xx-6xx"
+    TIMED_OUT = "no response (Timer B, the CANCEL's Timer F)"
+    HANGUP = "the switch hangs up"
+    RING_TIMEOUT = "ring timeout"
+    BYE = "BYE from the far end"
+    REQUEST = "other in-dialog request"
+    BYE_ANSWERED = "our BYE answered or timed out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +110,6 @@ class _Leg:
     ring_deadline: float | None = None
     auth_tries: int = 0
     bye_tx: txl.ClientTransaction | None = None
-    cancel_requested: bool = False
     cancel_sent: bool = False
     sdp_offer: bytes = b""
 
@@ -174,12 +185,8 @@ class OutboundCalls:
     def hangup(self, leg_id: str, now: float) -> None:
         """CANCEL a ringing leg, BYE an answered one; nothing for a leg already over."""
         leg = self._legs.get(leg_id)
-        if leg is None:
-            return
-        if leg.state in (LegState.CALLING, LegState.RINGING):
-            self._cancel(leg, now)
-        elif leg.state is LegState.ANSWERED:
-            self._bye(leg, now, "hung up by the switch")
+        if leg is not None:
+            self._fire(leg, LegInput.HANGUP, now)
 
     def next_event(self) -> LegEvent | None:
         return self._events.popleft() if self._events else None
@@ -193,21 +200,23 @@ class OutboundCalls:
     def get_timer(self) -> float | None:
         heap = self._ring_heap
         # Lazy deletion: entries of legs that were answered, failed or re-armed are skipped.
-        while heap and self._legs.get(heap[0][1]) is None:
+        while heap and self._ring_stale(heap[0]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
+
+    def _ring_stale(self, entry: tuple[float, str]) -> bool:
+        leg = self._legs.get(entry[1])
+        return leg is None or leg.ring_deadline != entry[0]
 
     def handle_timer(self, now: float) -> None:
         heap = self._ring_heap
         while heap and heap[0][0] <= now:
-            deadline, leg_id = heapq.heappop(heap)
-            leg = self._legs.get(leg_id)
-            if leg is None or leg.ring_deadline != deadline:
+            entry = heapq.heappop(heap)
+            if self._ring_stale(entry):
                 continue
+            leg = self._legs[entry[1]]
             leg.ring_deadline = None
-            if leg.state in (LegState.CALLING, LegState.RINGING):
-                log.info("leg %s: no answer, cancelling", leg.leg_id)
-                self._cancel(leg, now)
+            self._fire(leg, LegInput.RING_TIMEOUT, now)
 
     # --- endpoint events ----------------------------------------------------------------------
 
@@ -217,13 +226,16 @@ class OutboundCalls:
             leg_id = self._by_tx.get(id(event.tx))
             if leg_id is None:
                 return False
-            leg = self._legs[leg_id]
-            if event.tx is leg.bye_tx:
-                if event.response.status >= 200:
-                    self._forget(leg)
-                return True
-            if event.tx.request.method == "INVITE":
-                self._invite_response(leg, event.response, event.source, now)
+            leg = self._legs.get(leg_id)
+            status = event.response.status
+            if leg is None:
+                pass  # the leg is over (a 200 to our CANCEL after the 487, a late fork's 2xx)
+            elif event.tx is leg.bye_tx:
+                if status >= 200:
+                    self._network(leg, LegInput.BYE_ANSWERED, now)
+            elif event.tx.request.method == "INVITE":
+                inp = _response_input(event.response)
+                self._network(leg, inp, now, event.response, event.source)
             return True
         if isinstance(event, ep.TransactionTimedOut):
             leg_id = self._by_tx.pop(id(event.tx), None)
@@ -231,55 +243,199 @@ class OutboundCalls:
                 return False
             timed_out = self._legs.get(leg_id)
             if timed_out is not None:
-                if event.tx is timed_out.bye_tx:
-                    self._forget(timed_out)
-                elif timed_out.state in (LegState.CALLING, LegState.RINGING, LegState.CANCELLING):
-                    self._fail(timed_out, 408, "no response from the trunk")
+                inp = LegInput.BYE_ANSWERED if event.tx is timed_out.bye_tx else LegInput.TIMED_OUT
+                self._network(timed_out, inp, now)
             return True
         if isinstance(event, ep.StrayResponse):
-            return self._stray(event.response)
+            return self._stray(event.response, now)
         if isinstance(event, ep.RequestReceived) and event.request.to.tag is not None:
             return self._in_dialog(event.tx, event.request, now)
         return False
 
-    def _invite_response(
-        self, leg: _Leg, response: Response, source: Address | None, now: float
+    def _stray(self, response: Response, now: float) -> bool:
+        """A retransmitted 2xx after the INVITE transaction is gone: ACK it again (13.2.2.4)."""
+        for leg in self._legs.values():
+            if (
+                leg.ack is not None
+                and leg.invite.call_id == response.call_id
+                and leg.ack.cseq.seq == response.cseq.seq
+            ):
+                self._network(leg, LegInput.ANSWERED, now, response)
+                return True
+        return False
+
+    def _in_dialog(self, tx: txl.ServerTransaction, req: Request, now: float) -> bool:
+        for leg in self._legs.values():
+            dialog = leg.dialog
+            if dialog is None or dialog.call_id != req.call_id or dialog.local_tag != req.to.tag:
+                continue
+            answer = dialog.receive_request(req, now)
+            if answer is None:
+                if req.method == "INVITE":
+                    # A re-INVITE (hold, refresh): keep our session as it is.
+                    headers = (
+                        *dialog.response_headers(req, 200, now=now),
+                        ("Content-Type", "application/sdp"),
+                    )
+                    answer = dialog.create_response(
+                        req, 200, "OK", headers=headers, body=leg.sdp_offer, now=now
+                    )
+                else:
+                    answer = dialog.create_response(req, 200, "OK", now=now)
+            self.endpoint.send_response(tx, answer, now)
+            self._network(leg, LegInput.BYE if req.method == "BYE" else LegInput.REQUEST, now)
+            return True
+        return False
+
+    # --- the state machine --------------------------------------------------------------------
+
+    def _network(
+        self,
+        leg: _Leg,
+        inp: LegInput,
+        now: float,
+        response: Response | None = None,
+        source: Address | None = None,
     ) -> None:
+        # What the peer sends is the peer's doing: an event the table does not take in this
+        # state (a late response after the leg failed, say) is dropped, never a crash.
+        if not TABLE.accepts(leg.state, inp):
+            log.debug("leg %s: %s dropped in %s", leg.leg_id, inp.value, leg.state.name)
+            return
+        self._fire(leg, inp, now, response, source)
+
+    def _fire(
+        self,
+        leg: _Leg,
+        inp: LegInput,
+        now: float,
+        response: Response | None = None,
+        source: Address | None = None,
+    ) -> None:
+        """Run the table's entry for ``inp``; the handler says where the leg ends up."""
+        old = leg.state
+        transition = TABLE.fire(old, inp, who=leg.leg_id)
+        handler = transition.handler
+        new = transition.target if handler is None else handler(self, leg, response, source, now)
+        leg.state = TABLE.move(log, leg.leg_id, old, new, transition, inp)
+        if new not in _RING_TIMER_IN:
+            leg.ring_deadline = None
+
+    # --- handlers: one per (state, input) that does more than move ----------------------------
+
+    def _ringing(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        assert response is not None
+        self._events.append(LegRinging(leg.leg_id, response.status, response.body or None))
+        return LegState.RINGING
+
+    def _cancel_on_provisional(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        # RFC 3261 section 9.1: the CANCEL waited for a provisional response; here it is.
+        if not leg.cancel_sent:
+            self._send_cancel(leg, now)
+        return LegState.CANCELLING
+
+    def _answered(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        assert response is not None
+        self._ack(leg, response, now)
+        self._events.append(LegAnswered(leg.leg_id, response.body))
+        return LegState.ANSWERED
+
+    def _answered_after_cancel(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        # Our CANCEL crossed the 2xx: the call exists, so end it properly (section 15).
+        assert response is not None
+        self._ack(leg, response, now)
+        return self._bye(leg, now, "answered after CANCEL")
+
+    def _ack_again(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        # A retransmitted 2xx (RFC 6026: the transaction, in Accepted, passes each one up, and
+        # a stray one comes after it): our ACK was lost, so the same ACK again (13.2.2.4).
+        assert leg.ack is not None
+        self.endpoint.send_ack(leg.ack, next_hop(leg.ack, self.proxy))
+        return leg.state
+
+    def _failed_calling(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        assert response is not None
         status = response.status
-        if status < 200:
-            if leg.state is LegState.CANCELLING and not leg.cancel_sent:
-                self._send_cancel(leg, now)
-            if status == 100:
-                return
-            if response.to.tag and leg.state in (LegState.CALLING, LegState.RINGING):
-                sdp = response.body or None
-                self._set_state(leg, LegState.RINGING)
-                self._events.append(LegRinging(leg.leg_id, status, sdp))
-            return
-        if status < 300:
-            self._answered(leg, response, now)
-            return
-        if (
-            status in (401, 407)
-            and self._digest is not None
-            and leg.auth_tries < 2
-            and leg.state is LegState.CALLING
-        ):
+        if status in (401, 407) and self._digest is not None and leg.auth_tries < 2:
             answer = self._digest.answer(leg.invite, response, source or self.proxy)
             if isinstance(answer, auth.AuthHeader):
                 leg.auth_tries += 1
                 self._resend_with_credentials(leg, answer, now)
-                return
+                return LegState.CALLING
             log.warning(
                 "leg %s: %d from the trunk not answered: %s",
                 leg.leg_id,
                 status,
                 answer.refusal.value,
             )
-        if leg.state is LegState.CANCELLING and status == 487:
-            self._fail(leg, 487, "cancelled")
-            return
-        self._fail(leg, status, response.reason)
+        return self._fail(leg, status, response.reason)
+
+    def _failed(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        assert response is not None
+        return self._fail(leg, response.status, response.reason)
+
+    def _failed_cancelling(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        assert response is not None
+        if response.status == 487:
+            return self._fail(leg, 487, "cancelled")
+        return self._fail(leg, response.status, response.reason)
+
+    def _timed_out(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        return self._fail(leg, 408, "no response from the trunk")
+
+    def _hang_up_ringing(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        tx = leg.tx
+        if isinstance(tx, txl.InviteClientTransaction) and tx.can_cancel():
+            self._send_cancel(leg, now)
+        # Otherwise no provisional has arrived yet: RFC 3261 section 9.1 says wait for one;
+        # the first 1xx sends the CANCEL (and Timer B ends the INVITE if none ever comes).
+        return LegState.CANCELLING
+
+    def _ring_timeout(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        log.info("leg %s: no answer, cancelling", leg.leg_id)
+        return self._hang_up_ringing(leg, response, source, now)
+
+    def _hang_up_answered(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        return self._bye(leg, now, "hung up by the switch")
+
+    def _far_end_bye(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        self._events.append(LegEnded(leg.leg_id, True, "BYE from the far end"))
+        self._legs.pop(leg.leg_id, None)
+        return LegState.ENDED
+
+    def _bye_answered(
+        self, leg: _Leg, response: Response | None, source: Address | None, now: float
+    ) -> LegState:
+        self._legs.pop(leg.leg_id, None)
+        return LegState.ENDED
+
+    # --- internals ----------------------------------------------------------------------------
 
     def _resend_with_credentials(self, leg: _Leg, header: auth.AuthHeader, now: float) -> None:
         old = leg.invite
@@ -305,12 +461,8 @@ class OutboundCalls:
         leg.invite = tx.request
         self._by_tx[id(tx)] = leg.leg_id
 
-    def _answered(self, leg: _Leg, response: Response, now: float) -> None:
-        if leg.ack is not None and leg.ack.cseq.seq == response.cseq.seq:
-            # A retransmitted 2xx (RFC 6026: the transaction, in Accepted, passes each one up):
-            # our ACK was lost, so send the same ACK again (RFC 3261 section 13.2.2.4).
-            self.endpoint.send_ack(leg.ack, next_hop(leg.ack, self.proxy))
-            return
+    def _ack(self, leg: _Leg, response: Response, now: float) -> None:
+        """The dialog of a 2xx (or the early one it confirms) and its ACK."""
         if leg.dialog is None:
             leg.dialog = Dialog.from_uac(
                 leg.invite, response, now=now, new_id=self.endpoint.new_tag
@@ -319,91 +471,86 @@ class OutboundCalls:
             leg.dialog.receive_response(response, now)
         leg.ack = leg.dialog.create_ack(response)
         self.endpoint.send_ack(leg.ack, next_hop(leg.ack, self.proxy))
-        cancelled = leg.state is LegState.CANCELLING or leg.cancel_requested
-        self._set_state(leg, LegState.ANSWERED)
-        if cancelled:
-            # Our CANCEL crossed the 2xx: the call exists, so end it properly (section 15).
-            self._bye(leg, now, "answered after CANCEL")
-            return
-        self._events.append(LegAnswered(leg.leg_id, response.body))
-
-    def _stray(self, response: Response) -> bool:
-        """A retransmitted 2xx (our ACK was lost): send the same ACK again (13.2.2.4)."""
-        for leg in self._legs.values():
-            if (
-                leg.ack is not None
-                and leg.invite.call_id == response.call_id
-                and leg.ack.cseq.seq == response.cseq.seq
-            ):
-                self.endpoint.send_ack(leg.ack, next_hop(leg.ack, self.proxy))
-                return True
-        return False
-
-    def _in_dialog(self, tx: txl.ServerTransaction, req: Request, now: float) -> bool:
-        for leg in self._legs.values():
-            dialog = leg.dialog
-            if dialog is None or dialog.call_id != req.call_id or dialog.local_tag != req.to.tag:
-                continue
-            answer = dialog.receive_request(req, now)
-            if answer is None:
-                if req.method == "INVITE":
-                    # A re-INVITE (hold, refresh): keep our session as it is.
-                    headers = (
-                        *dialog.response_headers(req, 200, now=now),
-                        ("Content-Type", "application/sdp"),
-                    )
-                    answer = dialog.create_response(
-                        req, 200, "OK", headers=headers, body=leg.sdp_offer, now=now
-                    )
-                else:
-                    answer = dialog.create_response(req, 200, "OK", now=now)
-            self.endpoint.send_response(tx, answer, now)
-            if req.method == "BYE" and leg.state is LegState.ANSWERED:
-                self._set_state(leg, LegState.ENDED)
-                self._events.append(LegEnded(leg.leg_id, True, "BYE from the far end"))
-                self._legs.pop(leg.leg_id, None)
-            return True
-        return False
-
-    # --- internals ----------------------------------------------------------------------------
-
-    def _cancel(self, leg: _Leg, now: float) -> None:
-        leg.cancel_requested = True
-        self._set_state(leg, LegState.CANCELLING)
-        tx = leg.tx
-        if isinstance(tx, txl.InviteClientTransaction) and tx.can_cancel():
-            self._send_cancel(leg, now)
-        # Otherwise no provisional has arrived yet: RFC 3261 section 9.1 says wait for one;
-        # the first 1xx sends the CANCEL (and Timer B ends the INVITE if none ever comes).
 
     def _send_cancel(self, leg: _Leg, now: float) -> None:
         leg.cancel_sent = True
         cancel_tx = self.endpoint.send_request(txl.make_cancel(leg.invite), self.proxy, now)
         self._by_tx[id(cancel_tx)] = leg.leg_id
 
-    def _bye(self, leg: _Leg, now: float, why: str) -> None:
+    def _bye(self, leg: _Leg, now: float, why: str) -> LegState:
         assert leg.dialog is not None
         bye = leg.dialog.create_request("BYE", now=now)
         leg.bye_tx = self.endpoint.send_request(bye, next_hop(bye, self.proxy), now)
         self._by_tx[id(leg.bye_tx)] = leg.leg_id
-        self._set_state(leg, LegState.ENDED)
         self._events.append(LegEnded(leg.leg_id, False, why))
+        return LegState.ENDED
 
-    def _fail(self, leg: _Leg, status: int, reason: str) -> None:
-        if leg.state in (LegState.FAILED, LegState.ENDED):
-            return
-        self._set_state(leg, LegState.FAILED)
+    def _fail(self, leg: _Leg, status: int, reason: str) -> LegState:
         self._events.append(LegFailed(leg.leg_id, status, reason))
-        self._forget(leg)
+        self._legs.pop(leg.leg_id, None)
+        return LegState.FAILED
 
-    def _forget(self, leg: _Leg) -> None:
-        if leg.state in (LegState.FAILED, LegState.ENDED):
-            self._legs.pop(leg.leg_id, None)
 
-    def _set_state(self, leg: _Leg, new: LegState) -> None:
-        if new is leg.state:
-            return
-        if new not in _TRANSITIONS[leg.state]:
-            raise ValueError(f"leg {leg.leg_id}: no transition {leg.state.name} -> {new.name}")
-        log.debug("leg %s: %s -> %s", leg.leg_id, leg.state.name, new.name)
-        leg.state = new
+def _response_input(response: Response) -> LegInput:
+    """The table input of a response to the INVITE."""
+    status = response.status
+    if status < 200:
+        return LegInput.PROVISIONAL if status > 100 and response.to.tag else LegInput.PROGRESS
+    return LegInput.ANSWERED if status < 300 else LegInput.FAILED
+
+
+_Handler = Callable[[OutboundCalls, _Leg, Response | None, Address | None, float], LegState]
+_O = OutboundCalls
+_L = LegState
+_I = LegInput
+
+#: Every entry: (state, input) -> (handler, the states it may leave the leg in). ``None``:
+#: the move is the whole effect.
+TABLE: fsm.Table[LegState, LegInput, _Handler] = fsm.Table(
+    "outbound leg",
+    {
+        # The INVITE is out; nothing from the far end yet but 100 Trying.
+        (_L.CALLING, _I.PROGRESS): (None, _L.CALLING),
+        (_L.CALLING, _I.PROVISIONAL): (_O._ringing, _L.RINGING),
+        (_L.CALLING, _I.ANSWERED): (_O._answered, _L.ANSWERED),
+        # 401/407 from the trunk is answered with credentials (twice at most), else a failure.
+        (_L.CALLING, _I.FAILED): (_O._failed_calling, {_L.CALLING, _L.FAILED}),
+        (_L.CALLING, _I.TIMED_OUT): (_O._timed_out, _L.FAILED),
+        (_L.CALLING, _I.HANGUP): (_O._hang_up_ringing, _L.CANCELLING),
+        (_L.CALLING, _I.RING_TIMEOUT): (_O._ring_timeout, _L.CANCELLING),
+        # Ringing (18x with a tag: an early dialog, perhaps early media).
+        (_L.RINGING, _I.PROGRESS): (None, _L.RINGING),
+        (_L.RINGING, _I.PROVISIONAL): (_O._ringing, _L.RINGING),
+        (_L.RINGING, _I.ANSWERED): (_O._answered, _L.ANSWERED),
+        (_L.RINGING, _I.FAILED): (_O._failed, _L.FAILED),
+        (_L.RINGING, _I.TIMED_OUT): (_O._timed_out, _L.FAILED),
+        (_L.RINGING, _I.HANGUP): (_O._hang_up_ringing, _L.CANCELLING),
+        (_L.RINGING, _I.RING_TIMEOUT): (_O._ring_timeout, _L.CANCELLING),
+        # Our CANCEL is out, or waits for the first provisional (RFC 3261 section 9.1).
+        (_L.CANCELLING, _I.PROGRESS): (_O._cancel_on_provisional, _L.CANCELLING),
+        (_L.CANCELLING, _I.PROVISIONAL): (_O._cancel_on_provisional, _L.CANCELLING),
+        # A 2xx can cross our CANCEL (RFC 3261 section 9.1): ACKed, then hung up with BYE.
+        (_L.CANCELLING, _I.ANSWERED): (_O._answered_after_cancel, _L.ENDED),
+        (_L.CANCELLING, _I.FAILED): (_O._failed_cancelling, _L.FAILED),
+        (_L.CANCELLING, _I.TIMED_OUT): (_O._timed_out, _L.FAILED),
+        (_L.CANCELLING, _I.HANGUP): (None, _L.CANCELLING),
+        # Talking.
+        (_L.ANSWERED, _I.ANSWERED): (_O._ack_again, _L.ANSWERED),
+        (_L.ANSWERED, _I.HANGUP): (_O._hang_up_answered, _L.ENDED),
+        (_L.ANSWERED, _I.BYE): (_O._far_end_bye, _L.ENDED),
+        (_L.ANSWERED, _I.REQUEST): (None, _L.ANSWERED),
+        # Over for the service; our BYE is out until it is answered.
+        (_L.ENDED, _I.ANSWERED): (_O._ack_again, _L.ENDED),
+        (_L.ENDED, _I.TIMED_OUT): (None, _L.ENDED),  # the CANCEL of a 2xx that crossed it
+        (_L.ENDED, _I.HANGUP): (None, _L.ENDED),
+        (_L.ENDED, _I.BYE): (None, _L.ENDED),  # BYEs crossed: the dialog answered 481
+        (_L.ENDED, _I.REQUEST): (None, _L.ENDED),  # the dialog answered 481
+        (_L.ENDED, _I.BYE_ANSWERED): (_O._bye_answered, _L.ENDED),
+    },
+    initial=_L.CALLING,
+    final={_L.FAILED},
+    error=LegError,
+)
+
+#: The states the ring timer runs in: leaving them stops it.
+_RING_TIMER_IN = TABLE.sources(LegInput.RING_TIMEOUT)

@@ -6,13 +6,19 @@ engine is not involved), retransmits the 200 until the ACK arrives (RFC 3261 sec
 and hangs up with BYE after ``hangup_after`` seconds, or when the caller sends BYE first. An ACK
 that never comes ends the dialog with BYE after 64*T1, as the RFC asks. Sans-IO: the node feeds
 it endpoint events and ``now``.
+
+States of one test call (:data:`TABLE`): ANSWERED (200 sent, waiting for the ACK) -> CONFIRMED
+-> HANGING_UP (our BYE sent) -> ENDED; the caller's BYE ends it from any of them.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from softswitch import fsm
 from softswitch.sip import endpoint as ep
 from softswitch.sip import sdp
 from softswitch.sip import transaction as txl
@@ -26,6 +32,26 @@ log = logging.getLogger("softswitch.testline")
 INACTIVE_PORT = 9
 
 
+class LineCallError(fsm.TransitionError):
+    """An input the test call's state machine has no entry for."""
+
+
+class LineCallState(enum.Enum):
+    ANSWERED = "answered"  # 200 sent, waiting for the ACK
+    CONFIRMED = "confirmed"
+    HANGING_UP = "hanging up"  # our BYE sent
+    ENDED = "ended"
+
+
+class LineCallInput(enum.Enum):
+    ACK = "ACK"
+    BYE = "BYE from the caller"
+    REQUEST = "other in-dialog request"
+    HANGUP_DUE = "hang-up time"
+    ACK_TIMEOUT = "no ACK in 64*T1"
+    BYE_ANSWERED = "our BYE answered or timed out"
+
+
 @dataclass(slots=True)
 class _Call:
     dialog: Dialog
@@ -34,6 +60,7 @@ class _Call:
     remote: Address
     hangup_at: float | None
     bye_tx: txl.ClientTransaction | None = None
+    state: LineCallState = LineCallState.ANSWERED
 
 
 def next_hop(request: Request, fallback: Address) -> Address:
@@ -134,7 +161,7 @@ class TestLines:
         call = self._find(req)
         if call is None:
             return False
-        call.responder.ack_received()
+        self._fire(call, LineCallInput.ACK, 0.0)
         return True
 
     def in_dialog(self, tx: txl.ServerTransaction, req: Request, now: float) -> bool:
@@ -147,17 +174,16 @@ class TestLines:
             # A re-INVITE or UPDATE to an inactive test call: nothing to renegotiate.
             answer = call.dialog.create_response(req, 488, "Not Acceptable Here", now=now)
         self.endpoint.send_response(tx, answer, now)
-        if req.method == "BYE":
-            log.info("test line call %s ended by the caller", req.call_id)
-            self._end(call)
+        inp = LineCallInput.BYE if req.method == "BYE" else LineCallInput.REQUEST
+        self._fire(call, inp, now)
         return True
 
     def handle_event(self, event: ep.EndpointEvent, now: float) -> bool:
         if isinstance(event, ep.ResponseReceived | ep.TransactionTimedOut):
-            for key, call in list(self._calls.items()):
+            for call in list(self._calls.values()):
                 if call.bye_tx is event.tx:
                     if isinstance(event, ep.TransactionTimedOut) or event.response.status >= 200:
-                        del self._calls[key]
+                        self._fire(call, LineCallInput.BYE_ANSWERED, now)
                     return True
         return False
 
@@ -167,7 +193,7 @@ class TestLines:
             t = call.responder.get_timer()
             if t is not None:
                 timers.append(t)
-            if call.hangup_at is not None and call.bye_tx is None:
+            if call.hangup_at is not None:
                 timers.append(call.hangup_at)
         return min(timers) if timers else None
 
@@ -175,25 +201,82 @@ class TestLines:
         for call in list(self._calls.values()):
             for item in call.responder.handle_timer(now):
                 if isinstance(item, AckTimeout):
-                    log.warning(
-                        "test line call %s: no ACK for our 200; hanging up", call.dialog.call_id
-                    )
-                    self._bye(call, now)
+                    self._fire(call, LineCallInput.ACK_TIMEOUT, now)
                 else:
                     self.endpoint.send_response(call.invite_tx, item, now)
-            if call.hangup_at is not None and now >= call.hangup_at and call.bye_tx is None:
-                self._bye(call, now)
-
-    def _bye(self, call: _Call, now: float) -> None:
-        call.hangup_at = None
-        if call.dialog.state is DialogState.TERMINATED:
-            self._end(call)
-            return
-        bye = call.dialog.create_request("BYE", now=now)
-        call.bye_tx = self.endpoint.send_request(bye, next_hop(bye, call.remote), now)
-
-    def _end(self, call: _Call) -> None:
-        self._calls.pop((call.dialog.call_id, call.dialog.local_tag), None)
+            if call.hangup_at is not None and now >= call.hangup_at:
+                self._fire(call, LineCallInput.HANGUP_DUE, now)
 
     def active(self) -> int:
         return len(self._calls)
+
+    # --- the state machine --------------------------------------------------------------------
+
+    def _fire(self, call: _Call, inp: LineCallInput, now: float) -> None:
+        old = call.state
+        transition = TABLE.fire(old, inp, who=call.dialog.call_id)
+        handler = transition.handler
+        new = transition.target if handler is None else handler(self, call, now)
+        call.state = TABLE.move(log, call.dialog.call_id, old, new, transition, inp)
+        if new not in _HANGUP_TIMER_IN:
+            call.hangup_at = None
+        if new is LineCallState.ENDED:
+            self._calls.pop((call.dialog.call_id, call.dialog.local_tag), None)
+
+    def _acked(self, call: _Call, now: float) -> LineCallState:
+        call.responder.ack_received()
+        return LineCallState.CONFIRMED
+
+    def _ack_again(self, call: _Call, now: float) -> LineCallState:
+        # A retransmitted ACK, or the first one after our BYE: the 200 needs no more sending.
+        call.responder.ack_received()
+        return call.state
+
+    def _caller_bye(self, call: _Call, now: float) -> LineCallState:
+        log.info("test line call %s ended by the caller", call.dialog.call_id)
+        return LineCallState.ENDED
+
+    def _ack_timeout(self, call: _Call, now: float) -> LineCallState:
+        log.warning("test line call %s: no ACK for our 200; hanging up", call.dialog.call_id)
+        return self._bye(call, now)
+
+    def _bye(self, call: _Call, now: float) -> LineCallState:
+        if call.dialog.state is DialogState.TERMINATED:
+            return LineCallState.ENDED
+        bye = call.dialog.create_request("BYE", now=now)
+        call.bye_tx = self.endpoint.send_request(bye, next_hop(bye, call.remote), now)
+        return LineCallState.HANGING_UP
+
+
+_Handler = Callable[[TestLines, _Call, float], LineCallState]
+_T = TestLines
+_S = LineCallState
+_I = LineCallInput
+
+#: Every entry: (state, input) -> (handler, the states it may lead to).
+TABLE: fsm.Table[LineCallState, LineCallInput, _Handler] = fsm.Table(
+    "test line call",
+    {
+        (_S.ANSWERED, _I.ACK): (_T._acked, _S.CONFIRMED),
+        (_S.ANSWERED, _I.BYE): (_T._caller_bye, _S.ENDED),  # the BYE overtook the ACK
+        (_S.ANSWERED, _I.REQUEST): (None, _S.ANSWERED),
+        (_S.ANSWERED, _I.HANGUP_DUE): (_T._bye, {_S.HANGING_UP, _S.ENDED}),
+        (_S.ANSWERED, _I.ACK_TIMEOUT): (_T._ack_timeout, {_S.HANGING_UP, _S.ENDED}),
+        (_S.CONFIRMED, _I.ACK): (_T._ack_again, _S.CONFIRMED),
+        (_S.CONFIRMED, _I.BYE): (_T._caller_bye, _S.ENDED),
+        (_S.CONFIRMED, _I.REQUEST): (None, _S.CONFIRMED),
+        (_S.CONFIRMED, _I.HANGUP_DUE): (_T._bye, {_S.HANGING_UP, _S.ENDED}),
+        # Our BYE is out; the 200 is still retransmitted until the ACK (section 13.3.1.4).
+        (_S.HANGING_UP, _I.ACK): (_T._ack_again, _S.HANGING_UP),
+        (_S.HANGING_UP, _I.BYE): (_T._caller_bye, _S.ENDED),  # BYEs crossed
+        (_S.HANGING_UP, _I.REQUEST): (None, _S.HANGING_UP),  # the dialog answered 481
+        (_S.HANGING_UP, _I.ACK_TIMEOUT): (None, _S.ENDED),
+        (_S.HANGING_UP, _I.BYE_ANSWERED): (None, _S.ENDED),
+    },
+    initial=_S.ANSWERED,
+    final={_S.ENDED},
+    error=LineCallError,
+)
+
+#: The states the hang-up timer runs in: leaving them stops it.
+_HANGUP_TIMER_IN = TABLE.sources(LineCallInput.HANGUP_DUE)

@@ -2,8 +2,8 @@
 
 A :class:`Dialog` holds the state RFC 3261 section 12 defines (Call-ID, tags, local/remote URI,
 remote target, route set, CSeq numbers, secure flag) and a three-state machine
-(EARLY -> CONFIRMED -> TERMINATED) whose transitions are the table ``_TRANSITIONS``; an input
-with no entry raises :class:`DialogError`. It is sans-IO: it builds in-dialog requests and
+(EARLY -> CONFIRMED -> TERMINATED) whose transitions are the :class:`softswitch.fsm.Table`
+``TABLE``; an input with no entry raises :class:`DialogError`. It is sans-IO: it builds in-dialog requests and
 responses, consumes the requests and responses the transaction layer hands it, and reports
 deadlines through ``get_timer()`` / ``handle_timer(now)``, which return :class:`DialogEvent`
 values for the endpoint to act on (retry a re-INVITE after 491, refresh or end the session).
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from softswitch import fsm
 from softswitch.sip.message import (
     URI,
     CSeq,
@@ -56,8 +57,8 @@ MAX_FORWARDS = "70"
 _ACK_MEMORY = 4
 
 
-class DialogError(Exception):
-    """An input the dialog's state machine has no entry for (a protocol error)."""
+class DialogError(fsm.TransitionError):
+    """A protocol error: an input the dialog's table has no entry for, or a bad request."""
 
 
 class DialogState(Enum):
@@ -75,26 +76,30 @@ class _Input(Enum):
 
 
 _S = DialogState
-_TRANSITIONS: dict[tuple[DialogState, _Input], DialogState] = {
-    (_S.EARLY, _Input.PROVISIONAL): _S.EARLY,
-    (_S.EARLY, _Input.CONFIRM): _S.CONFIRMED,
-    (_S.EARLY, _Input.REJECT): _S.TERMINATED,
-    (_S.EARLY, _Input.BYE): _S.TERMINATED,
-    (_S.EARLY, _Input.ABORT): _S.TERMINATED,
-    # A retransmitted or re-ordered 2xx to the initial INVITE: stays confirmed.
-    (_S.CONFIRMED, _Input.CONFIRM): _S.CONFIRMED,
-    (_S.CONFIRMED, _Input.BYE): _S.TERMINATED,
-    (_S.CONFIRMED, _Input.ABORT): _S.TERMINATED,
-}
+#: The dialog's life (RFC 3261 section 12): a 1xx with a tag makes it EARLY, a 2xx CONFIRMED
+#: (a dialog made by a 2xx starts there); BYE, a failure or a timeout ends it.
+TABLE: fsm.Table[DialogState, _Input, None] = fsm.Table(
+    "dialog",
+    {
+        (_S.EARLY, _Input.PROVISIONAL): (None, _S.EARLY),
+        (_S.EARLY, _Input.CONFIRM): (None, _S.CONFIRMED),
+        (_S.EARLY, _Input.REJECT): (None, _S.TERMINATED),
+        (_S.EARLY, _Input.BYE): (None, _S.TERMINATED),
+        (_S.EARLY, _Input.ABORT): (None, _S.TERMINATED),
+        # A retransmitted or re-ordered 2xx to the initial INVITE: stays confirmed.
+        (_S.CONFIRMED, _Input.CONFIRM): (None, _S.CONFIRMED),
+        (_S.CONFIRMED, _Input.BYE): (None, _S.TERMINATED),
+        (_S.CONFIRMED, _Input.ABORT): (None, _S.TERMINATED),
+    },
+    initial={_S.EARLY, _S.CONFIRMED},
+    final={_S.TERMINATED},
+    error=DialogError,
+)
 
 
 def state_diagram() -> str:
-    """The dialog state machine as a Mermaid ``stateDiagram-v2``, generated from the table."""
-    lines = ["stateDiagram-v2", "    [*] --> EARLY", "    [*] --> CONFIRMED"]
-    for (old, event), new in _TRANSITIONS.items():
-        lines.append(f"    {old.name} --> {new.name}: {event.value}")
-    lines.append("    TERMINATED --> [*]")
-    return "\n".join(lines)
+    """The dialog state machine as a Mermaid ``stateDiagram-v2``, drawn from :data:`TABLE`."""
+    return TABLE.mermaid()
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,16 +454,8 @@ class Dialog:
         return DialogId(self.call_id, self.local_tag, self.remote_tag)
 
     def _fire(self, event: _Input) -> None:
-        try:
-            new = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise DialogError(f"{event.value} in dialog state {self.state.value}") from None
-        if new is not self.state:
-            # DEBUG: one line per call leg and state; the endpoint logs call outcomes.
-            log.debug(
-                "dialog %s: %s -> %s (%s)", self.call_id, self.state.name, new.name, event.value
-            )
-            self.state = new
+        # DEBUG: one line per call leg and state; the endpoint logs call outcomes.
+        new = self.state = TABLE.step(log, self.call_id, self.state, event)
         if new is DialogState.TERMINATED:
             self._refresh_at = self._expire_at = None
             self._retry_at.clear()
@@ -937,6 +934,7 @@ __all__ = [
     "MIN_SE_FLOOR",
     "T1",
     "T2",
+    "TABLE",
     "TARGET_REFRESH_METHODS",
     "AckTimeout",
     "Dialog",

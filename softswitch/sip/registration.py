@@ -2,8 +2,8 @@
 
 :class:`Registration` keeps one binding (our Contact for the trunk AOR) alive. Its states are
 UNREGISTERED, REGISTERING (a REGISTER is in flight), REGISTERED (refresh scheduled),
-BACKING_OFF (waiting after a failure) and UNREGISTERING; ``_TRANSITIONS`` lists every allowed
-move and any other raises :class:`RegistrationError`. The endpoint sends each returned REGISTER
+BACKING_OFF (waiting after a failure) and UNREGISTERING; its :class:`softswitch.fsm.Table`
+``TABLE`` lists every allowed move and any other raises :class:`RegistrationError`. The endpoint sends each returned REGISTER
 to ``config.proxy`` in a client transaction and feeds back ``receive_response`` / ``on_timeout``;
 ``get_timer`` / ``handle_timer`` schedule refreshes and retries.
 
@@ -14,7 +14,7 @@ exponentially (30 s doubling to 30 min, plus up to 10 % jitter, at least Retry-A
 5 min after 403/404), so a misconfigured account never hammers the carrier.
 
 :class:`KeepAlive` probes a trunk with OPTIONS every ``interval`` seconds and reports it up or
-down; IP-authenticated trunks use only this.
+down (``KEEPALIVE_TABLE``); IP-authenticated trunks use only this.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 
+from softswitch import fsm
 from softswitch.sip import auth
 from softswitch.sip.dialog import BRANCH_COOKIE, MAX_FORWARDS, default_id
 from softswitch.sip.message import (
@@ -46,7 +47,7 @@ PERMANENT_FAILURE_DELAY = 300.0
 _PERMANENT_STATUSES = frozenset({403, 404})
 
 
-class RegistrationError(Exception):
+class RegistrationError(fsm.TransitionError):
     """An input the registration state machine has no entry for."""
 
 
@@ -70,34 +71,38 @@ class _In(Enum):
 
 
 _R = RegState
-_TRANSITIONS: dict[tuple[RegState, _In], RegState] = {
-    (_R.UNREGISTERED, _In.START): _R.REGISTERING,
-    (_R.UNREGISTERED, _In.STOP): _R.UNREGISTERED,
-    (_R.UNREGISTERED, _In.NETWORK_UP): _R.UNREGISTERED,
-    (_R.REGISTERING, _In.RESEND): _R.REGISTERING,
-    (_R.REGISTERING, _In.SUCCESS): _R.REGISTERED,
-    (_R.REGISTERING, _In.FAILURE): _R.BACKING_OFF,
-    (_R.REGISTERING, _In.NETWORK_UP): _R.REGISTERING,
-    (_R.REGISTERING, _In.STOP): _R.UNREGISTERING,
-    (_R.REGISTERED, _In.REFRESH_DUE): _R.REGISTERING,
-    (_R.REGISTERED, _In.NETWORK_UP): _R.REGISTERING,
-    (_R.REGISTERED, _In.STOP): _R.UNREGISTERING,
-    (_R.BACKING_OFF, _In.RETRY_DUE): _R.REGISTERING,
-    (_R.BACKING_OFF, _In.NETWORK_UP): _R.REGISTERING,
-    (_R.BACKING_OFF, _In.STOP): _R.UNREGISTERING,
-    (_R.UNREGISTERING, _In.RESEND): _R.UNREGISTERING,
-    (_R.UNREGISTERING, _In.SUCCESS): _R.UNREGISTERED,
-    (_R.UNREGISTERING, _In.FAILURE): _R.UNREGISTERED,
-    (_R.UNREGISTERING, _In.NETWORK_UP): _R.UNREGISTERING,
-}
+#: The binding's life. Every move is logged at INFO: the trunk's registration is the first
+#: thing an operator looks at when calls fail.
+TABLE: fsm.Table[RegState, _In, None] = fsm.Table(
+    "registration",
+    {
+        (_R.UNREGISTERED, _In.START): (None, _R.REGISTERING),
+        (_R.UNREGISTERED, _In.STOP): (None, _R.UNREGISTERED),
+        (_R.UNREGISTERED, _In.NETWORK_UP): (None, _R.UNREGISTERED),
+        (_R.REGISTERING, _In.RESEND): (None, _R.REGISTERING),
+        (_R.REGISTERING, _In.SUCCESS): (None, _R.REGISTERED),
+        (_R.REGISTERING, _In.FAILURE): (None, _R.BACKING_OFF),
+        (_R.REGISTERING, _In.NETWORK_UP): (None, _R.REGISTERING),
+        (_R.REGISTERING, _In.STOP): (None, _R.UNREGISTERING),
+        (_R.REGISTERED, _In.REFRESH_DUE): (None, _R.REGISTERING),
+        (_R.REGISTERED, _In.NETWORK_UP): (None, _R.REGISTERING),
+        (_R.REGISTERED, _In.STOP): (None, _R.UNREGISTERING),
+        (_R.BACKING_OFF, _In.RETRY_DUE): (None, _R.REGISTERING),
+        (_R.BACKING_OFF, _In.NETWORK_UP): (None, _R.REGISTERING),
+        (_R.BACKING_OFF, _In.STOP): (None, _R.UNREGISTERING),
+        (_R.UNREGISTERING, _In.RESEND): (None, _R.UNREGISTERING),
+        (_R.UNREGISTERING, _In.SUCCESS): (None, _R.UNREGISTERED),
+        (_R.UNREGISTERING, _In.FAILURE): (None, _R.UNREGISTERED),
+        (_R.UNREGISTERING, _In.NETWORK_UP): (None, _R.UNREGISTERING),
+    },
+    initial=_R.UNREGISTERED,
+    error=RegistrationError,
+)
 
 
 def state_diagram() -> str:
-    """The registration state machine as a Mermaid ``stateDiagram-v2``, from the table."""
-    lines = ["stateDiagram-v2", "    [*] --> UNREGISTERED"]
-    for (old, event), new in _TRANSITIONS.items():
-        lines.append(f"    {old.name} --> {new.name}: {event.value}")
-    return "\n".join(lines)
+    """The registration state machine as a Mermaid ``stateDiagram-v2``, from :data:`TABLE`."""
+    return TABLE.mermaid()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,16 +180,8 @@ class Registration:
         return f"{self.config.registrar} as {self.config.aor.user or self.config.aor}"
 
     def _fire(self, event: _In) -> RegState:
-        try:
-            new = _TRANSITIONS[(self.state, event)]
-        except KeyError:
-            raise RegistrationError(
-                f"{event.value} while {self.state.value} ({self._who})"
-            ) from None
-        if new is not self.state:
-            log.info("registration %s: %s -> %s", self._who, self.state.name, new.name)
-            self.state = new
-        return new
+        self.state = TABLE.step(log, self._who, self.state, event, level=logging.INFO)
+        return self.state
 
     # ------------------------------------------------------------------ public API
 
@@ -406,14 +403,25 @@ class _Probe(Enum):
     SILENT = "no answer"
 
 
-_KEEPALIVE: dict[tuple[TrunkState, _Probe], TrunkState] = {
-    (TrunkState.UNKNOWN, _Probe.ANSWERED): TrunkState.UP,
-    (TrunkState.UNKNOWN, _Probe.SILENT): TrunkState.DOWN,
-    (TrunkState.UP, _Probe.ANSWERED): TrunkState.UP,
-    (TrunkState.UP, _Probe.SILENT): TrunkState.DOWN,
-    (TrunkState.DOWN, _Probe.ANSWERED): TrunkState.UP,
-    (TrunkState.DOWN, _Probe.SILENT): TrunkState.DOWN,
-}
+class KeepAliveError(fsm.TransitionError):
+    """A probe outcome the keep-alive state machine has no entry for."""
+
+
+_T = TrunkState
+#: What the OPTIONS probes say about the trunk: the last outcome decides.
+KEEPALIVE_TABLE: fsm.Table[TrunkState, _Probe, None] = fsm.Table(
+    "trunk keep-alive",
+    {
+        (_T.UNKNOWN, _Probe.ANSWERED): (None, _T.UP),
+        (_T.UNKNOWN, _Probe.SILENT): (None, _T.DOWN),
+        (_T.UP, _Probe.ANSWERED): (None, _T.UP),
+        (_T.UP, _Probe.SILENT): (None, _T.DOWN),
+        (_T.DOWN, _Probe.ANSWERED): (None, _T.UP),
+        (_T.DOWN, _Probe.SILENT): (None, _T.DOWN),
+    },
+    initial=_T.UNKNOWN,
+    error=KeepAliveError,
+)
 
 
 class KeepAlive:
@@ -493,18 +501,20 @@ class KeepAlive:
     def _outcome(self, probe: _Probe, now: float, detail: str) -> None:
         self._pending = None
         self._next = max(self._sent_at + self.interval, now)
-        new = _KEEPALIVE[(self.state, probe)]
-        if new is not self.state:
+        old, new = self.state, KEEPALIVE_TABLE.step(log, self.name, self.state, probe)
+        if new is not old:
+            # The operator's line: the trunk going down is a warning, with why (status, silence).
             log_fn = log.info if new is TrunkState.UP else log.warning
-            log_fn(
-                "%s %s: %s -> %s (%s)", self.name, self.target, self.state.name, new.name, detail
-            )
-            self.state = new
+            log_fn("%s %s: %s -> %s (%s)", self.name, self.target, old.name, new.name, detail)
+        self.state = new
 
 
 __all__ = [
+    "KEEPALIVE_TABLE",
     "PERMANENT_FAILURE_DELAY",
+    "TABLE",
     "KeepAlive",
+    "KeepAliveError",
     "RegState",
     "Registration",
     "RegistrationConfig",

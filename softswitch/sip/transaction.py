@@ -2,11 +2,13 @@
 
 Four state machines live here and nowhere else: INVITE client (figure 5), non-INVITE client
 (figure 6), INVITE server (figure 7) and non-INVITE server (figure 8), with the ``Accepted``
-state RFC 6026 adds to both INVITE machines. Each machine is one transition table
-``(state, input) -> (action, next state)``; an input without an entry is a :class:`ProtocolError`.
-Inputs are messages from the network (``RECV_*``), responses from the TU (``SEND_*``), timer
-expiries (``TIMER_*``) and transport errors. On entering a state every timer that has no entry
-in that state is stopped, so a timer can only fire where the table expects it.
+state RFC 6026 adds to both INVITE machines. Each machine is one :class:`softswitch.fsm.Table`
+``(state, input) -> (action, next state)`` (``Transaction.TABLE``); an input without an entry is
+a :class:`ProtocolError`, and every state change is checked against the entry and logged by
+the table. Inputs are messages from the network (``RECV_*``), responses from the TU
+(``SEND_*``), timer expiries (``TIMER_*``) and transport errors. On entering a state every timer
+that has no entry in that state is stopped, so a timer can only fire where the table expects it.
+:func:`mermaid` draws a machine from its table.
 
 :class:`TransactionLayer` owns all transactions: it matches incoming messages to them (sections
 17.1.3 and 17.2.3), creates server transactions for new requests, keeps one heap of deadlines
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+from softswitch import fsm
 from softswitch.sip import timers
 from softswitch.sip.message import (
     Address,
@@ -112,13 +115,8 @@ _CLASS_REASON = {1: "Provisional", 2: "OK", 3: "Redirection", 4: "Client Error",
                  5: "Server Error", 6: "Global Failure"}  # fmt: skip
 
 
-class ProtocolError(Exception):
-    """An input the transaction's state machine has no entry for."""
-
-    def __init__(self, tx: Transaction, inp: Input) -> None:
-        super().__init__(f"{type(tx).__name__} in {tx.state.name}: no transition for {inp.name}")
-        self.state: Enum = tx.state
-        self.input = inp
+class ProtocolError(fsm.TransitionError):
+    """An input the transaction's state machine has no entry for (``state``, ``input``)."""
 
 
 class _FastEnum(Enum):
@@ -408,7 +406,9 @@ def server_key(request: Request) -> tuple[object, ...] | None:
 
 # --- the transactions ---------------------------------------------------------------------------
 
-_Table = Mapping[tuple[Any, Input], tuple[Callable[[Any, Any, float], None], Any]]
+#: What a table entry runs: ``action(tx, message or None, now)``.
+_Action = Callable[[Any, Any, float], None]
+_Table = fsm.Table[Any, Input, _Action]
 
 
 class Transaction:
@@ -426,7 +426,7 @@ class Transaction:
         "state",
     )
 
-    TRANSITIONS: ClassVar[_Table]
+    TABLE: ClassVar[_Table]
     TIMERS_IN: ClassVar[Mapping[Enum, frozenset[Input]]]
     INITIAL: ClassVar[Enum]
     TERMINATED: ClassVar[Enum]
@@ -467,17 +467,22 @@ class Transaction:
 
     def accepts(self, inp: Input) -> bool:
         """Whether ``inp`` has an entry in the current state."""
-        return (self.state, inp) in self.TRANSITIONS
+        return self.TABLE.accepts(self.state, inp)
 
-    # The one entry point of the state machine.
+    # The one entry point of the state machine, on the hot path (every SIP message): one dict
+    # access to the table's entries; the table itself only speaks up for a missing pair.
     def _input(self, inp: Input, now: float, msg: Message | None = None) -> None:
-        entry = self.TRANSITIONS.get((self.state, inp))
+        state = self.state
+        entry = self.TABLE.entries.get((state, inp))
         if entry is None:
-            raise ProtocolError(self, inp)
-        action, next_state = entry
+            self.TABLE.fire(state, inp, who=self)  # raises ProtocolError
+            return
+        action = entry.handler
+        assert action is not None
         action(self, msg, now)
-        if next_state is not self.state:
-            self._set_state(next_state)
+        new = entry.target
+        if new is not state:
+            self._set_state(new, entry, inp)
         self._run_immediate(now)
 
     def _run_immediate(self, now: float) -> None:
@@ -487,10 +492,8 @@ class Transaction:
             inp, self._fire_now = self._fire_now, None
             self._input(inp, now)
 
-    def _set_state(self, new: Enum) -> None:
-        old = self.state
-        self.state = new
-        log.debug("%r: %s -> %s", self, old, new)
+    def _set_state(self, new: Enum, transition: fsm.Transition[Any, _Action], inp: Input) -> None:
+        self.state = self.TABLE.move(log, self, self.state, new, transition, inp)
         allowed = self.TIMERS_IN[new]
         for timer in [t for t in self._timers if t not in allowed]:
             self._stop_timer(timer)
@@ -554,7 +557,7 @@ class ServerTransaction(Transaction):
 
     def can_send_final(self) -> bool:
         """True while the TU may still send a final response."""
-        return (self.state, Input.SEND_3XX_6XX) in self.TRANSITIONS
+        return self.TABLE.accepts(self.state, Input.SEND_3XX_6XX)
 
     def _start(self, now: float) -> None:
         """Hook run once when the transaction is created."""
@@ -619,28 +622,34 @@ def _ic_resend_ack(tx: InviteClientTransaction, msg: Message | None, now: float)
 
 
 _IC = InviteClientState
-_INVITE_CLIENT: dict[tuple[InviteClientState, Input], tuple[Any, InviteClientState]] = {
-    (_IC.CALLING, Input.TIMER_A): (_ic_retransmit, _IC.CALLING),
-    (_IC.CALLING, Input.TIMER_B): (_timeout("B"), _IC.TERMINATED),
-    (_IC.CALLING, Input.RECV_1XX): (_pass_response_up, _IC.PROCEEDING),
-    (_IC.CALLING, Input.RECV_2XX): (_ic_accepted, _IC.ACCEPTED),
-    (_IC.CALLING, Input.RECV_3XX_6XX): (_ic_completed, _IC.COMPLETED),
-    (_IC.CALLING, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
-    (_IC.PROCEEDING, Input.RECV_1XX): (_pass_response_up, _IC.PROCEEDING),
-    (_IC.PROCEEDING, Input.RECV_2XX): (_ic_accepted, _IC.ACCEPTED),
-    (_IC.PROCEEDING, Input.RECV_3XX_6XX): (_ic_completed, _IC.COMPLETED),
-    (_IC.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
-    (_IC.ACCEPTED, Input.RECV_2XX): (_pass_response_up, _IC.ACCEPTED),
-    # A provisional overtaken by a final response (UDP reorders, forks answer late): harmless.
-    (_IC.ACCEPTED, Input.RECV_1XX): (_absorb, _IC.ACCEPTED),
-    (_IC.ACCEPTED, Input.TIMER_M): (_no_action, _IC.TERMINATED),
-    (_IC.COMPLETED, Input.RECV_3XX_6XX): (_ic_resend_ack, _IC.COMPLETED),
-    (_IC.COMPLETED, Input.RECV_1XX): (_absorb, _IC.COMPLETED),
-    # A 2xx from another fork after a non-2xx: the UAC core must ACK (and BYE) it (13.2.2.4).
-    (_IC.COMPLETED, Input.RECV_2XX): (_pass_response_up, _IC.COMPLETED),
-    (_IC.COMPLETED, Input.TIMER_D): (_no_action, _IC.TERMINATED),
-    (_IC.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
-}
+_INVITE_CLIENT: fsm.Table[InviteClientState, Input, _Action] = fsm.Table(
+    "INVITE client transaction",
+    {
+        (_IC.CALLING, Input.TIMER_A): (_ic_retransmit, _IC.CALLING),
+        (_IC.CALLING, Input.TIMER_B): (_timeout("B"), _IC.TERMINATED),
+        (_IC.CALLING, Input.RECV_1XX): (_pass_response_up, _IC.PROCEEDING),
+        (_IC.CALLING, Input.RECV_2XX): (_ic_accepted, _IC.ACCEPTED),
+        (_IC.CALLING, Input.RECV_3XX_6XX): (_ic_completed, _IC.COMPLETED),
+        (_IC.CALLING, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
+        (_IC.PROCEEDING, Input.RECV_1XX): (_pass_response_up, _IC.PROCEEDING),
+        (_IC.PROCEEDING, Input.RECV_2XX): (_ic_accepted, _IC.ACCEPTED),
+        (_IC.PROCEEDING, Input.RECV_3XX_6XX): (_ic_completed, _IC.COMPLETED),
+        (_IC.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
+        (_IC.ACCEPTED, Input.RECV_2XX): (_pass_response_up, _IC.ACCEPTED),
+        # A provisional overtaken by a final response (UDP reorders, forks answer late): harmless.
+        (_IC.ACCEPTED, Input.RECV_1XX): (_absorb, _IC.ACCEPTED),
+        (_IC.ACCEPTED, Input.TIMER_M): (_no_action, _IC.TERMINATED),
+        (_IC.COMPLETED, Input.RECV_3XX_6XX): (_ic_resend_ack, _IC.COMPLETED),
+        (_IC.COMPLETED, Input.RECV_1XX): (_absorb, _IC.COMPLETED),
+        # A 2xx from another fork after a non-2xx: the UAC core must ACK (and BYE) it (13.2.2.4).
+        (_IC.COMPLETED, Input.RECV_2XX): (_pass_response_up, _IC.COMPLETED),
+        (_IC.COMPLETED, Input.TIMER_D): (_no_action, _IC.TERMINATED),
+        (_IC.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _IC.TERMINATED),
+    },
+    initial=_IC.CALLING,
+    final={_IC.TERMINATED},
+    error=ProtocolError,
+)
 
 
 # --- non-INVITE client: RFC 3261 figure 6 -------------------------------------------------------
@@ -659,25 +668,31 @@ def _nic_completed(tx: NonInviteClientTransaction, msg: Message | None, now: flo
 
 
 _NIC = NonInviteClientState
-_NON_INVITE_CLIENT: dict[tuple[NonInviteClientState, Input], tuple[Any, NonInviteClientState]] = {
-    (_NIC.TRYING, Input.TIMER_E): (_nic_retransmit, _NIC.TRYING),
-    (_NIC.TRYING, Input.TIMER_F): (_timeout("F"), _NIC.TERMINATED),
-    (_NIC.TRYING, Input.RECV_1XX): (_pass_response_up, _NIC.PROCEEDING),
-    (_NIC.TRYING, Input.RECV_2XX): (_nic_completed, _NIC.COMPLETED),
-    (_NIC.TRYING, Input.RECV_3XX_6XX): (_nic_completed, _NIC.COMPLETED),
-    (_NIC.TRYING, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
-    (_NIC.PROCEEDING, Input.TIMER_E): (_nic_retransmit, _NIC.PROCEEDING),
-    (_NIC.PROCEEDING, Input.TIMER_F): (_timeout("F"), _NIC.TERMINATED),
-    (_NIC.PROCEEDING, Input.RECV_1XX): (_pass_response_up, _NIC.PROCEEDING),
-    (_NIC.PROCEEDING, Input.RECV_2XX): (_nic_completed, _NIC.COMPLETED),
-    (_NIC.PROCEEDING, Input.RECV_3XX_6XX): (_nic_completed, _NIC.COMPLETED),
-    (_NIC.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
-    (_NIC.COMPLETED, Input.RECV_1XX): (_absorb, _NIC.COMPLETED),
-    (_NIC.COMPLETED, Input.RECV_2XX): (_absorb, _NIC.COMPLETED),
-    (_NIC.COMPLETED, Input.RECV_3XX_6XX): (_absorb, _NIC.COMPLETED),
-    (_NIC.COMPLETED, Input.TIMER_K): (_no_action, _NIC.TERMINATED),
-    (_NIC.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
-}
+_NON_INVITE_CLIENT: fsm.Table[NonInviteClientState, Input, _Action] = fsm.Table(
+    "non-INVITE client transaction",
+    {
+        (_NIC.TRYING, Input.TIMER_E): (_nic_retransmit, _NIC.TRYING),
+        (_NIC.TRYING, Input.TIMER_F): (_timeout("F"), _NIC.TERMINATED),
+        (_NIC.TRYING, Input.RECV_1XX): (_pass_response_up, _NIC.PROCEEDING),
+        (_NIC.TRYING, Input.RECV_2XX): (_nic_completed, _NIC.COMPLETED),
+        (_NIC.TRYING, Input.RECV_3XX_6XX): (_nic_completed, _NIC.COMPLETED),
+        (_NIC.TRYING, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
+        (_NIC.PROCEEDING, Input.TIMER_E): (_nic_retransmit, _NIC.PROCEEDING),
+        (_NIC.PROCEEDING, Input.TIMER_F): (_timeout("F"), _NIC.TERMINATED),
+        (_NIC.PROCEEDING, Input.RECV_1XX): (_pass_response_up, _NIC.PROCEEDING),
+        (_NIC.PROCEEDING, Input.RECV_2XX): (_nic_completed, _NIC.COMPLETED),
+        (_NIC.PROCEEDING, Input.RECV_3XX_6XX): (_nic_completed, _NIC.COMPLETED),
+        (_NIC.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
+        (_NIC.COMPLETED, Input.RECV_1XX): (_absorb, _NIC.COMPLETED),
+        (_NIC.COMPLETED, Input.RECV_2XX): (_absorb, _NIC.COMPLETED),
+        (_NIC.COMPLETED, Input.RECV_3XX_6XX): (_absorb, _NIC.COMPLETED),
+        (_NIC.COMPLETED, Input.TIMER_K): (_no_action, _NIC.TERMINATED),
+        (_NIC.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _NIC.TERMINATED),
+    },
+    initial=_NIC.TRYING,
+    final={_NIC.TERMINATED},
+    error=ProtocolError,
+)
 
 
 # --- INVITE server: RFC 3261 figure 7, RFC 6026 section 8.7 -------------------------------------
@@ -694,6 +709,12 @@ def _send_provisional(tx: ServerTransaction, msg: Message | None, now: float) ->
     assert isinstance(msg, Response)
     tx.last_provisional = msg
     tx._send(msg, tx.source)
+
+
+def _is_send_provisional(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
+    # Any provisional from the TU makes the automatic 100 unnecessary.
+    tx._stop_timer(Input.TIMER_TRYING)
+    _send_provisional(tx, msg, now)
 
 
 def _resend_provisional(tx: ServerTransaction, msg: Message | None, now: float) -> None:
@@ -748,29 +769,35 @@ def _is_ack_for_2xx(tx: InviteServerTransaction, msg: Message | None, now: float
 
 
 _IS = InviteServerState
-_INVITE_SERVER: dict[tuple[InviteServerState, Input], tuple[Any, InviteServerState]] = {
-    (_IS.PROCEEDING, Input.TIMER_TRYING): (_is_auto_trying, _IS.PROCEEDING),
-    (_IS.PROCEEDING, Input.RECV_REQUEST): (_resend_provisional, _IS.PROCEEDING),
-    (_IS.PROCEEDING, Input.SEND_1XX): (_send_provisional, _IS.PROCEEDING),
-    (_IS.PROCEEDING, Input.SEND_2XX): (_is_send_2xx, _IS.ACCEPTED),
-    (_IS.PROCEEDING, Input.SEND_3XX_6XX): (_is_send_final, _IS.COMPLETED),
-    (_IS.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _IS.TERMINATED),
-    (_IS.ACCEPTED, Input.SEND_2XX): (_is_resend_2xx, _IS.ACCEPTED),
-    (_IS.ACCEPTED, Input.RECV_REQUEST): (_absorb, _IS.ACCEPTED),
-    (_IS.ACCEPTED, Input.RECV_ACK): (_is_ack_for_2xx, _IS.ACCEPTED),
-    (_IS.ACCEPTED, Input.TIMER_L): (_no_action, _IS.TERMINATED),
-    # RFC 6026 section 7.1: a failed 2xx send does not end the transaction; Timer L will.
-    (_IS.ACCEPTED, Input.TRANSPORT_ERROR): (_absorb, _IS.ACCEPTED),
-    (_IS.COMPLETED, Input.TIMER_G): (_is_retransmit_final, _IS.COMPLETED),
-    (_IS.COMPLETED, Input.TIMER_H): (_timeout("H"), _IS.TERMINATED),
-    (_IS.COMPLETED, Input.RECV_REQUEST): (_resend_final, _IS.COMPLETED),
-    (_IS.COMPLETED, Input.RECV_ACK): (_is_confirmed, _IS.CONFIRMED),
-    (_IS.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _IS.TERMINATED),
-    (_IS.CONFIRMED, Input.RECV_ACK): (_absorb, _IS.CONFIRMED),
-    # A late INVITE retransmission overtaken by its ACK: the client has our answer already.
-    (_IS.CONFIRMED, Input.RECV_REQUEST): (_absorb, _IS.CONFIRMED),
-    (_IS.CONFIRMED, Input.TIMER_I): (_no_action, _IS.TERMINATED),
-}
+_INVITE_SERVER: fsm.Table[InviteServerState, Input, _Action] = fsm.Table(
+    "INVITE server transaction",
+    {
+        (_IS.PROCEEDING, Input.TIMER_TRYING): (_is_auto_trying, _IS.PROCEEDING),
+        (_IS.PROCEEDING, Input.RECV_REQUEST): (_resend_provisional, _IS.PROCEEDING),
+        (_IS.PROCEEDING, Input.SEND_1XX): (_is_send_provisional, _IS.PROCEEDING),
+        (_IS.PROCEEDING, Input.SEND_2XX): (_is_send_2xx, _IS.ACCEPTED),
+        (_IS.PROCEEDING, Input.SEND_3XX_6XX): (_is_send_final, _IS.COMPLETED),
+        (_IS.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _IS.TERMINATED),
+        (_IS.ACCEPTED, Input.SEND_2XX): (_is_resend_2xx, _IS.ACCEPTED),
+        (_IS.ACCEPTED, Input.RECV_REQUEST): (_absorb, _IS.ACCEPTED),
+        (_IS.ACCEPTED, Input.RECV_ACK): (_is_ack_for_2xx, _IS.ACCEPTED),
+        (_IS.ACCEPTED, Input.TIMER_L): (_no_action, _IS.TERMINATED),
+        # RFC 6026 section 7.1: a failed 2xx send does not end the transaction; Timer L will.
+        (_IS.ACCEPTED, Input.TRANSPORT_ERROR): (_absorb, _IS.ACCEPTED),
+        (_IS.COMPLETED, Input.TIMER_G): (_is_retransmit_final, _IS.COMPLETED),
+        (_IS.COMPLETED, Input.TIMER_H): (_timeout("H"), _IS.TERMINATED),
+        (_IS.COMPLETED, Input.RECV_REQUEST): (_resend_final, _IS.COMPLETED),
+        (_IS.COMPLETED, Input.RECV_ACK): (_is_confirmed, _IS.CONFIRMED),
+        (_IS.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _IS.TERMINATED),
+        (_IS.CONFIRMED, Input.RECV_ACK): (_absorb, _IS.CONFIRMED),
+        # A late INVITE retransmission overtaken by its ACK: the client has our answer already.
+        (_IS.CONFIRMED, Input.RECV_REQUEST): (_absorb, _IS.CONFIRMED),
+        (_IS.CONFIRMED, Input.TIMER_I): (_no_action, _IS.TERMINATED),
+    },
+    initial=_IS.PROCEEDING,
+    final={_IS.TERMINATED},
+    error=ProtocolError,
+)
 
 
 # --- non-INVITE server: RFC 3261 figure 8 -------------------------------------------------------
@@ -784,29 +811,33 @@ def _nis_send_final(tx: NonInviteServerTransaction, msg: Message | None, now: fl
 
 
 _NIS = NonInviteServerState
-_NON_INVITE_SERVER: dict[tuple[NonInviteServerState, Input], tuple[Any, NonInviteServerState]] = {
-    # Section 17.2.2: retransmissions in Trying are discarded (nothing to resend yet).
-    (_NIS.TRYING, Input.RECV_REQUEST): (_absorb, _NIS.TRYING),
-    (_NIS.TRYING, Input.SEND_1XX): (_send_provisional, _NIS.PROCEEDING),
-    (_NIS.TRYING, Input.SEND_2XX): (_nis_send_final, _NIS.COMPLETED),
-    (_NIS.TRYING, Input.SEND_3XX_6XX): (_nis_send_final, _NIS.COMPLETED),
-    (_NIS.TRYING, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
-    (_NIS.PROCEEDING, Input.RECV_REQUEST): (_resend_provisional, _NIS.PROCEEDING),
-    (_NIS.PROCEEDING, Input.SEND_1XX): (_send_provisional, _NIS.PROCEEDING),
-    (_NIS.PROCEEDING, Input.SEND_2XX): (_nis_send_final, _NIS.COMPLETED),
-    (_NIS.PROCEEDING, Input.SEND_3XX_6XX): (_nis_send_final, _NIS.COMPLETED),
-    (_NIS.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
-    (_NIS.COMPLETED, Input.RECV_REQUEST): (_resend_final, _NIS.COMPLETED),
-    (_NIS.COMPLETED, Input.TIMER_J): (_no_action, _NIS.TERMINATED),
-    (_NIS.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
-}
+_NON_INVITE_SERVER: fsm.Table[NonInviteServerState, Input, _Action] = fsm.Table(
+    "non-INVITE server transaction",
+    {
+        # Section 17.2.2: retransmissions in Trying are discarded (nothing to resend yet).
+        (_NIS.TRYING, Input.RECV_REQUEST): (_absorb, _NIS.TRYING),
+        (_NIS.TRYING, Input.SEND_1XX): (_send_provisional, _NIS.PROCEEDING),
+        (_NIS.TRYING, Input.SEND_2XX): (_nis_send_final, _NIS.COMPLETED),
+        (_NIS.TRYING, Input.SEND_3XX_6XX): (_nis_send_final, _NIS.COMPLETED),
+        (_NIS.TRYING, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
+        (_NIS.PROCEEDING, Input.RECV_REQUEST): (_resend_provisional, _NIS.PROCEEDING),
+        (_NIS.PROCEEDING, Input.SEND_1XX): (_send_provisional, _NIS.PROCEEDING),
+        (_NIS.PROCEEDING, Input.SEND_2XX): (_nis_send_final, _NIS.COMPLETED),
+        (_NIS.PROCEEDING, Input.SEND_3XX_6XX): (_nis_send_final, _NIS.COMPLETED),
+        (_NIS.PROCEEDING, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
+        (_NIS.COMPLETED, Input.RECV_REQUEST): (_resend_final, _NIS.COMPLETED),
+        (_NIS.COMPLETED, Input.TIMER_J): (_no_action, _NIS.TERMINATED),
+        (_NIS.COMPLETED, Input.TRANSPORT_ERROR): (_transport_failed, _NIS.TERMINATED),
+    },
+    initial=_NIS.TRYING,
+    final={_NIS.TERMINATED},
+    error=ProtocolError,
+)
 
 
-def _timers_in(
-    table: Mapping[tuple[Any, Input], object], states: type[Enum]
-) -> dict[Any, frozenset[Input]]:
+def _timers_in(table: _Table, states: type[Enum]) -> dict[Any, frozenset[Input]]:
     return {
-        state: frozenset(inp for (s, inp) in table if s is state and inp.is_timer)
+        state: frozenset(inp for inp in Input if inp.is_timer and table.accepts(state, inp))
         for state in states
     }
 
@@ -817,7 +848,7 @@ class InviteClientTransaction(ClientTransaction):
     __slots__ = ("ack",)
 
     State = InviteClientState
-    TRANSITIONS: ClassVar[_Table] = _INVITE_CLIENT
+    TABLE: ClassVar[_Table] = _INVITE_CLIENT
     TIMERS_IN = _timers_in(_INVITE_CLIENT, InviteClientState)
     INITIAL = InviteClientState.CALLING
     TERMINATED = InviteClientState.TERMINATED
@@ -853,7 +884,7 @@ class NonInviteClientTransaction(ClientTransaction):
     __slots__ = ()
 
     State = NonInviteClientState
-    TRANSITIONS: ClassVar[_Table] = _NON_INVITE_CLIENT
+    TABLE: ClassVar[_Table] = _NON_INVITE_CLIENT
     TIMERS_IN = _timers_in(_NON_INVITE_CLIENT, NonInviteClientState)
     INITIAL = NonInviteClientState.TRYING
     TERMINATED = NonInviteClientState.TERMINATED
@@ -874,7 +905,7 @@ class InviteServerTransaction(ServerTransaction):
     __slots__ = ()
 
     State = InviteServerState
-    TRANSITIONS: ClassVar[_Table] = _INVITE_SERVER
+    TABLE: ClassVar[_Table] = _INVITE_SERVER
     TIMERS_IN = _timers_in(_INVITE_SERVER, InviteServerState)
     INITIAL = InviteServerState.PROCEEDING
     TERMINATED = InviteServerState.TERMINATED
@@ -885,12 +916,6 @@ class InviteServerTransaction(ServerTransaction):
             self._start_timer(Input.TIMER_TRYING, delay, now)
             self._run_immediate(now)
 
-    def _input(self, inp: Input, now: float, msg: Message | None = None) -> None:
-        if inp is Input.SEND_1XX:
-            # Any provisional from the TU makes the automatic 100 unnecessary.
-            self._stop_timer(Input.TIMER_TRYING)
-        super()._input(inp, now, msg)
-
 
 class NonInviteServerTransaction(ServerTransaction):
     """RFC 3261 section 17.2.2."""
@@ -898,7 +923,7 @@ class NonInviteServerTransaction(ServerTransaction):
     __slots__ = ()
 
     State = NonInviteServerState
-    TRANSITIONS: ClassVar[_Table] = _NON_INVITE_SERVER
+    TABLE: ClassVar[_Table] = _NON_INVITE_SERVER
     TIMERS_IN = _timers_in(_NON_INVITE_SERVER, NonInviteServerState)
     INITIAL = NonInviteServerState.TRYING
     TERMINATED = NonInviteServerState.TERMINATED
@@ -914,12 +939,7 @@ ALL_MACHINES: tuple[type[Transaction], ...] = (
 
 def mermaid(machine: type[Transaction]) -> str:
     """The machine's transition table as a Mermaid state diagram (for the docs)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {machine.INITIAL.name}"]
-    for (state, inp), (action, nxt) in machine.TRANSITIONS.items():
-        label = inp.value if action in (_absorb, _no_action) else f"{inp.value} / {action.__name__}"
-        lines.append(f"    {state.name} --> {nxt.name}: {label}")
-    lines.append(f"    {machine.TERMINATED.name} --> [*]")
-    return "\n".join(lines)
+    return machine.TABLE.mermaid()
 
 
 # --- the layer ----------------------------------------------------------------------------------

@@ -18,10 +18,13 @@ from media.aio import MediaShell
 from media.engine import DigitReceived, Event
 from media.g711 import ULAW_DECODE, ulaw_encode
 from media.tones import dtmf_tone, sine
+from softswitch import fsm
 from softswitch.demo.carrier import (
+    PHONE_TABLE,
     CarrierConfig,
     CustomerScript,
     EmulatedCarrier,
+    PhoneError,
     PhoneState,
     TapEngine,
     call_checks,
@@ -31,6 +34,7 @@ from softswitch.demo.carrier import (
     tone_seconds,
     verify_digest,
 )
+from softswitch.demo.carrier import _In as PhoneInput
 from softswitch.sip import auth, sdp
 from softswitch.sip import endpoint as ep
 from softswitch.sip import registration as reg
@@ -540,3 +544,32 @@ async def test_whole_callback_call_against_a_scripted_bridging_node(peer: Peer) 
     finally:
         media.stop()
         await carrier.stop()
+
+
+# --- the phone's state machine ----------------------------------------------------------------
+
+
+def test_every_missing_phone_pair_is_a_phone_error() -> None:
+    phone = EmulatedCarrier().destination
+    missing = 0
+    for state in PhoneState:
+        for inp in PhoneInput:
+            if PHONE_TABLE.accepts(state, inp):
+                continue
+            phone.state = state
+            with pytest.raises(PhoneError) as info:
+                phone._fire(inp)
+            assert info.value.state is state and info.value.input is inp
+            assert phone.state is state
+            # What the node sends, or what comes after the call, is dropped instead.
+            assert phone._if_entry(inp) is False and phone.state is state
+            missing += 1
+    assert missing == len(PhoneState) * len(PhoneInput) - len(PHONE_TABLE)
+
+
+def test_phone_table_reaches_every_state_and_the_diagram_names_them() -> None:
+    assert PHONE_TABLE.reachable() == PHONE_TABLE.states() == frozenset(PhoneState)
+    assert issubclass(PhoneError, fsm.TransitionError) and PHONE_TABLE.error is PhoneError
+    text = PHONE_TABLE.mermaid()
+    for state in PhoneState:
+        assert state.name in text

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from softswitch import fsm
 from softswitch.config import Config, TrunkConfig
 from softswitch.node.node import Node
-from softswitch.node.outbound import LegAnswered, LegEnded, LegFailed, LegRinging, OutboundCalls
+from softswitch.node.outbound import (
+    TABLE,
+    LegAnswered,
+    LegEnded,
+    LegError,
+    LegEvent,
+    LegFailed,
+    LegInput,
+    LegRinging,
+    LegState,
+    OutboundCalls,
+)
 from softswitch.sip.message import Address, Request
 from softswitch.sip.parser import parse_message
 
@@ -51,15 +63,17 @@ def reply(
     ).encode() + body
 
 
-def events(outbound: OutboundCalls) -> list[object]:
-    out = []
+def events(outbound: OutboundCalls) -> list[LegEvent]:
+    out: list[LegEvent] = []
     while (event := outbound.next_event()) is not None:
         out.append(event)
     return out
 
 
-def start_call(node: Node, outbound: OutboundCalls, **kwargs: float) -> Request:
-    outbound.originate("cb", "815011110000", OFFER, 0.0, **kwargs)
+def start_call(
+    node: Node, outbound: OutboundCalls, *, ring_timeout: float | None = None
+) -> Request:
+    outbound.originate("cb", "815011110000", OFFER, 0.0, ring_timeout=ring_timeout)
     [(invite, dest)] = sent(node)
     assert dest == TRUNK and invite.method == "INVITE"
     assert invite.uri.user == "815011110000" and invite.body == OFFER
@@ -156,3 +170,60 @@ def test_far_end_bye_ends_the_leg() -> None:
     assert events(outbound) == [LegEnded("cb", True, "BYE from the far end")]
     [(data, dest)] = node.datagrams_to_send()
     assert data.startswith(b"SIP/2.0 200") and dest == PHONE
+
+
+def test_answer_to_our_cancel_after_the_487_is_dropped() -> None:
+    """UDP reorders: the 487 ends the leg, then the 200 to the CANCEL comes (no crash)."""
+    node, outbound = make_node()
+    invite = start_call(node, outbound)
+    node.receive_datagram(reply(invite, 180), TRUNK, 0.1)
+    outbound.hangup("cb", 1.0)
+    [(cancel, _)] = sent(node)
+    assert cancel.method == "CANCEL"
+    node.receive_datagram(reply(invite, 487), TRUNK, 1.1)
+    node.receive_datagram(reply(cancel, 200), TRUNK, 1.2)
+    assert events(outbound) == [LegRinging("cb", 180, None), LegFailed("cb", 487, "cancelled")]
+    assert outbound.state("cb") is None
+
+
+def test_hangup_while_cancelling_or_ended_sends_nothing_more() -> None:
+    node, outbound = make_node()
+    invite = start_call(node, outbound)
+    node.receive_datagram(reply(invite, 180), TRUNK, 0.1)
+    outbound.hangup("cb", 1.0)
+    assert [r.method for r, _ in sent(node)] == ["CANCEL"]
+    outbound.hangup("cb", 1.5)
+    assert sent(node) == [] and outbound.state("cb") is LegState.CANCELLING
+    # The 2xx crossed our CANCEL: ACK and BYE it; the leg ends without ever being answered.
+    contact = "Contact: <sip:phone@127.0.0.1:5090>\r\n"
+    node.receive_datagram(reply(invite, 200, extra=contact, body=OFFER), TRUNK, 2.0)
+    assert [r.method for r, _ in sent(node)] == ["ACK", "BYE"]
+    outbound.hangup("cb", 2.5)
+    assert sent(node) == [] and outbound.state("cb") is LegState.ENDED
+    assert events(outbound)[1:] == [LegEnded("cb", False, "answered after CANCEL")]
+
+
+def test_every_missing_pair_is_a_leg_error() -> None:
+    node, outbound = make_node()
+    start_call(node, outbound)
+    leg = outbound._legs["cb"]
+    missing = 0
+    for state in LegState:
+        for inp in LegInput:
+            if TABLE.accepts(state, inp):
+                continue
+            leg.state = state
+            with pytest.raises(LegError) as info:
+                outbound._fire(leg, inp, 1.0)
+            assert info.value.state is state and info.value.input is inp
+            assert leg.state is state and sent(node) == [] and events(outbound) == []
+            missing += 1
+    assert missing == len(LegState) * len(LegInput) - len(TABLE)
+
+
+def test_table_reaches_every_state_and_the_diagram_names_them() -> None:
+    assert TABLE.reachable() == TABLE.states() == frozenset(LegState)
+    assert issubclass(LegError, fsm.TransitionError) and TABLE.error is LegError
+    text = TABLE.mermaid()
+    for state in LegState:
+        assert state.name in text

@@ -10,10 +10,11 @@ from dataclasses import replace
 
 import pytest
 
+from softswitch import fsm
 from softswitch.sip.dialog import (
-    _TRANSITIONS,
     T1,
     T2,
+    TABLE,
     AckTimeout,
     Dialog,
     DialogError,
@@ -460,12 +461,19 @@ def test_every_missing_transition_is_a_protocol_error() -> None:
         for event in _Input:
             d = uac_dialog()
             d.state = state
-            if (state, event) in _TRANSITIONS:
+            if TABLE.accepts(state, event):
                 d._fire(event)
-                assert d.state is _TRANSITIONS[(state, event)]
+                assert d.state is TABLE.fire(state, event).target
             else:
-                with pytest.raises(DialogError):
+                with pytest.raises(DialogError) as info:
                     d._fire(event)
+                assert info.value.state is state and info.value.input is event
+                assert d.state is state
+
+
+def test_table_reaches_every_state() -> None:
+    assert TABLE.reachable() == TABLE.states() == frozenset(DialogState)
+    assert issubclass(DialogError, fsm.TransitionError) and TABLE.error is DialogError
 
 
 # --------------------------------------------------------------------------- session timers
@@ -614,6 +622,9 @@ def test_state_diagram_lists_every_transition() -> None:
     from softswitch.sip.dialog import state_diagram
 
     text = state_diagram()
-    assert text.startswith("stateDiagram-v2")
-    for (old, event), new in _TRANSITIONS.items():
-        assert f"{old.name} --> {new.name}: {event.value}" in text
+    assert text == TABLE.mermaid() and text.startswith("stateDiagram-v2")
+    edges = dict(line.strip().split(": ", 1) for line in text.splitlines() if ": " in line)
+    for (old, event), entry in TABLE:
+        assert event.value in edges[f"{old.name} --> {entry.target.name}"]
+    for state in DialogState:
+        assert state.name in text

@@ -11,17 +11,21 @@ from dataclasses import replace
 
 import pytest
 
+from softswitch import fsm
 from softswitch.sip.auth import digest_response
 from softswitch.sip.message import Address, Request, Response, Via
 from softswitch.sip.registration import (
-    _TRANSITIONS,
+    KEEPALIVE_TABLE,
+    TABLE,
     KeepAlive,
+    KeepAliveError,
     Registration,
     RegistrationConfig,
     RegistrationError,
     RegState,
     TrunkState,
     _In,
+    _Probe,
 )
 from softswitch.sip.transaction import make_response
 from softswitch.sip.uri import parse_uri
@@ -354,11 +358,29 @@ def test_every_missing_transition_is_a_protocol_error() -> None:
         for event in _In:
             reg = registration()
             reg.state = state
-            if (state, event) in _TRANSITIONS:
-                assert reg._fire(event) is _TRANSITIONS[(state, event)]
+            if TABLE.accepts(state, event):
+                assert reg._fire(event) is TABLE.fire(state, event).target
             else:
-                with pytest.raises(RegistrationError):
+                with pytest.raises(RegistrationError) as info:
                     reg._fire(event)
+                assert info.value.state is state and info.value.input is event
+                assert reg.state is state
+
+
+def test_tables_reach_every_state() -> None:
+    assert TABLE.reachable() == TABLE.states() == frozenset(RegState)
+    assert KEEPALIVE_TABLE.reachable() == KEEPALIVE_TABLE.states() == frozenset(TrunkState)
+    assert issubclass(RegistrationError, fsm.TransitionError)
+    assert issubclass(KeepAliveError, fsm.TransitionError)
+    # Every probe outcome has an entry in every state: the keep-alive never refuses one.
+    assert len(KEEPALIVE_TABLE) == len(TrunkState) * len(_Probe)
+
+
+def test_registration_moves_are_logged_for_the_operator(caplog: pytest.LogCaptureFixture) -> None:
+    reg = registration()
+    with caplog.at_level(logging.INFO, logger="softswitch.sip.registration"):
+        reg.start(0.0)
+    assert "UNREGISTERED -> REGISTERING (start)" in caplog.text
 
 
 # --------------------------------------------------------------------------- OPTIONS keep-alive
@@ -405,6 +427,9 @@ def test_state_diagram_lists_every_transition() -> None:
     from softswitch.sip.registration import state_diagram
 
     text = state_diagram()
-    assert text.startswith("stateDiagram-v2")
-    for (old, event), new in _TRANSITIONS.items():
-        assert f"{old.name} --> {new.name}: {event.value}" in text
+    assert text == TABLE.mermaid() and text.startswith("stateDiagram-v2")
+    edges = dict(line.strip().split(": ", 1) for line in text.splitlines() if ": " in line)
+    for (old, event), entry in TABLE:
+        assert event.value in edges[f"{old.name} --> {entry.target.name}"]
+    for state in RegState:
+        assert state.name in text

@@ -186,7 +186,7 @@ def required_timers(tx: Transaction) -> set[Input] | None:
 
 def check_invariants(h: Harness, before: Enum, inp: Input, accepted: bool, out: list[Any]) -> None:
     tx = h.tx
-    entry = type(tx).TRANSITIONS.get((before, inp))
+    entry = type(tx).TABLE.entries.get((before, inp))
     if entry is None:
         assert not accepted, f"{inp} has no entry in {before} but was taken"
     if not accepted:
@@ -194,7 +194,7 @@ def check_invariants(h: Harness, before: Enum, inp: Input, accepted: bool, out: 
         assert out == [], f"refused {inp} in {before} sent {out}"
     else:
         assert entry is not None
-        expected = entry[1]
+        expected = entry.target
         # A zero-length linger timer (TCP) may carry the transaction straight on to Terminated.
         assert tx.state is expected or (tx.reliable and tx.state is tx.TERMINATED), (
             f"{before} + {inp}: expected {expected}, got {tx.state}"
@@ -219,7 +219,7 @@ def check_invariants(h: Harness, before: Enum, inp: Input, accepted: bool, out: 
 
 
 def relevant(machine: type[Transaction]) -> list[Input]:
-    return sorted({inp for _, inp in machine.TRANSITIONS}, key=lambda i: i.name)
+    return sorted({inp for (_, inp), _entry in machine.TABLE}, key=lambda i: i.name)
 
 
 @pytest.mark.parametrize("machine", ALL_MACHINES, ids=lambda m: m.__name__)
@@ -265,7 +265,8 @@ def shortest_paths(machine: type[Transaction]) -> dict[Enum, list[Input]]:
     todo = deque([machine.INITIAL])
     while todo:
         state = todo.popleft()
-        for (s, inp), (_action, nxt) in machine.TRANSITIONS.items():
+        for (s, inp), entry in machine.TABLE:
+            nxt = entry.target
             if s is state and nxt not in paths:
                 paths[nxt] = [*paths[state], inp]
                 todo.append(nxt)
@@ -306,24 +307,59 @@ def test_every_state_input_pair(machine: type[Transaction], reliable: bool) -> N
 def test_terminated_has_no_transitions_and_every_state_has_a_way_out(
     machine: type[Transaction],
 ) -> None:
-    sources = {s for s, _ in machine.TRANSITIONS}
+    sources = {s for (s, _), _entry in machine.TABLE}
     assert machine.TERMINATED not in sources
     # From every state Terminated is reachable (no machine can get stuck forever).
     for state in type(machine.INITIAL):
         seen, todo = {state}, [state]
         while todo:
             s = todo.pop()
-            for (src, _inp), (_a, nxt) in machine.TRANSITIONS.items():
+            for (src, _inp), entry in machine.TABLE:
+                nxt = entry.target
                 if src is s and nxt not in seen:
                     seen.add(nxt)
                     todo.append(nxt)
         assert machine.TERMINATED in seen, f"{machine.__name__}: stuck in {state}"
 
 
+@pytest.mark.parametrize("machine", ALL_MACHINES, ids=lambda m: m.__name__)
+def test_missing_pairs_raise_and_change_nothing(machine: type[Transaction]) -> None:
+    """Every (state, input) pair the table lacks is a ProtocolError, from any state."""
+    table = machine.TABLE
+    assert table.initial == {machine.INITIAL} and table.final == {machine.TERMINATED}
+    assert table.error is ProtocolError
+    missing = 0
+    for state in type(machine.INITIAL):
+        for inp in Input:
+            if table.accepts(state, inp):
+                continue
+            h = Harness(machine, reliable=False)
+            h.tx.state = state
+            with pytest.raises(ProtocolError) as info:
+                h.tx._input(inp, 1.0)
+            assert info.value.state is state and info.value.input is inp
+            assert h.tx.state is state and h.drain() == []
+            missing += 1
+    assert missing == len(type(machine.INITIAL)) * len(Input) - len(table)
+
+
+@pytest.mark.parametrize("machine", ALL_MACHINES, ids=lambda m: m.__name__)
+def test_table_reaches_every_state_and_has_one_target_per_entry(
+    machine: type[Transaction],
+) -> None:
+    table = machine.TABLE
+    assert table.reachable() == table.states() == frozenset(type(machine.INITIAL))
+    assert all(len(entry.targets) == 1 for _, entry in table)
+
+
 def test_diagram_lists_every_transition() -> None:
     for machine in ALL_MACHINES:
         text = mermaid(machine)
-        assert text.count("-->") == len(machine.TRANSITIONS) + 2
+        assert text == machine.TABLE.mermaid()
+        edges = {(s, entry.target) for (s, _), entry in machine.TABLE}
+        assert text.count("-->") == len(edges) + 2
+        for state in type(machine.INITIAL):
+            assert state.name in text
     assert "COMPLETED --> CONFIRMED: ACK" in mermaid(InviteServerTransaction)
     assert "CALLING --> CALLING: Timer A" in mermaid(InviteClientTransaction)
     assert NonInviteClientTransaction.TIMERS_IN[NonInviteClientState.PROCEEDING] == {

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
+from softswitch import fsm
 from softswitch.store import CallbackState, IllegalTransition, NotFound, Store
+from softswitch.store.repos.callbacks import CALLBACK_TRANSITIONS, TABLE
 
 from .conftest import T0
 
@@ -99,3 +102,78 @@ async def test_expired_lease_is_reclaimed_by_another_node(store: Store, other_no
     assert not await store.callbacks.reschedule(cb.id, T0 + 90, "late", node_id="node-a")
     assert await other_node.callbacks.complete(cb.id, node_id="node-b")
     assert not await store.callbacks.complete(cb.id, node_id="node-a")
+
+
+async def _callback_in(store: Store, state: CallbackState, name: str) -> int:
+    """A new callback of a new account, moved to ``state`` through the queue's own API."""
+    acct = await store.accounts.add(name)
+    queue = store.callbacks
+    cb, _ = await queue.enqueue(acct.id, "8150", T0, now=T0)
+    if state is CallbackState.PENDING:
+        return cb.id
+    claimed = await queue.claim_due("node-a", T0, lease_s=30, limit=100)
+    assert cb.id in {c.id for c in claimed}
+    if state is CallbackState.DONE:
+        assert await queue.complete(cb.id)
+    elif state is CallbackState.FAILED:
+        assert await queue.fail(cb.id, "given up")
+    return cb.id
+
+
+async def test_every_move_follows_the_table(store: Store) -> None:
+    """complete, fail, reschedule: applied where the table has an entry, refused elsewhere."""
+    queue = store.callbacks
+
+    async def complete(i: int) -> bool:
+        return await queue.complete(i)
+
+    async def fail(i: int) -> bool:
+        return await queue.fail(i, "x")
+
+    async def reschedule(i: int) -> bool:
+        return await queue.reschedule(i, T0 + 60, "x")
+
+    moves: dict[str, Callable[[int], Awaitable[bool]]] = {
+        "complete": complete,
+        "fail": fail,
+        "reschedule": reschedule,
+    }
+    n = 0
+    for state in CallbackState:
+        for event, move in moves.items():
+            n += 1
+            cb_id = await _callback_in(store, state, f"customer {n}")
+            if TABLE.accepts(state, event):
+                assert await move(cb_id)
+                target = TABLE.fire(state, event).target
+                assert (await store.callbacks.get(cb_id)).state is target
+                assert CALLBACK_TRANSITIONS[event][1] is target
+            else:
+                with pytest.raises(IllegalTransition) as info:
+                    await move(cb_id)
+                assert isinstance(info.value, fsm.TransitionError)
+                assert info.value.state is state and info.value.input == event
+                assert (await store.callbacks.get(cb_id)).state is state
+    # claim_due takes exactly the states the table lets "claim" start from (leases run out).
+    claimable = set()
+    for state in CallbackState:
+        n += 1
+        cb_id = await _callback_in(store, state, f"customer {n}")
+        got = await store.callbacks.claim_due("node-b", T0 + 3600, lease_s=30, limit=100)
+        if cb_id in {c.id for c in got}:
+            claimable.add(state)
+    assert claimable == TABLE.sources("claim")
+
+
+def test_callback_table() -> None:
+    assert TABLE.reachable() == TABLE.states() == frozenset(CallbackState)
+    assert issubclass(TABLE.error, IllegalTransition)
+    assert {
+        "claim": (frozenset({CallbackState.PENDING, CallbackState.CLAIMED}), CallbackState.CLAIMED),
+        "reschedule": (frozenset({CallbackState.CLAIMED}), CallbackState.PENDING),
+        "complete": (frozenset({CallbackState.CLAIMED}), CallbackState.DONE),
+        "fail": (frozenset({CallbackState.CLAIMED}), CallbackState.FAILED),
+    } == CALLBACK_TRANSITIONS
+    text = TABLE.mermaid()
+    for state in CallbackState:
+        assert state.name in text

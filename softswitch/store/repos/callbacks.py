@@ -6,8 +6,11 @@ node that dies stops renewing nothing; its lease simply runs out and the next ``
 any node takes the callback over. A partial unique index allows one open (pending or claimed)
 callback per account, so a second trigger is absorbed even across nodes.
 
-The callback life cycle is a small state machine owned here (``CALLBACK_TRANSITIONS``); a
-transition the table does not allow raises ``IllegalTransition``.
+The callback life cycle is a small state machine owned here, a :class:`softswitch.fsm.Table` on
+``CallbackState`` (``TABLE``). The database does the moves, so the table is used the other way
+round: ``CALLBACK_TRANSITIONS`` (event -> states it applies in, state it leads to) is read off it
+and the queries put it in their WHERE clauses; a move the table does not allow for the row's
+state raises ``IllegalTransition`` (a :class:`CallbackTransitionError`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from softswitch import fsm
 from softswitch.store.db import Database, seconds, us
 from softswitch.store.models import CallbackState, PendingCallback
 from softswitch.store.repos.common import IllegalTransition, NotFound, log, to_seconds
@@ -28,13 +32,46 @@ from softswitch.store.tables import callbacks
 
 OPEN_STATES = (CallbackState.PENDING.value, CallbackState.CLAIMED.value)
 
-# event -> (states it may start from, state it leads to); claiming is ``claim_due``'s own query.
-CALLBACK_TRANSITIONS: dict[str, tuple[frozenset[CallbackState], CallbackState]] = {
-    "claim": (frozenset({CallbackState.PENDING, CallbackState.CLAIMED}), CallbackState.CLAIMED),
-    "reschedule": (frozenset({CallbackState.CLAIMED}), CallbackState.PENDING),
-    "complete": (frozenset({CallbackState.CLAIMED}), CallbackState.DONE),
-    "fail": (frozenset({CallbackState.CLAIMED}), CallbackState.FAILED),
-}
+
+class CallbackTransitionError(IllegalTransition, fsm.TransitionError):
+    """A callback was asked to make a move its state does not allow."""
+
+
+_C = CallbackState
+#: A callback's life. It is queued PENDING, or already CLAIMED by the node that took the
+#: trigger (``enqueue(claim_for=...)``); a node claims it with a lease, then completes, fails
+#: or reschedules it. Claiming is ``claim_due``'s own query (due rows, expired leases).
+TABLE: fsm.Table[CallbackState, str, None] = fsm.Table(
+    "callback queue",
+    {
+        (_C.PENDING, "claim"): (None, _C.CLAIMED),
+        # The lease ran out (the node died): another node takes the callback over.
+        (_C.CLAIMED, "claim"): (None, _C.CLAIMED),
+        (_C.CLAIMED, "reschedule"): (None, _C.PENDING),
+        (_C.CLAIMED, "complete"): (None, _C.DONE),
+        (_C.CLAIMED, "fail"): (None, _C.FAILED),
+    },
+    initial={_C.PENDING, _C.CLAIMED},
+    final={_C.DONE, _C.FAILED},
+    error=CallbackTransitionError,
+)
+
+
+def _by_event(
+    table: fsm.Table[CallbackState, str, None],
+) -> dict[str, tuple[frozenset[CallbackState], CallbackState]]:
+    out: dict[str, tuple[frozenset[CallbackState], CallbackState]] = {}
+    for (state, event), entry in table:
+        sources, target = out.get(event, (frozenset(), entry.target))
+        if entry.target is not target:
+            # One UPDATE per event sets one state: an event must lead to the same one from all.
+            raise ValueError(f"callback {event}: leads to {target.name} and {entry.target.name}")
+        out[event] = (sources | {state}, target)
+    return out
+
+
+#: event -> (states it may start from, state it leads to), read off :data:`TABLE`.
+CALLBACK_TRANSITIONS = _by_event(TABLE)
 
 
 def _callback(row: Row[Any]) -> PendingCallback:
@@ -355,4 +392,8 @@ class CallbackQueue:
         if node_id is not None and row.claimed_by != node_id:
             log.warning("callback %d: %s by %s refused, claim lost", callback_id, event, node_id)
             return False
-        raise IllegalTransition(f"callback {callback_id}: cannot {event} from {row.state}")
+        raise CallbackTransitionError(
+            f"callback {callback_id}: cannot {event} from {row.state}",
+            state=CallbackState(row.state),
+            input=event,
+        )
