@@ -673,7 +673,14 @@ class CallController:
                 event.silent_s,
             )
         elif isinstance(event, me.FaxDetected):
-            log.info("session %s: fax/modem tone on the %s leg: %s", session.short, name, event)
+            log.info(
+                "session %s: %s tone on the %s leg, clear channel %s",
+                session.short,
+                event.kind,
+                name,
+                "on" if event.clear_channel else "impossible (the two legs' laws differ)",
+            )
+            self._feed(session, cf.FaxDetected(event.kind), now)
 
     def media_opened(self, leg_id: str, port: int, now: float) -> None:
         """The leg's RTP socket is bound to ``port``: offer it and place the call."""

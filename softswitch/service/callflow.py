@@ -123,6 +123,7 @@ __all__ = [
     "DestinationRinging",
     "DigitReceived",
     "Event",
+    "FaxDetected",
     "Finished",
     "ForwardDigit",
     "HangUp",
@@ -244,6 +245,17 @@ class DestinationHungUp:
 
 
 @dataclass(frozen=True, slots=True)
+class FaxDetected:
+    """Fax or modem tones on a bridged leg (SPEC section 6): the media went clear channel.
+
+    From here on nothing is played over the call (a warning tone would break the fax) and
+    only RFC 4733 keys can reach the service (in-band detection is off on clear channel).
+    """
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorRinging:
     """Customer service rings; ``early_media`` as for :class:`DestinationRinging`."""
 
@@ -330,6 +342,7 @@ Event = (
     | LocationSaved
     | NameSaved
     | RecordFinished
+    | FaxDetected
 )
 
 
@@ -680,6 +693,7 @@ class CustomerCall:
         self._awaiting: str | None = None  # "speed_dial" or "authorize" while AUTHORIZING
         #: HOTLINE: why the destination cannot be reached, for when the customer answers.
         self._hotline_refusal: Prompt | None = None
+        self._fax = False  # fax or modem tones made the call clear channel
         self._hotline_failure: str | None = None
         self._number: str | None = None  # the last number sent to Authorize (for *# redial)
         self._keys = _Keys()
@@ -1322,8 +1336,18 @@ class CustomerCall:
         )
 
     def _timer_credit_warning(self, event: Event, now: float) -> list[Action]:
+        if self._fax:
+            return []  # a tone over a fax call would break it; the cut still comes
         self._media = "prompt"
         return [Play(CALLBACK, (Prompt.ONE_MINUTE_WARNING,), barge_in=False, mix=True)]
+
+    def _on_fax(self, event: Event, now: float) -> list[Action]:
+        assert isinstance(event, FaxDetected)
+        if not self._fax:
+            log.info("customer call %s: %s tones, the call is clear channel", self.name, event.kind)
+        self._fax = True
+        self._media = None  # the engine stopped what played
+        return []
 
     def _timer_credit_cut(self, event: Event, now: float) -> list[Action]:
         log.info("customer call %s: credit exhausted, releasing the destination", self.name)
@@ -1711,6 +1735,24 @@ _ENTRIES: dict[tuple[CallState, object], tuple[_Handler, CallState | set[CallSta
     (S.ENDING, CustomerHungUp): (_C._on_customer_hung_up, S.ENDED),
 }
 
+# Fax or modem tones can appear wherever the customer and a far end are joined (or the
+# customer's fax answered the callback and sends CNG at the dial prompt).
+_ENTRIES.update(
+    {
+        (state, FaxDetected): (_C._on_fax, state)
+        for state in (
+            S.ANNOUNCING,
+            S.COLLECTING,
+            S.AUTHORIZING,
+            S.DIALLING,
+            S.DEST_BUSY,
+            S.CONNECTED,
+            S.CONSULTING,
+            S.CONFERENCE,
+            S.OPERATOR,
+        )
+    }
+)
 # The controller may end a call in any state (the node stops, the callback was absorbed).
 _ENTRIES.update({(state, Abort): (_C._on_abort, S.ENDED) for state in S if state is not S.ENDED})
 

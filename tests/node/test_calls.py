@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from media import engine as me
 from softswitch.node import commands as cmd
 from softswitch.node.calls import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
 from softswitch.service.callflow import CallState, CustomerCall
@@ -920,3 +921,13 @@ def test_accounts_without_the_menu_get_plain_ringing() -> None:
     statuses = [r.status for r in rig.trigger_responses(trigger)]
     assert 180 in statuses and 183 not in statuses
     assert trigger.leg_id == ""
+
+
+def test_fax_tones_from_the_destination_make_the_call_clear_channel() -> None:
+    rig = Rig(accounts=[account(credit_limit=100)])
+    callback, destination = connected(rig)
+    rig.node.media_event(me.FaxDetected(destination.leg_id, "CED", True), rig.now)
+    rig.pump()
+    rig.advance(245.0)  # past the one-minute warning: nothing is played over the fax
+    assert rig.playing(callback) == []
+    assert session_state(rig) is CallState.CONNECTED

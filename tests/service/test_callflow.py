@@ -32,6 +32,7 @@ from softswitch.service.callflow import (
     DestinationRinging,
     DigitReceived,
     Event,
+    FaxDetected,
     Finished,
     ForwardDigit,
     HangUp,
@@ -1008,3 +1009,16 @@ def test_a_handler_may_not_move_where_its_entry_does_not_lead() -> None:
     d.call._transition, d.call._input = transition, CallbackAnswered
     with pytest.raises(CallFlowError, match="may lead to ENDED, not ANNOUNCING"):
         d.call._set_state(S.ANNOUNCING)
+
+
+# --- fax and modem (SPEC section 6) ---
+
+
+def test_fax_tones_silence_the_credit_warning_and_hash_hash_still_works() -> None:
+    d = Driver()
+    connected(d, max_seconds=120)
+    assert d.send(FaxDetected("CNG"), after=5.0) == []
+    assert d.fire("credit_warning") == []  # no tone over the fax
+    out = d.keys("##")  # RFC 4733 keys still reach the service: the next fax destination
+    assert HangUp(DESTINATION, "new_number") in out
+    assert d.in_state(S.COLLECTING)
