@@ -110,10 +110,8 @@ class Operations:
         self._runners.append(runner)
         site = web.TCPSite(runner, listen[0], listen[1], reuse_address=True)
         await site.start()
-        server = site._server
-        assert server is not None
-        sock = server.sockets[0].getsockname()  # type: ignore[attr-defined]
-        return (str(sock[0]), int(sock[1]))
+        host, port = runner.addresses[-1][:2]
+        return (str(host), int(port))
 
     async def stop(self) -> None:
         for smtp in self._smtp:

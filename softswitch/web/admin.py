@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from softswitch.logs import recent_security_events, security_event
+from softswitch.node.calls import CallInfo
 from softswitch.store.models import CallbackState
 from softswitch.web.metrics import CONTENT_TYPE
 
@@ -132,7 +133,7 @@ class AdminApi:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-def _call(info: Any) -> dict[str, Any]:
+def _call(info: CallInfo) -> dict[str, Any]:
     data = asdict(info)
     data["legs"] = [asdict(leg) for leg in info.legs]
     return data
