@@ -37,13 +37,13 @@ demo: setup
 serve: setup
 	$(VENV)/bin/softswitch serve
 
+# scripts/check is the one definition of both: ruff check, ruff format --check and mypy --strict
+# (package, tests, interop, scripts); then, for test, pytest with branch coverage.
 test: setup
-	$(PY) -m pytest -q -ra -p no:cacheprovider
+	VENV=$(VENV) scripts/check --tests
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check softswitch media tests interop scripts
-	$(VENV)/bin/ruff format --check softswitch media tests interop scripts
-	$(VENV)/bin/mypy softswitch media
+	VENV=$(VENV) scripts/check
 
 # Each prints its figure beside a baseline measured in the same run (see README).
 bench: setup
