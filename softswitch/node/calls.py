@@ -47,6 +47,7 @@ from media import engine as me
 from media.player import Tone
 from softswitch import prompts
 from softswitch.config import Config
+from softswitch.logs import CallLog, call_log, security_event
 from softswitch.node import commands as cmd
 from softswitch.node.inbound import InboundCalls, InboundEnded
 from softswitch.node.outbound import (
@@ -214,6 +215,11 @@ class Session:
     def short(self) -> str:
         return self.sid[:8]
 
+    @property
+    def log(self) -> CallLog:
+        """This call's logger: every line starts ``call=<uuid> leg=- account=<id>:``."""
+        return call_log(log, self.sid, self.account.id)
+
 
 @dataclass(frozen=True, slots=True)
 class LegInfo:
@@ -361,7 +367,7 @@ class CallController:
         """
         for session in list(self.sessions.values()):
             if session.finished is None and (session.sid == sid or session.short == sid):
-                log.info("session %s: hung up by an operator", session.short)
+                session.log.info("hung up by an operator")
                 return self._feed(session, cf.Abort("operator_hangup"), now)
         return False
 
@@ -666,16 +672,14 @@ class CallController:
             if name in (cf.CALLBACK, TRIGGER_LEG):
                 self._feed(session, RecordFinished(event.duration, event.reason), now)
         elif isinstance(event, me.RtpTimeout):
-            log.warning(
-                "session %s: no RTP from the %s leg for %.0f s",
-                session.short,
+            session.log.warning(
+                "no RTP from the %s leg for %.0f s",
                 name,
                 event.silent_s,
             )
         elif isinstance(event, me.FaxDetected):
-            log.info(
-                "session %s: %s tone on the %s leg, clear channel %s",
-                session.short,
+            session.log.info(
+                "%s tone on the %s leg, clear channel %s",
                 event.kind,
                 name,
                 "on" if event.clear_channel else "impossible (the two legs' laws differ)",
@@ -700,7 +704,7 @@ class CallController:
         session.offers[action.leg] = offer
         self._by_leg[leg_id] = (session, action.leg)
         if self.outbound is None:
-            log.error("session %s: no trunk configured, cannot call out", session.short)
+            session.log.error("no trunk configured, cannot call out")
             self._leg_gone(session, action.leg)
             self._feed(session, self._failure(action.leg, None), now)
             return
@@ -722,7 +726,7 @@ class CallController:
         if opening is None:
             return
         session, action = opening
-        log.error("session %s: no media for the %s leg: %s", session.short, action.leg, error)
+        session.log.error("no media for the %s leg: %s", action.leg, error)
         session.legs.pop(action.leg, None)
         self._feed(session, self._failure(action.leg, None), now)
 
@@ -759,19 +763,20 @@ class CallController:
         elif isinstance(request, cmd.CheckSecurityCode):
             assert isinstance(result, str) and session is not None
             if result != "accepted":
-                log.warning(
-                    "security: code_%s account=%d session=%s via=callback",
-                    result,
-                    request.account_id,
-                    session.short,
+                # src "-": a phone number is not an address fail2ban could ban.
+                security_event(
+                    "lockout" if result == "locked" else "bad_security_code",
+                    None,
+                    account=request.account_id,
+                    call=session.sid,
+                    via="trigger" if session.key is not None else "callback",
                 )
             self._feed(session, mn.CodeChecked(result), now)
         elif isinstance(request, cmd.SetLocation):
             assert isinstance(result, bool) and session is not None
             if result:
-                log.info(
-                    "session %s: account %d moved to %s%s",
-                    session.short,
+                session.log.info(
+                    "account %d moved to %s%s",
                     request.account_id,
                     request.number,
                     f" ext {request.extension}" if request.extension else "",
@@ -812,25 +817,25 @@ class CallController:
                 session.row_known = True
         elif isinstance(request, cmd.QuoteRate | cmd.ReserveCredit):
             assert session is not None
-            log.error("session %s: cannot rate or reserve credit: %s", session.short, error)
+            session.log.error("cannot rate or reserve credit: %s", error)
             session.authorizing = None
             # The customer hears "invalid number" rather than silence; nothing was held.
             self._feed(session, cf.Refused("invalid"), now)
         elif isinstance(request, cmd.LookUpSpeedDial):
             assert session is not None
-            log.error("session %s: cannot read the speed dial: %s", session.short, error)
+            session.log.error("cannot read the speed dial: %s", error)
             self._feed(session, cf.SpeedDialResolved(None), now)
         elif isinstance(request, cmd.CheckSecurityCode):
             assert session is not None
-            log.error("session %s: cannot check the security code: %s", session.short, error)
+            session.log.error("cannot check the security code: %s", error)
             self._feed(session, mn.CodeChecked("rejected"), now)
         elif isinstance(request, cmd.SetLocation):
             assert session is not None
-            log.error("session %s: cannot save the location: %s", session.short, error)
+            session.log.error("cannot save the location: %s", error)
             self._feed(session, mn.LocationSaved(False), now)
         elif isinstance(request, cmd.SaveRecordedName):
             assert session is not None
-            log.error("session %s: cannot save the recorded name: %s", session.short, error)
+            session.log.error("cannot save the recorded name: %s", error)
             self._feed(session, mn.NameSaved(False), now)
         elif isinstance(request, cmd.SettleCallback):
             log.error("callback %d: %s not settled: %s", request.callback_id, request.event, error)
@@ -958,9 +963,8 @@ class CallController:
             session.callback_id = pending.id
             return
         # Another node (or an older trigger) holds an open callback for this account.
-        log.info(
-            "session %s: callback %d already pending for account %d, absorbed",
-            session.short,
+        session.log.info(
+            "callback %d already pending for account %d, absorbed",
             pending.id,
             session.account.id,
         )
@@ -1051,9 +1055,8 @@ class CallController:
         session = Session(sid, account, call, trigger, started_at=now)
         self.sessions[sid] = session
         self._by_account[account.id] = session
-        log.info(
-            "session %s: calling back account %d (%s) at %s",
-            session.short,
+        session.log.info(
+            "calling back account %d (%s) at %s",
             account.id,
             account.name,
             location.number,
@@ -1079,7 +1082,7 @@ class CallController:
             else:
                 actions = call.handle(event, now)
         except (cf.CallFlowError, mn.MenuError) as exc:
-            log.info("session %s: %s ignored (%s)", session.short, type(event).__name__, exc)
+            session.log.info("%s ignored (%s)", type(event).__name__, exc)
             return False
         self._apply(session, actions, now)
         return True
@@ -1106,9 +1109,8 @@ class CallController:
             leg_id = legs.get(action.leg)
             if leg_id is not None:
                 items = tuple(self._prompt(session, p) for p in action.prompts)
-                log.debug(
-                    "session %s: playing %s on the %s leg",
-                    session.short,
+                session.log.debug(
+                    "playing %s on the %s leg",
                     " + ".join(str(i) for i in items),
                     action.leg,
                 )
@@ -1157,9 +1159,9 @@ class CallController:
         elif isinstance(action, cf.WriteCdr):
             self._write_cdr(session, action)
         elif isinstance(action, cf.StartBilling):
-            log.info("session %s: destination answered, billing", session.short)
+            session.log.info("destination answered, billing")
         elif isinstance(action, cf.StopBilling):
-            log.info("session %s: billing stopped", session.short)
+            session.log.info("billing stopped")
         elif isinstance(action, cf.RetryLater):
             session.retry_at = self.wall(action.at)
         elif isinstance(action, mn.VerifyCode):
@@ -1227,7 +1229,7 @@ class CallController:
         try:
             media = sdp.parse_answer(offer, sdp.parse_sdp(body))
         except sdp.SdpError as exc:
-            log.warning("session %s: bad SDP answer on the %s leg: %s", session.short, name, exc)
+            session.log.warning("bad SDP answer on the %s leg: %s", name, exc)
             return
         self._commands.append(
             cmd.SetRemote(
@@ -1259,7 +1261,7 @@ class CallController:
                 number, self._prefix(), blocked_prefixes=self.config.blocked_prefixes
             )
         except dialplan.DestinationRefused as exc:
-            log.info("session %s: %s refused: %s", session.short, number, exc)
+            session.log.info("%s refused: %s", number, exc)
             self._feed(session, cf.Refused(exc.reason.value), now)
             return
         session.authorizing = (number, dial.dial_string)
@@ -1274,7 +1276,7 @@ class CallController:
         if rate is None or rate.blocked:
             session.authorizing = None
             reason = "blocked" if rate is not None else "invalid"
-            log.info("session %s: %s refused: %s (rate table)", session.short, number, reason)
+            session.log.info("%s refused: %s (rate table)", number, reason)
             self._feed(session, cf.Refused(reason), now)
             return
         reservation = rating.reservation_for(
@@ -1282,7 +1284,7 @@ class CallController:
         )
         if reservation.max_seconds <= 0:
             session.authorizing = None
-            log.info("session %s: %s refused: no credit left", session.short, number)
+            session.log.info("%s refused: no credit left", number)
             self._feed(session, cf.Refused("no_credit"), now)
             return
         session.reservations += 1
@@ -1307,7 +1309,7 @@ class CallController:
         quote, session.quote = session.quote, None
         if not held:
             if authorizing is not None and session.finished is None:
-                log.info("session %s: %s refused: no credit left", session.short, authorizing[0])
+                session.log.info("%s refused: no credit left", authorizing[0])
                 self._feed(session, cf.Refused("no_credit"), now)
             return
         if authorizing is None or quote is None or session.finished is not None:
@@ -1408,9 +1410,8 @@ class CallController:
                 self._store(commit, session)
             else:
                 self._release(session, key)
-        log.info(
-            "session %s: CDR %s leg to %s, %s, billed %d s, cost %d",
-            session.short,
+        session.log.info(
+            "CDR %s leg to %s, %s, billed %d s, cost %d",
             record.leg,
             record.number,
             record.cause,
@@ -1478,7 +1479,7 @@ class CallController:
             self._retrying[session.account.id] = (session.trigger, session.sid)
         else:
             self.triggers.callback_done(session.trigger)
-        log.info("session %s: finished (%s)", session.short, session.finished)
+        session.log.info("finished (%s)", session.finished)
 
     # --- plumbing -----------------------------------------------------------------------------
 

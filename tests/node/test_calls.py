@@ -486,14 +486,14 @@ def test_wrong_security_codes_lock_the_menu(caplog: pytest.LogCaptureFixture) ->
     rig.store.codes[1] = "4711"
     callback = callback_answered(rig)
     rig.keys(callback, TRIGGER + "#")
-    with caplog.at_level(logging.WARNING, logger="softswitch.calls"):
+    with caplog.at_level(logging.WARNING, logger="softswitch.security"):
         for code in ("1111", "2222"):
             rig.keys(callback, code)
             assert rig.playing(callback) == ["security_code_wrong", "security_code_enter"]
         rig.keys(callback, "3333")
     assert rig.playing(callback) == ["security_code_locked"]
-    assert caplog.text.count("security: code_rejected account=1") == 2
-    assert "security: code_locked account=1" in caplog.text
+    assert caplog.text.count("SECURITY bad_security_code src=- account=1 ") == 2
+    assert "SECURITY lockout src=- account=1 " in caplog.text
     rig.prompt_done(callback)
     assert rig.requests_to(callback, "BYE")
     assert rig.store.accounts[1].location is not None
