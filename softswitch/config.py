@@ -193,6 +193,10 @@ class Config:
     #: A trigger caller who stays on the line this long (about 4 rings) is answered into the
     #: Location menu; 0: never (the trigger is released with 480 at the ring limit).
     trigger_answer_after: float = 20.0
+    #: Wrong security codes in a row that lock the account's Location menu, and for how long
+    #: (seconds); shared by every entry point (SPEC section 4).
+    security_code_failures: int = 3
+    security_lockout: float = 1800.0
     service: bool = True
     #: SIGTERM: seconds live calls may go on before they are hung up (0: at once).
     drain_timeout: float = 0.0
@@ -229,6 +233,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "service": frozenset(
         {"enabled", "operator", "tone_country", "callback_ring_timeout", "recordings_dir"}
         | {"trigger_answer_after"}
+        | {"security_code_failures", "security_lockout"}
         | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
         | {"first_digit_timeout", "inter_digit_timeout", "drain_timeout"}
@@ -475,6 +480,16 @@ def load_config(
                 "trigger_answer_after", "must be 0 (never) or between 5 and 120 seconds"
             )
         kwargs["trigger_answer_after"] = float(answer_after)
+    failures = service.get("security_code_failures", int)
+    if failures is not None:
+        if not 1 <= failures <= 10:
+            raise service.error("security_code_failures", "must be between 1 and 10")
+        kwargs["security_code_failures"] = failures
+    lockout = service.get("security_lockout", (int, float))
+    if lockout is not None:
+        if not 1 <= lockout <= 86400:
+            raise service.error("security_lockout", "must be between 1 and 86400 seconds")
+        kwargs["security_lockout"] = float(lockout)
     recordings = service.get("recordings_dir", str)
     if recordings is not None:
         kwargs["recordings_dir"] = Path(recordings)

@@ -203,3 +203,35 @@ def test_service_timings_out_of_range(tmp_path: Path, text: str, line: int, key:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert info.value.line == line and info.value.key == key
+
+
+def test_security_code_lock_settings(tmp_path: Path) -> None:
+    defaults = load_config(None)
+    assert (defaults.security_code_failures, defaults.security_lockout) == (3, 1800.0)
+    path = write(tmp_path, "[service]\nsecurity_code_failures = 5\nsecurity_lockout = 600\n")
+    cfg = load_config(path)
+    assert (cfg.security_code_failures, cfg.security_lockout) == (5, 600.0)
+    assert isinstance(cfg.security_lockout, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fragment"),
+    [
+        ("[service]\nsecurity_code_failures = 0\n", 2, "security_code_failures", "1 and 10"),
+        ("[service]\n\nsecurity_code_failures = 11\n", 3, "security_code_failures", "1 and 10"),
+        ("[service]\nsecurity_code_failures = 2.5\n", 2, "security_code_failures", "integer"),
+        ("[service]\nsecurity_code_failures = true\n", 2, "security_code_failures", "boolean"),
+        ("[service]\nsecurity_lockout = 0\n", 2, "security_lockout", "1 and 86400"),
+        ('[service]\nenabled = true\nsecurity_lockout = "1h"\n', 3, "security_lockout", "number"),
+        ("[service]\nsecurity_lockot = 60\n", 2, "security_lockot", "'security_lockout'"),
+    ],
+)
+def test_security_code_lock_settings_refused(
+    tmp_path: Path, text: str, line: int, key: str, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.path, err.line, err.key) == (str(path), line, f"[service] {key}")
+    assert fragment in str(err) and str(err).startswith(f"{path}:{line}: [service] {key}: ")

@@ -12,6 +12,10 @@ have up to 6 decimal places (a JSON number with its decimals). Errors are one li
 never with the database password: exit status 2 for bad input (malformed values, unknown ids,
 CSV errors naming the line), 1 when the database fails or cannot be reached.
 
+Recorded names are files in the node's recordings directory (``--recordings DIR``, by default
+the node's: beside the SQLite database); ``account name`` imports and exports them and
+``account delete`` removes them with the account (``softswitch.cli.names``).
+
 ``softswitch.cli`` mounts the sub-apps: ``account_app``, ``speed_dial_app``, ``rates_app``,
 ``cdr_app`` and ``db_app``.
 """
@@ -29,7 +33,7 @@ from typing import Annotated, Any, NoReturn, TextIO, TypeVar
 
 import typer
 
-from softswitch.cli import csvio
+from softswitch.cli import csvio, names
 from softswitch.config import DEFAULT_DB
 from softswitch.store import (
     UNSET,
@@ -44,6 +48,7 @@ from softswitch.store import (
     InvalidInput,
     Language,
     Location,
+    LocationChange,
     NotFound,
     Rate,
     SpeedDial,
@@ -72,6 +77,25 @@ DbUrl = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 AccountId = Annotated[int, typer.Argument(help="Account id.")]
+Recordings = Annotated[
+    Path | None,
+    typer.Option(
+        "--recordings",
+        help="The node's recordings directory ([service] recordings_dir); default: the "
+        "node's default for --db ('recordings' beside the SQLite file).",
+        file_okay=False,
+    ),
+]
+#: Location changes ``account show`` prints.
+HISTORY_SHOWN = 5
+
+
+class _Failed(Exception):
+    """A command's own failure inside ``_run``: one line on stderr and this exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -96,6 +120,10 @@ def _run(db: str, work: Callable[[Store], Awaitable[T]], *, writes: bool) -> T:
 
     try:
         return asyncio.run(main())
+    except _Failed as exc:
+        _fail(str(exc), exc.code)
+    except names.NameFileError as exc:
+        _fail(str(exc), exc.code)
     except (InvalidInput, NotFound, Conflict, DatabaseUrlError) as exc:
         _fail(str(exc), 2)
     except (StoreError, DatabaseUnavailable) as exc:
@@ -144,6 +172,7 @@ def account_json(a: Account) -> dict[str, Any]:
         "has_security_code": a.has_security_code,
         "locked_until": iso_utc(a.locked_until) or None,
         "recorded_name": a.recorded_name_path,
+        "has_recorded_name": _has_name(a),
         "credit_limit": a.credit_limit,
         "credit_used": a.credit_used,
         "credit_reserved": a.credit_reserved,
@@ -154,22 +183,62 @@ def account_json(a: Account) -> dict[str, Any]:
     }
 
 
-def _location_text(a: Account) -> str:
-    if a.location is None:
+def _has_name(a: Account) -> bool:
+    """Whether the account has a recorded name: one is on record and its file exists."""
+    return a.recorded_name_path is not None and Path(a.recorded_name_path).is_file()
+
+
+def change_json(c: LocationChange) -> dict[str, Any]:
+    """The JSON form of a location change (``account show --json``'s ``location_history``)."""
+    return {
+        "changed_at": iso_utc(c.changed_at),
+        "via": c.via,
+        "previous": c.previous.number if c.previous else None,
+        "previous_extension": c.previous.extension if c.previous else None,
+        "location": c.location.number if c.location else None,
+        "extension": c.location.extension if c.location else None,
+    }
+
+
+def _where_text(location: Location | None) -> str:
+    if location is None:
         return "-"
-    ext = f" ext {a.location.extension}" if a.location.extension else ""
-    return a.location.number + ext
+    ext = f" ext {location.extension}" if location.extension else ""
+    return location.number + ext
 
 
-def _show_account(a: Account, as_json: bool) -> None:
+def _location_text(a: Account) -> str:
+    return _where_text(a.location)
+
+
+def _show_account(
+    a: Account, as_json: bool, history: Sequence[LocationChange] | None = None
+) -> None:
     if as_json:
-        _print_json(account_json(a))
+        data = account_json(a)
+        if history is not None:
+            data["location_history"] = [change_json(c) for c in history]
+        _print_json(data)
         return
     data = account_json(a)
     data["triggers"] = ", ".join(a.triggers) or "-"
     data["location"] = _location_text(a)
     del data["extension"]
     _print_table(["field", "value"], [(k, "-" if v is None else v) for k, v in data.items()])
+    if history is None:
+        return
+    typer.echo("")
+    if not history:
+        typer.echo("location history: none")
+        return
+    typer.echo("location history (newest first):")
+    _print_table(
+        ["changed_at", "via", "from", "to"],
+        [
+            (iso_utc(c.changed_at), c.via, _where_text(c.previous), _where_text(c.location))
+            for c in history
+        ],
+    )
 
 
 @account_app.command("add")
@@ -242,9 +311,22 @@ def account_list(
 
 
 @account_app.command("show")
-def account_show(account_id: AccountId, db: DbUrl = DEFAULT_DB, as_json: Json = False) -> None:
-    """Show one account."""
-    _show_account(_run(db, lambda s: s.accounts.get(account_id), writes=False), as_json)
+def account_show(
+    account_id: AccountId,
+    history: Annotated[
+        int, typer.Option(min=0, help="Location changes to show, newest first.")
+    ] = HISTORY_SHOWN,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Show one account, whether it has a recorded name, and its last location changes."""
+
+    async def work(s: Store) -> tuple[Account, tuple[LocationChange, ...]]:
+        account = await s.accounts.get(account_id)
+        return account, await s.accounts.location_history(account_id, limit=history)
+
+    account, changes = _run(db, work, writes=False)
+    _show_account(account, as_json, changes)
 
 
 @account_app.command("edit")
@@ -302,6 +384,125 @@ def account_edit(
         return account
 
     _show_account(_run(db, work, writes=True), as_json)
+
+
+@account_app.command("name")
+def account_name(
+    account_id: AccountId,
+    play_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--play-to",
+            help="Write the recorded name to FILE: WAV, or the format of its extension "
+            "(.flac, .mp3, .ogg, .m4a ...).",
+            dir_okay=False,
+        ),
+    ] = None,
+    set_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--set",
+            help="Make FILE (any audio format) the recorded name: converted to 8 kHz mono "
+            "WAV, put in the recordings directory as name-ID.wav.",
+            dir_okay=False,
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the recorded name.")] = False,
+    recordings: Recordings = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Show, export (--play-to), import (--set) or remove (--clear) an account's recorded name."""
+    if sum((play_to is not None, set_from is not None, clear)) > 1:
+        _fail("--play-to, --set and --clear exclude each other", 2)
+    directory = names.recordings_dir(db, recordings)
+    done: dict[str, Any] = {"account_id": account_id}
+
+    async def work(s: Store) -> Account:
+        account = await s.accounts.get(account_id)
+        if set_from is not None:
+            path, seconds = names.import_name(set_from, directory, account_id)
+            done.update(imported_from=str(set_from), seconds=round(seconds, 3))
+            return await s.accounts.set_recorded_name(account_id, str(path))
+        if clear:
+            removed = _remove_names(account, directory)
+            done["removed"] = [str(p) for p in removed]
+            return await s.accounts.set_recorded_name(account_id, None)
+        if play_to is not None:
+            if account.recorded_name_path is None:
+                raise _Failed(f"account {account_id} has no recorded name", 2)
+            seconds = names.export_name(Path(account.recorded_name_path), play_to)
+            done.update(written_to=str(play_to), seconds=round(seconds, 3))
+        return account
+
+    account = _run(db, work, writes=set_from is not None or clear)
+    path = account.recorded_name_path
+    done.update(
+        recorded_name=path,
+        has_recorded_name=_has_name(account),
+        recordings_dir=str(directory),
+    )
+    done.setdefault("seconds", _seconds(path))
+    if as_json:
+        _print_json(done)
+    elif set_from is not None:
+        typer.echo(f"account {account_id}: recorded name set from {set_from} -> {path}")
+    elif clear:
+        gone = ", ".join(done["removed"]) or "no file"
+        typer.echo(f"account {account_id}: recorded name removed ({gone})")
+    elif play_to is not None:
+        typer.echo(f"account {account_id}: recorded name written to {play_to}")
+    elif path is None:
+        typer.echo(f"account {account_id}: no recorded name")
+    elif not done["has_recorded_name"]:
+        typer.echo(f"account {account_id}: recorded name {path} (the file is missing)")
+    else:
+        typer.echo(f"account {account_id}: recorded name {path} ({done['seconds']:g} s)")
+
+
+def _seconds(path: str | None) -> float | None:
+    found = None if path is None else names.duration(Path(path))
+    return None if found is None else round(found, 3)
+
+
+def _remove_names(account: Account, directory: Path) -> list[Path]:
+    """Remove the account's name files: ``name-ID.wav`` in ``directory``, and the file on
+    record if it is in ``directory`` too (a file elsewhere was not made by the switch)."""
+    candidates = [names.name_file(directory, account.id)]
+    if account.recorded_name_path is not None:
+        recorded = Path(account.recorded_name_path)
+        if names.inside(recorded, directory) and recorded.resolve() != candidates[0].resolve():
+            candidates.append(recorded)
+    return [p for p in candidates if names.remove(p)]
+
+
+@account_app.command("delete")
+def account_delete(
+    account_id: AccountId,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete it.")] = False,
+    recordings: Recordings = None,
+    db: DbUrl = DEFAULT_DB,
+    as_json: Json = False,
+) -> None:
+    """Delete an account with its numbers, speed dials, location history and recorded name
+    (its CDRs stay). Refused while it has a call in progress."""
+    if not yes:
+        _fail(
+            f"deleting account {account_id} removes it and its recorded name for good; "
+            "add --yes to do it",
+            2,
+        )
+    directory = names.recordings_dir(db, recordings)
+    account = _run(db, lambda s: s.accounts.delete(account_id), writes=True)
+    try:
+        removed = _remove_names(account, directory)
+    except names.NameFileError as exc:
+        _fail(f"account {account_id} deleted, but its recorded name was not removed: {exc}", 1)
+    if as_json:
+        _print_json({"deleted": account_json(account), "removed": [str(p) for p in removed]})
+        return
+    files = f"; removed {', '.join(map(str, removed))}" if removed else ""
+    typer.echo(f"account {account_id} ({account.name}) deleted{files}")
 
 
 @account_app.command("suspend")

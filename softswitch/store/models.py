@@ -78,6 +78,20 @@ class Location:
 
 
 @dataclass(frozen=True, slots=True)
+class LocationChange:
+    """One change of an account's callback location: ``previous`` became ``location`` at
+    ``changed_at``, made ``via`` the phone menu (``"phone"``), the admin CLI (``"cli"``) ...
+    ``None`` is "no location"."""
+
+    id: int
+    account_id: int
+    changed_at: float
+    via: str
+    previous: Location | None
+    location: Location | None
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """A customer account. ``available_credit`` is what a new call may still reserve."""
 

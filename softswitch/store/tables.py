@@ -77,6 +77,27 @@ accounts = Table(
     CheckConstraint("credit_reserved >= 0", name="reserved_not_negative"),
 )
 
+#: Every change of an account's callback location (SPEC section 4): what it was before, what it
+#: became, when, and through what (``via``: "phone" for the Location menu, "cli" ...).
+location_history = Table(
+    "location_history",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("changed_us", BigInteger, nullable=False),
+    Column("via", String(16), nullable=False),
+    Column("previous_number", String(32)),
+    Column("previous_extension", String(16)),
+    Column("new_number", String(32)),
+    Column("new_extension", String(16)),
+    Index("ix_location_history_account_id_changed_us", "account_id", "changed_us"),
+)
+
 trigger_numbers = Table(
     "trigger_numbers",
     metadata,

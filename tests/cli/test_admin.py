@@ -57,7 +57,9 @@ def test_account_round_trip(cli: Cli, tmp_path: Path) -> None:
     assert (added["location"], added["extension"]) == ("12125550100", "812")
     assert added["has_security_code"] and added["credit_available"] == 5000
     aid = str(added["id"])
-    assert cli("account", "show", aid, "--json") == added
+    shown = cli("account", "show", aid, "--json")
+    assert shown.pop("location_history") == [] and shown == added
+    assert added["recorded_name"] is None and added["has_recorded_name"] is False
 
     edited = cli(
         "account", "edit", aid, "--name", "Alice B", "--credit-limit", "7000",
@@ -157,12 +159,13 @@ def test_cdr_list_and_export(cli: Cli, tmp_path: Path) -> None:
     cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2
     assert len(cli("cdr", "export", "--db", url, "--json")) == 3
-    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0002"}
+    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0003"}
 
 
 READ_ONLY = (
     ("account", "list"),
     ("account", "show", "1"),
+    ("account", "name", "1"),
     ("speed-dial", "list", "1"),
     ("rates", "list"),
     ("rates", "lookup", "12125550100"),

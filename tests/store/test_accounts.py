@@ -9,13 +9,18 @@ import pytest
 from softswitch.store import (
     UNSET,
     AccountKind,
+    AccountRepo,
     AccountStatus,
+    Cdr,
     CodeCheck,
     Conflict,
     InvalidInput,
     Language,
+    LegKind,
     Location,
+    LocationChange,
     NotFound,
+    SpeedDial,
     Store,
 )
 from softswitch.store.repos import check_security_code, e164_number, hash_security_code
@@ -207,3 +212,124 @@ def test_e164_message_says_what_is_expected() -> None:
         "(e.g. 81312345678 for Tokyo 03-1234-5678)"
     )
     assert e164_number("+1 (212) 555-0100") == "12125550100"
+
+
+async def test_location_history_keeps_every_change_newest_first(
+    store: Store, clock: FakeClock
+) -> None:
+    acct = await store.accounts.add("Alice", location=Location("81312345678"))
+    other = await store.accounts.add("Bob")
+    assert await store.accounts.location_history(acct.id) == ()  # creating is not a change
+    clock.now = T0 + 10
+    await store.accounts.set_location(acct.id, Location("6561234567", "812"), via="phone")
+    clock.now = T0 + 20
+    await store.accounts.set_location(acct.id, None)  # the CLI's default
+    clock.now = T0 + 30
+    moved = await store.accounts.set_location(acct.id, Location("+1 212 555 0100"), via="web")
+    assert moved.location == Location("12125550100")
+    await store.accounts.set_location(other.id, Location("81355550000"), via="phone")
+
+    history = await store.accounts.location_history(acct.id)
+    assert [(c.changed_at, c.via, c.previous, c.location) for c in history] == [
+        (T0 + 30, "web", None, Location("12125550100")),
+        (T0 + 20, "cli", Location("6561234567", "812"), None),
+        (T0 + 10, "phone", Location("81312345678"), Location("6561234567", "812")),
+    ]
+    assert all(isinstance(c, LocationChange) and c.account_id == acct.id for c in history)
+    assert await store.accounts.location_history(acct.id, limit=2) == history[:2]
+    # Two changes in the same microsecond still come newest first (by id).
+    await store.accounts.set_location(acct.id, Location("81312345678"), via="phone")
+    again = await store.accounts.location_history(acct.id, limit=2)
+    assert [c.location for c in again] == [Location("81312345678"), Location("12125550100")]
+    assert [c.via for c in await store.accounts.location_history(other.id)] == ["phone"]
+    with pytest.raises(NotFound):
+        await store.accounts.location_history(999)
+
+
+async def test_a_refused_location_change_leaves_no_history(store: Store) -> None:
+    acct = await store.accounts.add("Alice", location=Location("81312345678"))
+    with pytest.raises(InvalidInput):
+        await store.accounts.set_location(acct.id, Location("0312345678"), via="phone")
+    for via in ("", "Phone", "phone menu", "x" * 17, "1cli"):
+        with pytest.raises(InvalidInput):
+            await store.accounts.set_location(acct.id, Location("6561234567"), via=via)
+    with pytest.raises(NotFound):
+        await store.accounts.set_location(999, Location("6561234567"), via="phone")
+    assert await store.accounts.location_history(acct.id) == ()
+    assert (await store.accounts.get(acct.id)).location == Location("81312345678")
+
+
+async def test_lockout_defaults_to_three_codes_for_half_an_hour(store: Store) -> None:
+    assert (store.accounts.max_code_failures, store.accounts.lockout_s) == (3, 1800.0)
+    acct = await store.accounts.add("Alice", security_code="2468")
+    verify = store.accounts.verify_security_code
+    assert await verify(acct.id, "0000", T0) is CodeCheck.REJECTED
+    assert await verify(acct.id, "0000", T0) is CodeCheck.REJECTED
+    assert await verify(acct.id, "0000", T0) is CodeCheck.LOCKED
+    assert (await store.accounts.get(acct.id)).locked_until == T0 + 1800
+    assert await verify(acct.id, "2468", T0 + 1799) is CodeCheck.LOCKED
+    assert await verify(acct.id, "2468", T0 + 1800) is CodeCheck.ACCEPTED
+
+
+async def test_lockout_as_configured(store: Store) -> None:
+    repo = AccountRepo(store.db, max_code_failures=1, lockout_s=60)
+    acct = await repo.add("Alice", security_code="2468")
+    assert await repo.verify_security_code(acct.id, "0000", T0) is CodeCheck.LOCKED
+    assert (await repo.get(acct.id)).locked_until == T0 + 60
+    assert await repo.verify_security_code(acct.id, "2468", T0 + 60) is CodeCheck.ACCEPTED
+    for bad in ({"max_code_failures": 0}, {"lockout_s": -1.0}):
+        with pytest.raises(ValueError):
+            AccountRepo(store.db, **bad)
+
+
+async def test_delete_removes_the_account_and_what_is_only_its_own(
+    store: Store, clock: FakeClock
+) -> None:
+    acct = await store.accounts.add(
+        "Alice", triggers=["815011110000"], location=Location("81312345678")
+    )
+    keep = await store.accounts.add("Bob", triggers=["815022220000"])
+    await store.accounts.set_location(acct.id, Location("6561234567"), via="phone")
+    await store.accounts.set_recorded_name(acct.id, "/var/recordings/name-1.wav")
+    await store.accounts.add_registered_number(acct.id, "81312345678")
+    await store.speed_dials.set(acct.id, "01", "81355550000")
+    await store.speed_dials.set(keep.id, "01", "81355550000")
+    cdr = await store.cdrs.write(
+        Cdr("call-1", LegKind.TRIGGER, acct.id, "815011110000", "815011110000", T0)
+    )
+    done, _ = await store.callbacks.enqueue(acct.id, "815011110000", T0, now=T0)
+    await store.callbacks.claim_due("node-a", T0, 30)
+    await store.callbacks.complete(done.id)
+
+    gone = await store.accounts.delete(acct.id)
+    assert gone.name == "Alice" and gone.recorded_name_path == "/var/recordings/name-1.wav"
+    with pytest.raises(NotFound):
+        await store.accounts.get(acct.id)
+    with pytest.raises(NotFound):
+        await store.accounts.location_history(acct.id)
+    assert await store.accounts.by_trigger("815011110000") is None
+    assert await store.speed_dials.list(acct.id) == ()
+    assert await store.callbacks.list() == ()
+    # CDRs are kept (billing history), without the account.
+    assert [(c.id, c.account_id) for c in await store.cdrs.list()] == [(cdr.id, None)]
+    # The trigger number is free again; the other account is untouched.
+    assert (await store.accounts.add("Carol", triggers=["815011110000"])).triggers
+    assert await store.speed_dials.list(keep.id) == (SpeedDial(keep.id, "01", "81355550000"),)
+    with pytest.raises(NotFound):
+        await store.accounts.delete(acct.id)
+
+
+async def test_delete_is_refused_during_a_call(store: Store) -> None:
+    acct = await store.accounts.add("Alice", triggers=["815011110000"], credit_limit=1000)
+    assert await store.credit.reserve(acct.id, 100, "call-1", now=T0)
+    with pytest.raises(Conflict, match="call in progress"):
+        await store.accounts.delete(acct.id)
+    await store.credit.release("call-1")
+    await store.callbacks.enqueue(acct.id, "815011110000", T0, now=T0, claim_for=("node-a", 30))
+    with pytest.raises(Conflict, match="call in progress"):
+        await store.accounts.delete(acct.id)
+    assert (await store.accounts.get(acct.id)).name == "Alice"
+    [claimed] = await store.callbacks.list()
+    await store.callbacks.complete(claimed.id)
+    await store.accounts.delete(acct.id)
+    assert await store.accounts.list() == ()

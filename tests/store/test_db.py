@@ -14,14 +14,24 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from softswitch.store import Database, DatabaseUnavailable, DatabaseUrlError, Rate, Store
+from softswitch.store import (
+    Database,
+    DatabaseUnavailable,
+    DatabaseUrlError,
+    Location,
+    Rate,
+    Store,
+)
 from softswitch.store.db import async_url, redact
 from softswitch.store.tables import metadata
 from tests.store.conftest import PgServer
+
+#: The newest migration: what a fresh or upgraded store is at.
+HEAD = "0003"
 
 
 def test_urls_get_their_async_driver() -> None:
@@ -56,7 +66,7 @@ async def test_migration_creates_exactly_the_tables(db_url: str) -> None:
     store = await Store.open(db_url)
     try:
         await store.db.migrate()  # a second run is a no-op
-        assert await store.db.revision() == "0002"
+        assert await store.db.revision() == HEAD
         async with store.db.read() as conn:
             assert await conn.run_sync(_diff) == []
     finally:
@@ -184,7 +194,7 @@ async def test_migration_0002_keeps_prices_and_constraints(
             )
         assert await db.revision() == "0001"
     async with await Store.open(url) as store:
-        assert await store.db.revision() == "0002"
+        assert await store.db.revision() == HEAD
         assert await store.rates.list() == (
             Rate("1", "USA", 0, 60, 60, True),
             Rate("44", "UK", 20, 6, 30, False),
@@ -229,3 +239,52 @@ async def test_migration_0002_downgrade_rounds_prices_up(
         assert sorted(tuple(r) for r in rows) == [("1", 20), ("44", 3)]
         await store.db.migrate()
         assert [r.price_per_minute for r in await store.rates.list()] == [20, 3]
+
+
+async def test_migration_0003_adds_the_location_history(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if db_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path}/old.sqlite3"
+    else:
+        url = request.getfixturevalue("pg_server").createdb("softswitch_0002")
+    async with Database(url) as db:
+        async with db.write() as conn:
+            await conn.run_sync(_upgrade_to("0002"))
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (id, name, location_number, created_us, updated_us)"
+                    " VALUES (7, 'Alice', '81312345678', 1, 1)"
+                )
+            )
+        async with db.read() as conn:
+            assert "location_history" not in await conn.run_sync(_table_names)
+    async with await Store.open(url) as store:
+        assert await store.db.revision() == HEAD
+        async with store.db.read() as conn:
+            assert await conn.run_sync(_diff) == []
+        assert await store.accounts.location_history(7) == ()
+        await store.accounts.set_location(7, Location("6561234567"), via="phone")
+        [change] = await store.accounts.location_history(7)
+        assert (change.previous, change.location) == (
+            Location("81312345678"),
+            Location("6561234567"),
+        )
+        # Its rows go with their account (the foreign key cascades on both databases).
+        async with store.db.write() as conn:
+            await conn.execute(text("DELETE FROM accounts WHERE id = 7"))
+            left = (await conn.execute(text("SELECT count(*) FROM location_history"))).scalar()
+        assert left == 0
+
+        await store.accounts.add("Bob", location=Location("81312345678"))
+        async with store.db.write() as conn:
+            await conn.run_sync(_downgrade_to("0002"))
+        async with store.db.read() as conn:
+            assert "location_history" not in await conn.run_sync(_table_names)
+        assert (await store.accounts.list())[0].location == Location("81312345678")
+        await store.db.migrate()
+        assert await store.db.revision() == HEAD
+
+
+def _table_names(conn: Connection) -> list[str]:
+    return inspect(conn).get_table_names()

@@ -3,7 +3,8 @@
 One module per repository, each method one short transaction returning frozen records from
 ``softswitch.store.models``:
 
-* ``accounts``: accounts, trigger and registered numbers, location, security-code hashing;
+* ``accounts``: accounts, trigger and registered numbers, location and its history,
+  security-code hashing and the location menu's lock;
 * ``speed_dials``, ``rates``: the 115 speed dials of an account, prices per prefix;
 * ``credit``: reservations for live calls; ``cdrs``: call detail records;
 * ``callbacks``: the durable callback queue and its life-cycle table;
@@ -30,6 +31,7 @@ from softswitch.store.models import (
     Language,
     LegKind,
     Location,
+    LocationChange,
     PendingCallback,
     Rate,
     RegisteredNumber,
@@ -110,6 +112,7 @@ __all__ = [
     "Language",
     "LegKind",
     "Location",
+    "LocationChange",
     "NotFound",
     "PendingCallback",
     "Rate",

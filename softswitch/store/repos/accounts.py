@@ -1,8 +1,13 @@
 """Accounts: trigger and registered numbers, location, security code, recorded name.
 
 Security codes are kept as a salted scrypt hash (stdlib), checked in a worker thread so the
-event loop never stalls; ``max_code_failures`` wrong codes in a row lock the location menu for
-``lockout_s`` (SPEC section 4).
+event loop never stalls; ``max_code_failures`` wrong codes in a row (default 3, ``[service]
+security_code_failures``) lock the location menu for ``lockout_s`` (default 1800, ``[service]
+security_lockout``) (SPEC section 4).
+
+Every ``set_location`` also records the change in the account's location history (what it was,
+what it became, when, and ``via`` what: ``"phone"`` for the Location menu, ``"cli"`` ...), in
+the same transaction; ``location_history`` reads it back, newest first.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,9 +30,11 @@ from softswitch.store.models import (
     Account,
     AccountKind,
     AccountStatus,
+    CallbackState,
     CodeCheck,
     Language,
     Location,
+    LocationChange,
     RegisteredNumber,
 )
 from softswitch.store.repos.common import (
@@ -42,7 +50,20 @@ from softswitch.store.repos.common import (
     number_digits,
     to_seconds,
 )
-from softswitch.store.tables import accounts, registered_numbers, trigger_numbers
+from softswitch.store.tables import (
+    accounts,
+    callbacks,
+    credit_reservations,
+    location_history,
+    registered_numbers,
+    trigger_numbers,
+)
+
+#: Defaults of the location menu's lock (SPEC section 4): wrong codes in a row, seconds locked.
+MAX_CODE_FAILURES = 3
+LOCKOUT_S = 1800.0
+#: What ``via`` may say about a location change: a short lowercase word ("phone", "cli" ...).
+VIA = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 
 # -- security codes -----------------------------------------------------------------------------
 
@@ -107,8 +128,16 @@ class AccountRepo:
     """Accounts, their trigger and registered numbers, location, security code and name."""
 
     def __init__(
-        self, db: Database, *, max_code_failures: int = 5, lockout_s: float = 1800.0
+        self,
+        db: Database,
+        *,
+        max_code_failures: int = MAX_CODE_FAILURES,
+        lockout_s: float = LOCKOUT_S,
     ) -> None:
+        if max_code_failures < 1:
+            raise ValueError("max_code_failures: at least 1")
+        if lockout_s < 0:
+            raise ValueError("lockout_s: must not be negative")
         self.db = db
         self.max_code_failures = max_code_failures
         self.lockout_s = lockout_s
@@ -263,14 +292,108 @@ class AccountRepo:
         log.info("account %d: status %s", account_id, status.value)
         return await self.get(account_id)
 
-    async def set_location(self, account_id: int, location: Location | None) -> Account:
-        """Make ``location`` the account's current callback location (SPEC section 4)."""
+    async def set_location(
+        self, account_id: int, location: Location | None, *, via: str = "cli"
+    ) -> Account:
+        """Make ``location`` the account's current callback location (SPEC section 4).
+
+        The location it replaces is kept in the account's history with the time and ``via``
+        (where the change came from: ``"phone"`` for the Location menu, ``"cli"`` ...), in the
+        same transaction, so no change goes unrecorded.
+        """
         number, extension = _location_values(location)
+        if not VIA.fullmatch(via):
+            raise InvalidInput(f"via {via!r}: a short lowercase word (phone, cli ...)")
         async with self.db.write() as conn:
+            before = (
+                await conn.execute(
+                    select(accounts.c.location_number, accounts.c.location_extension)
+                    .where(accounts.c.id == account_id)
+                    .with_for_update()
+                )
+            ).first()
+            if before is None:
+                raise NotFound(f"no account {account_id}")
             await _touch(
                 conn, self.db, account_id, location_number=number, location_extension=extension
             )
+            await conn.execute(
+                insert(location_history).values(
+                    account_id=account_id,
+                    changed_us=us(self.db.clock()),
+                    via=via,
+                    previous_number=before.location_number,
+                    previous_extension=before.location_extension,
+                    new_number=number,
+                    new_extension=extension,
+                )
+            )
+        log.info(
+            "account %d: location %s -> %s (via %s)",
+            account_id,
+            _location_log(before.location_number, before.location_extension),
+            _location_log(number, extension),
+            via,
+        )
         return await self.get(account_id)
+
+    async def location_history(
+        self, account_id: int, *, limit: int | None = None
+    ) -> tuple[LocationChange, ...]:
+        """The account's location changes, newest first (at most ``limit``); ``NotFound`` for
+        an unknown account."""
+        query = (
+            select(location_history)
+            .where(location_history.c.account_id == account_id)
+            .order_by(location_history.c.changed_us.desc(), location_history.c.id.desc())
+        )
+        if limit is not None:
+            query = query.limit(max(0, limit))
+        async with self.db.read() as conn:
+            found = (
+                await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))
+            ).first()
+            if found is None:
+                raise NotFound(f"no account {account_id}")
+            rows = (await conn.execute(query)).all()
+        return tuple(_change(r) for r in rows)
+
+    async def delete(self, account_id: int) -> Account:
+        """Remove the account and everything that is only its own (numbers, speed dials,
+        location history, finished callbacks); its CDRs stay, without the account.
+
+        Refused (``Conflict``) while it has a call in progress: credit held for a call, or a
+        callback a node is placing. Returns the account as it was, so the caller can remove
+        its files (the recorded name). ``NotFound`` for an unknown account.
+        """
+        before = await self.get(account_id)
+        async with self.db.write() as conn:
+            await lock_account(conn, account_id)
+            held = (
+                await conn.execute(
+                    select(credit_reservations.c.call_uuid)
+                    .where(credit_reservations.c.account_id == account_id)
+                    .limit(1)
+                )
+            ).first()
+            placing = (
+                await conn.execute(
+                    select(callbacks.c.id)
+                    .where(
+                        callbacks.c.account_id == account_id,
+                        callbacks.c.state == CallbackState.CLAIMED.value,
+                    )
+                    .limit(1)
+                )
+            ).first()
+            if held is not None or placing is not None:
+                raise Conflict(
+                    f"account {account_id} has a call in progress: suspend it, then delete it "
+                    "when the call has ended"
+                )
+            await conn.execute(delete(accounts).where(accounts.c.id == account_id))
+        log.info("account %d (%s) deleted", account_id, before.name)
+        return before
 
     async def set_recorded_name(self, account_id: int, path: str | None) -> Account:
         """Remember the file holding the customer's recorded name (SPEC section 5)."""
@@ -410,6 +533,28 @@ class AccountRepo:
 
 async def _hash(code: str) -> str:
     return await asyncio.to_thread(hash_security_code, code)
+
+
+def _location(number: str | None, extension: str | None) -> Location | None:
+    return Location(number, extension) if number else None
+
+
+def _location_log(number: str | None, extension: str | None) -> str:
+    if not number:
+        return "none"
+    return f"{number} ext {extension}" if extension else number
+
+
+def _change(row: Row[Any]) -> LocationChange:
+    m = row._mapping
+    return LocationChange(
+        id=m["id"],
+        account_id=m["account_id"],
+        changed_at=to_seconds(m["changed_us"]),
+        via=m["via"],
+        previous=_location(m["previous_number"], m["previous_extension"]),
+        location=_location(m["new_number"], m["new_extension"]),
+    )
 
 
 def _location_values(location: Location | None) -> tuple[str | None, str | None]:
