@@ -381,7 +381,15 @@ class MediaShell:
         port.sock.close()
         # UDP has no TIME_WAIT: the port is free again at once (datagrams that arrive in
         # between are lost, as around any re-INVITE).
-        sock = self._bind(local[1])
+        try:
+            sock = self._bind(local[1])
+        except OSError as exc:
+            # Someone took the port in that instant: the leg is deaf until it is closed (its
+            # RTP timeout will say so); never an exception into the caller's set_remote.
+            log.error("leg %s: cannot re-bind port %s: %s", port.leg_id, local[1], exc)
+            port.connected = None
+            port.fd = -1
+            return
         self._tune(sock)
         port.sock = sock
         port.fd = sock.fileno()
@@ -398,8 +406,8 @@ class MediaShell:
             proto.leg = None
         sender = self.transports.pop(leg_id, None)
         if type(sender) is _Port:
-            self._ports.pop(sender.fd, None)
-            self._epoll.unregister(sender.fd)
+            if self._ports.pop(sender.fd, None) is not None:
+                self._epoll.unregister(sender.fd)
             sender.sock.close()
             sender.leg = None
         elif sender is not None:

@@ -1,13 +1,20 @@
 """The media engine: every leg's RTP, the relay fast path and one 20 ms DSP clock. Sans-IO.
 
 Commands come in as method calls (create_leg, set_remote, bridge, play, record, send_dtmf ...),
-packets through `receive_packet(leg_id, data, addr, now)`, and the clock through `tick(now)`
-every 20 ms; datagrams go out as return values and everything the service must know as events
-from `next_event()`. No sockets, no time: the asyncio shell is media/aio.py.
+packets through `receive_packet(leg_id, data, addr, now)` (or the shell's `receive_on` /
+`receive_into`), and the clock through `tick(now)` every 20 ms; datagrams go out as return
+values and everything the service must know as events from `next_event()`. No sockets, no
+time: the asyncio shell is media/aio.py.
 
 Fast path. A packet for a bridged leg is checked (latched source), counted, and rewritten into
 the peer's send stream (SSRC, sequence, timestamp, payload type; PCMU<->PCMA by a 256-byte
 `bytes.translate` table) and returned at once: no decode, no waiting for the tick.
+`receive_into` is the same for a packet read into the shell's buffer from a socket that only
+its latched source can reach: the usual packet costs a few attribute updates (RFC 3550
+statistics inlined) and one header pack in place; anything unusual goes through `receive_on`.
+A bridge can be one-way (`bridge(a, b, early_media=True)`: the destination's ringback reaches
+the customer, nothing reaches the destination but silence), and bridging the pair again makes
+it two-way in place.
 
 DSP path. A leg whose received audio is heard or recorded (recording, mixing into another
 leg, conference) also queues the payload in its jitter buffer; a leg whose audio only feeds the
@@ -15,12 +22,18 @@ detectors (in-band DTMF, fax) copies the datagram into its slots of one shared `
 which the tick empties for all such legs at once with no Python loop per leg; a leg whose
 sent audio is produced here (prompt or tone, mix over a bridge, conference, DTMF we send) is
 generated on the tick. Each tick pops one frame from every receiving leg, decodes all of them
-with one table lookup into an (n, 160) batch, runs the DTMF and fax detectors on the whole batch,
-feeds recorders, sums the outputs in int32, saturates, encodes by table and packetises. Which
-legs are in which batch is recomputed only when a command changes it (the ring's queued frames
-are carried over), so a tick costs a few dictionary operations per jitter-buffered leg. A
-bridged leg with in-band detection keeps the fast path: its payloads are relayed on arrival and
-copied into the detector batch.
+with one table lookup into an (n, 160) float32 batch, runs the DTMF and fax detectors on the
+whole batch, feeds recorders, sums the outputs in int32, saturates, encodes by table and
+packetises. Which legs are in which batch is recomputed only when a command changes it (the
+ring's queued frames are carried over), so a tick costs a few dictionary operations per
+jitter-buffered leg. A bridged leg with in-band detection keeps the fast path: its payloads
+are relayed on arrival and copied into the detector batch.
+
+DTMF clamp (`set_dtmf_clamp`). A clamped leg's packets are not relayed on arrival but queued
+in its `DtmfClamp`; the tick analyses them in the same detector batch as everyone else, in
+arrival order, and relays each frame once the next one has been analysed, with the frames that
+hold DTMF tone energy (and the one before, and a short hang-over) replaced by silence: the
+peer never hears the customer's keys, which are still reported as digits.
 """
 
 from __future__ import annotations

@@ -763,6 +763,10 @@ def main() -> None:
         cross_check(args.cross_check, args)
         return
     results = []
+    if not args.kinds:
+        if args.talkoff:
+            talkoff()
+        return
     for kind in args.kinds.split(","):
         if args.fixed:
             results.append(cheapest(kind, args.fixed, args))

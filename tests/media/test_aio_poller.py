@@ -145,3 +145,29 @@ async def test_engine_overriding_receive_on_gets_datagram_protocols() -> None:
     stock = MediaShell(MediaEngine(), port_range=None)
     assert stock.io == "poller"
     stock.stop()
+
+
+async def test_failed_rebind_after_reinvite_is_logged_not_raised(monkeypatch: Any) -> None:
+    engine = MediaEngine(max_legs=4)
+    shell = MediaShell(engine, port_range=None, io="poller")
+    port_a = await shell.open_leg("a")
+    phone, other = await _phone(), await _phone()
+    engine.set_remote("a", "127.0.0.1", phone.port, "PCMU", None, shell.time())
+    try:
+        phone.transport.sendto(build_packet(0, True, 1, 0, 7, b"\x01" * 160), ("127.0.0.1", port_a))
+        for _ in range(50):
+            if shell.transports["a"].get_extra_info("peername") is not None:
+                break
+            await asyncio.sleep(0.01)
+
+        def taken(port: int) -> Any:
+            raise OSError("address in use")
+
+        monkeypatch.setattr(shell, "_bind", taken)
+        engine.set_remote("a", "127.0.0.1", other.port, "PCMU", None, shell.time())  # no raise
+        shell.close_leg("a")
+        assert "a" not in engine.legs
+    finally:
+        shell.stop()
+        phone.transport.close()
+        other.transport.close()
