@@ -107,7 +107,11 @@ class ServiceShell:
         self.db = db
         self.transmit = transmit
         self.loop = asyncio.get_running_loop()
-        self.accounts = AccountRepo(db)
+        self.accounts = AccountRepo(
+            db,
+            max_code_failures=config.security_code_failures,
+            lockout_s=config.security_lockout,
+        )
         self.rates = RateRepo(db)
         self.credit = CreditRepo(db)
         self.cdrs = CdrRepo(db)
@@ -270,7 +274,7 @@ class ServiceShell:
         if isinstance(request, cmd.SetLocation):
             location = Location(request.number, request.extension or None)
             try:
-                await self.accounts.set_location(request.account_id, location)
+                await self.accounts.set_location(request.account_id, location, via="phone")
             except InvalidInput as exc:
                 log.warning("account %d: location not saved: %s", request.account_id, exc)
                 return False

@@ -55,6 +55,8 @@ from softswitch.node.outbound import (
     LegEnded,
     LegEvent,
     LegFailed,
+    LegReinvite,
+    LegReinviteAnswered,
     LegRinging,
     OutboundCalls,
 )
@@ -210,6 +212,8 @@ class Session:
     answer_sdp: bytes | None = None
     answered_how: str | None = None
     answered_at: float | None = None
+    #: Relayed re-INVITEs (T.38): the leg we offered it to -> the leg that asked.
+    reinvites: dict[str, str] = field(default_factory=dict)
 
     @property
     def short(self) -> str:
@@ -640,6 +644,10 @@ class CallController:
         elif isinstance(event, LegFailed):
             self._leg_gone(session, name)
             self._feed(session, self._failure(name, event.status), now)
+        elif isinstance(event, LegReinvite):
+            self._relay_reinvite(session, name, event, now)
+        elif isinstance(event, LegReinviteAnswered):
+            self._reinvite_answered(session, event, now)
         elif isinstance(event, LegEnded) and event.by_remote:
             self._leg_gone(session, name)
             if name == cf.CALLBACK:
@@ -1212,6 +1220,33 @@ class CallController:
         if self._opening.pop(leg_id, None) is None:
             self._commands.append(cmd.CloseMedia(leg_id))
         # else: the socket is still being bound; media_opened will close it.
+
+    def _relay_reinvite(self, session: Session, name: str, event: LegReinvite, now: float) -> None:
+        """T.38 from one far end: offer it to the other (SPEC section 6), answer with theirs.
+
+        The SDP goes through unchanged, so the fax (UDPTL) flows between the far ends; if the
+        other side refuses, the first is refused too and the call stays on G.711 passthrough.
+        """
+        assert self.outbound is not None
+        peer = {cf.CALLBACK: cf.DESTINATION, cf.DESTINATION: cf.CALLBACK}.get(name)
+        peer_id = session.legs.get(peer) if peer is not None else None
+        if peer_id is None or not self.outbound.reinvite(peer_id, event.sdp, now):
+            session.log.info("T.38 offer on the %s leg refused: nothing to relay it to", name)
+            self.outbound.answer_reinvite(event.leg_id, 488, b"", now)
+            return
+        session.reinvites[peer_id] = event.leg_id
+        session.log.info("T.38 offer on the %s leg relayed to the %s leg", name, peer)
+
+    def _reinvite_answered(self, session: Session, event: LegReinviteAnswered, now: float) -> None:
+        assert self.outbound is not None
+        asked = session.reinvites.pop(event.leg_id, None)
+        if asked is None:
+            return
+        self.outbound.answer_reinvite(asked, event.status, event.sdp, now)
+        if event.status < 300:
+            session.log.info("fax switched to T.38 between the far ends")
+        else:
+            session.log.info("T.38 refused (%d): the fax stays on G.711 passthrough", event.status)
 
     def _failure(self, name: str, status: int | None) -> cf.Event:
         if name == cf.CALLBACK:

@@ -243,8 +243,11 @@ class Node:
             if self.test_lines.handle_event(event, now):
                 continue
             if isinstance(event, ep.AckReceived):
-                if not self.inbound.ack(event.request):
-                    self.test_lines.ack(event.request)
+                request = event.request
+                if not self.inbound.ack(request) and not (
+                    self.outbound is not None and self.outbound.ack(request)
+                ):
+                    self.test_lines.ack(request)
             elif isinstance(event, ep.RequestReceived):
                 self._request(event, now)
             elif isinstance(event, ep.RequestCancelled):

@@ -33,7 +33,7 @@ from softswitch.node.testline import next_hop
 from softswitch.sip import auth
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
-from softswitch.sip.dialog import Dialog
+from softswitch.sip.dialog import AckTimeout, Dialog, DialogError, InviteResponder
 from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Response
 
 log = logging.getLogger("softswitch.outbound")
@@ -96,7 +96,26 @@ class LegEnded:
     reason: str
 
 
-LegEvent = LegRinging | LegAnswered | LegFailed | LegEnded
+@dataclass(frozen=True, slots=True)
+class LegReinvite:
+    """The far end of an answered leg offers T.38 (a re-INVITE with an image stream): the
+    offer waits for :meth:`OutboundCalls.answer_reinvite` (the other leg's answer, relayed)."""
+
+    leg_id: str
+    sdp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LegReinviteAnswered:
+    """The answer to our re-INVITE on ``leg_id`` (:meth:`OutboundCalls.reinvite`): ``status``
+    and its SDP (408 when none came)."""
+
+    leg_id: str
+    status: int
+    sdp: bytes
+
+
+LegEvent = LegRinging | LegAnswered | LegFailed | LegEnded | LegReinvite | LegReinviteAnswered
 
 
 @dataclass(slots=True)
@@ -112,6 +131,14 @@ class _Leg:
     bye_tx: txl.ClientTransaction | None = None
     cancel_sent: bool = False
     sdp_offer: bytes = b""
+    #: A re-INVITE from the far end waiting for the answer we relay (T.38), and the
+    #: retransmissions of that answer until its ACK (RFC 3261 section 13.3.1.4).
+    incoming: tuple[txl.ServerTransaction, Request] | None = None
+    responder: InviteResponder | None = None
+    responder_tx: txl.ServerTransaction | None = None
+    #: Our re-INVITE (a relayed offer) while it waits for its answer, and its ACK.
+    outgoing_tx: txl.ClientTransaction | None = None
+    reinvite_ack: Request | None = None
 
 
 class OutboundCalls:
@@ -191,18 +218,88 @@ class OutboundCalls:
     def next_event(self) -> LegEvent | None:
         return self._events.popleft() if self._events else None
 
+    # --- re-INVITEs relayed between legs (T.38, SPEC section 6) --------------------------------
+
+    def reinvite(self, leg_id: str, sdp: bytes, now: float) -> bool:
+        """Offer ``sdp`` to the far end of answered ``leg_id`` in a re-INVITE; False if the
+        leg cannot take one now (not answered, or an offer already pending)."""
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.state is not LegState.ANSWERED or leg.dialog is None:
+            return False
+        if leg.outgoing_tx is not None:
+            return False
+        try:
+            request = leg.dialog.create_request(
+                "INVITE", body=sdp, headers=(("Content-Type", "application/sdp"),), now=now
+            )
+        except DialogError as exc:
+            log.info("leg %s: no re-INVITE now: %s", leg_id, exc)
+            return False
+        tx = self.endpoint.send_request(request, next_hop(request, self.proxy), now)
+        leg.outgoing_tx = tx
+        self._by_tx[id(tx)] = leg_id
+        return True
+
+    def answer_reinvite(self, leg_id: str, status: int, sdp: bytes, now: float) -> None:
+        """Answer the far end's pending re-INVITE on ``leg_id`` (a 2xx is retransmitted until
+        its ACK; anything else leaves the session as it was)."""
+        leg = self._legs.get(leg_id)
+        if leg is None or leg.incoming is None or leg.dialog is None:
+            return
+        tx, request = leg.incoming
+        leg.incoming = None
+        status = status if 200 <= status < 700 else 500
+        headers = leg.dialog.response_headers(request, status, now=now)
+        if sdp and status < 300:
+            headers = (*headers, ("Content-Type", "application/sdp"))
+        reason = "OK" if status < 300 else "Not Acceptable Here" if status == 488 else "Failed"
+        response = leg.dialog.create_response(
+            request, status, reason, headers=headers, body=sdp if status < 300 else b"", now=now
+        )
+        self.endpoint.send_response(tx, response, now)
+        if status < 300:
+            timers = self.endpoint.config.timers
+            leg.responder = InviteResponder(response, now, t1=timers.T1, t2=timers.T2)
+            leg.responder_tx = tx
+
+    def ack(self, request: Request) -> bool:
+        """An ACK in one of our dialogs (for a relayed re-INVITE's 2xx); True if it was ours."""
+        for leg in self._legs.values():
+            dialog = leg.dialog
+            if (
+                dialog is not None
+                and dialog.call_id == request.call_id
+                and dialog.local_tag == request.to.tag
+            ):
+                if leg.responder is not None:
+                    leg.responder.ack_received()
+                return True
+        return False
+
     def state(self, leg_id: str) -> LegState | None:
         leg = self._legs.get(leg_id)
         return None if leg is None else leg.state
 
     # --- timers ---------------------------------------------------------------------------------
 
+    def _responder_timer(self) -> float | None:
+        timers = [
+            t
+            for leg in self._legs.values()
+            if leg.responder is not None and (t := leg.responder.get_timer()) is not None
+        ]
+        return min(timers) if timers else None
+
     def get_timer(self) -> float | None:
         heap = self._ring_heap
         # Lazy deletion: entries of legs that were answered, failed or re-armed are skipped.
         while heap and self._ring_stale(heap[0]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        ring = heap[0][0] if heap else None
+        answer = self._responder_timer()
+        if ring is None or answer is None:
+            return ring if answer is None else answer
+        return min(ring, answer)
 
     def _ring_stale(self, entry: tuple[float, str]) -> bool:
         leg = self._legs.get(entry[1])
@@ -217,6 +314,14 @@ class OutboundCalls:
             leg = self._legs[entry[1]]
             leg.ring_deadline = None
             self._fire(leg, LegInput.RING_TIMEOUT, now)
+        for leg in list(self._legs.values()):
+            if leg.responder is None:
+                continue
+            for item in leg.responder.handle_timer(now):
+                if isinstance(item, AckTimeout):
+                    leg.responder = None  # the far end will notice; the call goes on
+                elif leg.responder_tx is not None:
+                    self.endpoint.send_response(leg.responder_tx, item, now)
 
     # --- endpoint events ----------------------------------------------------------------------
 
@@ -233,6 +338,8 @@ class OutboundCalls:
             elif event.tx is leg.bye_tx:
                 if status >= 200:
                     self._network(leg, LegInput.BYE_ANSWERED, now)
+            elif event.tx is leg.outgoing_tx:
+                self._reinvite_answered(leg, event.response, now)
             elif event.tx.request.method == "INVITE":
                 inp = _response_input(event.response)
                 self._network(leg, inp, now, event.response, event.source)
@@ -242,7 +349,10 @@ class OutboundCalls:
             if leg_id is None:
                 return False
             timed_out = self._legs.get(leg_id)
-            if timed_out is not None:
+            if timed_out is not None and event.tx is timed_out.outgoing_tx:
+                timed_out.outgoing_tx = None
+                self._events.append(LegReinviteAnswered(leg_id, 408, b""))
+            elif timed_out is not None:
                 inp = LegInput.BYE_ANSWERED if event.tx is timed_out.bye_tx else LegInput.TIMED_OUT
                 self._network(timed_out, inp, now)
             return True
@@ -255,6 +365,14 @@ class OutboundCalls:
     def _stray(self, response: Response, now: float) -> bool:
         """A retransmitted 2xx after the INVITE transaction is gone: ACK it again (13.2.2.4)."""
         for leg in self._legs.values():
+            ack = leg.reinvite_ack
+            if (
+                ack is not None
+                and leg.invite.call_id == response.call_id
+                and ack.cseq.seq == response.cseq.seq
+            ):
+                self.endpoint.send_ack(ack, next_hop(ack, self.proxy))
+                return True
             if (
                 leg.ack is not None
                 and leg.invite.call_id == response.call_id
@@ -270,6 +388,17 @@ class OutboundCalls:
             if dialog is None or dialog.call_id != req.call_id or dialog.local_tag != req.to.tag:
                 continue
             answer = dialog.receive_request(req, now)
+            if (
+                answer is None
+                and req.method == "INVITE"
+                and _offers_t38(req.body)
+                and leg.state is LegState.ANSWERED
+                and leg.incoming is None
+            ):
+                # T.38: the other leg must answer it (relayed by the controller), not us.
+                leg.incoming = (tx, req)
+                self._events.append(LegReinvite(leg.leg_id, req.body))
+                return True
             if answer is None:
                 if req.method == "INVITE":
                     # A re-INVITE (hold, refresh): keep our session as it is.
@@ -437,6 +566,18 @@ class OutboundCalls:
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _reinvite_answered(self, leg: _Leg, response: Response, now: float) -> None:
+        """A response to our relayed re-INVITE: ACK a 2xx, pass the answer on."""
+        if response.status < 200:
+            return
+        leg.outgoing_tx = None
+        if leg.dialog is not None:
+            leg.dialog.receive_response(response, now)
+            if response.status < 300:
+                leg.reinvite_ack = leg.dialog.create_ack(response)
+                self.endpoint.send_ack(leg.reinvite_ack, next_hop(leg.reinvite_ack, self.proxy))
+        self._events.append(LegReinviteAnswered(leg.leg_id, response.status, response.body))
+
     def _resend_with_credentials(self, leg: _Leg, header: auth.AuthHeader, now: float) -> None:
         old = leg.invite
         headers = (
@@ -489,6 +630,11 @@ class OutboundCalls:
         self._events.append(LegFailed(leg.leg_id, status, reason))
         self._legs.pop(leg.leg_id, None)
         return LegState.FAILED
+
+
+def _offers_t38(body: bytes) -> bool:
+    """Whether an SDP body offers a T.38 fax stream (an ``m=image ... t38`` line)."""
+    return any(line.startswith(b"m=image") and b"t38" in line.lower() for line in body.splitlines())
 
 
 def _response_input(response: Response) -> LegInput:

@@ -625,6 +625,26 @@ class Rig:
         self.node.receive_datagram(bye.encode(), TRUNK, self.now)
         self.pump()
 
+    def reinvite_from(self, call: Call, body: bytes, seq: int = 2) -> str:
+        """The far end of an answered call sends a re-INVITE with ``body``; its Call-ID."""
+        inv = call.invite
+        request = (
+            f"INVITE sip:{inv.from_.uri.user}@127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {TRUNK.host}:{TRUNK.port};branch=z9hG4bK-re-{call.leg_id}-{seq}\r\n"
+            f"From: {inv.to};tag={call.tag}\r\nTo: {inv.from_}\r\n"
+            f"Call-ID: {inv.call_id}\r\nCSeq: {seq} INVITE\r\nMax-Forwards: 70\r\n"
+            f"Contact: <sip:far@{TRUNK.host}:{TRUNK.port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self.node.receive_datagram(request, TRUNK, self.now)
+        self.pump()
+        return inv.call_id
+
+    def answer_request(self, request: Request, status: int, body: bytes = b"") -> None:
+        """The carrier answers an in-dialog request the node sent (its To has the tag)."""
+        self.node.receive_datagram(reply(request, status, tag="", body=body), TRUNK, self.now)
+        self.pump()
+
     # --- the media's side --------------------------------------------------------------------
 
     def keys(self, call: Call, digits: str, gap: float = 0.3, source: str = "rfc4733") -> None:

@@ -931,3 +931,36 @@ def test_fax_tones_from_the_destination_make_the_call_clear_channel() -> None:
     rig.advance(245.0)  # past the one-minute warning: nothing is played over the fax
     assert rig.playing(callback) == []
     assert session_state(rig) is CallState.CONNECTED
+
+
+T38_OFFER = (
+    b"v=0\r\no=- 7 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=image 40010 udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\n"
+)
+T38_ANSWER = T38_OFFER.replace(b"40010", b"40020")
+
+
+def test_a_t38_offer_from_one_far_end_is_relayed_to_the_other() -> None:
+    rig = Rig()
+    callback, destination = connected(rig)
+    call_id = rig.reinvite_from(destination, T38_OFFER)
+    # Not answered by the switch itself: offered to the customer's side, unchanged.
+    assert not [r for r in rig.responses if r.call_id == call_id and r.status == 200]
+    [offer] = [r for r in rig.requests_to(callback, "INVITE") if r.to.tag is not None and r.body]
+    assert offer.body == T38_OFFER
+    rig.answer_request(offer, 200, T38_ANSWER)
+    assert rig.requests_to(callback, "ACK")
+    [answer] = [r for r in rig.responses if r.call_id == call_id and r.status == 200]
+    assert answer.body == T38_ANSWER and answer.cseq.method == "INVITE"
+    assert session_state(rig) is CallState.CONNECTED
+
+
+def test_a_refused_t38_offer_is_refused_back_and_the_call_stays_on_g711() -> None:
+    rig = Rig()
+    callback, destination = connected(rig)
+    call_id = rig.reinvite_from(destination, T38_OFFER)
+    [offer] = [r for r in rig.requests_to(callback, "INVITE") if r.to.tag is not None and r.body]
+    rig.answer_request(offer, 488)
+    assert [r.status for r in rig.responses if r.call_id == call_id and r.status >= 200] == [488]
+    rig.keys(callback, "**")
+    assert_all_over(rig)
