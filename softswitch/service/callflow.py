@@ -1222,10 +1222,8 @@ class CustomerCall:
             actions += self._set_state(S.CONNECTED)
             return actions + self._connect(dest, now)
         if dest is not None:
+            # Its ring timer runs on from when it was dialled (kept across the move).
             actions += self._set_state(S.DIALLING)
-            actions.append(
-                self._arm("dest_ring", dest.setup_at + self.config.destination_ring_timeout)
-            )
             if dest.early_media:
                 self._bridged = DESTINATION
                 return [*actions, Bridge(CALLBACK, DESTINATION, early_media=True)]
