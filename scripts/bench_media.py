@@ -527,9 +527,10 @@ def _progress(r: dict[str, Any], note: str = "") -> None:
 def report(results: list[dict[str, Any]], loopback: dict[str, Any] | None, args: Any) -> None:
     print()
     if loopback is not None:
-        verdict = (
-            "not the bottleneck" if loopback["ok"] and loopback["lag_p99_us"] < 1000 else "LIMITING"
-        )
+        # The generator keeps up when nothing is lost or late and it sends on schedule (send
+        # lag well inside the 20 ms lateness budget) at more calls than any relay carried.
+        fine = loopback["ok"] and loopback["lag_p99_us"] < 5000
+        verdict = "not the bottleneck" if fine else "LIMITING"
         print(
             f"generator alone (phones to phones, N={loopback['calls']}): "
             f"bad={100 * loopback['bad_ratio']:.3f}% gen_cpu={100 * loopback['gen_cpu']:.0f}% "
@@ -785,7 +786,8 @@ def main() -> None:
         else:
             results.append(search(kind, args))
     top = max((r["calls"] for r in results if r["passed"]), default=args.start)
-    loopback = run_once("loopback", max(top, args.fixed), args)
+    # The generator alone at a quarter more calls than the best relay carried: its headroom.
+    loopback = run_once("loopback", int(1.25 * max(top, args.fixed)), args)
     report(results, loopback, args)
     print(f"load average after: {_loadavg()} (other jobs on the machine disturb the runs)")
     if args.talkoff:
