@@ -1,14 +1,15 @@
 """Shared set-up for the whole-callback-call interop tests and the callback benchmark.
 
 Theory of operation: a callback call needs a store with accounts (:func:`provision`), a node
-configuration with a trunk (:func:`switch_config`), and around the node Kamailio as the
-carrier, baresip as the customer's phone and a SIPp UAS as the destination
-(:func:`start_callback_rig`). Evidence is gathered three ways: the CDRs in the store
-(:func:`cdrs`), the audio baresip recorded, and a packet capture on the loopback interface
-(:class:`Capture`, ``dumpcap`` writing classic pcap, read back by :func:`read_pcap` without
-tshark's dissectors). :func:`write_rtp_pcap` makes the RTP stream a SIPp UAS replays with
-``play_pcap_audio``; the audio helpers (:func:`tone_ratio`, :func:`active_frames`) judge what
-was heard with a Goertzel filter per 20 ms frame.
+configuration with a trunk (:func:`switch_config`), and around the node Kamailio as the carrier,
+baresip as the customer's phone and a SIPp UAS as the destination (:func:`start_callback_rig`).
+Evidence is gathered three ways: the CDRs in the store (:func:`cdrs`), the audio baresip
+recorded, and a packet capture on the loopback interface (:class:`Capture`, ``dumpcap`` writing
+classic pcap, read back by :func:`read_pcap` without tshark's dissectors).
+:func:`write_rtp_pcap` makes the RTP stream a SIPp UAS replays with ``play_pcap_audio``;
+:func:`first_request` and :func:`answer_time` find SIP messages in a capture; the audio helpers
+(:func:`tone_ratio`, :func:`active_frames`) judge what was heard with a Goertzel filter per 20
+ms frame.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from interop.kamailio import Kamailio
 from interop.peers import LOOPBACK, Node, Sipp, free_port
 from media import g711
 from softswitch.store import Store
-from softswitch.store.models import AccountKind, Cdr, Language, Location, Rate
+from softswitch.store.models import Account, AccountKind, Cdr, Language, Location, Rate
 
 TRIGGER = "815012345678"
 CUSTOMER = "815011110000"
@@ -49,11 +50,14 @@ def provision(
     accounts: Iterable[tuple[str, str]] = ((TRIGGER, CUSTOMER),),
     *,
     language: Language = Language.EN,
+    kind: AccountKind = AccountKind.STANDARD,
+    security_code: str | None = None,
+    hotline_destination: str | None = None,
 ) -> int:
     """Create one account per ``(trigger number, location number)`` and the UK rate.
 
-    Accounts are named ``Alice`` (the first) and ``customer<i>`` after it. Returns how many
-    accounts were created.
+    Accounts are named ``Alice`` (the first) and ``customer<i>`` after it; all get ``kind``,
+    ``security_code`` and ``hotline_destination``. Returns how many accounts were created.
     """
 
     async def go() -> int:
@@ -63,17 +67,32 @@ def provision(
             for i, (trigger, location) in enumerate(accounts):
                 await store.accounts.add(
                     "Alice" if i == 0 else f"customer{i}",
-                    kind=AccountKind.STANDARD,
+                    kind=kind,
                     language=language,
                     triggers=[trigger],
                     location=Location(location),
+                    security_code=security_code,
                     credit_limit=100_000,
+                    hotline_destination=hotline_destination,
                 )
                 count += 1
             await store.rates.set(Rate("44", "United Kingdom", 20, 6, 30))
         finally:
             await store.close()
         return count
+
+    return asyncio.run(go())
+
+
+def account(db_url: str, account_id: int = 1) -> Account:
+    """The account as the store has it now."""
+
+    async def go() -> Account:
+        store = await Store.open(db_url)
+        try:
+            return await store.accounts.get(account_id)
+        finally:
+            await store.close()
 
     return asyncio.run(go())
 
@@ -180,13 +199,25 @@ def start_callback_rig(
     rtp_ports: tuple[int, int] | None = None,
     language: Language = Language.EN,
     extra_config: str = "",
+    kind: AccountKind = AccountKind.STANDARD,
+    security_code: str | None = None,
+    hotline_destination: str | None = None,
+    phone_auto_answer: bool = True,
 ) -> CallbackRig:
     """Provision the store, start the carrier, the destination UAS, the phone and the node,
     and wait until the node has registered to the carrier. The caller stops the node.
 
-    ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...)."""
+    ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...);
+    ``kind``, ``security_code``, ``hotline_destination``: the account's (:func:`provision`);
+    ``phone_auto_answer`` False: the test answers the callback (``phone.accept()``)."""
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
-    provision(db_url, language=language)
+    provision(
+        db_url,
+        language=language,
+        kind=kind,
+        security_code=security_code,
+        hotline_destination=hotline_destination,
+    )
     dest_port = destination_port or free_port()
     carrier = start_kamailio(
         trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
@@ -194,7 +225,7 @@ def start_callback_rig(
     destination = sipp(
         destination_scenario, local_port=dest_port, timeout_s=60, extra=tuple(destination_extra)
     ).start()
-    phone = _start_phone(start_baresip, carrier.address, audio_file)
+    phone = _start_phone(start_baresip, carrier.address, audio_file, phone_auto_answer)
     ports = rtp_ports or rtp_range()
     port = free_port()
     node = Node(
@@ -212,13 +243,20 @@ def start_callback_rig(
 
 
 def _start_phone(
-    start_baresip: Callable[..., Baresip], carrier: str, audio_file: Path | None
+    start_baresip: Callable[..., Baresip],
+    carrier: str,
+    audio_file: Path | None,
+    auto_answer: bool = True,
 ) -> Baresip:
     """A registered phone. free_port() can race with other processes on this machine: when
     baresip could not bind its control port, the driver talked to a stranger; try new ports."""
     for attempt in range(3):
         phone = start_baresip(
-            carrier=carrier, number=CUSTOMER, register_password="phone", audio_file=audio_file
+            carrier=carrier,
+            number=CUSTOMER,
+            register_password="phone",
+            audio_file=audio_file,
+            auto_answer=auto_answer,
         )
         try:
             phone.wait_for_registered(10)
@@ -388,6 +426,39 @@ def rtp_payloads(packets: Iterable[UdpPacket], *, pt: int = 0) -> list[bytes]:
         if len(p.payload) > 12 and p.payload[0] >> 6 == 2 and p.payload[1] & 0x7F == pt:
             out.append(p.payload[12:])
     return out
+
+
+# --- SIP messages in a capture ------------------------------------------------------------------
+
+
+def sip_header(payload: bytes, name: str) -> str:
+    """The value of header ``name`` in a captured SIP message (full form only), or ""."""
+    for line in payload.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name.lower().encode():
+            return value.strip().decode()
+    return ""
+
+
+def first_request(packets: Iterable[UdpPacket], method: str, user: str | None = None) -> UdpPacket:
+    """The first ``method`` request in ``packets`` (to Request-URI user ``user`` if given)."""
+    start = f"{method} sip:{user}@" if user is not None else f"{method} sip:"
+    for p in packets:
+        if p.payload.startswith(start.encode()):
+            return p
+    raise AssertionError(f"no {start}... captured")
+
+
+def answer_time(packets: Iterable[UdpPacket], call_id: str) -> float:
+    """When the 200 OK to the INVITE of ``call_id`` was captured."""
+    for p in packets:
+        if (
+            p.payload.startswith(b"SIP/2.0 200 ")
+            and sip_header(p.payload, "Call-ID") == call_id
+            and sip_header(p.payload, "CSeq").endswith(" INVITE")
+        ):
+            return p.time
+    raise AssertionError(f"no 200 OK to the INVITE of {call_id} captured")
 
 
 # --- judging audio -----------------------------------------------------------------------------
