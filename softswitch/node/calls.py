@@ -63,16 +63,20 @@ from softswitch.node.outbound import (
 from softswitch.service import callflow as cf
 from softswitch.service import dialplan, rating
 from softswitch.service import menu as mn
+from softswitch.service.callbacks import (
+    CALLBACK_LEASE,
+    CLAIM_INTERVAL,
+    LEASE_RENEWAL,
+    STATIC_TRIGGER_HOLD,
+    TRIGGER_REFRESH,
+    settlement,
+)
 from softswitch.service.ivr import DTMF_KEYS, Record, RecordFinished
 from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
 from softswitch.store.models import Account, AccountKind, Cdr, LegKind, PendingCallback, Rate
 
 __all__ = [
-    "CALLBACK_LEASE",
-    "CLAIM_INTERVAL",
-    "STATIC_TRIGGER_HOLD",
-    "TRIGGER_REFRESH",
     "CallController",
     "CallInfo",
     "LegInfo",
@@ -84,18 +88,6 @@ __all__ = [
 
 log = logging.getLogger("softswitch.calls")
 
-#: How long a claimed callback stays ours before another node may take it over.
-CALLBACK_LEASE = 300.0
-#: How often due callbacks (a restart's backlog, other nodes' leftovers) are claimed.
-CLAIM_INTERVAL = 1.0
-#: How often the leases of live calls are renewed (well inside the lease).
-LEASE_RENEWAL = CALLBACK_LEASE / 5
-#: How often trigger numbers are re-read from the store (accounts added by the CLI).
-TRIGGER_REFRESH = 10.0
-#: A static ``[[trigger]]`` (no account: signalling tests) has no call to be live; its
-#: "callback under way" lasts this long, so repeated test triggers are absorbed as a real
-#: account's would be.
-STATIC_TRIGGER_HOLD = 120.0
 #: The node's own timers (not a session's).
 _NODE = ""
 #: The leg name of a trigger call the service took over (early media, the menu).
@@ -1487,22 +1479,14 @@ class CallController:
                 )
             )
         if session.callback_id is not None:
-            reason = session.finished
-            if retry:
-                # The next attempt is the queue's: a restart (or another node) resumes it.
-                self._settle(session, session.callback_id, "reschedule", reason, session.retry_at)
-            elif reason == "node_stopping" and not session.answered:
-                # The customer was never reached: the callback goes back to the queue, for
-                # another node or this one restarted.
-                self._settle(session, session.callback_id, "reschedule", reason)
-            elif reason.startswith("callback_"):
-                self._settle(session, session.callback_id, "fail", reason)
-            else:
-                self._settle(session, session.callback_id, "complete", None)
-                if session.call_back_now:
-                    # Queued once this row is closed (one open callback per account).
-                    self._after_settle[self._rid] = (session.account.id, session.trigger)
-                    session.call_back_now = False
+            fate = settlement(
+                session.finished, answered=session.answered, retry_at=session.retry_at
+            )
+            self._settle(session, session.callback_id, fate.event, fate.error, fate.due_at)
+            if fate.event == "complete" and session.call_back_now:
+                # Queued once this row is closed (one open callback per account).
+                self._after_settle[self._rid] = (session.account.id, session.trigger)
+                session.call_back_now = False
             session.callback_id = None
         if session.call_back_now:
             self._queue_callback_now((session.account.id, session.trigger), now)

@@ -18,7 +18,7 @@ import pytest
 
 from media import engine as me
 from softswitch.node import commands as cmd
-from softswitch.node.calls import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
+from softswitch.service.callbacks import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
 from softswitch.service.callflow import CallState, CustomerCall
 from softswitch.store.models import AccountKind, AccountStatus, CallbackState, LegKind, Rate
 from tests.node.harness import (
