@@ -1,4 +1,5 @@
-"""A caller's RTP end for the interop suite: a 20 ms PCMU stream with RFC 4733 key presses.
+"""A caller's RTP end for the interop suite: a 20 ms PCMU stream with RFC 4733 key presses
+(or in-band DTMF tones).
 
 Theory of operation. SIPp does the signalling of a trigger call, this the media. SIPp's RFC 2833
 pcaps (sip-tester's ``dtmf_2833_*.pcap``) replay fixed sequence numbers and timestamps, so the
@@ -33,6 +34,7 @@ from numpy.typing import NDArray
 
 from interop.peers import LOOPBACK
 from media import g711
+from media.tones import dtmf_tone
 
 FRAME = 160  # samples in 20 ms at 8 kHz
 TICK = 0.020
@@ -126,6 +128,11 @@ class RtpPeer:
             frames += [_Frame(end, code)] * 3
             frames += [_Frame(SILENCE)] * max(1, gap_ms // 20)
         self._enqueue(frames, timeout)
+
+    def press_tones(self, keys: str, *, on_ms: int = 100, gap_ms: int = 120) -> None:
+        """Press ``keys`` in-band, as DTMF tones in the audio (-6 dBm0, a tone-only phone)."""
+        gap = np.zeros(gap_ms * 8, dtype=np.int16)
+        self.play(np.concatenate([p for key in keys for p in (dtmf_tone(key, on_ms, -6.0), gap)]))
 
     def play(self, pcm: NDArray[np.int16], *, timeout: float = 30.0) -> None:
         """Send ``pcm`` (8 kHz) as PCMU, 20 ms per packet; return once it has all been sent."""

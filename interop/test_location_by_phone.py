@@ -16,11 +16,12 @@ the menu does).
 * Staying on the line: with ``[service] trigger_answer_after = 5`` the switch answers by itself
   after 5 s; the caller sends no RTP at all before that (a carrier that drops the caller's
   early media), enters the code, hears the number prompt and hangs up.
-* The name: ``#`` at the number prompt, ``2``, a 1 kHz tone for 2 s then ``#``, ``3`` saves;
-  the menu is finished keeping the same location, typed ahead in one go (number ``*``, ``*``,
-  ``1`` during the read-back, ``*``: no callback now). Then a normal
-  trigger (hung up after one ring) calls baresip back, and a capture of the switch's RTP to
-  the phone shows the recorded tone first, then the dial prompt.
+* The name (the ``#`` in the early media pressed in-band this time, as a DTMF tone: the switch
+  listens for both there): ``#`` at the number prompt, ``2``, a 1 kHz tone for 2 s then ``#``,
+  ``3`` saves; the menu is finished keeping the same location, typed ahead in one go (number
+  ``*``, ``*``, ``1`` during the read-back, ``*``: no callback now). Then a normal trigger (hung
+  up after one ring) calls baresip back, and a capture of the switch's RTP to the phone shows
+  the recorded tone first, then the dial prompt.
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def test_name_recorded_in_the_menu_is_played_at_the_next_callback(
             trigger = start_trigger(sipp, rig, caller, "trigger_menu.xml")
             caller.wait_for_remote(10)
             time.sleep(0.5)
-            caller.press("#")
+            caller.press_tones("#")  # in-band this time: a phone that only sends tones
+            assert node.wait_for_log("answered (# in the early media)", 5), rig.node_log()
             at_prompt(node, caller, "security_code_enter", CODE)
             at_prompt(node, caller, "location_enter_number", "#")  # the name menu
             at_prompt(node, caller, "name_menu", "2")  # record
