@@ -6,9 +6,11 @@ relay (one socket pair per call, forwards as received), rtpengine (Debian `rtpen
 user space, `--num-threads=1`, calls set up over its ng control protocol; installed with apt-get
 when missing and run as root), and the softswitch media engine behind media/aio.py: relay only,
 with in-band DTMF and fax detection on every leg ("dsp"), and the same with the DTMF clamp on one
-leg of every call ("clamp"). For each, a search finds the largest number of calls N for which at
-most 0.1 % of the measured packets are lost or late (over 20 ms one-way; over 60 ms from the
-clamped leg, whose delay line adds 20-40 ms by design). The relay is pinned to CPU 0, the
+leg of every call ("clamp"). For each, the largest number of calls N for which at most 0.1 % of
+the measured packets are lost or late (over 20 ms one-way; over 60 ms from the clamped leg,
+whose delay line adds 20-40 ms by design), found by a ladder run for all relays interleaved
+(every relay at N, then at N + step ...; a failing point is run twice more; a relay leaves at
+its first failure) and a bisection of each relay's last interval. The relay is pinned to CPU 0, the
 generator to CPU 1, both at nice -20 when run as root (every relay gets the same). Other jobs
 on a shared machine still disturb the runs: a point that fails is run once more.
 
@@ -27,7 +29,9 @@ load. `--talkoff` prints how much speech the DTMF clamp silences on the talk-off
 scripts/bench_dtmf.py (no sockets).
 
 Usage: bench_media.py [--seconds 5] [--kinds trivial,rtpengine,relay,dsp,clamp] [--quick]
-                      [--fixed N --reps 3] [--payload speech|silence] [--talkoff] [--no-search]
+                      [--start 100] [--step 100] [--max-calls 1600] [--retries 2]
+                      [--fixed N --reps 3] [--payload speech|silence] [--talkoff]
+                      [--cross-check N]
 Internal: bench_media.py --serve KIND --calls N [--loop uvloop|asyncio]
 """
 
@@ -474,31 +478,41 @@ def run_point(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
     return r
 
 
-def search(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Largest N in [start, max] that passes: doubling from `start`, then bisection to ~3 %."""
-    best: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    n, fail = args.start, args.max_calls + 1
-    while n <= args.max_calls:
-        last = run_point(kind, n, args)
-        if not last["ok"]:
-            fail = n
-            break
-        best = last
-        n = min(2 * n, args.max_calls) if n < args.max_calls else args.max_calls + 1
-    good = best["calls"] if best else 0
-    if best is not None:
-        while fail - good > max(10, good // 33):
-            mid = (good + fail) // 2
-            r = run_point(kind, mid, args)
+def ladder(kinds: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Largest N each relay carries. Interleaved, so that all relays meet the same background
+    load on a shared machine: at N = start, start + step, ... every relay still in the race
+    runs back to back, and leaves it at its first failing point (after retries). Then each
+    relay's last interval is bisected to about 3 %."""
+    best: dict[str, dict[str, Any]] = {}
+    last: dict[str, dict[str, Any]] = {}
+    fail: dict[str, int] = {}
+    alive = list(kinds)
+    n = args.start
+    while alive and n <= args.max_calls:
+        for kind in list(alive):
+            r = run_point(kind, n, args)
+            last[kind] = r
             if r["ok"]:
-                good, best = mid, r
+                best[kind] = r
             else:
-                fail = mid
-    result = best if best is not None else last
-    assert result is not None
-    result["passed"] = best is not None
-    return result
+                fail[kind] = n
+                alive.remove(kind)
+        n += args.step
+    results = []
+    for kind in kinds:
+        if kind in best and kind in fail:
+            good, bad = best[kind]["calls"], fail[kind]
+            while bad - good > max(10, good // 33):
+                mid = (good + bad) // 2
+                r = run_point(kind, mid, args)
+                if r["ok"]:
+                    good, best[kind] = mid, r
+                else:
+                    bad = mid
+        result = best.get(kind, last[kind])
+        result["passed"] = kind in best
+        results.append(result)
+    return results
 
 
 def cheapest(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -745,6 +759,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--start", type=int, default=100)
+    ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--max-calls", type=int, default=1600)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--fixed", type=int, default=0, help="measure every relay at this N")
@@ -780,11 +795,10 @@ def main() -> None:
         if args.talkoff:
             talkoff()
         return
-    for kind in args.kinds.split(","):
-        if args.fixed:
-            results.append(cheapest(kind, args.fixed, args))
-        else:
-            results.append(search(kind, args))
+    if args.fixed:
+        results = [cheapest(kind, args.fixed, args) for kind in args.kinds.split(",")]
+    else:
+        results = ladder(args.kinds.split(","), args)
     top = max((r["calls"] for r in results if r["passed"]), default=args.start)
     # The generator alone at a quarter more calls than the best relay carried: its headroom.
     loopback = run_once("loopback", int(1.25 * max(top, args.fixed)), args)
