@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -146,18 +147,37 @@ DEMO_HELP = (
     "hangs up after one ring; the node calls back and plays the dial prompt; the customer "
     "dials the destination (RFC 4733); the node dials it and bridges the legs; each side's "
     "tone is measured at the far end; ** ends the call. Prints the checks, a timeline of "
-    "every SIP message and log line, and the CDRs; exits 0 only if every check held."
+    "every SIP message and log line, and the CDRs; exits 0 only if every check held.\n\n"
+    "--scenario location shows a location change by phone instead: the customer stays on the "
+    "trigger call, presses # in the switch's early media, is answered into the Location menu, "
+    "types the security code, the hotel room's number, *, * (no extension), 1 (confirm) and 1 "
+    "(call me back now); the switch hangs up and calls back at the room phone, which hears the "
+    "dial prompt and ends the call with **."
 )
+
+
+class DemoScenario(StrEnum):
+    """What ``softswitch demo`` shows (``softswitch.demo.run.SCENARIOS``)."""
+
+    CALL = "call"
+    LOCATION = "location"
 
 
 @app.command(help=DEMO_HELP)
 def demo(
+    scenario: Annotated[
+        DemoScenario,
+        typer.Option(
+            help="call: a whole callback call; location: a location change by phone, then "
+            "the callback at the new place."
+        ),
+    ] = DemoScenario.CALL,
     keep: Annotated[bool, typer.Option(help="Keep the temporary directory with logs.")] = False,
 ) -> None:
-    """A whole callback call on loopback (``softswitch.demo.run``); see ``DEMO_HELP``."""
+    """A callback call or a location change on loopback (``softswitch.demo.run``)."""
     from softswitch.demo.run import run_demo
 
-    raise typer.Exit(run_demo(keep=keep))
+    raise typer.Exit(run_demo(keep=keep, scenario=scenario.value))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The emulated carrier of ``softswitch demo``: a trunk, a customer phone and a destination phone.
+"""The emulated carrier of ``softswitch demo``: a trunk, the customer's calls and phones.
 
 Theory of operation. :class:`EmulatedCarrier` is the other side of the node's trunk, built only
 from the project's own SIP stack (one :class:`~softswitch.sip.endpoint.Endpoint` on one UDP
@@ -15,8 +15,14 @@ loopback sockets. It plays three parts:
   the first ring"), CANCELs and expects 200 (CANCEL) and 487 (INVITE), which the transaction
   layer ACKs. A 2xx is a failure: the switch must never answer a trigger (it is ACKed and
   ended with BYE so nothing is left hanging).
+* **The customer staying on the line.** A :class:`Caller` rings a trigger number and keeps
+  ringing: the switch's 183 with SDP opens the early media (its ringback is heard, keys reach
+  it as RFC 4733), a 2xx is ACKed and the call is up until the node's BYE or the caller's.
+  Its life is the table :data:`CALLER_TABLE`; what the customer does on it is a scenario's
+  script (:mod:`softswitch.demo.location`: ``#`` in the early media and the Location menu).
 * **Phones.** INVITEs from the node are routed by Request-URI user: the customer's number to
-  :class:`CustomerPhone`, the destination's to :class:`DestinationPhone`, anything else 404.
+  :class:`CustomerPhone`, the destination's to :class:`DestinationPhone`, any other phone put
+  behind the carrier with :meth:`EmulatedCarrier.add_phone` to it, anything else 404.
   A phone sends 180, answers 200 with an SDP answer for its own RTP leg after ``answer_after``
   seconds, retransmits the 200 until the ACK (RFC 3261 section 13.3.1.4), answers BYE with 200
   and can hang up itself. Its life is the table :data:`PHONE_TABLE`: what the phone does itself
@@ -69,15 +75,20 @@ from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Respon
 from softswitch.sip.uri import parse_name_addr
 
 __all__ = [
+    "CALLER_TABLE",
     "FRAME",
     "PHONE_TABLE",
     "RATE",
     "AudioCheck",
+    "Caller",
+    "CallerError",
+    "CallerState",
     "CarrierConfig",
     "CustomerPhone",
     "CustomerScript",
     "DestinationPhone",
     "EmulatedCarrier",
+    "Handset",
     "Phone",
     "PhoneError",
     "PhoneState",
@@ -323,40 +334,21 @@ class _In(enum.Enum):
 _PhoneHandler = Callable[["Phone", Request | None], None]
 
 
-class Phone:
-    """One emulated phone behind the carrier: answers one call from the node.
+class Handset:
+    """What every emulated handset shares: one RTP leg, the audio it hears, the keys it sends.
 
-    Audio it receives is decoded and kept per phase (:meth:`audio`); times are ``time.time()``.
-    A second INVITE while it has had a call gets 486 (one call per phone and demo).
+    Audio it receives is decoded (by the carrier's :class:`TapEngine`) and kept per *phase* of
+    its script (:meth:`set_phase`, :meth:`audio`, :meth:`loud_seconds`); keys go out as RFC 4733
+    events (:meth:`press`). ``ended`` is set when its call is over.
     """
 
-    def __init__(
-        self, carrier: EmulatedCarrier, name: str, number: str, answer_after: float
-    ) -> None:
+    def __init__(self, carrier: EmulatedCarrier, name: str, leg_id: str) -> None:
         self.carrier = carrier
         self.name = name
-        self.number = number
-        self.answer_after = answer_after
-        self.state = PhoneState.IDLE
-        self.dialog: Dialog | None = None
-        self.call_id: str | None = None
-        self.invite_tx: txl.ServerTransaction | None = None
-        self.responder: InviteResponder | None = None
-        self.remote: Address | None = None
-        self.leg_id = f"phone-{number}"
-        self.rtp_port: int | None = None
+        self.leg_id = leg_id
         self.codec: str | None = None
         self.dtmf_pt: int | None = None
-        self._our_sdp = b""
-        self._offer: sdp.SessionDescription | None = None
-        self.bye_tx: txl.ClientTransaction | None = None
-        self.invited_at: float | None = None
-        self.answered_at: float | None = None
-        self.connected_at: float | None = None
-        self.ended_at: float | None = None
-        self.ended_by: str | None = None
         self.error: str | None = None
-        self.connected = asyncio.Event()
         self.ended = asyncio.Event()
         self.phase = "idle"
         self._audio: dict[str, list[Pcm]] = {}
@@ -400,6 +392,68 @@ class Phone:
             pcm = sine((freq,), seconds * 1000, -10.0)
         engine.play(self.leg_id, [pcm], barge_in=False, mix=False)
 
+    def _note(self, text: str) -> None:
+        self.carrier.note(f"{self.name}: {text}")
+
+    async def until(self, condition: Callable[[], bool], timeout: float, what: str) -> bool:
+        """Wait for ``condition`` (polled every 20 ms) unless the call ends or time runs out.
+
+        False (and :attr:`error` says why) when the call ended or ``timeout`` passed first.
+        """
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.ended.is_set():
+                self.error = self.error or f"the call ended while waiting for {what}"
+                return False
+            if time.monotonic() >= deadline:
+                self.error = self.error or f"timed out waiting for {what}"
+                return False
+            await asyncio.sleep(FRAME_S)
+        return True
+
+    async def press(self, keys: str, digit_ms: int = 100, gap_ms: int = 100) -> None:
+        """Send ``keys`` as RFC 4733 events, one after the other (stops if the call ends)."""
+        for key in keys:
+            if self.ended.is_set() or self.leg_id not in self.carrier.engine.legs:
+                return
+            self.carrier.engine.send_dtmf(self.leg_id, key, digit_ms, mode="rfc4733")
+            await asyncio.sleep((digit_ms + gap_ms) / 1000 + _DTMF_END_S)
+
+    def on_digit(self, digit: str) -> None:
+        self.digits_received.append(digit)
+        self._note(f"received DTMF {digit}")
+
+
+class Phone(Handset):
+    """One emulated phone behind the carrier: answers one call from the node.
+
+    Audio it receives is decoded and kept per phase (:meth:`audio`); times are ``time.time()``.
+    A second INVITE while it has had a call gets 486 (one call per phone and demo).
+    """
+
+    def __init__(
+        self, carrier: EmulatedCarrier, name: str, number: str, answer_after: float
+    ) -> None:
+        super().__init__(carrier, name, f"phone-{number}")
+        self.number = number
+        self.answer_after = answer_after
+        self.state = PhoneState.IDLE
+        self.dialog: Dialog | None = None
+        self.call_id: str | None = None
+        self.invite_tx: txl.ServerTransaction | None = None
+        self.responder: InviteResponder | None = None
+        self.remote: Address | None = None
+        self.rtp_port: int | None = None
+        self._our_sdp = b""
+        self._offer: sdp.SessionDescription | None = None
+        self.bye_tx: txl.ClientTransaction | None = None
+        self.invited_at: float | None = None
+        self.answered_at: float | None = None
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        self.ended_by: str | None = None
+        self.connected = asyncio.Event()
+
     # --- state --------------------------------------------------------------------------------
 
     def _fire(self, event: _In, req: Request | None = None) -> None:
@@ -422,9 +476,6 @@ class Phone:
             return False
         self._fire(event, req)
         return True
-
-    def _note(self, text: str) -> None:
-        self.carrier.note(f"{self.name}: {text}")
 
     # --- SIP (called by the carrier with the endpoint's events) -------------------------------
 
@@ -658,10 +709,6 @@ class Phone:
     def on_ended(self) -> None:
         """The call is over."""
 
-    def on_digit(self, digit: str) -> None:
-        self.digits_received.append(digit)
-        self._note(f"received DTMF {digit}")
-
 
 _P = PhoneState
 #: One emulated phone's call: (state, input) -> (what it does in the new state, new state).
@@ -736,26 +783,12 @@ class CustomerPhone(Phone):
         self._note("connected; listening for the prompt")
         self.carrier.spawn(self._run_script())
 
-    async def _until(self, condition: Callable[[], bool], timeout: float, what: str) -> bool:
-        """Wait for ``condition`` (polled every 20 ms) unless the call ends or time runs out."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.state is PhoneState.ENDED:
-                self.error = self.error or f"the call ended while waiting for {what}"
-                return False
-            if time.monotonic() >= deadline:
-                self.error = self.error or f"timed out waiting for {what}"
-                return False
-            await asyncio.sleep(FRAME_S)
-        return True
-
     async def _run_script(self) -> None:
         s = self.script
-        engine = self.carrier.engine
         try:
             self.set_phase("prompt")
             self._play(None, s.prompt_timeout + s.connect_timeout)
-            if not await self._until(
+            if not await self.until(
                 lambda: self.loud_seconds("prompt") >= s.listen_s, s.prompt_timeout, "the prompt"
             ):
                 self._note(f"FAILED: {self.error}")
@@ -765,12 +798,8 @@ class CustomerPhone(Phone):
             self.set_phase("dialling")
             self.dialled_at = time.time()
             self._note(f"dials {s.digits} (RFC 4733)")
-            for digit in s.digits:
-                if self.state is not PhoneState.CONNECTED:
-                    break
-                engine.send_dtmf(self.leg_id, digit, s.digit_ms, mode="rfc4733")
-                await asyncio.sleep((s.digit_ms + s.gap_ms) / 1000 + _DTMF_END_S)
-            if not await self._until(
+            await self.press(s.digits, s.digit_ms, s.gap_ms)
+            if not await self.until(
                 lambda: self.destination.state is PhoneState.CONNECTED,
                 s.connect_timeout,
                 "the destination to answer",
@@ -795,16 +824,323 @@ class CustomerPhone(Phone):
             self._play(None, s.bye_timeout + 5)
             self.hangup_sent_at = time.time()
             self._note(f"presses {s.hangup_digits} to end the call")
-            for digit in s.hangup_digits:
-                engine.send_dtmf(self.leg_id, digit, s.digit_ms, mode="rfc4733")
-                await asyncio.sleep((s.digit_ms + s.gap_ms) / 1000 + _DTMF_END_S)
-            if not await self._until(
+            await self.press(s.hangup_digits, s.digit_ms, s.gap_ms)
+            if not await self.until(
                 lambda: self.state is PhoneState.ENDED, s.bye_timeout, "the node's BYE"
             ):
                 self._note(f"FAILED: {self.error}; hanging up")
                 await self.hangup()
         finally:
             self.script_done.set()
+
+
+# --- the customer calling the node: a trigger call that may be answered ------------------------
+
+
+class CallerError(fsm.TransitionError):
+    """An input the caller's state machine has no entry for."""
+
+
+class CallerState(enum.Enum):
+    IDLE = "idle"
+    CALLING = "calling"  # INVITE sent, no early media yet
+    EARLY = "early media"  # 183 with the switch's SDP: its ringback heard, keys reach it
+    CANCELLING = "cancelling"  # CANCEL sent, waiting for the INVITE's final response
+    CONNECTED = "connected"  # 2xx received and ACKed
+    ENDED = "ended"
+
+
+class _Call(enum.Enum):
+    INVITE = "INVITE sent"
+    PROVISIONAL = "1xx"
+    EARLY_MEDIA = "183 with SDP"
+    ANSWERED = "2xx"
+    REFUSED = "3xx-6xx"
+    TIMEOUT = "no final response"
+    CANCEL = "CANCEL from the phone"
+    BYE = "BYE from the node"
+    HANGUP = "BYE from the phone"
+
+
+_CallerHandler = Callable[["Caller", Response | None], None]
+
+
+class Caller(Handset):
+    """The customer's phone calling the node (a trigger number) and staying on the line.
+
+    It sends an INVITE with an SDP offer for its own RTP leg; a 183 with SDP opens the early
+    media (the switch's ringback is heard, and keys pressed now reach the switch as RFC 4733);
+    a 2xx is ACKed (every retransmission too, RFC 3261 section 13.2.2.4) and the call is up;
+    the node's BYE is answered 200. :meth:`hangup` CANCELs an unanswered call and BYEs an
+    answered one. Its life is :data:`CALLER_TABLE`: what the caller does itself without an
+    entry raises :class:`CallerError`; what the node sends without one is logged and dropped.
+    What the customer does on the call (keys, listening) is the scenario's script.
+    """
+
+    def __init__(self, carrier: EmulatedCarrier, number: str, name: str = "customer phone") -> None:
+        carrier._trigger_count += 1
+        super().__init__(carrier, name, f"caller-{carrier._trigger_count}")
+        self.number = number
+        self.state = CallerState.IDLE
+        self.call_id: str | None = None
+        self.invite: Request | None = None
+        self.invite_tx: txl.ClientTransaction | None = None
+        self.cancel_tx: txl.ClientTransaction | None = None
+        self.bye_tx: txl.ClientTransaction | None = None
+        self.dest: Address | None = None
+        self.dialog: Dialog | None = None
+        self._offer: sdp.SessionDescription | None = None
+        self.statuses: list[tuple[float, int]] = []
+        self.final_status: int | None = None
+        self.invited_at: float | None = None
+        self.early_at: float | None = None
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.ended_by: str | None = None
+        self.connected = asyncio.Event()
+
+    async def call(self, number: str, target: Address | None = None) -> None:
+        """Ring ``number`` at ``target`` (else the node's registered Contact)."""
+        carrier = self.carrier
+        dest = target or carrier.node_address
+        if dest is None:
+            raise RuntimeError("the node is not registered and no target was given")
+        port = await carrier.media.open_leg(self.leg_id)
+        self._offer = sdp.make_offer(
+            carrier.config.host, port, session_id=secrets.randbelow(1 << 31)
+        )
+        invite = carrier.trigger_invite(number, self.number, dest, self._offer)
+        self.call_id = invite.call_id
+        self.dest = dest
+        carrier.label(invite.call_id, self.name)
+        carrier.add_caller(self)
+        self._note(f"rings trigger number {number} as {self.number} and stays on the line")
+        self._fire(_Call.INVITE)
+        self.invite_tx = carrier.endpoint.send_request(invite, dest, carrier.now())
+        self.invite = self.invite_tx.request
+        self.invited_at = time.time()
+        carrier.flush()
+
+    async def hangup(self) -> None:
+        """Hang up: CANCEL while unanswered, BYE once answered (nothing once over)."""
+        if self._if_entry(_Call.CANCEL) or self._if_entry(_Call.HANGUP):
+            self.carrier.flush()
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _fire(self, event: _Call, response: Response | None = None) -> None:
+        """Move as :data:`CALLER_TABLE` says, then run the entry's handler in the new state."""
+        transition = CALLER_TABLE.fire(self.state, event, who=self.name)
+        self.state = CALLER_TABLE.move(
+            log, self.name, self.state, transition.target, transition, event
+        )
+        if transition.handler is not None:
+            transition.handler(self, response)
+
+    def _if_entry(self, event: _Call, response: Response | None = None) -> bool:
+        """:meth:`_fire` where the table has an entry, else drop ``event`` and return False."""
+        if not CALLER_TABLE.accepts(self.state, event):
+            log.debug("%s: %s dropped while %s", self.name, event.value, self.state.value)
+            return False
+        self._fire(event, response)
+        return True
+
+    # --- SIP (called by the carrier with the endpoint's events) -------------------------------
+
+    def on_response(self, tx: txl.ClientTransaction, response: Response) -> bool:
+        """A response to one of our requests (False: not ours)."""
+        if tx is self.invite_tx:
+            status = response.status
+            self.statuses.append((time.time(), status))
+            if status < 200:
+                early = status == 183 and bool(response.body)
+                self._if_entry(_Call.EARLY_MEDIA if early else _Call.PROVISIONAL, response)
+            else:
+                self._if_entry(_Call.ANSWERED if status < 300 else _Call.REFUSED, response)
+            return True
+        if tx is self.cancel_tx or tx is self.bye_tx:
+            if response.status >= 200:
+                self._note(f"{tx.request.method} answered {response.status}")
+            return True
+        return False
+
+    def on_stray(self, response: Response) -> None:
+        """A 2xx retransmitted after the INVITE transaction ended: ACK it again."""
+        if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+            self._if_entry(_Call.ANSWERED, response)
+
+    def on_timeout(self, tx: txl.ClientTransaction) -> bool:
+        """A transaction of ours timed out (False: not ours)."""
+        if tx is self.invite_tx:
+            self._if_entry(_Call.TIMEOUT)
+            return True
+        return tx is self.cancel_tx or tx is self.bye_tx
+
+    def on_request(self, tx: txl.ServerTransaction, req: Request) -> None:
+        """A request inside our dialog: the node's BYE (anything else is refused)."""
+        carrier = self.carrier
+        now = carrier.now()
+        if self.dialog is None:
+            carrier.endpoint.respond(tx, 481, now=now)
+            return
+        answer = self.dialog.receive_request(req, now)
+        if answer is None:
+            status, reason = (488, "Not Acceptable Here") if req.method == "INVITE" else (200, "OK")
+            answer = self.dialog.create_response(req, status, reason, now=now)
+        carrier.endpoint.send_response(tx, answer, now)
+        if req.method == "BYE":
+            self._if_entry(_Call.BYE)
+
+    # --- handlers: what each entry of CALLER_TABLE does, once the caller is in its new state --
+
+    def _media_from(self, response: Response) -> None:
+        """Point our RTP leg at the address in the switch's SDP answer."""
+        assert self._offer is not None
+        carrier = self.carrier
+        try:
+            media = sdp.parse_answer(self._offer, sdp.parse_sdp(response.body))
+        except sdp.SdpError as exc:
+            self.error = f"bad SDP in the {response.status}: {exc}"
+            self._note(self.error)
+            return
+        self.codec = media.codec
+        self.dtmf_pt = media.telephone_event_pt
+        if self.leg_id in carrier.engine.legs:
+            carrier.engine.set_remote(
+                self.leg_id,
+                media.remote_address,
+                media.remote_port,
+                media.codec,
+                media.telephone_event_pt,
+                carrier.media.time(),
+            )
+
+    def _early(self, response: Response | None) -> None:
+        assert response is not None
+        self._media_from(response)
+        if self.early_at is None:
+            self.early_at = time.time()
+            self._note(f"early media from the switch ({response.status} with SDP, {self.codec})")
+
+    def _answered(self, response: Response | None) -> None:
+        assert response is not None and self.invite is not None and self.dest is not None
+        carrier = self.carrier
+        now = carrier.now()
+        self.final_status = response.status
+        self.dialog = Dialog.from_uac(
+            self.invite, response, now=now, new_id=carrier.endpoint.new_tag
+        )
+        self._ack(response)
+        if response.body:
+            self._media_from(response)
+        self.answered_at = time.time()
+        self._note(f"the switch answered ({response.status}): ACK")
+        self.connected.set()
+        self.on_connected()
+
+    def _ack(self, response: Response | None) -> None:
+        assert response is not None and self.dialog is not None and self.dest is not None
+        ack = self.dialog.create_ack(response)
+        self.carrier.endpoint.send_ack(ack, next_hop(ack, self.dest))
+
+    def _refused(self, response: Response | None) -> None:
+        assert response is not None
+        self.final_status = response.status
+        self._note(f"the call ended with {response.status}")
+        self._finish("refused")
+
+    def _cancelled(self, response: Response | None) -> None:
+        assert response is not None
+        self.final_status = response.status
+        self._note(f"cancelled: {response.status}")
+        self._finish("cancel")
+
+    def _timed_out(self, response: Response | None) -> None:
+        self.error = self.error or "the node did not answer the INVITE (transaction timeout)"
+        self._note(self.error)
+        self._finish("timeout")
+
+    def _cancel(self, response: Response | None) -> None:
+        assert self.invite is not None and self.dest is not None
+        carrier = self.carrier
+        self._note("hangs up before the answer (CANCEL)")
+        cancel = txl.make_cancel(self.invite)
+        self.cancel_tx = carrier.endpoint.send_request(cancel, self.dest, carrier.now())
+
+    def _answered_after_cancel(self, response: Response | None) -> None:
+        """The 2xx crossed our CANCEL: ACK it and hang up at once."""
+        assert response is not None and self.invite is not None
+        self.dialog = Dialog.from_uac(
+            self.invite, response, now=self.carrier.now(), new_id=self.carrier.endpoint.new_tag
+        )
+        self._ack(response)
+        self._bye()
+        self._finish("phone")
+
+    def _node_hung_up(self, response: Response | None) -> None:
+        self._note("BYE from the node, answered 200")
+        self._finish("node")
+
+    def _hung_up(self, response: Response | None) -> None:
+        self._note("hangs up (BYE)")
+        self._bye()
+        self._finish("phone")
+
+    def _bye(self) -> None:
+        assert self.dialog is not None and self.dest is not None
+        carrier = self.carrier
+        bye = self.dialog.create_request("BYE", now=carrier.now())
+        self.bye_tx = carrier.endpoint.send_request(bye, next_hop(bye, self.dest), carrier.now())
+
+    def _finish(self, by: str) -> None:
+        self.ended_at = time.time()
+        self.ended_by = by
+        self.set_phase("ended")
+        self.carrier.close_leg(self.leg_id)
+        self.ended.set()
+        self.on_ended()
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def on_connected(self) -> None:
+        """The switch answered (2xx ACKed)."""
+
+    def on_ended(self) -> None:
+        """The call is over."""
+
+
+_C = CallerState
+#: The customer's call to the node: (state, input) -> (what it does in the new state, new state).
+CALLER_TABLE: fsm.Table[CallerState, _Call, _CallerHandler] = fsm.Table(
+    "caller",
+    {
+        (_C.IDLE, _Call.INVITE): (None, _C.CALLING),
+        (_C.CALLING, _Call.PROVISIONAL): (None, _C.CALLING),
+        (_C.CALLING, _Call.EARLY_MEDIA): (Caller._early, _C.EARLY),
+        (_C.CALLING, _Call.ANSWERED): (Caller._answered, _C.CONNECTED),
+        (_C.CALLING, _Call.REFUSED): (Caller._refused, _C.ENDED),
+        (_C.CALLING, _Call.TIMEOUT): (Caller._timed_out, _C.ENDED),
+        (_C.CALLING, _Call.CANCEL): (Caller._cancel, _C.CANCELLING),
+        (_C.EARLY, _Call.PROVISIONAL): (None, _C.EARLY),
+        (_C.EARLY, _Call.EARLY_MEDIA): (Caller._early, _C.EARLY),
+        (_C.EARLY, _Call.ANSWERED): (Caller._answered, _C.CONNECTED),
+        (_C.EARLY, _Call.REFUSED): (Caller._refused, _C.ENDED),
+        (_C.EARLY, _Call.TIMEOUT): (Caller._timed_out, _C.ENDED),
+        (_C.EARLY, _Call.CANCEL): (Caller._cancel, _C.CANCELLING),
+        (_C.CANCELLING, _Call.PROVISIONAL): (None, _C.CANCELLING),
+        (_C.CANCELLING, _Call.EARLY_MEDIA): (None, _C.CANCELLING),
+        (_C.CANCELLING, _Call.REFUSED): (Caller._cancelled, _C.ENDED),
+        (_C.CANCELLING, _Call.TIMEOUT): (Caller._timed_out, _C.ENDED),
+        # The 2xx crossed the CANCEL (RFC 3261 section 9.1): ACK it, then BYE.
+        (_C.CANCELLING, _Call.ANSWERED): (Caller._answered_after_cancel, _C.ENDED),
+        (_C.CONNECTED, _Call.ANSWERED): (Caller._ack, _C.CONNECTED),  # a retransmitted 2xx
+        (_C.CONNECTED, _Call.BYE): (Caller._node_hung_up, _C.ENDED),
+        (_C.CONNECTED, _Call.HANGUP): (Caller._hung_up, _C.ENDED),
+    },
+    initial=_C.IDLE,
+    final={_C.ENDED},
+    error=CallerError,
+)
 
 
 # --- the media engine, with a tap on what the phones receive ---------------------------------
@@ -893,8 +1229,22 @@ class EmulatedCarrier:
         self.customer = CustomerPhone(
             self, cfg.customer_number, cfg.customer_answer_after, cfg.script, self.destination
         )
-        self.engine.taps[self.customer.leg_id] = self.customer._on_payload
-        self.engine.taps[self.destination.leg_id] = self.destination._on_payload
+        #: Every phone the node can call, routed by Request-URI user (:meth:`add_phone`).
+        self.phones: list[Phone] = []
+        #: Calls placed to the node by :class:`Caller` (a trigger that may be answered).
+        self.callers: list[Caller] = []
+        self.add_phone(self.customer)
+        self.add_phone(self.destination)
+
+    def add_phone(self, phone: Phone) -> None:
+        """Put ``phone`` behind the carrier: INVITEs for its number reach it, its audio is kept."""
+        self.phones.append(phone)
+        self.engine.taps[phone.leg_id] = phone._on_payload
+
+    def add_caller(self, caller: Caller) -> None:
+        """A call placed to the node: its responses and in-dialog requests reach ``caller``."""
+        self.callers.append(caller)
+        self.engine.taps[caller.leg_id] = caller._on_payload
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -1032,11 +1382,7 @@ class EmulatedCarrier:
     def _arm(self) -> None:
         deadlines = [
             t
-            for t in (
-                self.endpoint.get_timer(),
-                self.customer.get_timer(),
-                self.destination.get_timer(),
-            )
+            for t in (self.endpoint.get_timer(), *(p.get_timer() for p in self.phones))
             if t is not None
         ]
         if self._timer is not None:
@@ -1049,8 +1395,8 @@ class EmulatedCarrier:
         self._timer = None
         now = self.now()
         self.endpoint.handle_timer(now)
-        self.customer.handle_timer(now)
-        self.destination.handle_timer(now)
+        for phone in self.phones:
+            phone.handle_timer(now)
         self._process()
         self.flush()
 
@@ -1094,6 +1440,10 @@ class EmulatedCarrier:
             self._register(tx, req)
             return
         if req.to.tag is not None:
+            caller = self._caller_by_call(req.call_id)
+            if caller is not None:
+                caller.on_request(tx, req)
+                return
             phone = self._phone_by_call(req.call_id)
             if phone is None or phone.dialog is None or phone.dialog.local_tag != req.to.tag:
                 self.endpoint.respond(tx, 481, now=now)
@@ -1112,20 +1462,27 @@ class EmulatedCarrier:
 
     def _phone_by_number(self, user: str) -> Phone | None:
         number = _digits(user, self.config.international_prefixes)
-        for phone in (self.customer, self.destination):
+        for phone in self.phones:
             if number == _digits(phone.number, self.config.international_prefixes):
                 return phone
         return None
 
     def _phone_by_call(self, call_id: str) -> Phone | None:
-        for phone in (self.customer, self.destination):
+        for phone in self.phones:
             if phone.call_id == call_id:
                 return phone
         return None
 
+    def _caller_by_call(self, call_id: str) -> Caller | None:
+        for caller in self.callers:
+            if caller.call_id == call_id:
+                return caller
+        return None
+
     def _response(self, tx: txl.ClientTransaction, response: Response) -> None:
-        for phone in (self.customer, self.destination):
-            if phone.on_response(tx, response):
+        handsets: tuple[Phone | Caller, ...] = (*self.phones, *self.callers)
+        for handset in handsets:
+            if handset.on_response(tx, response):
                 return
         trigger = self._triggers.get(id(tx))
         if trigger is None:
@@ -1134,6 +1491,10 @@ class EmulatedCarrier:
         trigger.queue.put_nowait((kind, response))
 
     def _stray(self, response: Response) -> None:
+        caller = self._caller_by_call(response.call_id)
+        if caller is not None:
+            caller.on_stray(response)
+            return
         for trigger in self._triggers.values():
             if trigger.invite.call_id == response.call_id:
                 trigger.queue.put_nowait(("invite", response))
@@ -1141,15 +1502,18 @@ class EmulatedCarrier:
 
     def _timed_out(self, tx: txl.Transaction) -> None:
         if isinstance(tx, txl.ClientTransaction):
+            for caller in self.callers:
+                if caller.on_timeout(tx):
+                    return
             trigger = self._triggers.get(id(tx))
             if trigger is not None:
                 trigger.queue.put_nowait(("timeout", None))
 
     def _media_event(self, event: Event) -> None:
         if isinstance(event, DigitReceived):
-            for phone in (self.customer, self.destination):
-                if phone.leg_id == event.leg_id:
-                    phone.on_digit(event.digit)
+            for handset in (*self.phones, *self.callers):
+                if handset.leg_id == event.leg_id:
+                    handset.on_digit(event.digit)
 
     # --- registrar ----------------------------------------------------------------------------
 
@@ -1254,26 +1618,8 @@ class EmulatedCarrier:
         leg_id = f"trigger-{self._trigger_count}"
         port = await self.media.open_leg(leg_id)
         offer = sdp.make_offer(self.config.host, port, session_id=secrets.randbelow(1 << 31))
-        local = endpoint.config
-        call_id = endpoint.new_call_id()
-        self.label(call_id, "customer phone")
-        invite = Request(
-            method="INVITE",
-            uri=URI(user=trigger_number, host=dest.host, port=dest.port),
-            vias=(),
-            from_=NameAddr(URI(user=caller, host=self.config.realm)).with_tag(endpoint.new_tag()),
-            to=NameAddr(URI(user=trigger_number, host=self.config.realm)),
-            call_id=call_id,
-            cseq=CSeq(1, "INVITE"),
-            headers=(
-                ("Max-Forwards", "70"),
-                ("Contact", f"<sip:{caller}@{URI(host=local.host, port=local.port).host_port}>"),
-                ("Allow", ", ".join(_ALLOW)),
-                ("User-Agent", local.user_agent),
-                ("Content-Type", "application/sdp"),
-            ),
-            body=bytes(offer),
-        )
+        invite = self.trigger_invite(trigger_number, caller, dest, offer)
+        self.label(invite.call_id, "customer phone")
         started = time.time()
         self.note(f"customer phone: rings trigger number {trigger_number} as {caller}")
         tx = endpoint.send_request(invite, dest, self.now())
@@ -1285,6 +1631,30 @@ class EmulatedCarrier:
         finally:
             self._triggers = {k: v for k, v in self._triggers.items() if v is not trigger}
             self.close_leg(leg_id)
+
+    def trigger_invite(
+        self, trigger_number: str, caller: str, dest: Address, offer: sdp.SessionDescription
+    ) -> Request:
+        """An INVITE from ``caller`` to ``trigger_number`` at ``dest`` with the SDP ``offer``."""
+        endpoint = self.endpoint
+        local = endpoint.config
+        return Request(
+            method="INVITE",
+            uri=URI(user=trigger_number, host=dest.host, port=dest.port),
+            vias=(),
+            from_=NameAddr(URI(user=caller, host=self.config.realm)).with_tag(endpoint.new_tag()),
+            to=NameAddr(URI(user=trigger_number, host=self.config.realm)),
+            call_id=endpoint.new_call_id(),
+            cseq=CSeq(1, "INVITE"),
+            headers=(
+                ("Max-Forwards", "70"),
+                ("Contact", f"<sip:{caller}@{URI(host=local.host, port=local.port).host_port}>"),
+                ("Allow", ", ".join(_ALLOW)),
+                ("User-Agent", local.user_agent),
+                ("Content-Type", "application/sdp"),
+            ),
+            body=bytes(offer),
+        )
 
     async def _run_trigger(
         self,
