@@ -31,8 +31,11 @@ peers:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# `make demo` runs the whole callback call; `make demo SCENARIO=location` the location change
+# by phone (# in the trigger's early media, the menu, the callback at the new number).
+SCENARIO ?= call
 demo: setup
-	$(VENV)/bin/softswitch demo
+	$(VENV)/bin/softswitch demo --scenario $(SCENARIO)
 
 serve: setup
 	$(VENV)/bin/softswitch serve
