@@ -21,6 +21,7 @@ import dataclasses
 import gc
 import logging
 import os
+import secrets
 import signal
 import socket
 from pathlib import Path
@@ -168,7 +169,9 @@ class Server:
         self.node = node or Node(
             config,
             service=with_service and config.service,
-            node_id=f"{os.uname().nodename}:{os.getpid()}",
+            # The host and pid say where to look; the random part tells this start from the
+            # last one (a restarted container is pid 1 again), so its successor can recover it.
+            node_id=f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(2)}",
         )
         self.loop: asyncio.AbstractEventLoop  # set by startup(), inside the running loop
         self.udp: list[_UdpProtocol] = []

@@ -33,14 +33,16 @@ from softswitch.node import commands as cmd
 from softswitch.node.calls import recordings_dir
 from softswitch.node.node import Node
 from softswitch.service.callflow import PROMPTS_PLAYED
+from softswitch.service.rating import DEFAULT_CAP_SECONDS
 from softswitch.store.db import Database
-from softswitch.store.models import Cdr, CodeCheck, Location, PendingCallback
+from softswitch.store.models import Cdr, CodeCheck, LiveCall, Location, PendingCallback
 from softswitch.store.repos import (
     AccountRepo,
     CallbackQueue,
     CdrRepo,
     CreditRepo,
     InvalidInput,
+    LiveCallRepo,
     RateRepo,
     SpeedDialRepo,
 )
@@ -54,6 +56,8 @@ R = TypeVar("R")
 
 #: How long a stopping node waits for the store writes of the calls it hung up.
 STOP_GRACE = 10.0
+#: A credit reservation outlives the longest call credit can buy (then an hour).
+RESERVATION_TTL = DEFAULT_CAP_SECONDS + 3600.0
 #: How long start-up waits for the accounts (trigger numbers) to load.
 READY_TIMEOUT = 30.0
 
@@ -117,6 +121,7 @@ class ServiceShell:
         self.cdrs = CdrRepo(db)
         self.speed_dials = SpeedDialRepo(db)
         self.queue = CallbackQueue(db)
+        self.live_calls = LiveCallRepo(db)
         self.media = MediaShell(
             me.MediaEngine(),
             host=config.media_host,
@@ -129,6 +134,12 @@ class ServiceShell:
         #: Told of every command, store answer and media event (``/metrics``), when set.
         self.metrics: Metrics | None = None
         node_id = node.calls.node_id if node.calls is not None else ""
+        self.node_id = node_id
+        # Descriptions and their removal go through one queue, in order, so a heartbeat
+        # still waiting for its batch can never bring back a call already forgotten.
+        self._tracking: GroupCommit[tuple[LiveCall, ...] | tuple[str, ...], None] = GroupCommit(
+            self._track_batch
+        )
         self._enqueues: GroupCommit[cmd.EnqueueCallback, tuple[PendingCallback, bool]] = (
             GroupCommit(self._enqueue_batch)
         )
@@ -224,7 +235,11 @@ class ServiceShell:
         if isinstance(request, cmd.EnqueueCallback):
             if not request.claimed:
                 return await self.queue.enqueue(
-                    request.account_id, request.trigger, request.at, now=request.at
+                    request.account_id,
+                    request.trigger,
+                    request.at,
+                    now=request.at,
+                    call_uuid=request.sid,
                 )
             return await self._enqueues.submit(request)
         if isinstance(request, cmd.LoadAccounts):
@@ -243,14 +258,24 @@ class ServiceShell:
                     node_id=request.node_id,
                 )
             item = (request.callback_id, request.event, request.error)
+            if request.node_id != self.node_id:
+                # A dead node's claim, taken over by a recovery: not in our batches.
+                [moved] = await self.queue.settle_many([item], node_id=request.node_id)
+                return moved
             return await self._settlements.submit(item)
         if isinstance(request, cmd.QuoteRate):
             rate = await self.rates.lookup(request.number)
             account = await self.accounts.get(request.account_id)
             return (rate, account.available_credit)
         if isinstance(request, cmd.ReserveCredit):
+            # Held longer than the longest call credit can buy, so releasing expired holds
+            # (a crashed node's) never takes a live call's.
             return await self.credit.reserve(
-                request.account_id, request.amount, request.key, now=request.at
+                request.account_id,
+                request.amount,
+                request.key,
+                now=request.at,
+                ttl_s=RESERVATION_TTL,
             )
         if isinstance(request, cmd.CommitCredit):
             await self.credit.commit(request.key, request.cost)
@@ -258,6 +283,16 @@ class ServiceShell:
         if isinstance(request, cmd.ReleaseCredit):
             await self.credit.release(request.key)
             return None
+        if isinstance(request, cmd.TrackCalls):
+            await self._tracking.submit(request.calls)
+            return None
+        if isinstance(request, cmd.ForgetCalls):
+            await self._tracking.submit(request.call_uuids)
+            return None
+        if isinstance(request, cmd.TakeStaleCalls):
+            return await self.live_calls.take_stale(request.node_id, request.alive_before)
+        if isinstance(request, cmd.ReleaseExpiredCredit):
+            return await self.credit.release_expired(request.at)
         if isinstance(request, cmd.LookUpSpeedDial):
             found = await self.speed_dials.get(request.account_id, request.code)
             return None if found is None else found.number
@@ -291,12 +326,27 @@ class ServiceShell:
         await self.accounts.set_recorded_name(request.account_id, str(final))
         return str(final)
 
+    async def _track_batch(
+        self, batches: list[tuple[LiveCall, ...] | tuple[str, ...]]
+    ) -> list[None]:
+        """Each call's last word in the batch: its newest description, or forgotten."""
+        latest: dict[str, LiveCall | None] = {}
+        for items in batches:
+            for item in items:
+                if isinstance(item, LiveCall):
+                    latest[item.call_uuid] = item
+                else:
+                    latest[item] = None
+        await self.live_calls.heartbeat([c for c in latest.values() if c is not None])
+        await self.live_calls.forget([u for u, c in latest.items() if c is None])
+        return [None] * len(batches)
+
     async def _enqueue_batch(
         self, items: list[cmd.EnqueueCallback]
     ) -> list[tuple[PendingCallback, bool]]:
         first = items[0]
         return await self.queue.enqueue_many(
-            [(i.account_id, i.trigger) for i in items],
+            [(i.account_id, i.trigger, i.sid) for i in items],
             now=first.at,
             claim_for=(first.node_id, first.lease_s),
         )

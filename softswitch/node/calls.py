@@ -36,11 +36,12 @@ with :meth:`sync_clock`.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from media import engine as me
@@ -67,6 +68,10 @@ from softswitch.service.callbacks import (
     CALLBACK_LEASE,
     CLAIM_INTERVAL,
     LEASE_RENEWAL,
+    LIVE_HEARTBEAT,
+    RECOVERY_INTERVAL,
+    RECOVERY_PASSES,
+    STALE_AFTER,
     STATIC_TRIGGER_HOLD,
     TRIGGER_REFRESH,
     settlement,
@@ -74,7 +79,15 @@ from softswitch.service.callbacks import (
 from softswitch.service.ivr import DTMF_KEYS, Record, RecordFinished
 from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
-from softswitch.store.models import Account, AccountKind, Cdr, LegKind, PendingCallback, Rate
+from softswitch.store.models import (
+    Account,
+    AccountKind,
+    Cdr,
+    LegKind,
+    LiveCall,
+    PendingCallback,
+    Rate,
+)
 
 __all__ = [
     "CallController",
@@ -206,6 +219,8 @@ class Session:
     answered_at: float | None = None
     #: Relayed re-INVITEs (T.38): the leg we offered it to -> the leg that asked.
     reinvites: dict[str, str] = field(default_factory=dict)
+    #: Written down in the store as live (see ``_track``), to be forgotten at the end.
+    tracked: bool = False
 
     @property
     def short(self) -> str:
@@ -287,7 +302,17 @@ class CallController:
         self._wall_offset = 0.0
         self._claiming = False
         self._loading = False
+        self._recovering = False
+        #: Calls of dead nodes being recovered: their writes not yet answered (by rid); the
+        #: writes that failed (the description stays, a later pass retries just those); and
+        #: how many passes each has had.
+        self._recoveries: dict[str, set[int]] = {}
+        self._recovery_of: dict[int, tuple[str, cmd.StoreRequest]] = {}
+        self._recovery_failed: dict[str, list[cmd.StoreRequest]] = {}
+        self._recovery_passes: dict[str, int] = {}
         self._renew_at = 0.0
+        self._heartbeat_at = 0.0
+        self._recover_at = 0.0
         self.ready = False
         #: No new calls start (SIGTERM's drain): triggers are queued for later, claims stop.
         self.draining = False
@@ -309,6 +334,10 @@ class CallController:
         self._arm(_NODE, "claim", now + CLAIM_INTERVAL)
         self._arm(_NODE, "refresh", now + TRIGGER_REFRESH)
         self._renew_at = now + LEASE_RENEWAL
+        self._heartbeat_at = now + LIVE_HEARTBEAT
+        # The calls a dead node (or this one, before a crash) left: recovered from the start.
+        self._recover_at = now
+        self._recover(now)
 
     def stop(self, now: float) -> None:
         """A stopping node hangs up its live calls (CANCEL or BYE on every leg, the customer's
@@ -633,6 +662,9 @@ class CallController:
                 self._feed(session, cf.DestinationAnswered(), now)
             else:
                 self._feed(session, cf.OperatorAnswered(), now)
+            # Written down at once, not at the next heartbeat: a survivor must know that the
+            # customer was reached (no second callback) and when billing began.
+            self._track([session], now)
         elif isinstance(event, LegFailed):
             self._leg_gone(session, name)
             self._feed(session, self._failure(name, event.status), now)
@@ -792,6 +824,19 @@ class CallController:
             follow = self._after_settle.pop(request.rid, None)
             if follow is not None:
                 self._queue_callback_now(follow, now)
+        elif isinstance(request, cmd.TakeStaleCalls):
+            assert isinstance(result, tuple)
+            self._recovering = False
+            for row in result:
+                assert isinstance(row, LiveCall)
+                if row.call_uuid in self._recoveries:
+                    continue  # still in progress
+                if row.call_uuid in self._recovery_failed:
+                    self._retry_recovery(row.call_uuid)
+                else:
+                    self._recover_call(row)
+        if request.rid in self._recovery_of:
+            self._recovery_step(request.rid, failed=False)
         if session is not None:
             self._settle_if_done(session, now)
 
@@ -837,6 +882,9 @@ class CallController:
             assert session is not None
             session.log.error("cannot save the recorded name: %s", error)
             self._feed(session, mn.NameSaved(False), now)
+        elif isinstance(request, cmd.TakeStaleCalls):
+            self._recovering = False
+            log.error("cannot look for interrupted calls: %s", error)
         elif isinstance(request, cmd.SettleCallback):
             log.error("callback %d: %s not settled: %s", request.callback_id, request.event, error)
             follow = self._after_settle.pop(request.rid, None)
@@ -847,6 +895,8 @@ class CallController:
             log.error("CDR NOT WRITTEN (%s): %r", error, request.cdr)
         else:
             log.error("store request %s failed: %s", type(request).__name__, error)
+        if request.rid in self._recovery_of:
+            self._recovery_step(request.rid, failed=True)
         if session is not None:
             self._settle_if_done(session, now)
 
@@ -893,6 +943,11 @@ class CallController:
             if now >= self._renew_at:
                 self._renew_at = now + LEASE_RENEWAL
                 self._renew_leases(now)
+            if now >= self._heartbeat_at:
+                self._heartbeat_at = now + LIVE_HEARTBEAT
+                self._track(list(self.sessions.values()), now)
+            if now >= self._recover_at:
+                self._recover(now)
         elif name == "refresh":
             self._arm(_NODE, "refresh", now + TRIGGER_REFRESH)
             self._load_accounts()
@@ -938,7 +993,10 @@ class CallController:
                 if live.callback_id is None:
                     live.callback_id = pending.id
                 continue
-            _, sid = self._retrying.pop(account.id, (pending.trigger, self._new_id()))
+            # The call's id from the queue (set when the trigger queued it, on whichever
+            # node), so every attempt's CDRs share it; a fresh one for rows older than that.
+            _, sid = self._retrying.pop(account.id, (pending.trigger, ""))
+            sid = sid or pending.call_uuid or self._new_id()
             if self.draining:
                 # Back to the queue at once: another node (or this one, restarted) calls.
                 self._settle(None, pending.id, "reschedule", "node stopping")
@@ -947,13 +1005,17 @@ class CallController:
                 self._settle(None, pending.id, "fail", "account suspended")
                 continue
             session = self._start_session(
-                account, pending.trigger, now, sid, first_attempt=max(1, pending.attempts)
+                account,
+                pending.trigger,
+                now,
+                sid,
+                first_attempt=max(1, pending.attempts),
+                callback_id=pending.id,
             )
             if session is None:
                 self._settle(None, pending.id, "fail", "bad location")
                 self.triggers.callback_done(pending.trigger)
                 continue
-            session.callback_id = pending.id
 
     def _enqueued(
         self, session: Session, pending: PendingCallback, created: bool, now: float
@@ -961,6 +1023,7 @@ class CallController:
         session.row_known = True
         if created:
             session.callback_id = pending.id
+            self._track([session], now)  # a survivor settles the row it knows of
             return
         # Another node (or an older trigger) holds an open callback for this account.
         session.log.info(
@@ -970,6 +1033,150 @@ class CallController:
         )
         if session.finished is None:
             self._feed(session, cf.Abort("absorbed"), now)
+
+    # --- surviving a crash (issue 11) ---------------------------------------------------------
+
+    def _track(self, sessions: list[Session], now: float) -> None:
+        """Write down the live customer calls, so a survivor can finish them if we die."""
+        calls = []
+        for session in sessions:
+            call = session.call
+            if session.finished is not None or not isinstance(call, cf.CustomerCall):
+                continue
+            session.tracked = True
+            calls.append(
+                LiveCall(
+                    call_uuid=session.sid,
+                    node_id=self.node_id,
+                    account_id=session.account.id,
+                    callback_id=session.callback_id,
+                    trigger=session.trigger,
+                    started_at=self.wall(session.started_at),
+                    alive_at=self.wall(now),
+                    answered=session.answered,
+                    legs=json.dumps(call.describe_legs(self.wall)),
+                    reservation=session.reservation,
+                )
+            )
+        if calls:
+            self._store(cmd.TrackCalls(self._next_rid(), tuple(calls)))
+
+    def _recover(self, now: float) -> None:
+        """Look for the calls of dead nodes (and release credit left behind by any)."""
+        self._recover_at = now + RECOVERY_INTERVAL
+        if self._recovering:
+            return
+        self._recovering = True
+        stale = cmd.TakeStaleCalls(self._next_rid(), self.node_id, self.wall(now) - STALE_AFTER)
+        self._store(stale)
+        self._store(cmd.ReleaseExpiredCredit(self._next_rid(), self.wall(now)))
+
+    def _recover_call(self, row: LiveCall) -> None:
+        """A call whose node died: its legs recorded as interrupted when it was last alive,
+        its credit settled for the talk time known, its callback settled (once answered,
+        never called again; not yet answered, owed again), its description forgotten."""
+        try:
+            legs = json.loads(row.legs)
+            records = cf.interrupted_cdrs(legs, row.alive_at)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("call %s of %s: unreadable description (%s)", row.call_uuid, row.node_id, exc)
+            records = []
+        cost = 0
+        for record in records:
+            kind = _LEG_KINDS.get(record.leg, LegKind.DESTINATION)
+            self._recovery_write(
+                row.call_uuid,
+                cmd.WriteCdr(
+                    self._next_rid(),
+                    "",
+                    Cdr(
+                        call_uuid=row.call_uuid,
+                        leg=kind,
+                        account_id=row.account_id,
+                        from_number=self._caller_id() or "",
+                        to_number=record.number.lstrip("+"),
+                        setup_at=record.setup_at,
+                        ring_at=record.ring_at,
+                        answer_at=record.answer_at,
+                        end_at=record.end_at,
+                        cause_text=f"interrupted (node {row.node_id} stopped answering)",
+                        billed_seconds=record.billed_seconds,
+                        cost=record.cost,
+                        node_id=self.node_id,
+                    ),
+                ),
+            )
+            if record.leg == cf.DESTINATION:
+                cost = record.cost
+        if row.reservation is not None:
+            if cost > 0:
+                commit = cmd.CommitCredit(self._next_rid(), "", row.reservation, cost)
+                self._recovery_write(row.call_uuid, commit)
+            else:
+                release = cmd.ReleaseCredit(self._next_rid(), "", row.reservation)
+                self._recovery_write(row.call_uuid, release)
+        if row.callback_id is not None:
+            fate = settlement("interrupted", answered=row.answered, retry_at=None)
+            self._recovery_write(
+                row.call_uuid,
+                cmd.SettleCallback(
+                    self._next_rid(),
+                    "",
+                    row.callback_id,
+                    fate.event,
+                    fate.error,
+                    row.node_id,  # the dead node's claim, taken over
+                    fate.due_at,
+                ),
+            )
+        if not self._recoveries.get(row.call_uuid):
+            self._store(cmd.ForgetCalls(self._next_rid(), (row.call_uuid,)))
+        log.warning(
+            "call=%s account=%d: interrupted when node %s stopped answering (last alive %.0f): "
+            "%d CDRs written, callback %s",
+            row.call_uuid,
+            row.account_id,
+            row.node_id,
+            row.alive_at,
+            len(records),
+            "done" if row.answered else "owed again",
+        )
+
+    def _recovery_write(self, call_uuid: str, request: cmd.StoreRequest) -> None:
+        self._recoveries.setdefault(call_uuid, set()).add(request.rid)
+        self._recovery_of[request.rid] = (call_uuid, request)
+        self._store(request)
+
+    def _recovery_step(self, rid: int, *, failed: bool) -> None:
+        """One write of a recovery answered. Once all are: the description goes if all were
+        durable; if not, it stays this node's, and the next pass retries what failed."""
+        call_uuid, request = self._recovery_of.pop(rid)
+        if failed:
+            self._recovery_failed.setdefault(call_uuid, []).append(request)
+        outstanding = self._recoveries[call_uuid]
+        outstanding.discard(rid)
+        if outstanding:
+            return
+        del self._recoveries[call_uuid]
+        if call_uuid in self._recovery_failed:
+            log.error("call %s: recovery incomplete, retried at the next pass", call_uuid)
+            return
+        self._recovery_passes.pop(call_uuid, None)
+        self._store(cmd.ForgetCalls(self._next_rid(), (call_uuid,)))
+
+    def _retry_recovery(self, call_uuid: str) -> None:
+        failed = self._recovery_failed.pop(call_uuid)
+        passes = self._recovery_passes.get(call_uuid, 1) + 1
+        if passes > RECOVERY_PASSES:
+            # Given up (the store refuses them): every write in full in the log, for re-entry.
+            for request in failed:
+                log.error("call %s: RECOVERY WRITE LOST: %r", call_uuid, request)
+            self._recovery_passes.pop(call_uuid, None)
+            self._store(cmd.ForgetCalls(self._next_rid(), (call_uuid,)))
+            return
+        self._recovery_passes[call_uuid] = passes
+        for request in failed:
+            self._recovery_write(call_uuid, replace(request, rid=self._next_rid()))
 
     def _queue_callback_now(self, follow: tuple[int, str], now: float) -> None:
         """A callback for the account, due now, for whichever claim comes first (this node's
@@ -1029,6 +1236,7 @@ class CallController:
         destination: str | None = None,
         *,
         first_attempt: int = 1,
+        callback_id: int | None = None,
     ) -> Session | None:
         location = account.location
         prefix = self._prefix()
@@ -1053,6 +1261,7 @@ class CallController:
             location_menu=self.menu if self._may_change_location(account) else None,
         )
         session = Session(sid, account, call, trigger, started_at=now)
+        session.callback_id = callback_id
         self.sessions[sid] = session
         self._by_account[account.id] = session
         session.log.info(
@@ -1062,6 +1271,7 @@ class CallController:
             location.number,
         )
         self._apply(session, call.start(now), now)
+        self._track([session], now)
         return session
 
     @staticmethod
@@ -1345,6 +1555,7 @@ class CallController:
         rate, reservation = quote
         number, dial_string = authorizing
         session.reservation = request.key
+        self._track([session], now)  # a survivor commits or releases the hold it knows of
         accepted = self._feed(
             session,
             cf.Authorized(
@@ -1491,6 +1702,8 @@ class CallController:
         if session.call_back_now:
             self._queue_callback_now((session.account.id, session.trigger), now)
         self.sessions.pop(session.sid, None)
+        if session.tracked:
+            self._store(cmd.ForgetCalls(self._next_rid(), (session.sid,)))
         if self._by_account.get(session.account.id) is session:
             del self._by_account[session.account.id]
         if retry:

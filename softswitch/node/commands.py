@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from media.player import Tone
-from softswitch.store.models import Cdr
+from softswitch.store.models import Cdr, LiveCall
 
 __all__ = [
     "BridgeMedia",
@@ -34,6 +34,7 @@ __all__ = [
     "CommitCredit",
     "ConferenceMedia",
     "EnqueueCallback",
+    "ForgetCalls",
     "LoadAccounts",
     "LookUpSpeedDial",
     "MediaCommand",
@@ -42,6 +43,7 @@ __all__ = [
     "QuoteRate",
     "RecordMedia",
     "ReleaseCredit",
+    "ReleaseExpiredCredit",
     "RenewLeases",
     "ReserveCredit",
     "SaveRecordedName",
@@ -51,6 +53,8 @@ __all__ = [
     "SettleCallback",
     "StopMedia",
     "StoreRequest",
+    "TakeStaleCalls",
+    "TrackCalls",
     "UnbridgeMedia",
     "WriteCdr",
 ]
@@ -212,6 +216,42 @@ class SaveRecordedName:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackCalls:
+    """Write down these live calls (the heartbeat a survivor recovers them from). Answer:
+    ignored."""
+
+    rid: int
+    calls: tuple[LiveCall, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetCalls:
+    """These calls are over and recorded: forget their descriptions. Answer: ignored."""
+
+    rid: int
+    call_uuids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeStaleCalls:
+    """Take for recovery the calls of dead nodes (not written down since ``alive_before``).
+
+    Answer: ``tuple[LiveCall, ...]``."""
+
+    rid: int
+    node_id: str
+    alive_before: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseExpiredCredit:
+    """Give back credit held by calls that outlived their reservation. Answer: ``int``."""
+
+    rid: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class WriteCdr:
     """Write one CDR durably (group commit). Answer: ignored."""
 
@@ -235,6 +275,10 @@ StoreRequest = (
     | CheckSecurityCode
     | SetLocation
     | SaveRecordedName
+    | TrackCalls
+    | ForgetCalls
+    | TakeStaleCalls
+    | ReleaseExpiredCredit
 )
 
 

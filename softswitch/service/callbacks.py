@@ -17,6 +17,10 @@ __all__ = [
     "CALLBACK_LEASE",
     "CLAIM_INTERVAL",
     "LEASE_RENEWAL",
+    "LIVE_HEARTBEAT",
+    "RECOVERY_INTERVAL",
+    "RECOVERY_PASSES",
+    "STALE_AFTER",
     "STATIC_TRIGGER_HOLD",
     "TRIGGER_REFRESH",
     "Settlement",
@@ -35,6 +39,15 @@ TRIGGER_REFRESH = 10.0
 #: "callback under way" lasts this long, so repeated test triggers are absorbed as a real
 #: account's would be.
 STATIC_TRIGGER_HOLD = 120.0
+#: How often a node writes down its live calls (what a survivor recovers them from).
+LIVE_HEARTBEAT = 5.0
+#: A live call not written down for this long belongs to a node that died.
+STALE_AFTER = 4 * LIVE_HEARTBEAT
+#: How often a node looks for calls of dead nodes to recover, and for expired credit.
+RECOVERY_INTERVAL = 10.0
+#: How many passes a recovery gets for writes the store refused, before they go to the log
+#: in full (for re-entry by hand) and the call's description is dropped.
+RECOVERY_PASSES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +68,14 @@ def settlement(reason: str, *, answered: bool, retry_at: float | None) -> Settle
 
     * ``callback_retry`` (an attempt failed, another is owed): back to the queue, due after
       the pause, so a restart or another node resumes it;
-    * ``node_stopping`` before the customer answered: back to the queue now (the customer is
-      still owed the callback);
+    * ``node_stopping`` (or ``interrupted``: the node died) before the customer answered: back
+      to the queue now (the customer is still owed the callback; once answered, never again);
     * ``callback_<failure>`` (attempts exhausted, or a refusal): failed;
     * anything else (the customer was reached): done.
     """
     if reason == "callback_retry" and retry_at is not None:
         return Settlement("reschedule", reason, retry_at)
-    if reason == "node_stopping" and not answered:
+    if reason in ("node_stopping", "interrupted") and not answered:
         return Settlement("reschedule", reason)
     if reason.startswith("callback_"):
         return Settlement("fail", reason)

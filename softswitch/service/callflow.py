@@ -56,6 +56,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 
 from softswitch import fsm
@@ -148,6 +149,7 @@ __all__ = [
     "TimerFired",
     "Unbridge",
     "WriteCdr",
+    "interrupted_cdrs",
     "state_diagram",
     "transitions",
 ]
@@ -590,6 +592,53 @@ class _Leg:
     #: Hotline: billed only once the customer joined (an answer alone costs nothing).
     joined_only: bool = False
 
+    def describe(self, clock: Callable[[float], float]) -> dict[str, object]:
+        """This leg as plain data (JSON), its times through ``clock`` (to wall time)."""
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else clock(t)
+
+        return {
+            "leg": self.leg,
+            "attempt": self.attempt,
+            "number": self.number,
+            "dial_string": self.dial_string,
+            "setup_at": clock(self.setup_at),
+            "ring_at": at(self.ring_at),
+            "answer_at": at(self.answer_at),
+            "bill_from": at(self.bill_from),
+            "joined_only": self.joined_only,
+            "rate": None if self.rate is None else str(self.rate),
+            "max_seconds": self.max_seconds,
+            "minimum": self.minimum,
+            "increment": self.increment,
+        }
+
+    @classmethod
+    def from_description(cls, d: Mapping[str, object]) -> _Leg:
+        def num(key: str) -> float | None:
+            value = d.get(key)
+            return None if value is None else float(str(value))
+
+        rate = d.get("rate")
+        setup_at = num("setup_at")
+        assert setup_at is not None
+        return cls(
+            leg=str(d["leg"]),
+            attempt=int(str(d["attempt"])),
+            number=str(d["number"]),
+            dial_string=str(d["dial_string"]),
+            setup_at=setup_at,
+            ring_at=num("ring_at"),
+            answer_at=num("answer_at"),
+            rate=None if rate is None else Decimal(str(rate)),
+            max_seconds=int(str(d.get("max_seconds", 0))),
+            minimum=int(str(d.get("minimum", 30))),
+            increment=int(str(d.get("increment", 6))),
+            bill_from=num("bill_from"),
+            joined_only=bool(d.get("joined_only", False)),
+        )
+
     def cdr(self, end_at: float, cause: str, sip_status: int | None = None) -> WriteCdr:
         billed = charged = 0
         start = self.bill_from
@@ -710,6 +759,15 @@ class CustomerCall:
     def armed_timers(self) -> Mapping[str, float]:
         """The timers armed now, by name, with their due time."""
         return MappingProxyType(self._timers)
+
+    def describe_legs(self, clock: Callable[[float], float]) -> list[dict[str, object]]:
+        """The legs placed and not yet recorded, as plain data, times through ``clock``.
+
+        What a node keeps in the store while the call lasts, so that if it dies another
+        writes their CDRs (:func:`interrupted_cdrs`).
+        """
+        legs = (self._callback, self._dest, self._operator)
+        return [leg.describe(clock) for leg in legs if leg is not None]
 
     @property
     def finished(self) -> bool:
@@ -1588,6 +1646,13 @@ class CustomerCall:
         return actions + self._enter_collecting(
             now, (Prompt.DIAL_PROMPT,), self.config.silence_timeout
         )
+
+
+def interrupted_cdrs(legs: Iterable[Mapping[str, object]], end_at: float) -> list[WriteCdr]:
+    """The CDRs of a call whose node died: its legs (:meth:`CustomerCall.describe_legs`)
+    ended when it was last known alive, ``end_at``, cause ``interrupted``; an answered
+    destination is billed for the talk time known."""
+    return [_Leg.from_description(d).cdr(end_at, "interrupted") for d in legs]
 
 
 def timer_input(name: str) -> str:

@@ -204,6 +204,8 @@ class PendingCallback:
     claimed_by: str | None
     claimed_until: float | None
     last_error: str | None
+    #: The customer call it belongs to: every attempt's CDRs share it ("" for old rows).
+    call_uuid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,3 +217,24 @@ class CreditReservation:
     amount: int
     created_at: float
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCall:
+    """A customer call in progress, as its node last described it (its heartbeat).
+
+    ``legs`` is the call flow's description of the legs (JSON text: numbers, times, rates) the
+    CDRs of an interrupted call are written from; ``reservation`` the credit held for the
+    destination, if any; times are wall-clock UTC seconds.
+    """
+
+    call_uuid: str
+    node_id: str
+    account_id: int
+    callback_id: int | None
+    trigger: str
+    started_at: float
+    alive_at: float
+    answered: bool
+    legs: str
+    reservation: str | None

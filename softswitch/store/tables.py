@@ -196,6 +196,7 @@ callbacks = Table(
     Column("claimed_by", String(64)),
     Column("claimed_until_us", BigInteger),
     Column("last_error", Text),
+    Column("call_uuid", String(64)),
     CheckConstraint("state IN ('pending', 'claimed', 'done', 'failed')", name="state"),
     Index("ix_callbacks_state_due_us", "state", "due_us"),
     # At most one open callback per account: a second trigger is absorbed (SPEC 1.3), even
@@ -207,6 +208,28 @@ callbacks = Table(
         postgresql_where=text("state IN ('pending', 'claimed')"),
         sqlite_where=text("state IN ('pending', 'claimed')"),
     ),
+)
+
+#: Customer calls in progress, as their node last described them (a heartbeat every few
+#: seconds): if the node dies, another one (or the same, restarted) writes their CDRs as
+#: interrupted, releases their credit and settles their callback (issue 11).
+live_calls = Table(
+    "live_calls",
+    metadata,
+    Column("call_uuid", String(64), primary_key=True),
+    Column("node_id", String(64), nullable=False),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("callback_id", BigInteger),
+    Column("trigger_number", String(32), nullable=False, server_default=""),
+    Column("started_us", BigInteger, nullable=False),
+    Column("alive_us", BigInteger, nullable=False, index=True),
+    Column("answered", Boolean, nullable=False, server_default=text("false")),
+    #: JSON: the legs as the call flow holds them (numbers, times, rate), for the CDRs.
+    Column("legs", Text, nullable=False, server_default="[]"),
+    #: The credit reservation of the destination being dialled or talked to, if any.
+    Column("reservation", String(80)),
+    #: The node recovering this call (so two survivors never both do).
+    Column("recovering_by", String(64)),
 )
 
 credit_reservations = Table(

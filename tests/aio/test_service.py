@@ -77,11 +77,16 @@ async def provision(db_url: str) -> None:
 
 
 async def start_node(
-    tmp_path: Path, rtp_ports: tuple[int, int], **config: object
+    tmp_path: Path,
+    rtp_ports: tuple[int, int],
+    *,
+    provision_account: bool = True,
+    **config: object,
 ) -> tuple[Server, Carrier, asyncio.DatagramTransport, str]:
     """A node with the service on a provisioned SQLite store, its trunk a local socket."""
     db_url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
-    await provision(db_url)
+    if provision_account:
+        await provision(db_url)
     loop = asyncio.get_running_loop()
     transport, carrier = await loop.create_datagram_endpoint(Carrier, local_addr=("127.0.0.1", 0))
     trunk_port = transport.get_extra_info("sockname")[1]
@@ -185,3 +190,50 @@ async def test_a_prompt_set_without_a_prompt_the_call_flow_plays_stops_the_node(
     again = Server(Config(listen=(("127.0.0.1", port),)))
     await again.startup()
     await again.shutdown()
+
+
+async def test_a_node_killed_mid_call_is_recovered_by_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The "kill": the first node's sockets and store close with no stop at all (no CDR, no
+    # settlement); the next node on the same store finishes its call as interrupted and,
+    # since the customer had not answered yet, calls them back once more.
+    monkeypatch.setattr("softswitch.node.calls.STALE_AFTER", 0.5)
+    server, carrier, transport, db_url = await start_node(tmp_path, (33000, 33999))
+    node = ("127.0.0.1", server.config.listen[0][1])
+    try:
+        await ring_and_hang_up(server, transport)
+        invite = await carrier.next_request("INVITE")
+        transport.sendto(reply(invite, 180), node)
+        await asyncio.sleep(0.3)  # its description is written down
+    finally:
+        await server._close()  # killed: no stop, no CDRs, no settlement
+        transport.close()
+    store = await Store.open(db_url)
+    try:
+        assert [c.leg for c in await store.cdrs.list()] == [LegKind.TRIGGER]
+        assert len(await store.live_calls.list()) == 1
+    finally:
+        await store.close()
+    await asyncio.sleep(0.6)
+    survivor, carrier2, transport2, _ = await start_node(
+        tmp_path, (34000, 34999), provision_account=False
+    )
+    try:
+        again = await carrier2.next_request("INVITE", timeout=10.0)
+        assert again.uri.user == "+" + CUSTOMER
+        transport2.sendto(reply(again, 486), ("127.0.0.1", survivor.config.listen[0][1]))
+        await carrier2.next_request("ACK")
+    finally:
+        await survivor.shutdown()
+        transport2.close()
+    store = await Store.open(db_url)
+    try:
+        cdrs = await store.cdrs.list()
+        interrupted = [c for c in cdrs if c.cause_text.startswith("interrupted")]
+        assert [c.leg for c in interrupted] == [LegKind.CALLBACK]
+        assert interrupted[0].answer_at is None and interrupted[0].end_at is not None
+        assert len({c.call_uuid for c in cdrs}) == 1  # one customer call, two nodes
+        assert await store.live_calls.list() == ()
+    finally:
+        await store.close()

@@ -39,6 +39,7 @@ from softswitch.store.models import (
     Cdr,
     Language,
     LegKind,
+    LiveCall,
     Location,
     PendingCallback,
     Rate,
@@ -106,6 +107,8 @@ class FakeStore:
         self.settled: list[tuple[int, str, str | None]] = []
         self.renewed: list[tuple[int, ...]] = []
         self.codes: dict[int, str] = {}  # account id -> security code
+        self.live: dict[str, LiveCall] = {}  # call uuid -> the node's last description
+        self.recovering: dict[str, str] = {}  # call uuid -> the node recovering it
         self.code_failures: dict[int, int] = {}
         self.max_code_failures = 3
         self._ids = itertools.count(1)
@@ -144,11 +147,12 @@ class FakeStore:
                 row = PendingCallback(
                     next(self._ids), request.account_id, request.trigger, request.at, request.at,
                     1, CallbackState.CLAIMED, request.node_id, request.at + request.lease_s, None,
+                    request.sid,
                 )  # fmt: skip
             else:
                 row = PendingCallback(
                     next(self._ids), request.account_id, request.trigger, request.at, request.at,
-                    0, CallbackState.PENDING, None, None, None,
+                    0, CallbackState.PENDING, None, None, None, request.sid,
                 )  # fmt: skip
             self.queue[row.id] = row
             return (row, True)
@@ -169,6 +173,8 @@ class FakeStore:
             self.renewed.append(request.callback_ids)
             return len(request.callback_ids)
         if isinstance(request, cmd.SettleCallback):
+            row = self.queue[request.callback_id]
+            assert row.claimed_by == request.node_id, "settled by a node that has no claim"
             self.settled.append((request.callback_id, request.event, request.error))
             state = {
                 "complete": CallbackState.DONE,
@@ -200,6 +206,29 @@ class FakeStore:
         if isinstance(request, cmd.WriteCdr):
             self.cdrs.append(request.cdr)
             return None
+        if isinstance(request, cmd.TrackCalls):
+            for call in request.calls:
+                if call.call_uuid not in self.recovering:
+                    self.live[call.call_uuid] = call
+            return None
+        if isinstance(request, cmd.ForgetCalls):
+            for uuid in request.call_uuids:
+                self.live.pop(uuid, None)
+                self.recovering.pop(uuid, None)
+            return None
+        if isinstance(request, cmd.TakeStaleCalls):
+            taken = []
+            for call in self.live.values():
+                mine = self.recovering.get(call.call_uuid) == request.node_id
+                stale = (
+                    call.alive_at < request.alive_before and call.call_uuid not in self.recovering
+                )
+                if call.node_id != request.node_id and (mine or stale):
+                    self.recovering[call.call_uuid] = request.node_id
+                    taken.append(call)
+            return tuple(taken)
+        if isinstance(request, cmd.ReleaseExpiredCredit):
+            return 0
         if isinstance(request, cmd.CheckSecurityCode):
             failures = self.code_failures.get(request.account_id, 0)
             if failures >= self.max_code_failures:
@@ -335,6 +364,9 @@ class Rig:
         rates: Iterable[Rate] = (Rate("44", "United Kingdom", Decimal(20), 6, 30),),
         hold: Iterable[type] = (),
         start: bool = True,
+        store: FakeStore | None = None,
+        node_id: str = "test-node",
+        wall0: float = WALL0,
         **config: object,
     ) -> None:
         trunk = TrunkConfig(
@@ -355,13 +387,13 @@ class Rig:
             self.config,
             token=lambda: f"t{next(tokens)}",
             service=True,
-            node_id="test-node",
+            node_id=node_id,
             new_id=lambda: f"{next(ids):08x}" * 4,
         )
         calls = self.node.calls
         assert calls is not None
         self.calls = calls
-        self.store = FakeStore(list(accounts) or [account()], rates)
+        self.store = store or FakeStore(list(accounts) or [account()], rates)
         self.media = FakeMedia()
         self.hold = tuple(hold)
         self.held: list[cmd.StoreRequest] = []
@@ -371,7 +403,7 @@ class Rig:
         self.responses: list[Response] = []
         self.calls_out: list[Call] = []
         self._trigger_seq = itertools.count(1)
-        self.node.sync_clock(0.0, WALL0)
+        self.node.sync_clock(0.0, wall0)
         if start:
             self.node.start(self.now)
             self.pump()

@@ -9,6 +9,7 @@ commands per leg, the store requests, and the CDRs, credit and queue rows in the
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from decimal import Decimal
@@ -18,7 +19,12 @@ import pytest
 
 from media import engine as me
 from softswitch.node import commands as cmd
-from softswitch.service.callbacks import CALLBACK_LEASE, LEASE_RENEWAL, STATIC_TRIGGER_HOLD
+from softswitch.service.callbacks import (
+    CALLBACK_LEASE,
+    LEASE_RENEWAL,
+    RECOVERY_PASSES,
+    STATIC_TRIGGER_HOLD,
+)
 from softswitch.service.callflow import CallState, CustomerCall
 from softswitch.store.models import AccountKind, AccountStatus, CallbackState, LegKind, Rate
 from tests.node.harness import (
@@ -964,3 +970,102 @@ def test_a_refused_t38_offer_is_refused_back_and_the_call_stays_on_g711() -> Non
     assert [r.status for r in rig.responses if r.call_id == call_id and r.status >= 200] == [488]
     rig.keys(callback, "**")
     assert_all_over(rig)
+
+
+# --- a node that dies mid-call (issue 11) --------------------------------------------------------
+
+
+def test_live_calls_are_written_down_and_forgotten_when_over() -> None:
+    rig = Rig()
+    callback, _ = connected(rig)
+    # Written down as it happens, not at the next heartbeat: the queue row, the customer's
+    # answer, the credit held and the destination's answer (billing began).
+    [live] = rig.store.live.values()
+    assert live.alive_at == pytest.approx(WALL0 + rig.now)  # the destination's answer, now
+    assert live.node_id == "test-node" and live.callback_id == 1
+    assert live.answered and live.reservation is not None
+    legs = {leg["leg"]: leg for leg in json.loads(live.legs)}
+    assert set(legs) == {"callback", "destination"}
+    assert legs["destination"]["answer_at"] is not None
+    first = live.alive_at
+    rig.advance(10.0)
+    [live] = rig.store.live.values()
+    assert live.alive_at > first  # and refreshed while the call lasts
+    rig.keys(callback, "**")
+    assert rig.store.live == {}
+
+
+def test_a_survivor_records_the_calls_of_a_dead_node() -> None:
+    dead = Rig(node_id="node-a")
+    connected(dead)
+    dead.advance(60.0)  # talking; the last heartbeat is its last sign of life
+    last_alive = max(c.alive_at for c in dead.store.live.values())
+    # node-a is killed here (no more input), and node-b starts on the same store later.
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0)
+    store = survivor.store
+    cdrs = {c.leg: c for c in store.cdrs if c.cause_text.startswith("interrupted")}
+    assert set(cdrs) == {LegKind.CALLBACK, LegKind.DESTINATION}
+    dest = cdrs[LegKind.DESTINATION]
+    assert dest.end_at == last_alive and dest.answer_at is not None
+    assert dest.cost > 0 and dest.billed_seconds >= 54  # the talk time known, billed
+    assert store.used == {1: dest.cost} and store.reservations == {}
+    # The customer was reached: the callback is done, never placed again.
+    assert store.settled == [(1, "complete", None)]
+    assert store.live == {}
+    survivor.advance(30.0)
+    assert survivor.calls_out == []
+
+
+def test_a_recovered_call_is_forgotten_only_once_its_records_are_durable() -> None:
+    dead = Rig(node_id="node-a")
+    connected(dead)
+    dead.advance(20.0)
+    # The survivor's first CDR write fails (the store hiccups): the description stays its
+    # own, and the next recovery pass writes the records again.
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0, hold=(cmd.WriteCdr,))
+    store = survivor.store
+    assert len(survivor.held) == 2 and len(store.live) == 1
+    assert store.cdrs_of(LegKind.DESTINATION) == []
+    survivor.fail_held(cmd.WriteCdr)
+    assert len(store.live) == 1  # kept: nothing is forgotten before its CDRs are written
+    assert store.used == {1: 10} and store.settled == [(1, "complete", None)]  # done once
+    survivor.advance(10.0)  # the next pass takes it again (it is this node's recovery)
+    assert len(survivor.held) == 2  # only what failed: the two CDRs
+    survivor.release(cmd.WriteCdr)
+    assert store.live == {}
+    [dest] = store.cdrs_of(LegKind.DESTINATION)
+    assert dest.cause_text.startswith("interrupted") and dest.cost == 10
+    assert store.used == {1: 10} and store.settled == [(1, "complete", None)]
+
+
+def test_a_recovery_the_store_keeps_refusing_ends_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = Rig(node_id="node-a")
+    connected(dead)
+    dead.advance(20.0)
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0, hold=(cmd.WriteCdr,))
+    for _ in range(RECOVERY_PASSES):
+        survivor.fail_held(cmd.WriteCdr)
+        survivor.advance(10.0)
+    assert survivor.held == [] and survivor.store.live == {}  # given up, not retried forever
+    lost = [r.message for r in caplog.records if "RECOVERY WRITE LOST" in r.message]
+    assert len(lost) == 2 and all("interrupted" in m for m in lost)
+
+
+def test_a_callback_not_yet_answered_when_its_node_died_is_placed_once_more() -> None:
+    dead = Rig(node_id="node-a")
+    dead.trigger()
+    dead.ring(dead.last_call(CUSTOMER))
+    dead.advance(6.0)
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0)
+    [cdr] = [c for c in survivor.store.cdrs if c.leg is LegKind.CALLBACK]
+    assert cdr.cause_text.startswith("interrupted") and cdr.answer_at is None
+    assert survivor.store.settled == [(1, "reschedule", "interrupted")]
+    survivor.advance(1.5)
+    callback = survivor.last_call(CUSTOMER)  # owed again, placed by the survivor
+    survivor.answer(callback)
+    survivor.advance(5.0)
+    assert len(survivor.calls_out) == 1
+    # One customer call across both nodes: the resumed attempt keeps the call's id.
+    assert len({c.call_uuid for c in survivor.store.cdrs}) == 1

@@ -30,6 +30,7 @@ from softswitch.store.models import (
     CreditReservation,
     Language,
     LegKind,
+    LiveCall,
     Location,
     LocationChange,
     PendingCallback,
@@ -63,6 +64,7 @@ from softswitch.store.repos.common import (
     number_digits,
 )
 from softswitch.store.repos.credit import CreditRepo
+from softswitch.store.repos.live_calls import LiveCallRepo
 from softswitch.store.repos.rates import (
     MAX_PREFIX_DIGITS,
     PRICE_DECIMALS,
@@ -111,6 +113,8 @@ __all__ = [
     "InvalidInput",
     "Language",
     "LegKind",
+    "LiveCall",
+    "LiveCallRepo",
     "Location",
     "LocationChange",
     "NotFound",

@@ -86,6 +86,7 @@ def _callback(row: Row[Any]) -> PendingCallback:
         claimed_by=row.claimed_by,
         claimed_until=seconds(row.claimed_until_us),
         last_error=row.last_error,
+        call_uuid=row.call_uuid or "",
     )
 
 
@@ -108,8 +109,12 @@ class CallbackQueue:
         *,
         now: float,
         claim_for: tuple[str, float] | None = None,
+        call_uuid: str = "",
     ) -> tuple[PendingCallback, bool]:
         """Queue a callback; while one is open for the account, return that one instead.
+
+        ``call_uuid`` is the customer call it belongs to (its CDRs share it, whichever node
+        places the attempts).
 
         Returns ``(callback, created)``: ``created`` is ``False`` when the trigger was absorbed.
         ``claim_for=(node_id, lease_s)`` queues it already claimed by that node (one write
@@ -122,6 +127,7 @@ class CallbackQueue:
             "requested_us": us(now),
             "due_us": us(due_at),
             "state": CallbackState.PENDING.value,
+            "call_uuid": call_uuid or None,
         }
         if claim_for is not None:
             node_id, lease_s = claim_for
@@ -150,12 +156,13 @@ class CallbackQueue:
 
     async def enqueue_many(
         self,
-        items: Sequence[tuple[int, str]],
+        items: Sequence[tuple[int, str] | tuple[int, str, str]],
         *,
         now: float,
         claim_for: tuple[str, float] | None = None,
     ) -> list[tuple[PendingCallback, bool]]:
-        """:meth:`enqueue` for many ``(account_id, trigger)`` at once, in one transaction.
+        """:meth:`enqueue` for many ``(account_id, trigger[, call_uuid])`` at once, in one
+        transaction.
 
         A busy node gets many triggers per millisecond; one commit for all of them keeps the
         store from being the bottleneck (each commit costs milliseconds). Due at ``now``.
@@ -174,7 +181,8 @@ class CallbackQueue:
         try:
             async with self.db.write() as conn:
                 out: list[tuple[PendingCallback, bool]] = []
-                for account_id, trigger in items:
+                for item in items:
+                    account_id, trigger = item[0], item[1]
                     existing = await self._open_for(conn, account_id)
                     if existing is not None:
                         out.append((existing, False))
@@ -182,7 +190,12 @@ class CallbackQueue:
                     row = (
                         await conn.execute(
                             insert(callbacks)
-                            .values(account_id=account_id, trigger_number=trigger, **values)
+                            .values(
+                                account_id=account_id,
+                                trigger_number=trigger,
+                                call_uuid=(item[2] if len(item) > 2 else "") or None,
+                                **values,
+                            )
                             .returning(*callbacks.c)
                         )
                     ).one()
@@ -190,7 +203,17 @@ class CallbackQueue:
                 return out
         except IntegrityError:
             # Another node raced us on one of them (PostgreSQL): take them one by one.
-            return [await self.enqueue(a, t, now, now=now, claim_for=claim_for) for a, t in items]
+            return [
+                await self.enqueue(
+                    item[0],
+                    item[1],
+                    now,
+                    now=now,
+                    claim_for=claim_for,
+                    call_uuid=item[2] if len(item) > 2 else "",
+                )
+                for item in items
+            ]
 
     @staticmethod
     async def _open_for(conn: AsyncConnection, account_id: int) -> PendingCallback | None:

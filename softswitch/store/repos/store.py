@@ -10,6 +10,7 @@ from softswitch.store.repos.accounts import AccountRepo
 from softswitch.store.repos.callbacks import CallbackQueue
 from softswitch.store.repos.cdrs import CdrRepo
 from softswitch.store.repos.credit import CreditRepo
+from softswitch.store.repos.live_calls import LiveCallRepo
 from softswitch.store.repos.rates import RateRepo
 from softswitch.store.repos.speed_dials import SpeedDialRepo
 
@@ -25,6 +26,7 @@ class Store:
         self.credit = CreditRepo(db)
         self.cdrs = CdrRepo(db)
         self.callbacks = CallbackQueue(db)
+        self.live_calls = LiveCallRepo(db)
 
     @classmethod
     async def open(
