@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from softswitch.sip import transaction as txl
-from softswitch.sip.headers import parse_content_type, parse_max_forwards, parse_token_list
+from softswitch.sip.headers import (
+    CANONICAL,
+    parse_content_type,
+    parse_max_forwards,
+    parse_token_list,
+    split_comma_list,
+)
+from softswitch.sip.ids import random_token
 from softswitch.sip.message import (
     Address,
     BadMessage,
@@ -28,6 +35,7 @@ from softswitch.sip.message import (
     Request,
     Response,
     Via,
+    quick_init,
     set_param,
     with_raw,
 )
@@ -58,6 +66,10 @@ KNOWN_METHODS = frozenset(
     )
 )
 MAGIC_COOKIE = "z9hG4bK"
+#: Header names in the parser's canonical spelling; any other spelling is compared in lower case.
+_CANONICAL_NAMES = frozenset(CANONICAL.values())
+_POLICY_HEADERS = {"require": "Require", "max-forwards": "Max-Forwards",
+                   "content-type": "Content-Type"}  # fmt: skip
 _BARE_RPORT = re.compile(r";[ \t]*rport(?=[ \t]*(?:;|$))", re.IGNORECASE)
 
 
@@ -78,6 +90,7 @@ class EndpointConfig:
 # --- events for the application -------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
     """A new request the application must answer with :meth:`Endpoint.respond`."""
@@ -87,6 +100,7 @@ class RequestReceived:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestCancelled:
     """A CANCEL matched a pending INVITE; the endpoint has sent 200 (CANCEL) and 487 (INVITE)."""
@@ -96,6 +110,7 @@ class RequestCancelled:
     cancel: Request
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AckReceived:
     """An ACK for a 2xx (outside any transaction, RFC 3261 section 17.1.1.3)."""
@@ -104,6 +119,7 @@ class AckReceived:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
     tx: txl.ClientTransaction
@@ -111,6 +127,7 @@ class ResponseReceived:
     source: Address | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
     """A response with no transaction: a retransmitted 2xx to INVITE the UAC must re-ACK."""
@@ -119,6 +136,7 @@ class StrayResponse:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransactionTimedOut:
     """Timer B/F (client) or H (server: the ACK never came) fired, or the transport failed."""
@@ -137,7 +155,7 @@ EndpointEvent = (
 
 
 def _random_token() -> str:
-    return os.urandom(8).hex()
+    return random_token()
 
 
 class Endpoint:
@@ -158,6 +176,11 @@ class Endpoint:
         self._acl = tuple(ipaddress.ip_network(n, strict=False) for n in self.config.allow_from)
         self._acl_cache: dict[str, bool] = {}
         self._allow_header = ", ".join(self.config.allow)
+        self._server_header: HeaderList = (("Server", self.config.user_agent),)
+        #: (top Via text, source host, source port) -> that Via with received/rport set (or
+        #: as it was, when it needs neither): a CANCEL and an ACK repeat their INVITE's Via
+        #: from the same address.
+        self._fixed_vias: dict[tuple[str, str, int], Via] = {}
         self._source: Address | None = None
         self.stats = {"received": 0, "dropped_acl": 0, "bad": 0, "sent": 0}
 
@@ -231,7 +254,7 @@ class Endpoint:
                 to_tag = self._to_tags[id(tx)] = self._token()
         else:
             to_tag = None
-        extra: HeaderList = (("Server", self.config.user_agent),)
+        extra = self._server_header
         if status in (405, 501) or (request.method == "OPTIONS" and 200 <= status < 300):
             extra += (("Allow", self._allow_header),)
         response = txl.make_response(
@@ -335,26 +358,21 @@ class Endpoint:
     def _fix_via(self, req: Request, addr: Address) -> Request:
         """RFC 3261 section 18.2.1 (received) and RFC 3581 (rport) on the top Via."""
         top = req.vias[0]
-        params = top.params
-        if top.host != addr.host:
-            params = set_param(params, "received", addr.host)
-        if top.rport == "":
-            params = set_param(params, "rport", str(addr.port))
-        if params is top.params:
-            return req
-        # Direct construction: dataclasses.replace() costs several times more on this path.
-        via = Via(top.transport, top.host, top.port, params, top.protocol)
         raw = top.raw
-        if raw is not None:
-            # Keep echoing the text as received (RFC 3261 8.2.6.2), with our two additions.
-            if top.rport == "":
-                raw, count = _BARE_RPORT.subn(f";rport={addr.port}", raw)
-                if count != 1:
-                    raw = None
-            if raw is not None and top.host != addr.host:
-                raw = f"{raw};received={addr.host}"
-            if raw is not None:
-                with_raw(via, raw)
+        if raw is None:
+            via = _fixed_via(top, addr)
+        else:
+            key = (raw, addr.host, addr.port)
+            cached = self._fixed_vias.get(key)
+            if cached is None:
+                cached = _fixed_via(top, addr)
+                if len(self._fixed_vias) >= 4096:
+                    self._fixed_vias.clear()
+                self._fixed_vias[key] = cached
+            # The same text parses to an equal Via: unchanged then is unchanged now.
+            via = top if cached.raw == raw else cached
+        if via is top:
+            return req
         return Request(
             req.method,
             req.uri,
@@ -395,9 +413,13 @@ class Endpoint:
                 dest = self._response_dest(message.vias, dest)
             self._out.append((serialize(message), dest))
 
-    def _dispatch(self, event: object, now: float) -> None:
-        if isinstance(event, txl.RequestReceived):
+    def _dispatch(self, event: txl.Event, now: float) -> None:
+        # Most events are new requests and terminated transactions: test those first.
+        if type(event) is txl.RequestReceived:
             self._new_request(event.tx, event.request, event.source, now)
+        elif type(event) is txl.TransactionTerminated:
+            if isinstance(event.tx, txl.ServerTransaction):
+                self._to_tags.pop(id(event.tx), None)
         elif isinstance(event, txl.CancelReceived):
             self._cancel(event, now)
         elif isinstance(event, txl.AckReceived):
@@ -409,10 +431,6 @@ class Endpoint:
             self._events.append(StrayResponse(event.response, event.source))
         elif isinstance(event, (txl.TransactionTimeout, txl.TransportFailed)):
             self._events.append(TransactionTimedOut(event.tx))
-        elif isinstance(event, txl.TransactionTerminated) and isinstance(
-            event.tx, txl.ServerTransaction
-        ):
-            self._to_tags.pop(id(event.tx), None)
 
     def _new_request(
         self, tx: txl.ServerTransaction, req: Request, source: Address, now: float
@@ -422,20 +440,40 @@ class Endpoint:
             status = 405 if method in KNOWN_METHODS else 501
             self.respond(tx, status, now=now)
             return
-        if method not in ("ACK", "CANCEL"):
-            required = [t for v in req.header_all("Require") for t in parse_token_list(v)]
+        # One pass for the three headers the policy reads (header() would scan once each).
+        require: list[str] = []
+        max_forwards: str | None = None
+        ctype: str | None = None
+        for name, value in req.headers:
+            if name not in _CANONICAL_NAMES:
+                # Unknown, or a known name spelled otherwise: compare as header() does.
+                name = _POLICY_HEADERS.get(name.lower(), "")
+            if name == "Require":
+                require.append(value)
+            elif name == "Max-Forwards":
+                if max_forwards is None:
+                    max_forwards = value
+            elif name == "Content-Type" and ctype is None:
+                ctype = value
+        if require and method not in ("ACK", "CANCEL"):
+            required = [
+                t for v in require for item in split_comma_list(v) for t in parse_token_list(item)
+            ]
             unsupported = [t for t in required if t not in self.config.supported]
             if unsupported:
                 # RFC 3261 section 8.2.2.3
                 self.respond(tx, 420, headers=(("Unsupported", ", ".join(unsupported)),), now=now)
                 return
-        max_forwards = req.header("Max-Forwards")
-        if max_forwards is not None and method != "OPTIONS" and _is_zero(max_forwards):
+        if (
+            max_forwards is not None
+            and method != "OPTIONS"
+            and "0" in max_forwards  # the parser has read it; a zero has a 0 in it
+            and _is_zero(max_forwards)
+        ):
             self.respond(tx, 483, now=now)
             return
         if method == "INVITE" and req.body:
-            ctype = req.header("Content-Type")
-            media_type = parse_content_type(ctype)[0] if ctype else ""
+            media_type = _media_type(ctype) if ctype else ""
             if media_type not in self.config.accept:
                 # RFC 3261 section 8.2.3
                 self.respond(tx, 415, headers=(("Accept", ", ".join(self.config.accept)),), now=now)
@@ -460,6 +498,38 @@ class Endpoint:
         tag = self._to_tags.get(id(invite_tx)) if invite_tx is not None else None
         if self._layer.answer_cancel(event, now, to_tag=tag) and invite_tx is not None:
             self._events.append(RequestCancelled(invite_tx, invite_tx.request, event.request))
+
+
+def _fixed_via(top: Via, addr: Address) -> Via:
+    """``top`` with received and rport set as ``addr`` requires (itself when nothing is)."""
+    params = top.params
+    rport = top.rport == ""
+    if top.host != addr.host:
+        params = set_param(params, "received", addr.host)
+    if rport:
+        params = set_param(params, "rport", str(addr.port))
+    if params is top.params:
+        return top
+    # Direct construction: dataclasses.replace() costs several times more on this path.
+    via = Via(top.transport, top.host, top.port, params, top.protocol)
+    raw = top.raw
+    if raw is not None:
+        # Keep echoing the text as received (RFC 3261 8.2.6.2), with our two additions.
+        if rport:
+            raw, count = _BARE_RPORT.subn(f";rport={addr.port}", raw)
+            if count != 1:
+                raw = None
+        if raw is not None and top.host != addr.host:
+            raw = f"{raw};received={addr.host}"
+        if raw is not None:
+            with_raw(via, raw)
+    return via
+
+
+@lru_cache(maxsize=256)
+def _media_type(content_type: str) -> str:
+    """``type/subtype`` of a Content-Type value (the same few come again and again)."""
+    return parse_content_type(content_type)[0]
 
 
 def _is_zero(value: str) -> bool:

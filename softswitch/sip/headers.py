@@ -203,8 +203,28 @@ _VIA_RE = re.compile(
 )
 
 
+# One entry as nearly every peer writes it: SIP/2.0, an upper-case transport, a host name or
+# IPv4 address as HOSTNAME_RE reads it, maybe a port, parameters without spaces or quotes.
+_PLAIN_VIA_RE = re.compile(
+    r"SIP/2\.0/(UDP|TCP|TLS|SCTP|WS|WSS) ([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
+    rf"(?::([0-9]{{1,5}}))?((?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}\[\]:]+)?)*)"
+)
+
+
 def parse_via(value: str) -> list[Via]:
     """Parse one Via header value, which may hold several comma-separated entries (20.42)."""
+    m = _PLAIN_VIA_RE.fullmatch(value)
+    if m is not None:
+        # What the general path below makes of it, without its separate checks.
+        transport, host, port_text, params_text = m.groups()
+        number = None if port_text is None else int(port_text)
+        if number is None or number <= 65535:
+            plain: list[tuple[str, str | None]] = []
+            if params_text:
+                for item in params_text[1:].split(";"):
+                    name, eq, param = item.partition("=")
+                    plain.append((name, param if eq else None))
+            return [Via(transport, host, number, tuple(plain))]
     out: list[Via] = []
     for item in _split_strict(value, "Via"):
         m = _VIA_RE.fullmatch(item)

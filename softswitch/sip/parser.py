@@ -94,6 +94,18 @@ _SPECIAL = {
     "Contact": _CONTACT,
 }
 _SINGLE_NAMES = {_FROM: "From", _TO: "To", _CALL_ID: "Call-ID", _CSEQ: "CSeq"}
+#: Header name as written -> (canonical name, kind or None), for the spellings peers use: the
+#: canonical one, all lower case, all upper case, and the compact forms. Any other spelling
+#: takes the general path (strip, lower case, CANONICAL), with the same result.
+_EXACT_NAMES: dict[str, tuple[str, int | None]] = {}
+for _low, _canon in CANONICAL.items():
+    for _spelling in (_canon, _low, _low.upper()):
+        _EXACT_NAMES[_spelling] = (_canon, _SPECIAL.get(_canon))
+#: Methods that are tokens (the request line check), without the regular expression.
+_TOKEN_METHODS = frozenset(
+    ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE")
+)  # fmt: skip
 
 
 def parse_message(
@@ -165,7 +177,7 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
     lines = head.split("\n")
     if len(lines) > MAX_HEADERS + 1:
         return BadMessage(f"Too many header fields (more than {MAX_HEADERS})", status=400)
-    if max(map(len, lines)) > MAX_LINE:
+    if len(head) > MAX_LINE and max(map(len, lines)) > MAX_LINE:
         errors.add(400, f"Header line longer than {MAX_LINE} characters")
 
     first = lines[0]
@@ -198,22 +210,25 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
     contacts: list[str] = []
     max_forwards: list[str] = []
     headers: list[tuple[str, str]] = []
-    canonical_get = CANONICAL.get
-    special_get = _SPECIAL.get
+    exact_get = _EXACT_NAMES.get
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep:
             errors.add(400, f"Bad header line {line[:40]!r}")
             continue
-        name = name.rstrip(" \t")
-        canon = canonical_get(name.lower())
-        if canon is None:
-            if not TOKEN_RE.fullmatch(name):
-                errors.add(400, f"Bad header name {name[:40]!r}")
-                continue
-            canon = name
+        known = exact_get(name)
+        if known is None:
+            name = name.rstrip(" \t")
+            canon = CANONICAL.get(name.lower())
+            if canon is None:
+                if not TOKEN_RE.fullmatch(name):
+                    errors.add(400, f"Bad header name {name[:40]!r}")
+                    continue
+                canon = name
+            kind = _SPECIAL.get(canon)
+        else:
+            canon, kind = known
         value = value.strip(" \t")
-        kind = special_get(canon)
         if kind is None:
             headers.append((canon, value))
         elif kind == _VIA:
@@ -243,6 +258,8 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
     if cseq is not None and not is_response and cseq.method != method and method:
         errors.add(400, "CSeq method does not match the request method")
     for value in max_forwards:
+        if len(value) < 3 and value.isdigit() and value.isascii():
+            continue  # 0..99: the usual 70, without the call
         try:
             parse_max_forwards(value)
         except ValueError as exc:
@@ -283,6 +300,23 @@ _NO_URI = URI(host="")
 
 def _request_line(line: str, errors: _Errors) -> tuple[str, URI, str]:
     """Method, URI and version; problems are recorded in ``errors``."""
+    if len(line) <= _CACHED_LEN:
+        clean = _clean_request_line(line)
+        if clean is not None:
+            return clean
+    return _read_request_line(line, errors)
+
+
+@lru_cache(maxsize=4096)
+def _clean_request_line(line: str) -> tuple[str, URI, str] | None:
+    """A request line that reads without error, shared (the same numbers ring again and
+    again); ``None`` when it has an error, which the caller then reads again to record."""
+    errors = _Errors()
+    parsed = _read_request_line(line, errors)
+    return parsed if errors.reason is None else None
+
+
+def _read_request_line(line: str, errors: _Errors) -> tuple[str, URI, str]:
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
         # Extra or trailing SP (RFC 4475 3.1.2.9, 3.1.2.10) or LWS in the URI (3.1.2.8).
@@ -291,7 +325,7 @@ def _request_line(line: str, errors: _Errors) -> tuple[str, URI, str]:
         if len(parts) != 3:
             return (parts[0] if parts else ""), _NO_URI, "SIP/2.0"
     method, uri_text, version = parts
-    if not TOKEN_RE.fullmatch(method):
+    if method not in _TOKEN_METHODS and not TOKEN_RE.fullmatch(method):
         errors.add(400, "Bad method in request line")
     if version != "SIP/2.0":
         if version.upper() == "SIP/2.0":
@@ -362,6 +396,12 @@ def _cached_name_addr(value: str) -> NameAddr:
     return with_raw(parse_name_addr(value), value)
 
 
+@lru_cache(maxsize=8192)
+def _cached_cseq(value: str) -> CSeq:
+    """CSeq values, shared like :func:`_cached_via` (``1 INVITE``, and its CANCEL and ACK)."""
+    return parse_cseq(value)
+
+
 def _lax_via(value: str) -> list[Via]:
     """Best effort on a broken Via, only to address the 400 (RFC 3261 section 18.2.2)."""
     first = value.split(",", 1)[0]
@@ -416,7 +456,7 @@ def _cseq(value: str | None, errors: _Errors, method: str) -> CSeq | None:
         errors.add(400, "Missing CSeq header")
         return None
     try:
-        return parse_cseq(value)
+        return _cached_cseq(value) if len(value) <= _CACHED_LEN else parse_cseq(value)
     except ValueError as exc:
         errors.add(400, f"Bad CSeq header: {exc}")
     # RFC 4475 3.1.2.4: the 400 answers an out-of-range CSeq, so echo the number as sent.

@@ -11,10 +11,13 @@ it is refused with ``ValueError`` (parsed messages never hold one: folding is un
 
 from __future__ import annotations
 
+from softswitch.sip.headers import CANONICAL
 from softswitch.sip.message import Request, Response
 from softswitch.sip.uri import format_name_addr, format_uri
 
 __all__ = ["serialize"]
+
+_OTHER_KNOWN = frozenset(CANONICAL.values()) - {"Content-Length"}
 
 
 def serialize(msg: Request | Response) -> bytes:
@@ -25,18 +28,22 @@ def serialize(msg: Request | Response) -> bytes:
         start = f"{msg.version} {msg.status} {msg.reason}\r\n"
     parts = [start]
     for via in msg.vias:
-        parts.append(f"Via: {via}\r\n")
-    parts.append(f"From: {format_name_addr(msg.from_)}\r\n")
-    parts.append(f"To: {format_name_addr(msg.to)}\r\n")
-    parts.append(f"Call-ID: {msg.call_id}\r\nCSeq: {msg.cseq.seq} {msg.cseq.method}\r\n")
+        raw = via.raw
+        parts.append(f"Via: {via if raw is None else raw}\r\n")
+    from_, to, cseq = msg.from_, msg.to, msg.cseq
+    parts.append(f"From: {format_name_addr(from_) if from_.raw is None else from_.raw}\r\n")
+    parts.append(f"To: {format_name_addr(to) if to.raw is None else to.raw}\r\n")
+    parts.append(f"Call-ID: {msg.call_id}\r\nCSeq: {cseq.seq} {cseq.method}\r\n")
     for name, value in msg.headers:
-        if name.lower() == "content-length":
+        # Known names other than Content-Length need no lower-casing to be told apart.
+        if name not in _OTHER_KNOWN and name.lower() == "content-length":
             continue
         parts.append(f"{name}: {value}\r\n")
     parts.append(f"Content-Length: {len(msg.body)}\r\n\r\n")
     head = "".join(parts)
     # Exactly one CR per line means no value smuggled a line break in.
-    if head.count("\r") != head.count("\n") or head.count("\n") != len(parts) + 2:
+    lines = head.count("\n")
+    if lines != len(parts) + 2 or head.count("\r") != lines:
         raise ValueError("CR or LF inside a header name or value")
     data = head.encode("utf-8", "surrogateescape")
     return data + msg.body if msg.body else data

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 
 from softswitch import fsm
 from softswitch.sip import timers
+from softswitch.sip.ids import random_token
 from softswitch.sip.message import (
     Address,
     CSeq,
@@ -42,6 +42,7 @@ from softswitch.sip.message import (
     Request,
     Response,
     Via,
+    quick_init,
     with_raw,
 )
 from softswitch.sip.timers import TimerConfig
@@ -201,6 +202,7 @@ class NonInviteServerState(_FastEnum):
 # --- events for the TU --------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
     """A new request; answer it with :meth:`TransactionLayer.send_response` on ``tx``."""
@@ -210,6 +212,7 @@ class RequestReceived:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
     """A response for a client transaction (retransmissions of final responses are absorbed)."""
@@ -218,6 +221,7 @@ class ResponseReceived:
     response: Response
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AckReceived:
     """An ACK outside any transaction: the ACK for a 2xx (RFC 3261 section 17.1.1.3)."""
@@ -226,6 +230,7 @@ class AckReceived:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CancelReceived:
     """A CANCEL (RFC 3261 section 9.2), with the INVITE transaction it targets, if any.
@@ -240,6 +245,7 @@ class CancelReceived:
     source: Address
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransactionTimeout:
     """Timer B, F (no final response) or H (the ACK never came) fired."""
@@ -248,6 +254,7 @@ class TransactionTimeout:
     timer: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransportFailed:
     """The transport reported a failure for this transaction (RFC 3261 sections 17.1.4, 17.2.4)."""
@@ -255,6 +262,7 @@ class TransportFailed:
     tx: Transaction
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TransactionTerminated:
     """The transaction is gone from the layer; the TU may forget it."""
@@ -262,6 +270,7 @@ class TransactionTerminated:
     tx: Transaction
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StrayResponse:
     """A 2xx to INVITE matching no transaction: a retransmitted or forked 2xx to re-ACK."""
@@ -370,7 +379,7 @@ def make_cancel(invite: Request) -> Request:
 
 def new_branch() -> str:
     """A fresh branch parameter with the RFC 3261 magic cookie (section 8.1.1.7)."""
-    return MAGIC_COOKIE + os.urandom(8).hex()
+    return MAGIC_COOKIE + random_token()
 
 
 def _default_port(transport: str) -> int:
@@ -409,6 +418,7 @@ def server_key(request: Request) -> tuple[object, ...] | None:
 #: What a table entry runs: ``action(tx, message or None, now)``.
 _Action = Callable[[Any, Any, float], None]
 _Table = fsm.Table[Any, Input, _Action]
+_Transition = fsm.Transition[Any, _Action]
 
 
 class Transaction:
@@ -427,6 +437,8 @@ class Transaction:
     )
 
     TABLE: ClassVar[_Table]
+    #: TABLE's entries unpacked for ``_input``: (state, input) -> (action, target, entry).
+    STEPS: ClassVar[Mapping[tuple[Enum, Input], tuple[_Action, Enum, _Transition]]]
     TIMERS_IN: ClassVar[Mapping[Enum, frozenset[Input]]]
     INITIAL: ClassVar[Enum]
     TERMINATED: ClassVar[Enum]
@@ -470,20 +482,20 @@ class Transaction:
         return self.TABLE.accepts(self.state, inp)
 
     # The one entry point of the state machine, on the hot path (every SIP message): one dict
-    # access to the table's entries; the table itself only speaks up for a missing pair.
+    # access to the table's entries (as STEPS unpacks them); the table itself only speaks up
+    # for a missing pair.
     def _input(self, inp: Input, now: float, msg: Message | None = None) -> None:
         state = self.state
-        entry = self.TABLE.entries.get((state, inp))
-        if entry is None:
+        step = self.STEPS.get((state, inp))
+        if step is None:
             self.TABLE.fire(state, inp, who=self)  # raises ProtocolError
             return
-        action = entry.handler
-        assert action is not None
+        action, new, entry = step
         action(self, msg, now)
-        new = entry.target
         if new is not state:
             self._set_state(new, entry, inp)
-        self._run_immediate(now)
+        if self._fire_now is not None:
+            self._run_immediate(now)
 
     def _run_immediate(self, now: float) -> None:
         # Zero-length timers (D, I, J, K on reliable transports) fire right after the transition
@@ -493,10 +505,16 @@ class Transaction:
             self._input(inp, now)
 
     def _set_state(self, new: Enum, transition: fsm.Transition[Any, _Action], inp: Input) -> None:
-        self.state = self.TABLE.move(log, self, self.state, new, transition, inp)
-        allowed = self.TIMERS_IN[new]
-        for timer in [t for t in self._timers if t not in allowed]:
-            self._stop_timer(timer)
+        # ``new`` is the entry's own target (see STEPS), so the table's check of the move
+        # cannot fail: ask it only when the move is logged.
+        if log.isEnabledFor(logging.DEBUG):
+            self.TABLE.move(log, self, self.state, new, transition, inp)
+        self.state = new
+        timers = self._timers
+        if timers:
+            allowed = self.TIMERS_IN[new]
+            for timer in [t for t in timers if t not in allowed]:
+                self._stop_timer(timer)
         if new is self.TERMINATED:
             self._layer._forget(self)
             self._layer._events.append(TransactionTerminated(self))
@@ -551,7 +569,16 @@ class ServerTransaction(Transaction):
         source: Address,
         reliable: bool,
     ) -> None:
-        super().__init__(layer, key, request, reliable)
+        # Transaction.__init__ written out: two of these are made for every trigger call.
+        self._layer = layer
+        self.key = key
+        self.request = request
+        self.reliable = reliable
+        self.state = self.INITIAL
+        self.last_response = None
+        self._timers = {}
+        self._interval = 0.0
+        self._fire_now = None
         self.source = source
         self.last_provisional: Response | None = None
 
@@ -835,6 +862,17 @@ _NON_INVITE_SERVER: fsm.Table[NonInviteServerState, Input, _Action] = fsm.Table(
 )
 
 
+def _steps(table: _Table) -> dict[tuple[Enum, Input], tuple[_Action, Enum, _Transition]]:
+    """Each entry as (action, its one target, the entry): the transaction tables have one
+    target per entry and an action in every entry."""
+    out: dict[tuple[Enum, Input], tuple[_Action, Enum, _Transition]] = {}
+    for key, entry in table:
+        if entry.handler is None:
+            raise ValueError(f"{table.name}: {key[0].name} on {key[1].name} has no action")
+        out[key] = (entry.handler, entry.target, entry)
+    return out
+
+
 def _timers_in(table: _Table, states: type[Enum]) -> dict[Any, frozenset[Input]]:
     return {
         state: frozenset(inp for inp in Input if inp.is_timer and table.accepts(state, inp))
@@ -850,6 +888,7 @@ class InviteClientTransaction(ClientTransaction):
     State = InviteClientState
     TABLE: ClassVar[_Table] = _INVITE_CLIENT
     TIMERS_IN = _timers_in(_INVITE_CLIENT, InviteClientState)
+    STEPS = _steps(_INVITE_CLIENT)
     INITIAL = InviteClientState.CALLING
     TERMINATED = InviteClientState.TERMINATED
 
@@ -886,6 +925,7 @@ class NonInviteClientTransaction(ClientTransaction):
     State = NonInviteClientState
     TABLE: ClassVar[_Table] = _NON_INVITE_CLIENT
     TIMERS_IN = _timers_in(_NON_INVITE_CLIENT, NonInviteClientState)
+    STEPS = _steps(_NON_INVITE_CLIENT)
     INITIAL = NonInviteClientState.TRYING
     TERMINATED = NonInviteClientState.TERMINATED
 
@@ -907,6 +947,7 @@ class InviteServerTransaction(ServerTransaction):
     State = InviteServerState
     TABLE: ClassVar[_Table] = _INVITE_SERVER
     TIMERS_IN = _timers_in(_INVITE_SERVER, InviteServerState)
+    STEPS = _steps(_INVITE_SERVER)
     INITIAL = InviteServerState.PROCEEDING
     TERMINATED = InviteServerState.TERMINATED
 
@@ -925,6 +966,7 @@ class NonInviteServerTransaction(ServerTransaction):
     State = NonInviteServerState
     TABLE: ClassVar[_Table] = _NON_INVITE_SERVER
     TIMERS_IN = _timers_in(_NON_INVITE_SERVER, NonInviteServerState)
+    STEPS = _steps(_NON_INVITE_SERVER)
     INITIAL = NonInviteServerState.TRYING
     TERMINATED = NonInviteServerState.TERMINATED
 
@@ -986,7 +1028,8 @@ class TransactionLayer:
     def is_reliable(self, address: Address) -> bool:
         if self._is_reliable is not None:
             return self._is_reliable
-        return address.transport.upper() in RELIABLE_TRANSPORTS
+        transport = address.transport
+        return transport != "UDP" and transport.upper() in RELIABLE_TRANSPORTS
 
     # --- the TU's side ---
 
@@ -1045,7 +1088,7 @@ class TransactionLayer:
             return False
         if event.request.to.tag is None:
             sent = invite_tx.last_provisional or invite_tx.last_response
-            tag = (sent.to.tag if sent is not None else None) or to_tag or os.urandom(8).hex()
+            tag = (sent.to.tag if sent is not None else None) or to_tag or random_token()
         else:
             tag = None
         self.send_response(event.cancel_tx, make_response(event.request, 200, to_tag=tag), now)

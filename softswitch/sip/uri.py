@@ -67,6 +67,11 @@ _PARAMS_FAST_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}\[\]:]+)?)
 _MUST_ESCAPE_IN_QUOTES_RE = re.compile(r'["\\\x00-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 _CACHE_MAX_LEN = 256
+# The usual From/To/Contact/Request-URI: a user part of unreserved characters (no escapes, no
+# password), a host name or IPv4 address as HOSTNAME_RE reads it, maybe a port; no parameters.
+_PLAIN_SIP_RE = re.compile(
+    rf"sip:([{_UNRESERVED}&=+$,]+)@([A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)(?::([0-9]{{1,5}}))?"
+)
 
 
 class UnsupportedScheme(ValueError):
@@ -119,6 +124,15 @@ def _parse_uri_cached(text: str, allow_other: bool) -> URI:
 
 
 def _parse_uri(text: str, allow_other: bool) -> URI:
+    m = _PLAIN_SIP_RE.fullmatch(text)
+    if m is not None:
+        # sip:user@host[:port] with nothing to unescape: what _parse_sip would make of it.
+        user, host, port_text = m.groups()
+        if port_text is None:
+            return URI("sip", user, None, host)
+        port = int(port_text)
+        if port <= 65535:
+            return URI("sip", user, None, host, port)
     if _NOT_URI_RE.search(text):
         raise ValueError(f"illegal character in URI {text[:64]!r}")
     scheme, sep, rest = text.partition(":")
@@ -263,10 +277,11 @@ def parse_params(text: str) -> Params:
     """
     if _PARAMS_FAST_RE.fullmatch(text):
         # No whitespace, no quotes: the one regex above has checked every name and value.
-        return tuple(
-            (name, value if eq else None)
-            for name, eq, value in [item.partition("=") for item in text[1:].split(";")]
-        )
+        fast: list[tuple[str, str | None]] = []
+        for item in text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            fast.append((name, value if eq else None))
+        return tuple(fast)
     text = text.strip()
     if not text:
         return ()
