@@ -90,11 +90,35 @@ def probe_matrix(freqs: NDArray[np.float64], n: int = WINDOW) -> NDArray[np.floa
     return np.concatenate([np.cos(arg), np.sin(arg)], axis=1).astype(np.float32)
 
 
+class SlotIndex:
+    """Slots as a slice when they are one ascending run, as the media engine's batch usually
+    is: per-slot state is then read and written through views instead of fancy indexing.
+    The answer for the last slots array seen is kept (the engine passes the same one each
+    tick)."""
+
+    __slots__ = ("_last", "_result")
+
+    def __init__(self) -> None:
+        self._last: NDArray[np.intp] | None = None
+        self._result: slice | NDArray[np.intp] = slice(0, 0)
+
+    def of(self, slots: NDArray[np.intp]) -> slice | NDArray[np.intp]:
+        """A slice equal to ``slots`` when there is one, else ``slots``."""
+        if slots is self._last:
+            return self._result
+        n = len(slots)
+        first = int(slots[0])
+        run = int(slots[-1]) - first == n - 1 and (n < 3 or bool((np.diff(slots) == 1).all()))
+        self._last = slots
+        self._result = slice(first, first + n) if run else slots
+        return self._result
+
+
 # Stage 1 probes: each DTMF frequency f at f (1 - 2 %), f, f (1 + 2 %) (the tone power is the
 # best of the three). Stage 2: f (1 - 4 %) and f (1 + 4 %), which put the acceptance edge at
 # about +-2 %, and the 3rd harmonic of each low-group tone: a voiced sound whose fundamental and
 # 2nd harmonic land near a low and a high DTMF tone (e.g. 680 + 1360 Hz ~ digit 2) also has one.
-_PROBE_FREQS1 = (_FREQS[:, None] * (1.0 + np.array([-0.02, 0.0, 0.02]))[None, :]).ravel()
+_PROBE_FREQS1 = ((1.0 + np.array([-0.02, 0.0, 0.02]))[:, None] * _FREQS[None, :]).ravel()
 _PROBE_FREQS2 = np.concatenate(
     [(_FREQS[:, None] * (1.0 + np.array([-0.04, 0.04]))[None, :]).ravel(), 3 * _FREQS[:4]]
 )
@@ -113,7 +137,6 @@ _MIN_POWER = (DBM0_PEAK**2 / 2) * 10 ** (MIN_LEVEL_DBM0 / 10)
 _GATE_ENERGY = np.float32(WINDOW * _MIN_POWER / 4)  # on the sum of squares
 # The fill test again, loosened far beyond float32 rounding (the exact test follows).
 _GATE_FILL = np.float32(FILL_RATIO * 0.999)
-_ONES = np.ones(QUARTER, dtype=np.float32)
 _MARGIN = 10 ** (GROUP_MARGIN_DB / 10)
 _REVERSE_TWIST = 10 ** (REVERSE_TWIST_DB / 10)
 _NORMAL_TWIST = 10 ** (-NORMAL_TWIST_DB / 10)
@@ -140,6 +163,10 @@ class DtmfDetector:
         #: the frame held a valid DTMF tone pair (tone energy, before any digit is confirmed).
         #: The media engine's DTMF clamp silences such frames in what the bridge peer hears.
         self.last_tone: NDArray[np.bool_] = np.zeros(0, dtype=np.bool_)
+        #: After :meth:`process`: the energy of each 5 ms quarter of every frame (n, 4), in
+        #: float32 (the fax detector's gate reuses them for the same frames).
+        self.last_quarters: NDArray[np.float32] = np.zeros((0, 4), dtype=np.float32)
+        self._index = SlotIndex()
 
     def add_leg(self, leg_id: Hashable) -> int:
         """Reserve a slot for ``leg_id`` (fresh state) and return it."""
@@ -188,22 +215,21 @@ class DtmfDetector:
         n = len(slots)
         if n == 0:
             self.last_tone = np.zeros(0, dtype=np.bool_)
+            self.last_quarters = np.zeros((0, 4), dtype=np.float32)
             return []
         if frames.shape != (n, FRAME):
             raise ValueError(f"frames must have shape ({n}, {FRAME}), got {frames.shape}")
-        t0 = np.broadcast_to(np.asarray(sample_time, dtype=np.int64), (n,))
+        idx = self._index.of(slots)
         # The gate, in float32 for the whole batch: the quarter energies of this frame, after
         # the last two of the previous one (kept per slot), as rows (6, n). The two windows
         # are quarters 0-3 and 2-5 since HOP is two quarters.
-        if frames.dtype == np.float32:
-            x = frames * frames
-        else:
-            x = frames.astype(np.float32)
-            x *= x
+        f = np.asarray(frames, dtype=np.float32).reshape(n * 4, QUARTER)
+        quarters = np.einsum("ij,ij->i", f, f).reshape(n, 4)
+        self.last_quarters = quarters
         e = np.empty((6, n), dtype=np.float32)
-        e[:2] = self._tail_energy[slots].T
-        e[2:] = (x.reshape(-1, QUARTER) @ _ONES).reshape(n, 4).T
-        self._tail_energy[slots] = e[4:].T
+        e[:2] = self._tail_energy[idx].T
+        e[2:] = quarters.T
+        self._tail_energy[idx] = quarters[:, 2:]
         lo01, lo23, lo45 = np.minimum(e[0], e[1]), np.minimum(e[2], e[3]), np.minimum(e[4], e[5])
         hi01, hi23, hi45 = np.maximum(e[0], e[1]), np.maximum(e[2], e[3]), np.maximum(e[4], e[5])
         sum23 = e[2] + e[3]
@@ -218,7 +244,7 @@ class DtmfDetector:
         digits = np.full((2, n), -1, dtype=np.int8)
         levels = np.zeros((2, n, 2), dtype=np.float64)
         # Legs in a digit or with a candidate: their state machine runs on every window.
-        state = (self._cur[slots] >= 0) | (self._cand[slots] >= 0)
+        state = (self._cur[idx] >= 0) | (self._cand[idx] >= 0)
         # The window on this frame (k = 1) first, wherever the gate let it through.
         full = np.flatnonzero(live[1])
         if len(full):
@@ -238,8 +264,9 @@ class DtmfDetector:
             d, lv = self._classify(np.concatenate([tail, frames[half, : WINDOW - HOP]], axis=1))
             digits[0, half] = d
             levels[0, half] = lv
-        self._tail[slots] = frames[:, FRAME - (WINDOW - HOP) :]
-        self.last_tone = np.asarray((digits >= 0).any(axis=0), dtype=np.bool_)
+        self._tail[idx] = frames[:, FRAME - (WINDOW - HOP) :]
+        # Either window valid: the two int8 digits of a leg as one uint16, -1 -1 = 0xFFFF.
+        self.last_tone = np.ascontiguousarray(digits.T).view(np.uint16)[:, 0] != 0xFFFF
         out: list[tuple[Hashable, DigitEvent]] = []
         for k in range(2):
             d = digits[k]
@@ -247,10 +274,13 @@ class DtmfDetector:
             busy = np.flatnonzero(state | (d >= 0))
             if len(busy) == 0:
                 continue
-            start = t0[busy] - HOP + k * HOP
+            if np.ndim(sample_time) == 0:
+                start = np.full(len(busy), int(sample_time) - HOP + k * HOP, dtype=np.int64)
+            else:
+                start = np.asarray(sample_time, dtype=np.int64)[busy] - HOP + k * HOP
             out.extend(self._step(slots[busy], d[busy], levels[k, busy], start, start + WINDOW))
             if k == 0:
-                state = (self._cur[slots] >= 0) | (self._cand[slots] >= 0)
+                state = (self._cur[idx] >= 0) | (self._cand[idx] >= 0)
         return out
 
     @staticmethod
@@ -273,8 +303,8 @@ class DtmfDetector:
         ri = win @ _PROBES1
         ri *= ri
         power = (ri[:, :_NPROBE1] + ri[:, _NPROBE1:]) * np.float32(_POWER_SCALE)
-        power = power.reshape(m, 8, 3)
-        tone = power.max(axis=2)
+        power = power.reshape(m, 3, 8)  # (-2 %, 0, +2 %) x the 8 tones
+        tone = np.maximum(np.maximum(power[:, 0], power[:, 1]), power[:, 2])
         rows = np.arange(m)
         lo = tone[:, :4].argmax(axis=1)
         hi = tone[:, 4:].argmax(axis=1)
@@ -305,7 +335,7 @@ class DtmfDetector:
             third = power2[:, 16:]
             c_lo, c_hi = lo[cand], 4 + hi[cand]
             sub = np.arange(len(cand))
-            nominal = power[cand, :, 1]
+            nominal = power[cand, 1]
             centred = (nominal[sub, c_lo] >= wide[sub, c_lo].max(axis=1)) & (
                 nominal[sub, c_hi] >= wide[sub, c_hi].max(axis=1)
             )

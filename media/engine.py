@@ -1187,6 +1187,7 @@ class MediaEngine:
                 [self._dtmf_slot_of[queued[i].leg_id] for i in inband], dtype=np.intp
             )
         tone = np.zeros(n_static + len(queued), dtype=np.bool_)
+        dtmf_frames: _Batch | None = None
         if n_static or inband:
             rows = self._dtmf_rows if n_static else np.zeros(0, dtype=np.intp)
             slots = self._dtmf_slots if n_static else np.zeros(0, dtype=np.intp)
@@ -1194,6 +1195,7 @@ class MediaEngine:
                 rows = np.concatenate([rows, n_rx + np.array(inband, dtype=np.intp)])
                 slots = np.concatenate([slots, inband_slots])
             frames = batch if len(rows) == len(batch) else batch[rows]
+            dtmf_frames = frames
             for leg_id, event in self._dtmf.process(slots, frames, sample_time):
                 target = self._legs.get(str(leg_id))
                 if target is not None:
@@ -1220,7 +1222,14 @@ class MediaEngine:
                 rows = np.concatenate([rows, n_rx + np.array(faxed, dtype=np.intp)])
                 slots = np.concatenate([slots, faxed_slots])
             frames = batch if len(rows) == len(batch) else batch[rows]
-            for leg_id, found in fax.process(slots, frames, sample_time):
+            # The same frames as the DTMF detector's (the usual case): its gate's quarter
+            # energies serve the fax detector's screen too.
+            quarters = getattr(self._dtmf, "last_quarters", None) if frames is dtmf_frames else None
+            if quarters is not None and getattr(fax, "ACCEPTS_QUARTERS", False):
+                found_tones = fax.process(slots, frames, sample_time, quarters=quarters)  # type: ignore[call-arg]
+            else:
+                found_tones = fax.process(slots, frames, sample_time)
+            for leg_id, found in found_tones:
                 # media.faxdetect reports FaxToneEvent(kind="cng"|"ced"|"ansam", ...).
                 self._fax_detected(str(leg_id), str(getattr(found, "kind", found)))
         return tone

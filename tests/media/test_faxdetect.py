@@ -127,3 +127,24 @@ def test_skipping_idle_legs_changes_no_event(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(media.faxdetect, "SKIP_IDLE", False)
     assert _run_batch(sig) == gated  # every leg analysed exactly on every frame: the same events
+
+
+def test_screen_with_the_dtmf_gates_quarter_energies_changes_no_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from media.dtmf import DtmfDetector
+
+    sig = _mixed_legs(16, 20.0).astype(np.float32)
+    det = FaxDetector(len(sig))
+    dtmf = DtmfDetector(len(sig))
+    slots = np.array([det.add_leg(i) for i in range(len(sig))])
+    dslots = np.array([dtmf.add_leg(i) for i in range(len(sig))])
+    shared: list[tuple[Hashable, FaxToneEvent]] = []
+    for t in range(0, sig.shape[1], 160):
+        frames = np.ascontiguousarray(sig[:, t : t + 160])
+        dtmf.process(dslots, frames, t)
+        shared += det.process(slots, frames, t, quarters=dtmf.last_quarters)
+    import media.faxdetect
+
+    monkeypatch.setattr(media.faxdetect, "SKIP_IDLE", False)
+    assert _run_batch(sig.astype(np.int16)) == shared
