@@ -124,9 +124,11 @@ def switch_config(
     rtp_ports: tuple[int, int] = (30000, 30999),
     log_level: str = "DEBUG",
     ip_auth: bool = False,
+    outbound_per_minute: int | None = None,
 ) -> str:
     """The node's TOML: SIP on ``port``, the trunk at ``carrier`` (registering with digest
-    unless ``ip_auth``), bare E.164 numbers to the trunk, RTP on loopback in ``rtp_ports``."""
+    unless ``ip_auth``), bare E.164 numbers to the trunk, RTP on loopback in ``rtp_ports``;
+    ``outbound_per_minute``: the cap on call attempts, when not the default (benchmarks: 0)."""
     if ip_auth:
         trunk = f'proxy = "{carrier}"\nip_auth = true'
     else:
@@ -153,7 +155,11 @@ rtp_ports = [{rtp_ports[0]}, {rtp_ports[1]}]
 
 [log]
 level = "{log_level}"
-"""
+""" + (
+        ""
+        if outbound_per_minute is None
+        else f"\n[limits]\noutbound_per_minute = {outbound_per_minute}\n"
+    )
 
 
 # --- the trigger call ---------------------------------------------------------------------------

@@ -198,6 +198,7 @@ def run(rate: float, duration: float, workdir: Path, settle: float) -> Result:
             rtp_ports=RTP_PORTS,
             log_level="INFO",
             ip_auth=True,
+            outbound_per_minute=0,  # the node's speed, not the fraud cap's
         ),
     )
     capture = Capture(workdir, f"udp port {node_port}", name="sip")

@@ -102,17 +102,24 @@ class TrunkConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Trigger rate limits shared by the web page and e-mail (``[limits]``).
+    """Limits on triggers and on what the switch spends (``[limits]``).
 
-    Within any ``window`` seconds a source (an IP address, a sender's address) may ask for at
-    most ``per_source`` callbacks and one trigger number may be asked for at most
-    ``per_trigger`` times; a source over its limit is banned for ``ban`` seconds.
+    Within any ``window`` seconds a web or mail source (an IP address, a sender's address) may
+    ask for at most ``per_source`` callbacks, and one trigger number may be asked for at most
+    ``per_trigger`` times by phone, web and mail together; a source over its limit is banned
+    for ``ban`` seconds (a phone trigger's source is the carrier: never banned).
+    ``outbound_per_minute``: call attempts the node places in any 60 s (callbacks,
+    destinations, the operator; 0: no cap), so a runaway loop cannot dial the world.
+    ``daily_spend``: what one account may spend in any 24 hours, in the units of its credit
+    (0: only the credit limit).
     """
 
     per_source: int = 10
-    per_trigger: int = 5
+    per_trigger: int = 20
     window: float = 3600.0
     ban: float = 3600.0
+    outbound_per_minute: int = 1200
+    daily_spend: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +253,9 @@ _KEYS: dict[str, frozenset[str]] = {
     ),
     "mail": frozenset({"enabled", "listen", "address", "max_size", "senders", "hostname"}),
     "admin": frozenset({"listen", "token"}),
-    "limits": frozenset({"per_source", "per_trigger", "window", "ban"}),
+    "limits": frozenset(
+        {"per_source", "per_trigger", "window", "ban", "outbound_per_minute", "daily_spend"}
+    ),
 }
 
 _KEY_LINE = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=")
@@ -660,11 +669,13 @@ def _positive(r: _Reader, key: str, default: float, *, low: float, high: float) 
 def _load_limits(r: _Reader) -> LimitsConfig:
     limits = LimitsConfig(
         per_source=int(_positive(r, "per_source", 10, low=1, high=100_000)),
-        per_trigger=int(_positive(r, "per_trigger", 5, low=1, high=100_000)),
+        per_trigger=int(_positive(r, "per_trigger", 20, low=1, high=100_000)),
         window=_positive(r, "window", 3600, low=1, high=86400 * 7),
         ban=_positive(r, "ban", 3600, low=0, high=86400 * 7),
+        outbound_per_minute=int(_positive(r, "outbound_per_minute", 1200, low=0, high=10**6)),
+        daily_spend=int(_positive(r, "daily_spend", 0, low=0, high=10**15)),
     )
-    for key in ("per_source", "per_trigger"):
+    for key in ("per_source", "per_trigger", "outbound_per_minute", "daily_spend"):
         if not isinstance(r.data.get(key, 0), int):
             raise r.error(key, "expected an integer")
     r.finish()

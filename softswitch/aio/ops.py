@@ -60,7 +60,9 @@ class Operations:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.config: Config = server.config
-        self.limits = TriggerLimits(self.config.limits)
+        # The node's own limits when it runs the service, so phone triggers count with these.
+        calls = server.node.calls
+        self.limits = calls.limits if calls is not None else TriggerLimits(self.config.limits)
         self.metrics = Metrics(server)
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []

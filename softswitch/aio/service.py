@@ -266,7 +266,11 @@ class ServiceShell:
         if isinstance(request, cmd.QuoteRate):
             rate = await self.rates.lookup(request.number)
             account = await self.accounts.get(request.account_id)
-            return (rate, account.available_credit)
+            spent = 0
+            if request.since is not None:
+                spent = account.credit_reserved
+                spent += await self.cdrs.spent_since(account.id, request.since)
+            return (rate, account.available_credit, spent)
         if isinstance(request, cmd.ReserveCredit):
             # Held longer than the longest call credit can buy, so releasing expired holds
             # (a crashed node's) never takes a live call's.

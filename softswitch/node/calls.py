@@ -77,6 +77,7 @@ from softswitch.service.callbacks import (
     settlement,
 )
 from softswitch.service.ivr import DTMF_KEYS, Record, RecordFinished
+from softswitch.service.ratelimit import OutboundLimit, TriggerLimits
 from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
 from softswitch.store.models import (
@@ -128,6 +129,12 @@ _LEG_KINDS = {
     cf.DESTINATION: LegKind.DESTINATION,
     cf.OPERATOR: LegKind.OPERATOR,
 }
+
+
+#: The daily spend cap's window (seconds): any 24 hours, whatever the time zone.
+DAY = 86400.0
+#: The outbound cap's ERROR is logged at most this often (seconds).
+OUTBOUND_CAP_LOG_INTERVAL = 10.0
 
 
 def callback_failure(status: int | None) -> str:
@@ -277,6 +284,11 @@ class CallController:
         self.node_id = node_id
         self.flow = flow or callflow_config(config)
         self.menu = menu_config(config)
+        #: Trigger numbers' use by phone, web and mail in one window (web and mail sources
+        #: too: the web page and the mail listener check here), and the cap on call attempts.
+        self.limits = TriggerLimits(config.limits)
+        self.outbound_limit = OutboundLimit(config.limits.outbound_per_minute)
+        self._cap_logged_at = -OUTBOUND_CAP_LOG_INTERVAL
         #: Where recordings are played from (the shell writes them there).
         self._recordings = recordings_dir(config)
         #: Settlements whose commit lets a new callback be queued (the Location menu's
@@ -428,10 +440,28 @@ class CallController:
             return
         sid = self._new_id()
         live = self._by_account.get(account.id)
+        limited = ended.callback and not self.limits.check_trigger(ended.trigger, now).allowed
+        if limited:
+            # Counted with the web's and mail's: one number cannot be made to call out
+            # without end, whichever way it is triggered.
+            security_event(
+                "rate_limited",
+                None,
+                channel="phone",
+                limit="trigger",
+                trigger=ended.trigger,
+                caller=ended.caller,
+                account=account.id,
+            )
+            self.triggers.callback_done(ended.trigger)
         self._write_trigger_cdr(
-            ended, account, sid, absorbed=not ended.callback or live is not None
+            ended,
+            account,
+            sid,
+            absorbed=not ended.callback or live is not None,
+            limited=limited,
         )
-        if ended.callback:
+        if ended.callback and not limited:
             self._schedule(account, ended.trigger, now, sid, f"from {ended.caller}")
 
     def callback_requested(
@@ -740,6 +770,21 @@ class CallController:
             self._leg_gone(session, action.leg)
             self._feed(session, self._failure(action.leg, None), now)
             return
+        if not self.outbound_limit.allow(now):
+            # As if the network were congested (503): a callback is tried again later, a
+            # destination gets the "call failed" prompt.
+            if now - self._cap_logged_at >= OUTBOUND_CAP_LOG_INTERVAL:
+                self._cap_logged_at = now
+                log.error(
+                    "outbound call cap reached ([limits] outbound_per_minute = %d): "
+                    "attempts refused (%d so far); a loop or a flood of triggers?",
+                    self.outbound_limit.per_minute,
+                    self.outbound_limit.refused,
+                )
+            session.log.warning("%s leg not placed: outbound call cap", action.leg)
+            self._leg_gone(session, action.leg)
+            self._feed(session, self._failure(action.leg, 503), now)
+            return
         self.outbound.originate(
             leg_id, action.dial_string, bytes(offer), now, caller_id=action.caller_id
         )
@@ -781,10 +826,10 @@ class CallController:
                 self._enqueued(session, pending, created, now)
         elif isinstance(request, cmd.QuoteRate):
             assert isinstance(result, tuple) and session is not None
-            rate, available = result
+            rate, available, spent = result
             assert rate is None or isinstance(rate, Rate)
-            assert isinstance(available, int)
-            self._quoted(session, rate, available, now)
+            assert isinstance(available, int) and isinstance(spent, int)
+            self._quoted(session, rate, self._spendable(session, available, spent), now)
         elif isinstance(request, cmd.ReserveCredit):
             assert isinstance(result, bool) and session is not None
             self._reserved(session, request, result, now)
@@ -1502,9 +1547,20 @@ class CallController:
             self._feed(session, cf.Refused(exc.reason.value), now)
             return
         session.authorizing = (number, dial.dial_string)
-        self._store(
-            cmd.QuoteRate(self._next_rid(), session.sid, session.account.id, number), session
+        since = self.wall(now) - DAY if self.config.limits.daily_spend > 0 else None
+        quote = cmd.QuoteRate(self._next_rid(), session.sid, session.account.id, number, since)
+        self._store(quote, session)
+
+    def _spendable(self, session: Session, available: int, spent: int) -> int:
+        """The credit left, and within ``[limits] daily_spend`` what the last 24 h left."""
+        cap = self.config.limits.daily_spend
+        if cap <= 0 or cap - spent >= available:
+            return available
+        left = max(0, cap - spent)
+        session.log.warning(
+            "daily spend cap: %d of %d left (spent or held %d in 24 h)", left, cap, spent
         )
+        return left
 
     def _quoted(self, session: Session, rate: Rate | None, available: int, now: float) -> None:
         if session.authorizing is None or session.finished is not None:
@@ -1579,7 +1635,13 @@ class CallController:
     # --- records ------------------------------------------------------------------------------
 
     def _write_trigger_cdr(
-        self, ended: TriggerEnded, account: Account, call_uuid: str, *, absorbed: bool
+        self,
+        ended: TriggerEnded,
+        account: Account,
+        call_uuid: str,
+        *,
+        absorbed: bool,
+        limited: bool = False,
     ) -> None:
         """The trigger leg's CDR: never answered, never billed, but on record (SPEC 7)."""
         cdr = Cdr(
@@ -1593,7 +1655,13 @@ class CallController:
             end_at=self.wall(ended.ended_at),
             cause_code=ended.status,
             cause_text=f"trigger ended by {ended.how}"
-            + ("; a callback was already under way" if absorbed else ""),
+            + (
+                "; no callback: too many triggers of this number"
+                if limited
+                else "; a callback was already under way"
+                if absorbed
+                else ""
+            ),
             node_id=self.node_id,
         )
         self._store(cmd.WriteCdr(self._next_rid(), "", cdr))
@@ -1736,7 +1804,8 @@ class CallController:
     # --- operations (issue 9) ---
 
     def reconfigure(self, config: Config) -> None:
-        """SIGHUP: the blocklist, the operator, the tone country and the call-flow timings.
+        """SIGHUP: the blocklist, the operator, the tone country, the call-flow timings and
+        the limits (the counts so far stay).
 
         The blocklist applies to the next number any call dials; the timings to calls that
         start from now on (a live call keeps the flow it began with). The trunk, media and
@@ -1757,8 +1826,11 @@ class CallController:
             after_call_idle=config.after_call_idle,
             first_digit_timeout=config.first_digit_timeout,
             inter_digit_timeout=config.inter_digit_timeout,
+            limits=config.limits,
         )
         self.flow = callflow_config(self.config)
+        self.limits.reconfigure(config.limits)
+        self.outbound_limit.per_minute = config.limits.outbound_per_minute
 
 
 def recordings_dir(config: Config) -> Path:

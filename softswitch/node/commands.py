@@ -128,15 +128,19 @@ class SettleCallback:
 
 @dataclass(frozen=True, slots=True)
 class QuoteRate:
-    """The rate for ``number`` and the account's available credit.
+    """The rate for ``number`` and the account's available credit; with ``since`` (the daily
+    spend cap is on), also what the account spent from then (its CDRs' cost) plus what its
+    live calls hold.
 
-    Answer: ``(Rate | None, available_credit: int)``.
+    Answer: ``(Rate | None, available_credit: int, spent: int)`` (``spent`` 0 without
+    ``since``).
     """
 
     rid: int
     sid: str
     account_id: int
     number: str
+    since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
-"""Rate limits for triggers that come from the Internet (web page, e-mail). Sans-IO.
+"""Rate limits on triggers and on the calls the switch places. Sans-IO.
 
-Two sliding windows: per *source* (an IP address, or an e-mail sender) and per *trigger
-number*. A source over its limit is banned for a while (every request from it is refused,
-whatever it asks for); a trigger number over its limit is refused without banning anyone, so
-one customer's many clicks do not lock out the web page for everyone behind the same NAT.
-Unknown trigger numbers count exactly as known ones do: the limits must not tell an attacker
-which numbers exist.
+:class:`TriggerLimits` keeps two sliding windows: per *source* (an IP address, or an e-mail
+sender) and per *trigger number*. A source over its limit is banned for a while (every request
+from it is refused, whatever it asks for); a trigger number over its limit is refused without
+banning anyone, so one customer's many clicks do not lock out the web page for everyone behind
+the same NAT. Unknown trigger numbers count exactly as known ones do: the limits must not tell
+an attacker which numbers exist. Phone triggers count in the same per-number window
+(:meth:`TriggerLimits.check_trigger`); their source, the carrier, is never banned.
+
+:class:`OutboundLimit` caps the call attempts a node places in any minute: whatever goes wrong
+upstream (a loop, a flood of triggers on many numbers), the switch cannot dial the world.
 
 Memory is bounded: keys whose window has passed are dropped as the clock moves on, and the
 tables never hold more than :data:`MAX_KEYS` keys (the oldest go first).
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 from softswitch.config import LimitsConfig
 
-__all__ = ["MAX_KEYS", "Decision", "TriggerLimits"]
+__all__ = ["MAX_KEYS", "Decision", "OutboundLimit", "TriggerLimits"]
 
 MAX_KEYS = 100_000
 
@@ -106,8 +110,18 @@ class TriggerLimits:
                     self._bans.popitem(last=False)
             return Decision(False, "source", retry)
         self._sources.add(source, now)
-        if self._triggers.count(trigger, now, config.window) >= config.per_trigger:
-            return Decision(False, "trigger", self._triggers.oldest(trigger) + config.window - now)
+        return self._count_trigger(trigger, now)
+
+    def check_trigger(self, trigger: str, now: float) -> Decision:
+        """May ``trigger`` be used by phone now? Counts it if so (the per-number window only:
+        the phone's source is the carrier)."""
+        self._expire(now)
+        return self._count_trigger(trigger, now)
+
+    def _count_trigger(self, trigger: str, now: float) -> Decision:
+        window = self.config.window
+        if self._triggers.count(trigger, now, window) >= self.config.per_trigger:
+            return Decision(False, "trigger", self._triggers.oldest(trigger) + window - now)
         self._triggers.add(trigger, now)
         return ALLOWED
 
@@ -125,3 +139,26 @@ class TriggerLimits:
             if until > now:
                 break
             del self._bans[source]
+
+
+class OutboundLimit:
+    """At most ``per_minute`` call attempts in any 60 s (0: no cap); see the module docstring."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._placed: deque[float] = deque()
+        #: Attempts refused since the start (for the log and the metrics).
+        self.refused = 0
+
+    def allow(self, now: float) -> bool:
+        """May one more call be placed now? Counts it if so."""
+        if self.per_minute <= 0:
+            return True
+        placed = self._placed
+        while placed and placed[0] <= now - 60.0:
+            placed.popleft()
+        if len(placed) >= self.per_minute:
+            self.refused += 1
+            return False
+        placed.append(now)
+        return True

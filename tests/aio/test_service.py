@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,12 @@ import pytest
 from softswitch.aio.server import Server
 from softswitch.config import Config, TrunkConfig
 from softswitch.demo.run import free_port
+from softswitch.node import commands as cmd
 from softswitch.prompts import LANGUAGES, PROMPTS_DIR, MissingPromptsError
 from softswitch.sip.message import Request
 from softswitch.sip.parser import parse_message
 from softswitch.store import Store
-from softswitch.store.models import CallbackState, LegKind, Location
+from softswitch.store.models import CallbackState, Cdr, LegKind, Location
 
 TRIGGER = "815012345678"
 CUSTOMER = "819012345678"
@@ -237,3 +239,34 @@ async def test_a_node_killed_mid_call_is_recovered_by_the_next_one(
         assert await store.live_calls.list() == ()
     finally:
         await store.close()
+
+
+async def test_the_quote_counts_the_days_spending_and_the_live_holds(tmp_path: Path) -> None:
+    # With the daily spend cap on, the controller asks what the account spent since a time;
+    # the shell answers from the CDRs and the credit held by the account's live calls.
+    server, _, transport, db_url = await start_node(tmp_path, (35000, 35999))
+    now = time.time()
+    store = await Store.open(db_url)
+    try:
+        [alice] = await store.accounts.list()
+        alice = await store.accounts.update(alice.id, credit_limit=1000)
+        for uuid, setup, cost in (("old", now - 2 * 86400, 500), ("today", now - 600, 30)):
+            await store.cdrs.write(
+                Cdr(uuid, LegKind.DESTINATION, alice.id, CUSTOMER, "441234567890", setup, cost=cost)
+            )
+        assert await store.credit.reserve(alice.id, 12, "live-call", now=now)
+    finally:
+        await store.close()
+    try:
+        assert server.service is not None
+        quote = cmd.QuoteRate(1, "s", alice.id, "441234567890", since=now - 86400)
+        answer = await server.service._run(quote)
+        assert isinstance(answer, tuple)
+        _, available, spent = answer
+        assert spent == 30 + 12 and available == 1000 - 12
+        no_cap = cmd.QuoteRate(2, "s", alice.id, "441234567890")
+        answer = await server.service._run(no_cap)
+        assert isinstance(answer, tuple) and answer[2] == 0
+    finally:
+        await server.shutdown()
+        transport.close()

@@ -188,7 +188,15 @@ class FakeStore:
         if isinstance(request, cmd.QuoteRate):
             matches = [r for p, r in self.rates.items() if request.number.startswith(p)]
             rate = max(matches, key=lambda r: len(r.prefix)) if matches else None
-            return (rate, self.available(request.account_id))
+            spent = 0
+            if request.since is not None:
+                spent = sum(
+                    c.cost
+                    for c in self.cdrs
+                    if c.account_id == request.account_id and c.setup_at >= request.since
+                )
+                spent += sum(a for i, a in self.reservations.values() if i == request.account_id)
+            return (rate, self.available(request.account_id), spent)
         if isinstance(request, cmd.ReserveCredit):
             if self.available(request.account_id) < request.amount:
                 return False

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from media import engine as me
+from softswitch.config import LimitsConfig
 from softswitch.node import commands as cmd
 from softswitch.service.callbacks import (
     CALLBACK_LEASE,
@@ -26,7 +27,14 @@ from softswitch.service.callbacks import (
     STATIC_TRIGGER_HOLD,
 )
 from softswitch.service.callflow import CallState, CustomerCall
-from softswitch.store.models import AccountKind, AccountStatus, CallbackState, LegKind, Rate
+from softswitch.store.models import (
+    AccountKind,
+    AccountStatus,
+    CallbackState,
+    Cdr,
+    LegKind,
+    Rate,
+)
 from tests.node.harness import (
     CUSTOMER,
     DESTINATION,
@@ -1069,3 +1077,84 @@ def test_a_callback_not_yet_answered_when_its_node_died_is_placed_once_more() ->
     assert len(survivor.calls_out) == 1
     # One customer call across both nodes: the resumed attempt keeps the call's id.
     assert len({c.call_uuid for c in survivor.store.cdrs}) == 1
+
+
+# --- fraud and money limits (issue 11) ---------------------------------------------------------
+
+
+def test_phone_triggers_count_in_the_shared_per_number_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(limits=LimitsConfig(per_trigger=1))
+    rig.trigger()
+    rig.reject(rig.last_call(CUSTOMER), 603)  # the customer refuses: over, not retried
+    rig.advance(1.0)
+    rig.trigger()  # a second use of the number within the window (web and mail count too)
+    rig.advance(30.0)
+    assert len(rig.calls_out) == 1  # no second callback
+    [_, second] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert "too many triggers" in second.cause_text
+    events = [r.message for r in caplog.records if r.message.startswith("SECURITY rate_limited")]
+    assert len(events) == 1 and "channel=phone" in events[0] and "src=-" in events[0]
+    # The web page and the mail listener share the very same window.
+    assert not rig.calls.limits.check("198.51.100.7", TRIGGER, rig.now).allowed
+
+
+def test_the_outbound_cap_refuses_attempts_as_congestion(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig(limits=LimitsConfig(outbound_per_minute=1))
+    callback = callback_answered(rig)  # the minute's one attempt
+    rig.keys(callback, DESTINATION + "*")
+    assert len(rig.calls_out) == 1  # the callback only: the destination is not dialled
+    assert rig.playing(callback) == ["call_failed"]
+    assert any("outbound call cap reached" in r.message for r in caplog.records)
+    rig.prompt_done(callback)
+    rig.advance(61.0)  # a minute on, the customer dials again and gets through
+    rig.keys(callback, DESTINATION + "*")
+    assert rig.last_call(DESTINATION) is rig.calls_out[1]
+
+
+def test_the_daily_spend_cap_limits_what_a_call_may_buy() -> None:
+    rig = Rig(limits=LimitsConfig(daily_spend=30))
+    # Earlier today the account spent 20 (and 1000 two days ago, outside the window).
+    for cost, ago in ((20, 3600.0), (1000, 2 * 86400.0)):
+        rig.store.cdrs.append(
+            Cdr(
+                call_uuid=f"earlier-{cost}",
+                leg=LegKind.DESTINATION,
+                account_id=1,
+                from_number=CUSTOMER,
+                to_number=DESTINATION,
+                setup_at=WALL0 - ago,
+                end_at=WALL0 - ago + 60,
+                cost=cost,
+            )
+        )
+    _, destination = connected(rig)
+    [session_id] = rig.calls.sessions
+    # 10 left of the day's 30, at 20 a minute: 30 s held, though the credit would buy hours.
+    assert [held for _, held in rig.store.reservations.values()] == [10]
+    rig.advance(60.0)
+    [cdr] = [c for c in rig.store.cdrs_of(LegKind.DESTINATION) if c.call_uuid == session_id]
+    assert cdr.billed_seconds == 30 and cdr.cost == 10  # cut when the day's money ran out
+    assert rig.requests_to(destination, "BYE")
+
+
+def test_a_spent_daily_cap_refuses_the_call_with_the_no_credit_prompt() -> None:
+    rig = Rig(limits=LimitsConfig(daily_spend=20))
+    rig.store.cdrs.append(
+        Cdr(
+            call_uuid="earlier",
+            leg=LegKind.DESTINATION,
+            account_id=1,
+            from_number=CUSTOMER,
+            to_number=DESTINATION,
+            setup_at=WALL0 - 3600.0,
+            end_at=WALL0 - 3540.0,
+            cost=20,
+        )
+    )
+    callback = callback_answered(rig)
+    rig.keys(callback, DESTINATION + "*")
+    assert len(rig.calls_out) == 1
+    assert rig.playing(callback) == ["no_credit", "dial_prompt"]  # then another number?
+    assert rig.store.reservations == {}

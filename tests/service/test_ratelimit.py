@@ -1,4 +1,5 @@
-"""The web and e-mail trigger limits on a fake clock: windows, bans, and nothing told away."""
+"""The trigger limits (web, e-mail and phone) and the outbound cap on a fake clock: windows,
+bans, and nothing told away."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from softswitch.config import LimitsConfig
 from softswitch.service import ratelimit
-from softswitch.service.ratelimit import TriggerLimits
+from softswitch.service.ratelimit import OutboundLimit, TriggerLimits
 
 
 def test_a_source_over_its_limit_is_banned_for_the_ban_time() -> None:
@@ -59,3 +60,24 @@ def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # Keys whose window has passed go as the clock moves on.
     limits.check("x", "y", 10_000.0)
     assert len(limits._sources.hits) == 1
+
+
+def test_phone_triggers_share_the_per_number_window_and_ban_nobody() -> None:
+    limits = TriggerLimits(LimitsConfig(per_source=100, per_trigger=2, window=60, ban=600))
+    assert limits.check_trigger("815012345678", 0.0).allowed
+    assert limits.check("198.51.100.7", "815012345678", 1.0).allowed  # the web's use counts
+    refused = limits.check_trigger("815012345678", 2.0)
+    assert not refused.allowed and refused.reason == "trigger"
+    assert refused.retry_after == pytest.approx(58.0)
+    assert limits.check_trigger("815099999999", 2.0).allowed  # another number is not held
+    assert limits.check_trigger("815012345678", 61.0).allowed  # the window moved on
+
+
+def test_the_outbound_limit_caps_attempts_in_any_minute() -> None:
+    limit = OutboundLimit(3)
+    assert [limit.allow(t) for t in (0.0, 10.0, 20.0, 30.0)] == [True, True, True, False]
+    assert limit.refused == 1
+    assert limit.allow(60.5)  # the first attempt left the window
+    assert not limit.allow(61.0)
+    off = OutboundLimit(0)
+    assert all(off.allow(0.0) for _ in range(10_000))

@@ -56,3 +56,19 @@ async def test_cdr_write_list(store: Store, other_node: Store) -> None:
     assert [c async for c in store.cdrs.stream()] == list(everything)
     assert [c async for c in store.cdrs.stream(CdrFilter(call_uuid="none"))] == []
     assert await store.cdrs.write_many([]) == []
+
+
+async def test_spent_since_sums_one_accounts_costs_in_the_window(store: Store) -> None:
+    alice = await store.accounts.add("Alice")
+    bob = await store.accounts.add("Bob")
+    assert await store.cdrs.spent_since(alice.id, T0) == 0  # nothing yet: 0, not None
+    await store.cdrs.write_many(
+        [
+            _cdr("old", LegKind.DESTINATION, alice.id, T0 - 10, cost=1000),
+            _cdr("a1", LegKind.DESTINATION, alice.id, T0, cost=30),
+            _cdr("a2", LegKind.OPERATOR, alice.id, T0 + 50, cost=12),
+            _cdr("b1", LegKind.DESTINATION, bob.id, T0 + 5, cost=7),
+        ]
+    )
+    assert await store.cdrs.spent_since(alice.id, T0) == 42
+    assert await store.cdrs.spent_since(bob.id, T0) == 7

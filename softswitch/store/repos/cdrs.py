@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, true
+from sqlalchemy import and_, func, insert, select, true
 from sqlalchemy.engine import Row
 
 from softswitch.store.db import Database, seconds, us
@@ -123,6 +123,16 @@ class CdrRepo:
                 )
                 written.append(replace(cdr, id=int(result.scalar_one())))
         return written
+
+    async def spent_since(self, account_id: int, since: float) -> int:
+        """What ``account_id``'s calls set up since ``since`` cost (the daily spend cap)."""
+        async with self.db.read() as conn:
+            total = await conn.scalar(
+                select(func.coalesce(func.sum(cdrs.c.cost), 0)).where(
+                    cdrs.c.account_id == account_id, cdrs.c.setup_us >= us(since)
+                )
+            )
+        return int(total or 0)
 
     async def list(self, where: CdrFilter | None = None, *, limit: int = 1000) -> tuple[Cdr, ...]:
         """CDRs matching ``where`` in setup order (oldest first), at most ``limit``."""
