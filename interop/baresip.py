@@ -198,7 +198,7 @@ class Baresip:
     auto_answer: bool = True
     audio_file: Path | None = None
     audio_seconds: float = 60.0
-    sip_port: int = field(default_factory=free_port)
+    sip_port: int = field(default_factory=lambda: free_port(span=2))  # TLS on port + 1
     ctrl_port: int = field(default_factory=free_port)
     rtp_base: int = field(default_factory=lambda: free_port() & ~1)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)

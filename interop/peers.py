@@ -13,6 +13,7 @@ the trace, because SIPp 3.6.1 can verify MD5 only.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import math
@@ -56,22 +57,28 @@ def find_softswitch() -> str:
     return find_program("softswitch")
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A port that is free for both UDP and TCP on ``host`` right now.
+def free_port(host: str = LOOPBACK, *, span: int = 1) -> int:
+    """A port that is free for both UDP and TCP on ``host`` right now (and, with ``span``,
+    the ``span - 1`` ports after it too: baresip puts SIP over TLS on its port + 1).
 
     The node listens on both transports with one port number, so a port is only taken when
     both binds succeed. Another process can still grab it before we use it; tests accept that.
     """
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with contextlib.ExitStack() as held:
+            udp = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
             udp.bind((host, 0))
             port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
+            try:
+                for p in range(port, port + span):
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                        if p == port and kind == socket.SOCK_DGRAM:
+                            continue
+                        sock = held.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind((host, p))
+            except OSError:
+                continue
+            return port
     raise RuntimeError("no free UDP+TCP port found")
 
 

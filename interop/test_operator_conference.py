@@ -144,9 +144,11 @@ def test_double_zero_joins_customer_service_then_the_call_goes_on(
             missing_peer(f"cannot capture on lo: {exc}")
         ring_trigger(sipp, rig.carrier.address)
         phone.wait_for_call_established(15)
+        # The dial prompt started (a loaded machine may take a while), then is heard whole.
+        assert node.wait_for_log("dial_prompt.wav", timeout=10), rig.node_log()
         time.sleep(PROMPT_WAIT_S)
         phone.send_dtmf(DESTINATION + "*")
-        assert node.wait_for_log("-> CONNECTED", timeout=10), rig.node_log()
+        assert node.wait_for_log("-> CONNECTED", timeout=15), rig.node_log()
         time.sleep(TALK_S)
         phone.send_dtmf("00")
         assert node.wait_for_log("-> CONFERENCE", timeout=10), rig.node_log()

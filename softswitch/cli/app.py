@@ -54,6 +54,9 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # aiosmtpd logs every SMTP command; the mail trigger logs what matters (softswitch.mail).
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosqlite logs every call it hands its thread (four lines per statement): at DEBUG it
+    # would drown the switch's own lines; the store logs what it does (softswitch.store).
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 @app.command()
