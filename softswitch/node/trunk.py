@@ -129,10 +129,10 @@ class Trunk:
                 if request is not None:
                     self._send(request, "register", now)
             elif owner == "keepalive" and self.keepalive is not None:
-                was_up = self.keepalive.is_up
+                before = self.keepalive.state
                 self.keepalive.receive_response(event.response, now)
-                if self.keepalive.is_up and not was_up:
-                    self._network_up(now)
+                if self.keepalive.is_up and before is not reg.TrunkState.UP:
+                    self._network_up(now, came_back=before is reg.TrunkState.DOWN)
             return True
         if isinstance(event, ep.TransactionTimedOut):
             owner = self._owners.pop(id(event.tx), None)
@@ -145,14 +145,18 @@ class Trunk:
             return True
         return False
 
-    def _network_up(self, now: float) -> None:
-        """The trunk answers again: re-register at once instead of waiting out a back-off."""
+    def _network_up(self, now: float, *, came_back: bool = False) -> None:
+        """The trunk answers again: re-register at once instead of waiting out a back-off.
+
+        ``came_back``: the probes had gone unanswered (the trunk was DOWN). A carrier that
+        restarted may have forgotten our binding (registrars that keep them in memory do),
+        so a binding we still count as registered is renewed at once too, not at its refresh.
+        """
         registration = self.registration
-        if (
-            registration is not None
-            and not self._stopping
-            and registration.state is reg.RegState.BACKING_OFF
-        ):
+        if registration is None or self._stopping:
+            return
+        state = registration.state
+        if state is reg.RegState.BACKING_OFF or (came_back and state is reg.RegState.REGISTERED):
             request = registration.network_up(now)
             if request is not None:
                 self._send(request, "register", now)

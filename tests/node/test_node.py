@@ -459,6 +459,48 @@ def test_trunk_reregisters_as_soon_as_the_keepalive_sees_it_again() -> None:
     assert node.trunk.registration.state.name == "REGISTERING"
 
 
+def test_trunk_reregisters_when_it_answers_again_after_being_down() -> None:
+    """A carrier that restarted may have forgotten our binding: the keep-alive seeing it back
+    after DOWN renews a registration we still count as valid at once (not at its refresh);
+    the first answer after start (UNKNOWN -> UP) does not."""
+    cfg = TrunkConfig(
+        proxy=("127.0.0.1", 5080),
+        registrar="sip:carrier.test",
+        username="alice",
+        password="secret",
+        expires=600,
+        keepalive_interval=5,
+    )
+    node = make_node(trunk=cfg)
+    node.start(0.0)
+    node.handle_timer(node.get_timer() or 0.0)  # the first probe is due at once
+    sent = {r.method: r for r, _ in sent_requests(node)}
+    register, options = sent["REGISTER"], sent["OPTIONS"]
+    node.receive_datagram(answer(options, 200), TRUNK, 0.01)
+    contact = register.header("Contact") or ""
+    node.receive_datagram(answer(register, 200, f"Contact: {contact};expires=600\r\n"), TRUNK, 0.02)
+    assert node.trunk is not None and node.trunk.registration is not None
+    assert node.trunk.registered and node.trunk.keepalive is not None
+    assert [r.method for r, _ in sent_requests(node)] == []
+    # The carrier goes silent: the next probe times out (Timer F) and the trunk is DOWN.
+    now = 0.02
+    while node.trunk.keepalive.state.name != "DOWN" and now < 60:
+        now = node.get_timer() or 60.0
+        node.handle_timer(now)
+        assert "REGISTER" not in [r.method for r, _ in sent_requests(node)]
+    assert node.trunk.keepalive.state.name == "DOWN" and node.trunk.registered
+    # It answers the next probe: REGISTER leaves at once, long before the refresh (~540 s).
+    probe = None
+    while probe is None and now < 120:
+        now = node.get_timer() or 120.0
+        node.handle_timer(now)
+        probe = next((r for r, _ in sent_requests(node) if r.method == "OPTIONS"), None)
+    assert probe is not None
+    node.receive_datagram(answer(probe, 200), TRUNK, now + 0.01)
+    assert [r.method for r, _ in sent_requests(node)] == ["REGISTER"]
+    assert node.trunk.registration.state.name == "REGISTERING"
+
+
 def test_finished_trigger_calls_are_reported_for_their_cdrs() -> None:
     node = make_node()
     trigger_call(node, 0.0, "c1", "z9hG4bK-1")

@@ -1,0 +1,365 @@
+"""Trunk faults against real peers (issue 11, "Crashes and faults"): the carrier restarted,
+5 % packet loss on signalling and media.
+
+Kamailio plays the carrier (registrar with digest auth, router by number), baresip the
+customer's phone, SIPp the trigger caller and the destination, as in
+:mod:`interop.test_callback_e2e`.
+
+**The carrier restarted mid-run.** Kamailio keeps its registrations in memory
+(``usrloc db_mode 0``), as many carriers' edge proxies do: a restart forgets the switch's
+binding, and until the switch registers again every trigger call gets 480 "Switch not
+registered". The switch's OPTIONS keep-alive is what notices: its probes go unanswered while
+the carrier is down (the trunk is marked DOWN after Timer F), and the first answer after the
+restart marks it UP, on which the switch registers again at once instead of waiting for its
+refresh (``expires`` 300 s here, so up to 268 s of lost triggers). The test SIGKILLs Kamailio,
+waits for the switch to mark the trunk DOWN, restarts Kamailio on the same port, and asserts
+that the restarted Kamailio sees the switch's REGISTER and that a whole callback call through
+it then completes, with its CDRs in the store.
+
+To fit the test into a minute the switch runs with ``[sip] t1 = 0.1`` (Timer F = 64*T1 =
+6.4 s instead of 32 s) and ``keepalive_interval = 5`` (the smallest allowed); the
+retransmission schedule keeps its RFC 3261 shape. The restarted Kamailio also routes the
+customer's number to baresip statically: the phone's own binding is gone with the restart
+too, and it would only come back at baresip's next refresh.
+
+**5 % packet loss.** Everything runs in a network namespace the test creates, whose loopback
+drops 5 % of UDP datagrams at random (:class:`interop.faults.LossyLoopback`: an iptables
+``statistic`` rule, because this kernel has no ``sch_netem``): SIP and RTP of the node,
+Kamailio, baresip and SIPp alike, RFC 3261 timers at their defaults (T1 = 500 ms). Thirteen
+whole callback calls run at once: twelve hotline accounts triggered by SIPp (customer and
+destination dialled together through Kamailio, both SIPp UASes playing RTP, joined, the
+customer hangs up after 4 s) and one ordinary callback call whose customer is baresip: dial
+prompt, the destination typed as RFC 4733 digits, bridged to the SIPp destination, ``**``.
+Every call must complete, with its legs' CDRs: a transaction fails only if every
+retransmission of its request or of its answer is lost, about 0.0975^7 = 8e-8 for an INVITE
+(7 sends within Timer B; each send crosses with probability 0.95 and so does its answer) and
+less for a non-INVITE (11 sends within Timer F), so across the ~150 transactions of a run
+(about 500 SIP messages, 20-30 of them dropped) a lost call has odds around 1 in 100,000; a
+failure means a retransmission was missing (ours, or a peer's scenario), which is what the
+test is for. The ACK of a 2xx is not retransmitted on a timer: a lost one is made good by
+the UAS retransmitting its 2xx and the caller ACKing each copy (RFC 3261 section 13). RFC 4733
+digits survive because each event is sent in several packets; audio loses 5 % of its frames,
+which is judged by baresip's recording (the destination's tone for at least 1.5 s of the
+3 s bridged). The 1xx is the one message nobody retransmits (section 17.2.1): the SIPp
+trigger caller hangs up after 4 s without one, as a person would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interop.callback_setup import (
+    CUSTOMER,
+    DESTINATION,
+    FRAME,
+    RATE,
+    TRIGGER,
+    CallbackRig,
+    cdrs,
+    provision,
+    ring_trigger,
+    rtp_range,
+    switch_config,
+    tone,
+    tone_ratio,
+    write_rtp_pcap,
+)
+from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
+from interop.faults import FaultSetupError, LossyLoopback, sbin
+from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
+from interop.peers import SCENARIOS, Node, SippResult, free_port
+from interop.test_callback_e2e import check_cdrs
+from media.tools import read_audio, write_audio
+from softswitch.store.models import AccountKind, Cdr, LegKind
+
+pytestmark = pytest.mark.interop
+
+#: RFC 3261 T1 for the switch in the carrier-restart test: Timer F (64*T1) is 6.4 s.
+T1 = 0.1
+#: The switch's OPTIONS keep-alive interval (the configuration's minimum).
+KEEPALIVE_S = 5
+
+
+def trunk_config(port: int, carrier: str, db_url: str, *, t1: float, keepalive_s: float) -> str:
+    """The callback rig's node configuration with the OPTIONS keep-alive on and ``t1``."""
+    config = switch_config(port, carrier, db_url, rtp_ports=rtp_range())
+    assert "keepalive_interval = 0" in config and "[sip]\n" in config
+    config = config.replace("keepalive_interval = 0", f"keepalive_interval = {keepalive_s:g}")
+    return config.replace("[sip]\n", f"[sip]\nt1 = {t1:g}\n", 1)
+
+
+def test_carrier_restart_node_reregisters_and_calls_complete(
+    tmp_path: Path,
+    softswitch_bin: str,
+    start_kamailio: KamailioFactory,
+    start_baresip: BaresipFactory,
+    sipp: SippFactory,
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
+    provision(db_url)
+    dest_port = free_port()
+    carrier = start_kamailio(
+        trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
+    )
+    destination = sipp(
+        str(KAMAILIO_SCENARIOS / "uas_answer.xml"), local_port=dest_port, timeout_s=60
+    ).start()
+    phone = start_baresip(carrier=carrier.address, number=CUSTOMER, register_password="phone")
+    phone.wait_for_registered(10)
+    port = free_port()
+    node = Node(
+        softswitch_bin,
+        tmp_path,
+        port,
+        trunk_config(port, carrier.address, db_url, t1=T1, keepalive_s=KEEPALIVE_S),
+    )
+    node.start()
+    rig = CallbackRig(db_url, carrier, phone, destination, node, (0, 0))
+    try:
+        assert node.wait_for_log("registered to", 10), rig.node_log()
+        assert carrier.wait_for_log("carrier: registered switch", 5), carrier.log()[-2000:]
+        assert node.wait_for_log("UNKNOWN -> UP", KEEPALIVE_S + 2), rig.node_log()
+
+        # The carrier dies (SIGKILL: no goodbye) and its bindings with it.
+        shutil.copy(carrier.log_path, tmp_path / "kamailio_before_restart.log")
+        carrier.kill()
+        killed_at = time.monotonic()
+        timer_f = 64 * T1
+        assert node.wait_for_log("UP -> DOWN", KEEPALIVE_S + timer_f + 3), rig.node_log()
+        registers_before = node.count("registered to")
+
+        # Back on the same port, with an empty location table.
+        carrier.customer_target = phone.sip_address
+        carrier.start()
+        restarted_at = time.monotonic()
+        assert node.wait_for_log("DOWN -> UP", timer_f + 2), rig.node_log()
+        assert node.wait_for_log("registered to", 5, count=registers_before + 1), (
+            "the switch did not register again after the carrier came back:\n" + rig.node_log()
+        )
+        assert carrier.wait_for_log("carrier: registered switch", 2), carrier.log()[-2000:]
+        print(
+            f"carrier down {restarted_at - killed_at:.1f} s; re-registered "
+            f"{time.monotonic() - restarted_at:.1f} s after the restart"
+        )
+
+        # A whole callback call through the restarted carrier.
+        ring_trigger(sipp, carrier.address)
+        phone.wait_for_call_established(15)
+        time.sleep(1.5)  # the dial prompt is playing; digits barge in
+        phone.send_dtmf(DESTINATION + "*")
+        assert node.wait_for_log("-> CONNECTED", timeout=10), rig.node_log()
+        time.sleep(2.0)
+        phone.send_dtmf("**")
+        phone.wait_for_call_closed(10)
+        result = destination.wait(20)
+        assert result.returncode == 0, result.describe()
+        assert node.wait_for_log("finished", timeout=10), rig.node_log()
+        assert "trigger " + TRIGGER in carrier.log(), "the trigger did not cross the carrier"
+    finally:
+        code = node.stop()
+    assert code == 0, rig.node_log()
+    check_cdrs(rig)
+
+
+# --- 5 % packet loss -------------------------------------------------------------------------
+
+LOSS = 0.05
+#: Hotline accounts triggered at once by SIPp; with baresip's ordinary call, 13 calls.
+HOTLINE_CALLS = 12
+#: Where the hotline accounts live: a SIPp UAS registered to Kamailio under this number.
+HOTLINE_CUSTOMER = "815022220000"
+HOTLINE_TRIGGERS = tuple(f"81501239{i:04d}" for i in range(HOTLINE_CALLS))
+#: The number baresip dials (another UK number: routed to the SIPp destination too).
+PHONE_DESTINATION = "449876543210"
+HOTLINE_TALK_MS = 4000
+PHONE_TALK_S = 3.0
+PHONE_HZ = 600.0
+DESTINATION_HZ = 1800.0
+
+
+@pytest.fixture
+def lossy_loopback() -> Iterator[LossyLoopback]:
+    """This test inside a fresh network namespace whose loopback loses 5 % of UDP datagrams.
+
+    Request it first, so it is set up before any peer starts and torn down after all of them
+    have stopped; the namespace is deleted even when the test fails.
+    """
+    if os.geteuid() != 0:
+        missing_peer("a network namespace needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN)")
+    ip, iptables = sbin("ip"), sbin("iptables")
+    if ip is None or iptables is None:
+        missing_peer("ip (iproute2) and iptables are needed for the lossy namespace")
+    assert ip is not None and iptables is not None
+    netns = LossyLoopback(LOSS, ip=ip, iptables=iptables)
+    try:
+        try:
+            netns.create()
+            netns.enter()
+        except FaultSetupError as exc:
+            missing_peer(f"cannot make a lossy network namespace here: {exc}")
+        yield netns
+    finally:
+        netns.delete()
+
+
+def hotline_trigger_scenario(workdir: Path) -> tuple[Path, Path]:
+    """loss_trigger.xml dialling the number of its injection file line, and that file."""
+    text = (SCENARIOS / "loss_trigger.xml").read_text(encoding="latin-1")
+    scenario = workdir / "loss_trigger_inf.xml"
+    scenario.write_text(text.replace("[service]", "[field0]"), encoding="latin-1")
+    numbers = workdir / "hotline_triggers.csv"
+    numbers.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in HOTLINE_TRIGGERS))
+    return scenario, numbers
+
+
+def legs_by_account(records: list[Cdr]) -> dict[int | None, dict[LegKind, Cdr]]:
+    out: dict[int | None, dict[LegKind, Cdr]] = {}
+    for record in records:
+        out.setdefault(record.account_id, {})[record.leg] = record
+    return out
+
+
+def completed(legs: dict[LegKind, Cdr], destination: str) -> bool:
+    """A whole callback call: trigger (never answered), callback and destination answered."""
+    trigger = legs.get(LegKind.TRIGGER)
+    callback = legs.get(LegKind.CALLBACK)
+    dest = legs.get(LegKind.DESTINATION)
+    return (
+        trigger is not None
+        and trigger.answer_at is None
+        and callback is not None
+        and callback.answer_at is not None
+        and dest is not None
+        and dest.to_number == destination
+        and dest.answer_at is not None
+        and len({r.call_uuid for r in legs.values()}) == 1
+    )
+
+
+def retransmissions(result: SippResult) -> int:
+    return result.stat("Retransmissions")
+
+
+def test_callback_calls_complete_through_five_percent_loss(
+    lossy_loopback: LossyLoopback,
+    tmp_path: Path,
+    softswitch_bin: str,
+    start_kamailio: KamailioFactory,
+    start_baresip: BaresipFactory,
+    sipp: SippFactory,
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
+    provision(db_url)  # account 1: Alice, an ordinary account, called back at baresip
+    provision(
+        db_url,
+        [(trigger, HOTLINE_CUSTOMER) for trigger in HOTLINE_TRIGGERS],
+        kind=AccountKind.HOTLINE,
+        hotline_destination=DESTINATION,
+    )
+    write_rtp_pcap(tmp_path / "phone_audio.pcap", tone(PHONE_HZ, 30.0))
+    write_rtp_pcap(tmp_path / "destination_audio.pcap", tone(DESTINATION_HZ, 30.0))
+    talk = shutil.copy(SCENARIOS / "loss_uas_talk.xml", tmp_path)
+    hangup = shutil.copy(SCENARIOS / "loss_uas_hangup.xml", tmp_path)
+    speech = tmp_path / "phone_tone.wav"
+    write_audio(speech, tone(PHONE_HZ, 40.0))
+
+    dest_port, customer_port = free_port(), free_port()
+    carrier = start_kamailio(
+        trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
+    )
+    destination = sipp(
+        talk,
+        local_port=dest_port,
+        calls=HOTLINE_CALLS + 1,
+        timeout_s=55,
+        extra=("-mp", str(free_port())),
+    ).start()
+    customers = sipp(
+        hangup,
+        local_port=customer_port,
+        calls=HOTLINE_CALLS,
+        timeout_s=55,
+        extra=("-mp", str(free_port()), "-d", str(HOTLINE_TALK_MS)),
+    ).start()
+    registered = sipp(
+        str(KAMAILIO_SCENARIOS / "register_auth.xml"),
+        remote=carrier.address,
+        service=HOTLINE_CUSTOMER,
+        timeout_s=10,
+        extra=["-au", HOTLINE_CUSTOMER, "-ap", "phone", "-key", "contact_port", str(customer_port)],
+    ).run()
+    assert registered.returncode == 0, registered.describe()
+    phone = start_baresip(
+        carrier=carrier.address, number=CUSTOMER, register_password="phone", audio_file=speech
+    )
+    phone.wait_for_registered(15)
+    port = free_port()
+    config = switch_config(port, carrier.address, db_url, rtp_ports=rtp_range(), log_level="INFO")
+    node = Node(softswitch_bin, tmp_path, port, config)
+    node.start()
+    scenario, numbers = hotline_trigger_scenario(tmp_path)
+    started = time.monotonic()
+    try:
+        assert node.wait_for_log("registered to", 15), node.log()[-3000:]
+        # Baresip's call through the carrier, and the twelve hotline triggers at the switch.
+        phone_trigger = sipp(
+            str(SCENARIOS / "loss_trigger.xml"), remote=carrier.address, service=TRIGGER
+        ).start()
+        hotline = sipp(
+            str(scenario),
+            remote=node.address,
+            calls=HOTLINE_CALLS,
+            rate=4,
+            timeout_s=30,
+            extra=("-inf", str(numbers)),
+        ).start()
+        phone.wait_for_call_established(20)
+        time.sleep(1.5)  # the dial prompt is playing; digits barge in
+        phone.send_dtmf(PHONE_DESTINATION + "*")
+        assert node.wait_for_log("calling " + PHONE_DESTINATION, 20), node.log()[-3000:]
+        time.sleep(PHONE_TALK_S)
+        phone.send_dtmf("**")
+        phone.wait_for_call_closed(20)
+        results = {
+            "phone's trigger": phone_trigger.wait(30),
+            "hotline triggers": hotline.wait(40),
+            "hotline customers": customers.wait(50),
+            "destinations": destination.wait(50),
+        }
+        # The last calls' legs settle (BYE and its retransmissions) before the node stops.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and node.count("finished (") < HOTLINE_CALLS + 1:
+            time.sleep(0.2)
+    finally:
+        code = node.stop()
+    elapsed = time.monotonic() - started
+    loss = lossy_loopback.counters()
+    retrans = {name: retransmissions(r) for name, r in results.items()}
+    print(f"{HOTLINE_CALLS + 1} calls in {elapsed:.1f} s; {loss}; SIPp retransmissions {retrans}")
+    assert code == 0, node.log()[-3000:]
+    failed = {name: r.describe() for name, r in results.items() if r.returncode != 0}
+    assert not failed, "\n\n".join(f"{name}: {text}" for name, text in failed.items())
+    # The loss really happened: about 5 % of thousands of datagrams (RTP mostly), and of the
+    # ~500 SIP messages (none lost: 0.95^500 = 7e-12) every one lost was made up for.
+    assert loss.udp > 2000 and 0.03 < loss.dropped / loss.udp < 0.07, loss
+    assert loss.sip > 300 and loss.sip_dropped > 0, loss
+
+    calls = legs_by_account(cdrs(db_url))
+    done = [a for a in range(2, HOTLINE_CALLS + 2) if completed(calls.get(a, {}), DESTINATION)]
+    phone_done = completed(calls.get(1, {}), PHONE_DESTINATION)
+    assert len(done) == HOTLINE_CALLS and phone_done, (
+        f"completed: hotline {len(done)}/{HOTLINE_CALLS}, baresip's call {phone_done}; "
+        f"CDRs: {calls}\n{node.log()[-3000:]}"
+    )
+
+    recording = phone.received_audio()
+    assert recording is not None, f"baresip recorded nothing:\n{phone.log()[-2000:]}"
+    heard = tone_ratio(read_audio(recording), DESTINATION_HZ) > 0.8
+    heard_s = float(heard.sum()) * FRAME / RATE
+    assert heard_s >= 1.5, f"the phone heard the destination for {heard_s:.2f} s"
