@@ -228,6 +228,9 @@ class Session:
     reinvites: dict[str, str] = field(default_factory=dict)
     #: Written down in the store as live (see ``_track``), to be forgotten at the end.
     tracked: bool = False
+    #: The store writes (CDR, credit) of legs that ended while the call goes on, until they
+    #: are durable: the description keeps those legs till then (see ``_track``).
+    recording: set[int] = field(default_factory=set)
 
     @property
     def short(self) -> str:
@@ -812,6 +815,7 @@ class CallController:
         session = self._pending.pop(request.rid, None)
         if session is not None:
             session.outstanding.discard(request.rid)
+            self._recorded(session, request.rid, now)
         if isinstance(request, cmd.LoadAccounts):
             assert isinstance(result, tuple)
             self._accounts_loaded(result)
@@ -890,6 +894,7 @@ class CallController:
         session = self._pending.pop(request.rid, None)
         if session is not None:
             session.outstanding.discard(request.rid)
+            self._recorded(session, request.rid, now)
         if isinstance(request, cmd.LoadAccounts):
             self._loading = False
             log.error("cannot read the accounts: %s (keeping the last known)", error)
@@ -1088,6 +1093,11 @@ class CallController:
             call = session.call
             if session.finished is not None or not isinstance(call, cf.CustomerCall):
                 continue
+            if session.recording:
+                # A leg just ended and its records are not durable yet: the description
+                # written before keeps it (and its credit hold) until they are, so a survivor
+                # neither loses it nor records and charges it twice (``_recorded``).
+                continue
             session.tracked = True
             calls.append(
                 LiveCall(
@@ -1105,6 +1115,15 @@ class CallController:
             )
         if calls:
             self._store(cmd.TrackCalls(self._next_rid(), tuple(calls)))
+
+    def _recorded(self, session: Session, rid: int, now: float) -> None:
+        """A store write of a leg that ended mid-call answered: once all of them are, the
+        call is written down again, without that leg."""
+        if rid not in session.recording:
+            return
+        session.recording.discard(rid)
+        if not session.recording and session.finished is None:
+            self._track([session], now)
 
     def _recover(self, now: float) -> None:
         """Look for the calls of dead nodes (and release credit left behind by any)."""
@@ -1708,14 +1727,20 @@ class CallController:
             cost=record.cost,
             node_id=self.node_id,
         )
-        self._store(cmd.WriteCdr(self._next_rid(), session.sid, cdr), session)
+        write = cmd.WriteCdr(self._next_rid(), session.sid, cdr)
+        self._store(write, session)
+        writes: list[cmd.StoreRequest] = [write]
         if record.leg == cf.DESTINATION and session.reservation is not None:
             key, session.reservation = session.reservation, None
+            settle: cmd.StoreRequest
             if record.cost > 0:
-                commit = cmd.CommitCredit(self._next_rid(), session.sid, key, record.cost)
-                self._store(commit, session)
+                settle = cmd.CommitCredit(self._next_rid(), session.sid, key, record.cost)
             else:
-                self._release(session, key)
+                settle = cmd.ReleaseCredit(self._next_rid(), session.sid, key)
+            self._store(settle, session)
+            writes.append(settle)
+        if session.tracked:
+            session.recording.update(w.rid for w in writes)
         session.log.info(
             "CDR %s leg to %s, %s, billed %d s, cost %d",
             record.leg,

@@ -23,6 +23,7 @@ from softswitch.node import commands as cmd
 from softswitch.service.callbacks import (
     CALLBACK_LEASE,
     LEASE_RENEWAL,
+    LIVE_HEARTBEAT,
     RECOVERY_PASSES,
     STATIC_TRIGGER_HOLD,
 )
@@ -1158,3 +1159,44 @@ def test_a_spent_daily_cap_refuses_the_call_with_the_no_credit_prompt() -> None:
     assert len(rig.calls_out) == 1
     assert rig.playing(callback) == ["no_credit", "dial_prompt"]  # then another number?
     assert rig.store.reservations == {}
+
+
+def test_a_leg_over_before_its_node_died_is_recorded_and_charged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = Rig(node_id="node-a")
+    _, destination = connected(dead)
+    dead.advance(1.0)  # talking; the next heartbeat is 5 s away
+    dead.hang_up(destination)  # over: its CDR written, its talk charged; the customer stays on
+    [over] = dead.store.cdrs_of(LegKind.DESTINATION)
+    assert dead.store.used == {1: over.cost} and dead.store.reservations == {}
+    # Written down again at once: the leg and its credit hold are no longer the call's.
+    [live] = dead.store.live.values()
+    assert [leg["leg"] for leg in json.loads(live.legs)] == ["callback"]
+    assert live.reservation is None
+    dead.advance(1.0)  # at the dial prompt, the node dies (no heartbeat since)
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0)
+    store = survivor.store
+    # The destination once (as it ended), its talk charged once, the callback interrupted.
+    assert store.cdrs_of(LegKind.DESTINATION) == [over]
+    [interrupted] = [c for c in store.cdrs if c.cause_text.startswith("interrupted")]
+    assert interrupted.leg is LegKind.CALLBACK
+    assert store.used == {1: over.cost} and store.reservations == {}
+    assert store.live == {} and store.settled == [(1, "complete", None)]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_live_call_keeps_an_ended_leg_written_down_until_its_records_are_durable() -> None:
+    dead = Rig(node_id="node-a", hold=(cmd.WriteCdr, cmd.CommitCredit))
+    callback, _ = connected(dead)
+    dead.release(cmd.WriteCdr)  # the trigger's CDR
+    dead.keys(callback, "##")  # the destination released, the customer stays on
+    assert len(dead.held) == 2  # its CDR and its charge, not durable yet
+    dead.advance(LIVE_HEARTBEAT + 0.5)  # a heartbeat meanwhile
+    [live] = dead.store.live.values()
+    assert {leg["leg"] for leg in json.loads(live.legs)} == {"callback", "destination"}
+    # The node dies with the CDR unwritten: the survivor records the leg (as interrupted).
+    survivor = Rig(store=dead.store, node_id="node-b", wall0=WALL0 + 300.0)
+    [dest] = survivor.store.cdrs_of(LegKind.DESTINATION)
+    assert dest.cause_text.startswith("interrupted") and dest.cost > 0
+    assert survivor.store.used == {1: dest.cost} and survivor.store.reservations == {}
