@@ -147,6 +147,9 @@ class MailConfig:
     #: Trigger number -> the only senders that may trigger it (numbers not listed: anyone).
     senders: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hostname: str = "softswitch"
+    #: The site's MTAs (addresses or networks): mail from them names its client in the
+    #: Received header they add, and that client is what the limits count.
+    trusted_relays: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +254,9 @@ _KEYS: dict[str, frozenset[str]] = {
     "web": frozenset(
         {"enabled", "listen", "secret", "trusted_proxies", "answer_time", "default_language"}
     ),
-    "mail": frozenset({"enabled", "listen", "address", "max_size", "senders", "hostname"}),
+    "mail": frozenset(
+        {"enabled", "listen", "address", "max_size", "senders", "hostname", "trusted_relays"}
+    ),
     "admin": frozenset({"listen", "token"}),
     "limits": frozenset(
         {"per_source", "per_trigger", "window", "ban", "outbound_per_minute", "daily_spend"}
@@ -731,12 +736,19 @@ def _load_mail(r: _Reader) -> MailConfig | None:
         ):
             raise r.error("senders", f"{number}: expected a list of e-mail addresses")
         senders[number.lstrip("+")] = tuple(a.lower() for a in allowed)
+    relays = r.get("trusted_relays", list, [])
+    for net in relays:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise r.error("trusted_relays", f"not an address or network: {net!r}") from None
     mail = MailConfig(
         address=address.lower(),
         listen=listen,
         max_size=max_size,
         senders=senders,
         hostname=r.get("hostname", str, "softswitch"),
+        trusted_relays=tuple(str(n) for n in relays),
     )
     r.finish()
     return mail if enabled else None

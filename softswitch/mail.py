@@ -9,7 +9,13 @@ What is refused, politely, with a security event each (:mod:`softswitch.logs`):
 
 * another recipient (``550 5.7.1``), a message over ``[mail] max_size`` (``552``, by aiosmtpd);
 * a Subject that is not just a number (``550 5.6.0``: the customer learns what to fix);
-* a rate-limited sender or client (``450 4.7.1``: try later), the limits shared with the web.
+* a rate-limited sender or client (``450 4.7.1``: try later), the limits shared with the web:
+  every mail counts for its client's address and for its sender, each under ``[limits]
+  per_source`` (one address rotating senders is limited all the same).
+
+The client is the connection's peer; behind the site's MTA (listed in ``[mail]
+trusted_relays``) it is the address that MTA wrote in the topmost ``Received:`` header
+(:func:`client_address`), as the web page reads ``X-Forwarded-For`` from a trusted proxy.
 
 A sender not in the trigger number's ``[mail.senders]`` list, an unknown number, a suspended
 account, a callback already under way: all get the same ``250`` as a scheduled callback, so a
@@ -21,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import ipaddress
 import logging
 import re
 import time
+from collections.abc import Sequence
+from email.message import Message
 from email.utils import parseaddr
 from typing import TYPE_CHECKING
 
@@ -36,12 +45,63 @@ from softswitch.service.trigger import normalize_number
 if TYPE_CHECKING:
     from softswitch.aio.ops import Operations
 
-__all__ = ["ACCEPTED", "MailTrigger"]
+__all__ = ["ACCEPTED", "MailTrigger", "client_address"]
 
 log = logging.getLogger("softswitch.mail")
 
 ACCEPTED = "250 2.0.0 Thank you: if this number is registered, we will call you back"
 _SUBJECT = re.compile(r"^\+?[0-9][0-9 \-.()]{4,30}$")
+#: An address literal in a Received header's "from" clause ([203.0.113.9], [IPv6:2001:db8::1]),
+#: unless it is the HELO the client chose (Exim writes "helo=[...]").
+_RECEIVED_ADDRESS = re.compile(r"(?<!helo=)\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]", re.I)
+_RECEIVED_BY = re.compile(r"\sby\s", re.I)
+
+
+def _networks(nets: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in nets]
+
+
+def _in(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in nets)
+
+
+def _received_from(header: str) -> str | None:
+    """The client address a ``Received:`` header names: the last address literal of its
+    "from" clause (Postfix, Sendmail, OpenSMTPD: ``from HELO (rDNS [IP])``; Exim: ``from rDNS
+    ([IP] helo=HELO)`` or ``from [IP] (helo=HELO)``), or None."""
+    text = " ".join(header.split())
+    if not text.lower().startswith("from "):
+        return None
+    clause = _RECEIVED_BY.split(text, maxsplit=1)[0]
+    for literal in reversed(_RECEIVED_ADDRESS.findall(clause)):
+        try:
+            return str(ipaddress.ip_address(literal))
+        except ValueError:
+            continue
+    return None
+
+
+def client_address(peer: str, message: Message, trusted: Sequence[str]) -> str:
+    """Who sent the mail: ``peer``, or, when ``peer`` is a trusted relay (the site's MTA), the
+    client named by the ``Received:`` headers the trusted relays wrote, topmost first (a
+    header below the last trusted hop is the sender's own and proves nothing). A relay's
+    header naming no client (a local submission) leaves the relay as the client."""
+    nets = _networks(trusted)
+    if not nets or not _in(peer, nets):
+        return peer
+    client = peer
+    for header in message.get_all("Received") or ():
+        named = _received_from(str(header))
+        if named is None:
+            return client
+        client = named
+        if not _in(named, nets):
+            return named
+    return client
 
 
 class MailTrigger:
@@ -68,7 +128,10 @@ class MailTrigger:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         source = _peer(session)
-        if self.ops.banned(source) or self.ops.banned(f"mail:{address.lower()}"):
+        # Behind a trusted relay the client is known only from the message (handle_DATA).
+        relayed = _in(source, _networks(self.config.trusted_relays))
+        keys = [f"mail:{address.lower()}"] if relayed else [source, f"mail:{address.lower()}"]
+        if any(self.ops.banned(key) for key in keys):
             security_event("banned", source, channel="mail", sender=address[:120])
             return "450 4.7.1 Too many requests, try again later"
         envelope.mail_from = address
@@ -93,10 +156,10 @@ class MailTrigger:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         started = time.monotonic()
-        source = _peer(session)
         sender = (envelope.mail_from or "").lower()
         raw = envelope.original_content or envelope.content or b""
         message = self._parser.parsebytes(raw if isinstance(raw, bytes) else raw.encode())
+        source = client_address(_peer(session), message, self.config.trusted_relays)
         subject = str(message.get("Subject", "") or "").strip()
         if not _SUBJECT.match(subject) or not 6 <= len(normalize_number(subject)) <= 15:
             security_event(
@@ -115,7 +178,9 @@ class MailTrigger:
             )
             await self._pad(started)
             return ACCEPTED
-        outcome = self.ops.request_callback("mail", source, number, None, key=f"mail:{sender}")
+        outcome = self.ops.request_callback(
+            "mail", source, number, None, keys=(source, f"mail:{sender}")
+        )
         if outcome == "limited":
             return "450 4.7.1 Too many requests, try again later"
         await self._pad(started)

@@ -20,6 +20,7 @@ def test_the_example_file_is_complete_and_loads() -> None:
     assert config.web is not None and config.web.listen == ("127.0.0.1", 8080)
     assert config.mail is not None and config.mail.address == "callback@example.net"
     assert config.mail.senders == {"815012345678": ("alice@example.com", "alice@example.org")}
+    assert config.mail.trusted_relays == ("127.0.0.1",)
     assert config.admin.token is not None and config.admin.listen == ("127.0.0.1", 8090)
     assert config.limits.per_source == 10 and config.drain_timeout == 300
     # Every key the loader knows appears in the example (so the example documents them all).
@@ -59,6 +60,12 @@ def test_secrets_from_the_environment_win(tmp_path: Path) -> None:
         ('[mail]\nlisten = "127.0.0.1:25"\n', 1, "[mail]", "needs 'address'"),
         ('[mail]\naddress = "no-at-sign"\n', 2, "[mail] address", "not an e-mail"),
         ('[mail]\naddress = "a@b.c"\n[mail.senders]\n"x1" = ["a@b.c"]\n', 3, "[mail] senders", ""),
+        (
+            '[mail]\naddress = "a@b.c"\ntrusted_relays = ["mx.example.net"]\n',
+            3,
+            "[mail] trusted_relays",
+            "not an address or network",
+        ),
         ('[admin]\ntokn = "0123456789abcdef0"\n', 2, "[admin] tokn", "did you mean 'token'"),
         ("[limits]\nper_source = 0\n", 2, "[limits] per_source", "between 1"),
         ("[limits]\nper_trigger = 2.5\n", 2, "[limits] per_trigger", "integer"),

@@ -3,8 +3,9 @@
 :class:`Operations` is started and stopped by :class:`softswitch.aio.server.Server` (hooks in
 ``startup`` and ``shutdown``). It owns what the listeners share, in one place:
 
-* the trigger limits (:class:`~softswitch.service.ratelimit.TriggerLimits`): per source and
-  per trigger number, for the web page and e-mail alike;
+* the trigger limits (:class:`~softswitch.service.ratelimit.TriggerLimits`): per source (the
+  client's address; for mail also the sender) and per trigger number, for the web page and
+  e-mail alike;
 * the one path from a web or mail trigger into the node: :meth:`request_callback` checks the
   limits, calls ``CallController.callback_requested`` (the phone trigger's scheduling and
   de-duplication) and then ``server.transmit()``;
@@ -22,6 +23,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -154,13 +156,16 @@ class Operations:
         trigger: str,
         destination: str | None,
         *,
-        key: str | None = None,
+        keys: Sequence[str] = (),
     ) -> str:
         """A trigger from the web page or a mail: ``scheduled``, ``absorbed``, ``unknown``,
-        ``refused`` (as ``callback_requested`` says) or ``limited`` (over a limit)."""
+        ``refused`` (as ``callback_requested`` says) or ``limited`` (over a limit).
+
+        ``keys`` are what the per-source limit counts, each under it (a mail: its client's
+        address and ``mail:<sender>``); by default the client's address ``source`` alone."""
         server = self.server
         now = server.loop.time()
-        decision = self.limits.check(key or source, trigger, now)
+        decision = self.limits.check(tuple(keys) or source, trigger, now)
         if not decision.allowed:
             kind = "banned" if decision.reason == "banned" else "rate_limited"
             security_event(

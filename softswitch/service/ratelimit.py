@@ -1,10 +1,11 @@
 """Rate limits on triggers and on the calls the switch places. Sans-IO.
 
 :class:`TriggerLimits` keeps two sliding windows: per *source* (an IP address, or an e-mail
-sender) and per *trigger number*. A source over its limit is banned for a while (every request
-from it is refused, whatever it asks for); a trigger number over its limit is refused without
-banning anyone, so one customer's many clicks do not lock out the web page for everyone behind
-the same NAT. Unknown trigger numbers count exactly as known ones do: the limits must not tell
+sender) and per *trigger number*. One request may count for several sources (a mail counts for
+its client's address and for its sender): each must be under the limit. A source over its limit
+is banned for a while (every request from it is refused, whatever it asks for); a trigger
+number over its limit is refused without banning anyone, so one customer's many clicks do not
+lock out the web page for everyone behind the same NAT. Unknown trigger numbers count exactly as known ones do: the limits must not tell
 an attacker which numbers exist. Phone triggers count in the same per-number window
 (:meth:`TriggerLimits.check_trigger`); their source, the carrier, is never banned.
 
@@ -18,6 +19,7 @@ tables never hold more than :data:`MAX_KEYS` keys (the oldest go first).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from softswitch.config import LimitsConfig
@@ -93,23 +95,39 @@ class TriggerLimits:
         """New limits (SIGHUP): the counts so far and the bans in force stay."""
         self.config = config
 
-    def check(self, source: str, trigger: str, now: float) -> Decision:
-        """May ``source`` ask for a callback to ``trigger`` now? Counts the request if so."""
+    def check(self, source: str | Sequence[str], trigger: str, now: float) -> Decision:
+        """May ``source`` ask for a callback to ``trigger`` now? Counts the request if so.
+
+        ``source`` may be several keys (a mail's client address and its sender): the request
+        is allowed only if none is banned and each is under ``per_source``; then it counts for
+        every one. The keys over the limit are banned; a refused request counts for none.
+        """
         config = self.config
         self._expire(now)
-        until = self._bans.get(source)
-        if until is not None:
-            if now < until:
-                return Decision(False, "banned", until - now)
-            del self._bans[source]
-        if self._sources.count(source, now, config.window) >= config.per_source:
-            retry = config.ban or self._sources.oldest(source) + config.window - now
-            if config.ban:
-                self._bans[source] = now + config.ban
-                if len(self._bans) > MAX_KEYS:
-                    self._bans.popitem(last=False)
+        sources = (source,) if isinstance(source, str) else tuple(dict.fromkeys(source))
+        banned_for = 0.0
+        for key in sources:
+            until = self._bans.get(key)
+            if until is not None:
+                if now < until:
+                    banned_for = max(banned_for, until - now)
+                else:
+                    del self._bans[key]
+        if banned_for:
+            return Decision(False, "banned", banned_for)
+        over = [
+            k for k in sources if self._sources.count(k, now, config.window) >= config.per_source
+        ]
+        if over:
+            for key in over:
+                if config.ban:
+                    self._bans[key] = now + config.ban
+                    if len(self._bans) > MAX_KEYS:
+                        self._bans.popitem(last=False)
+            retry = config.ban or max(self._sources.oldest(k) for k in over) + config.window - now
             return Decision(False, "source", retry)
-        self._sources.add(source, now)
+        for key in sources:
+            self._sources.add(key, now)
         return self._count_trigger(trigger, now)
 
     def check_trigger(self, trigger: str, now: float) -> Decision:

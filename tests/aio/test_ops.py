@@ -285,8 +285,10 @@ def send_mail(
     sender: str = SENDER,
     to: str = "callback@example.net",
     body: str = "Please.",
+    received: str | None = None,
 ) -> tuple[int, bytes]:
-    """One message over real SMTP; the server's answer to DATA (or to RCPT, if refused)."""
+    """One message over real SMTP; the server's answer to DATA (or to RCPT, if refused).
+    ``received``: the Received header a relaying MTA would add."""
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
         smtp.ehlo("client.example.com")
         code, text = smtp.mail(sender)
@@ -295,7 +297,8 @@ def send_mail(
         code, text = smtp.rcpt(to)
         if code != 250:
             return code, text
-        message = f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\n{body}\r\n"
+        trace = f"Received: {received}\r\n" if received else ""
+        message = f"{trace}From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\n{body}\r\n"
         return smtp.data(message.encode())
 
 
@@ -351,8 +354,9 @@ async def test_web_and_mail_share_the_rate_limits(tmp_path: Path) -> None:
         assert [(await client.submit("815000000001"))[0] for _ in range(2)] == [303, 303]
         assert (await asyncio.to_thread(send_mail, port, "815000000001"))[0] == 450
         assert (await asyncio.to_thread(send_mail, port, "815000000002"))[0] == 250
-        # A source over its limit is banned: the form, and mail from the same address.
-        server.ops.limits.reconfigure(LimitsConfig(per_source=4, per_trigger=100, window=60))
+        # A source over its limit is banned: the form, and mail from the same address. The
+        # address has asked four times so far, twice by web and twice by mail.
+        server.ops.limits.reconfigure(LimitsConfig(per_source=6, per_trigger=100, window=60))
         statuses = [(await client.submit(f"81500000001{i}"))[0] for i in range(3)]
         assert statuses == [303, 303, 429]
         async with client.http.get(url(server, "web", "/")) as response:
@@ -366,6 +370,76 @@ async def test_web_and_mail_share_the_rate_limits(tmp_path: Path) -> None:
         )
     finally:
         await client.close()
+        await server.shutdown()
+        transport.close()
+
+
+async def test_mail_limits_count_the_client_address_whatever_the_sender(tmp_path: Path) -> None:
+    """A spammer rotating senders from one address is limited (and banned) by the address."""
+    limits = LimitsConfig(per_source=3, per_trigger=100, window=60, ban=60)
+    server, _, transport, _ = await ops_node(
+        tmp_path,
+        (43000, 43999),
+        limits=limits,
+        web=WebConfig(listen=("127.0.0.1", 0), answer_time=0.0),
+    )
+    assert server.ops is not None
+    port = server.ops.bound["mail"][1]
+    try:
+        codes = [
+            (await asyncio.to_thread(send_mail, port, TRIGGER, sender=f"s{i}@example.org"))[0]
+            for i in range(4)
+        ]
+        assert codes == [250, 250, 250, 450]
+        [event] = recent_security_events(1)
+        assert (event.kind, event.src) == ("rate_limited", "127.0.0.1")
+        assert (event.fields["channel"], event.fields["limit"]) == ("mail", "source")
+        # The address is banned: a sender never seen before is refused at MAIL FROM.
+        code, _ = await asyncio.to_thread(send_mail, port, TRIGGER, sender="new@example.org")
+        assert code == 450
+        assert recent_security_events(1)[0].kind == "banned"
+        assert (
+            await metric(server, 'softswitch_triggers_total{channel="mail",outcome="limited"}') == 1
+        )
+    finally:
+        await server.shutdown()
+        transport.close()
+
+
+async def test_mail_through_a_trusted_relay_counts_the_client_it_names(tmp_path: Path) -> None:
+    """Behind the site's MTA the limits count the client its Received header names, so one
+    client is limited without the relay (everyone's mail) being limited or banned."""
+    mail = MailConfig(
+        address="callback@example.net", listen=("127.0.0.1", 0), trusted_relays=("127.0.0.1",)
+    )
+    server, _, transport, _ = await ops_node(
+        tmp_path,
+        (44000, 44999),
+        mail=mail,
+        limits=LimitsConfig(per_source=2, per_trigger=100, window=60, ban=60),
+        web=WebConfig(listen=("127.0.0.1", 0), answer_time=0.0),
+    )
+    assert server.ops is not None
+    port = server.ops.bound["mail"][1]
+
+    def relayed(client: str, sender: str) -> int:
+        received = f"from c.example.org (c.example.org [{client}]) by mx.example.net (Postfix)"
+        return send_mail(port, TRIGGER, sender=sender, received=received)[0]
+
+    try:
+        codes = [
+            await asyncio.to_thread(relayed, "203.0.113.9", f"s{i}@example.org") for i in range(3)
+        ]
+        assert codes == [250, 250, 450]
+        [event] = recent_security_events(1)
+        assert (event.kind, event.src, event.fields["limit"]) == (
+            "rate_limited",
+            "203.0.113.9",
+            "source",
+        )
+        assert await asyncio.to_thread(relayed, "203.0.113.10", "t@example.org") == 250
+        assert not server.ops.banned("127.0.0.1")
+    finally:
         await server.shutdown()
         transport.close()
 

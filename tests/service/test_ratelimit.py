@@ -24,6 +24,37 @@ def test_a_source_over_its_limit_is_banned_for_the_ban_time() -> None:
     assert limits.check("198.51.100.1", "815000000009", 601.5).allowed
 
 
+def test_a_request_counts_for_every_key_and_each_must_be_under_the_limit() -> None:
+    """A mail counts for its client's address and its sender: rotating senders from one
+    address is limited by the address, one sender from many addresses by the sender."""
+    limits = TriggerLimits(LimitsConfig(per_source=2, per_trigger=100, window=60, ban=600))
+    ip = "198.51.100.1"
+    assert limits.check((ip, "mail:a@example.org"), "815000000001", 0.0).allowed
+    assert limits.check((ip, "mail:b@example.org"), "815000000002", 1.0).allowed
+    over = limits.check((ip, "mail:c@example.org"), "815000000003", 2.0)
+    assert (over.allowed, over.reason, over.retry_after) == (False, "source", 600)
+    assert limits.banned(ip, 3.0) and not limits.banned("mail:c@example.org", 3.0)
+    # A refused request counts for none of its keys: c may still ask twice from elsewhere.
+    other = "198.51.100.2"
+    assert limits.check((other, "mail:c@example.org"), "815000000003", 4.0).allowed
+    assert limits.check(("198.51.100.3", "mail:c@example.org"), "815000000004", 5.0).allowed
+    refused = limits.check(("198.51.100.4", "mail:c@example.org"), "815000000005", 6.0)
+    assert refused.reason == "source" and limits.banned("mail:c@example.org", 7.0)
+    assert not limits.banned("198.51.100.4", 7.0)
+    # One banned key refuses the request, whatever the others.
+    assert limits.check(("198.51.100.9", "mail:c@example.org"), "1", 8.0).reason == "banned"
+    assert limits.check((ip, "mail:new@example.org"), "1", 8.0).reason == "banned"
+    assert limits.check("198.51.100.9", "1", 9.0).allowed  # a single key, as the web's
+
+
+def test_the_retry_time_is_when_every_key_is_under_its_limit_again() -> None:
+    limits = TriggerLimits(LimitsConfig(per_source=1, per_trigger=100, window=10, ban=0))
+    assert limits.check(("a", "b"), "1", 0.0).allowed
+    assert limits.check("c", "1", 3.0).allowed
+    refused = limits.check(("a", "c"), "2", 4.0)
+    assert (refused.reason, refused.retry_after) == ("source", 9.0)  # c's hit leaves at 13
+
+
 def test_a_trigger_number_over_its_limit_is_refused_without_banning() -> None:
     limits = TriggerLimits(LimitsConfig(per_source=100, per_trigger=2, window=60, ban=600))
     assert limits.check("a", "815012345678", 0.0).allowed
