@@ -6,10 +6,11 @@ phone registered with it, SIPp as the destination) with the node's ``[web]`` pag
 
 * **Browser**: headless Chromium from Debian (``/usr/bin/chromium``, a fresh profile, no
   network but loopback) driven by Playwright fills the "Trigger a call" form with the trigger
-  number and a destination and submits it. The callback INVITE reaches baresip through
-  Kamailio; as soon as it answers the switch dials the destination with no digits typed, the
-  SIPp destination answers and plays an 1800 Hz tone, and baresip's recording of what it heard
-  holds that tone: the two legs are bridged. The CDRs show both legs answered.
+  number and a destination and submits it. The destination takes the hotline path with a
+  one-off number: the switch calls it at once, while the callback INVITE rings baresip through
+  Kamailio, with no digits typed. The SIPp destination answers and plays an 1800 Hz tone; once
+  baresip answers too the two legs are joined, and baresip's recording of what it heard holds
+  that tone. The CDRs show both legs answered.
 * **SMTP**: smtplib sends the trigger number in the Subject of a mail to the trigger address;
   the callback reaches baresip the same way. A relay attempt is refused at RCPT.
 """

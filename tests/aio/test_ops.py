@@ -240,7 +240,12 @@ async def test_web_trigger_calls_back_and_answers_alike_whatever_the_number(
         transport.close()
 
 
-async def test_web_destination_is_dialled_when_the_customer_answers(tmp_path: Path) -> None:
+async def test_web_destination_rings_with_the_callback_and_both_are_joined(
+    tmp_path: Path,
+) -> None:
+    """A destination from the web page takes the hotline path: it is dialled at once, while
+    the customer's phone rings (not when they answer), and the two are joined once both have
+    answered, with no digits typed."""
     server, carrier, transport, db_url = await ops_node(tmp_path, (35000, 35999))
     store = await Store.open(db_url)
     try:
@@ -254,9 +259,21 @@ async def test_web_destination_is_dialled_when_the_customer_answers(tmp_path: Pa
         assert (await client.submit(TRIGGER, "44 20 7946 0000"))[0] == 303
         invite = await carrier.next_request("INVITE")
         assert invite.uri.user == "+" + CUSTOMER
-        transport.sendto(answer(invite), node)
+        # Nothing answered yet: the destination is already being called.
         destination = await carrier.next_request("INVITE")
         assert destination.uri.user == "+442079460000"
+        assert server.ops is not None
+        [call] = server.ops.live_calls()
+        assert call.state == "HOTLINE"
+        assert sorted(leg.name for leg in call.legs) == ["callback", "destination"]
+        transport.sendto(answer(destination), node)
+        transport.sendto(answer(invite), node)
+        for _ in range(100):
+            [call] = server.ops.live_calls()
+            if call.state == "CONNECTED":
+                break
+            await asyncio.sleep(0.02)
+        assert call.state == "CONNECTED"
     finally:
         await client.close()
         await server.shutdown()
