@@ -14,6 +14,15 @@ what :meth:`Node.next_event` returns and reports back, in the manner of aioquic'
 
 Start-up refuses to run without every prompt the call flow can play; shutdown waits (bounded)
 for the store writes of the calls the node hung up, so their CDRs are never lost.
+
+A database that cannot be reached (``DatabaseUnavailable``: the connection was refused, so
+nothing of the request ran) does not lose the writes that must last: CDRs, queue rows and
+their settlements, credit commits and releases, and forgetting a finished call are tried
+again for up to ``STORE_RETRY_S`` (a PostgreSQL restart), one WARNING per write kind and
+outage; only then is the write reported failed (a CDR is then logged in full). Reads and
+heartbeats are not retried: the controller degrades or asks again on its own. A request cut
+off mid-way by the server going away is reported failed at once, in one line like the others
+(whether its COMMIT landed is unknown, so it is not repeated).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
 from media import engine as me
 from media.aio import MediaShell
 from softswitch import prompts
@@ -34,7 +45,7 @@ from softswitch.node.calls import recordings_dir
 from softswitch.node.node import Node
 from softswitch.service.callflow import PROMPTS_PLAYED
 from softswitch.service.rating import DEFAULT_CAP_SECONDS
-from softswitch.store.db import Database
+from softswitch.store.db import Database, DatabaseUnavailable
 from softswitch.store.models import Cdr, CodeCheck, LiveCall, Location, PendingCallback
 from softswitch.store.repos import (
     AccountRepo,
@@ -60,6 +71,20 @@ STOP_GRACE = 10.0
 RESERVATION_TTL = DEFAULT_CAP_SECONDS + 3600.0
 #: How long start-up waits for the accounts (trigger numbers) to load.
 READY_TIMEOUT = 30.0
+#: How long a write that must last is retried while the database cannot be reached, and
+#: the first and the longest pause between tries.
+STORE_RETRY_S = 30.0
+STORE_RETRY_FIRST = 0.25
+STORE_RETRY_MAX = 2.0
+#: The writes that are retried (see the module docstring).
+DURABLE_WRITES = (
+    cmd.WriteCdr,
+    cmd.EnqueueCallback,
+    cmd.SettleCallback,
+    cmd.CommitCredit,
+    cmd.ReleaseCredit,
+    cmd.ForgetCalls,
+)
 
 
 class GroupCommit(Generic[T, R]):
@@ -130,6 +155,8 @@ class ServiceShell:
         )
         self.recordings = recordings_dir(config)
         self._tasks: set[asyncio.Future[Any]] = set()
+        #: Write kinds waiting for the database to come back (one WARNING each per outage).
+        self._retrying: set[str] = set()
         self._ready = asyncio.Event()
         #: Told of every command, store answer and media event (``/metrics``), when set.
         self.metrics: Metrics | None = None
@@ -218,15 +245,51 @@ class ServiceShell:
     async def _store_task(self, request: cmd.StoreRequest) -> None:
         started = self.loop.time()
         try:
-            result = await self._run(request)
-        except Exception as exc:
-            log.error("store request %s failed: %s", type(request).__name__, exc, exc_info=exc)
+            result = await self._run_retrying(request)
+        except asyncio.CancelledError:
+            # Stopped while waiting for the database: the controller still logs what is lost.
+            self.node.store_failed(request, "the node stopped first", self.loop.time())
+            raise
+        except DatabaseUnavailable as exc:
+            # The controller logs it (one line that says where and why); no traceback.
             self.node.store_failed(request, f"{type(exc).__name__}: {exc}", self.loop.time())
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                # The server went away mid-request (a restart): one line, no traceback.
+                why = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+                error = f"lost the connection to {self.db.where}: {why}"
+            else:
+                log.error("store request %s failed: %s", type(request).__name__, exc, exc_info=exc)
+                error = f"{type(exc).__name__}: {exc}"
+            self.node.store_failed(request, error, self.loop.time())
         else:
             if self.metrics is not None:
                 self.metrics.store_latency(request, self.loop.time() - started)
             self.node.store_done(request, result, self.loop.time())
         self.transmit()
+
+    async def _run_retrying(self, request: cmd.StoreRequest) -> object:
+        """:meth:`_run`, tried again while the database cannot be reached if it is a write
+        that must last (``DatabaseUnavailable`` means the request never ran: no duplicate)."""
+        kind = type(request).__name__
+        deadline = self.loop.time() + STORE_RETRY_S
+        pause = STORE_RETRY_FIRST
+        while True:
+            try:
+                result = await self._run(request)
+            except DatabaseUnavailable as exc:
+                if not isinstance(request, DURABLE_WRITES) or self.loop.time() >= deadline:
+                    raise
+                if kind not in self._retrying:
+                    self._retrying.add(kind)
+                    log.warning("%s; %s writes are kept and tried again", exc, kind)
+                await asyncio.sleep(min(pause, max(0.0, deadline - self.loop.time())))
+                pause = min(pause * 2, STORE_RETRY_MAX)
+                continue
+            if kind in self._retrying:
+                self._retrying.discard(kind)
+                log.info("the database is back: %s writes go through again", kind)
+            return result
 
     async def _run(self, request: cmd.StoreRequest) -> object:
         """One store request against the repositories; the answer its docstring promises."""

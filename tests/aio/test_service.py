@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from softswitch.aio.server import Server
 from softswitch.config import Config, TrunkConfig
@@ -24,6 +25,7 @@ from softswitch.prompts import LANGUAGES, PROMPTS_DIR, MissingPromptsError
 from softswitch.sip.message import Request
 from softswitch.sip.parser import parse_message
 from softswitch.store import Store
+from softswitch.store.db import DatabaseUnavailable
 from softswitch.store.models import CallbackState, Cdr, LegKind, Location
 
 TRIGGER = "815012345678"
@@ -270,3 +272,61 @@ async def test_the_quote_counts_the_days_spending_and_the_live_holds(tmp_path: P
     finally:
         await server.shutdown()
         transport.close()
+
+
+async def test_writes_that_must_last_wait_for_the_database_to_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A PostgreSQL restart: the connection is refused a few times (nothing ran), then works.
+    # A CDR waits and is written once; a read fails at once (the controller degrades).
+    server, _, transport, db_url = await start_node(tmp_path, (36000, 36999))
+    assert server.service is not None
+    shell = server.service
+    monkeypatch.setattr("softswitch.aio.service.STORE_RETRY_FIRST", 0.01)
+    real_run = shell._run
+    refusals = [3]
+
+    async def restarting(request: cmd.StoreRequest) -> object:
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise DatabaseUnavailable("cannot connect to PostgreSQL at 127.0.0.1:5432: refused")
+        return await real_run(request)
+
+    monkeypatch.setattr(shell, "_run", restarting)
+    cdr = Cdr("outage", LegKind.TRIGGER, 1, CUSTOMER, TRIGGER, time.time(), cause_code=487)
+    try:
+        with caplog.at_level("INFO", logger="softswitch.service"):
+            await shell._run_retrying(cmd.WriteCdr(1, "outage", cdr))
+            refusals[0] = 1
+            with pytest.raises(DatabaseUnavailable):
+                await shell._run_retrying(cmd.LoadAccounts(2))
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        back = "the database is back: WriteCdr writes go through again" in caplog.messages
+
+        # Cut off mid-request (whether it committed is unknown): failed at once, in one line.
+        async def cut_off(request: cmd.StoreRequest) -> object:
+            closed = ConnectionError("connection was closed in the middle of operation")
+            raise DBAPIError.instance("COMMIT", {}, closed, Exception, connection_invalidated=True)
+
+        monkeypatch.setattr(shell, "_run", cut_off)
+        caplog.clear()
+        lost = Cdr("cut", LegKind.TRIGGER, 1, CUSTOMER, TRIGGER, time.time(), cause_code=487)
+        await shell._store_task(cmd.WriteCdr(3, "cut", lost))
+        [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert error.exc_info is None and error.getMessage().startswith(
+            f"CDR NOT WRITTEN (lost the connection to SQLite database {tmp_path}/node.sqlite3: "
+            "connection was closed in the middle of operation): Cdr(call_uuid='cut'"
+        )
+    finally:
+        await server.shutdown()
+        transport.close()
+    assert warnings == [
+        "cannot connect to PostgreSQL at 127.0.0.1:5432: refused; WriteCdr writes are kept and "
+        "tried again"
+    ]
+    assert back
+    store = await Store.open(db_url)
+    try:
+        assert [c.call_uuid for c in await store.cdrs.list()] == ["outage"]
+    finally:
+        await store.close()
