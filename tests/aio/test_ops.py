@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import smtplib
@@ -25,12 +26,13 @@ from softswitch.aio.server import Server
 from softswitch.config import AdminConfig, LimitsConfig, MailConfig, WebConfig
 from softswitch.logs import recent_security_events
 from softswitch.store import Store
-from softswitch.store.models import CallbackState, Rate
+from softswitch.store.models import CallbackState, Location, Rate
 from tests.aio.test_service import CUSTOMER, TRIGGER, Carrier, reply, ring_and_hang_up, start_node
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SENDER = "alice@example.com"
+BOB_TRIGGER = "815087654321"
 
 
 async def ops_node(
@@ -73,12 +75,7 @@ async def metrics_text(server: Server) -> str:
 
 async def metric(server: Server, name: str) -> float:
     """One sample of /metrics (``name`` with its labels, as Prometheus prints it)."""
-    async with (
-        aiohttp.ClientSession(headers=AUTH) as http,
-        http.get(url(server, "admin", "/metrics")) as response,
-    ):
-        assert response.status == 200
-        text = await response.text()
+    text = await metrics_text(server)
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[-1])
@@ -86,12 +83,24 @@ async def metric(server: Server, name: str) -> float:
 
 
 async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None:
-    server, carrier, transport, _ = await ops_node(tmp_path, (33000, 33999))
+    server, carrier, transport, db_url = await ops_node(tmp_path, (33000, 33999))
+    # Another account's callback waits in the queue (a retry due in an hour).
+    store = await Store.open(db_url)
+    try:
+        bob = await store.accounts.add(
+            "Bob", triggers=[BOB_TRIGGER], location=Location("819087654321")
+        )
+        waiting, _ = await store.callbacks.enqueue(
+            bob.id, BOB_TRIGGER, time.time() + 3600, now=time.time()
+        )
+    finally:
+        await store.close()
     try:
         status, body = await get_json(server, "/api/status")
         assert status == 401 and body == {"error": "unauthorized"}
         status, body = await get_json(server, "/api/status", headers={"Authorization": "Bearer x"})
         assert status == 401
+        assert (await get_json(server, "/api/callbacks"))[0] == 401
         status, events = await get_json(server, "/api/security-events", headers=AUTH)
         assert [e["kind"] for e in events["events"][:2]] == ["admin_unauthorized"] * 2
         assert (await get_json(server, "/health"))[1] == {"status": "ok"}
@@ -109,6 +118,27 @@ async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None
         assert call["duration"] >= 0.1
         status, body = await get_json(server, "/api/status", headers=AUTH)
         assert body["calls"] == 1 and body["legs"] == 1 and body["trigger_numbers"] == 1
+        assert body["pending_callbacks"] == 1
+        node_id = body["node"]
+        # The queue: Bob's callback waiting, Alice's claimed by this node while it rings.
+        status, queue = await get_json(server, "/api/callbacks", headers=AUTH)
+        assert status == 200
+        by_trigger = {c["trigger"]: c for c in queue["callbacks"]}
+        assert set(by_trigger) == {TRIGGER, BOB_TRIGGER}
+        pending = by_trigger[BOB_TRIGGER]
+        assert (pending["id"], pending["account_id"], pending["state"]) == (
+            waiting.id,
+            bob.id,
+            "pending",
+        )
+        assert (pending["attempts"], pending["claimed_by"]) == (0, None)
+        assert pending["due_at"] == waiting.due_at
+        claimed = by_trigger[TRIGGER]
+        assert (claimed["state"], claimed["claimed_by"], claimed["attempts"]) == (
+            "claimed",
+            node_id,
+            1,
+        )
         assert body["trunk"] == {
             "configured": True,
             "proxy": "127.0.0.1:{}".format(transport.get_extra_info("sockname")[1]),
@@ -137,6 +167,16 @@ async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None
                 break
             await asyncio.sleep(0.02)
         assert (await get_json(server, "/api/calls", headers=AUTH))[1] == {"calls": []}
+        # The hung-up callback is settled (its queue row written a moment after the call
+        # ends); the waiting one stays.
+        for _ in range(100):
+            _, queue = await get_json(server, "/api/callbacks", headers=AUTH)
+            if len(queue["callbacks"]) < 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [(c["trigger"], c["state"]) for c in queue["callbacks"]] == [
+            (BOB_TRIGGER, "pending")
+        ]
         assert await metric(server, "softswitch_active_calls") == 0
         assert await metric(server, "softswitch_trigger_to_callback_seconds_count") == 1
         assert await metric(server, "softswitch_trigger_to_callback_seconds_sum") < 1.0
@@ -151,12 +191,92 @@ async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None
         transport.close()
 
 
+#: The series names a metric family gives Prometheus, by its ``# TYPE`` (prometheus-client
+#: names a counter's family without ``_total`` and its samples with it).
+SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
+    "gauge": ("",),
+    "untyped": ("",),
+}
+
+
+def dashboard_metrics() -> dict[str, list[str]]:
+    """Every metric name in the Grafana dashboard's PromQL, with the panels that graph it."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    graphed: dict[str, list[str]] = {}
+    panels = list(dashboard["panels"])
+    while panels:
+        panel = panels.pop()
+        panels.extend(panel.get("panels", []))  # rows may hold panels of their own
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "")
+            names = re.findall(r"\b(softswitch_[A-Za-z0-9_:]+)", expr)
+            assert names, f"panel {panel.get('title')!r} graphs no softswitch metric: {expr!r}"
+            for name in names:
+                graphed.setdefault(name, []).append(str(panel.get("title")))
+    return graphed
+
+
+def exported_series(text: str) -> set[str]:
+    """The series names a /metrics body offers: the samples it holds, and for every family
+    its type declares (a labelled counter no event has touched yet has no sample, but its
+    ``_total`` series is what a query names)."""
+    series: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split()
+            base = family.removesuffix("_total") if kind == "counter" else family
+            series.update(base + suffix for suffix in SERIES_SUFFIXES[kind])
+        elif line and not line.startswith("#"):
+            series.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return series
+
+
+async def test_every_metric_the_grafana_dashboard_graphs_is_exported(tmp_path: Path) -> None:
+    server, carrier, transport, _ = await ops_node(tmp_path, (45000, 45999))
+    try:
+        await ring_and_hang_up(server, transport)
+        invite = await carrier.next_request("INVITE")
+        transport.sendto(reply(invite, 180), ("127.0.0.1", server.config.listen[0][1]))
+        await asyncio.sleep(0.1)
+        assert await metric(server, "softswitch_active_calls") == 1  # a call is live
+        text = await metrics_text(server)
+    finally:
+        await server.shutdown()
+        transport.close()
+    graphed = dashboard_metrics()
+    assert len(graphed) >= 15, graphed  # the dashboard was read, not skipped
+    exported = exported_series(text)
+    missing = {name: panels for name, panels in graphed.items() if name not in exported}
+    assert not missing, f"graphed but not exported: {missing}\n/metrics:\n{text}"
+    # A histogram's quantiles need its buckets: they are graphed by _bucket, never bare.
+    assert "softswitch_trigger_to_callback_seconds_bucket" in graphed
+    assert "softswitch_trigger_to_callback_seconds" not in exported
+
+
 class WebClient:
     """A browser without a browser: cookie jar, the form's CSRF token, redirects not followed."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(
+        self,
+        server: Server,
+        *,
+        headers: dict[str, str] | None = None,
+        local_address: str | None = None,
+    ) -> None:
+        """``headers`` go with every request (a proxy's X-Forwarded-For, a User-Agent);
+        ``local_address``: connect from this loopback address instead of 127.0.0.1."""
         self.server = server
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        connector = aiohttp.TCPConnector(local_addr=(local_address, 0)) if local_address else None
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers, connector=connector
+        )
+
+    async def get(self, path: str = "/") -> int:
+        async with self.http.get(url(self.server, "web", path)) as response:
+            return response.status
 
     async def form(self, lang: str = "en") -> str:
         async with self.http.get(url(self.server, "web", f"/?lang={lang}")) as response:
@@ -457,6 +577,87 @@ async def test_mail_through_a_trusted_relay_counts_the_client_it_names(tmp_path:
         assert await asyncio.to_thread(relayed, "203.0.113.10", "t@example.org") == 250
         assert not server.ops.banned("127.0.0.1")
     finally:
+        await server.shutdown()
+        transport.close()
+
+
+async def test_web_limits_the_client_behind_a_trusted_proxy_and_ignores_others_headers(
+    tmp_path: Path,
+) -> None:
+    """Behind a trusted proxy the client is the last address in X-Forwarded-For that is not a
+    proxy: it is limited and banned, not the proxy (everyone's address). From any other peer
+    X-Forwarded-For is the client's own claim and changes nothing."""
+    web = WebConfig(listen=("127.0.0.1", 0), answer_time=0.0, trusted_proxies=("127.0.0.1",))
+    limits = LimitsConfig(per_source=2, per_trigger=100, window=60, ban=60)
+    server, _, transport, _ = await ops_node(tmp_path, (46000, 46999), web=web, limits=limits)
+    assert server.ops is not None
+    clients: list[WebClient] = []
+
+    def client(forwarded_for: str, local_address: str | None = None) -> WebClient:
+        made = WebClient(
+            server, headers={"X-Forwarded-For": forwarded_for}, local_address=local_address
+        )
+        clients.append(made)
+        return made
+
+    try:
+        behind = client("203.0.113.9")
+        assert [(await behind.submit(f"81500000003{i}"))[0] for i in range(3)] == [303, 303, 429]
+        [event] = recent_security_events(1)
+        assert (event.kind, event.src, event.fields["limit"]) == (
+            "rate_limited",
+            "203.0.113.9",
+            "source",
+        )
+        # Banned by its address, even with a forged address in front of the proxy's entry.
+        assert await client("198.51.100.1, 203.0.113.9").get() == 429
+        [event] = recent_security_events(1)
+        assert (event.kind, event.src) == ("banned", "203.0.113.9")
+        # The proxy and the other clients behind it are not held.
+        assert (await client("203.0.113.10").submit("815000000040"))[0] == 303
+        assert not server.ops.banned("127.0.0.1")
+
+        # 127.0.0.3 is no proxy of ours: each request claims another client, all are its own.
+        statuses = [
+            (await client(f"203.0.113.{20 + i}", "127.0.0.3").submit(f"81500000005{i}"))[0]
+            for i in range(3)
+        ]
+        assert statuses == [303, 303, 429]
+        [event] = recent_security_events(1)
+        assert (event.kind, event.src) == ("rate_limited", "127.0.0.3")
+        assert server.ops.banned("127.0.0.3")
+        assert not server.ops.banned("203.0.113.20") and not server.ops.banned("203.0.113.21")
+    finally:
+        for made in clients:
+            await made.close()
+        await server.shutdown()
+        transport.close()
+
+
+async def test_web_attack_tools_are_refused_with_a_security_event(tmp_path: Path) -> None:
+    web = WebConfig(listen=("127.0.0.1", 0), answer_time=0.0, trusted_proxies=("127.0.0.1",))
+    server, _, transport, _ = await ops_node(tmp_path, (47000, 47999), web=web)
+    agent = "Mozilla/5.0 (compatible; Nmap Scripting Engine; https://nmap.org/book/nse.html)"
+    scanner = WebClient(server, headers={"User-Agent": agent, "X-Forwarded-For": "203.0.113.66"})
+    browser = WebClient(server, headers={"X-Forwarded-For": "203.0.113.67"})
+    try:
+        assert await scanner.get("/") == 403
+        assert await scanner.get("/style.css") == 403
+        events = recent_security_events(2)
+        assert [(e.kind, e.src, e.fields["channel"]) for e in events] == [
+            ("scanner", "203.0.113.66", "web")
+        ] * 2
+        assert "Nmap Scripting Engine" in events[0].fields["user_agent"]
+        assert await scanner.get("/") == 403  # every request, not the first only
+        async with scanner.http.post(url(server, "web", "/"), data={"trigger": TRIGGER}) as sent:
+            assert sent.status == 403
+        assert await browser.get("/") == 200  # an ordinary browser is served
+        assert await metric(server, 'softswitch_security_events_total{kind="scanner"}') >= 4
+        # Nothing it sent reached the node as a trigger.
+        assert 'softswitch_triggers_total{channel="web"' not in await metrics_text(server)
+    finally:
+        await scanner.close()
+        await browser.close()
         await server.shutdown()
         transport.close()
 
