@@ -472,7 +472,7 @@ class CallController:
     ) -> str:
         """A trigger from the web page or an e-mail: the phone trigger's path, without a leg.
 
-        ``destination``: call it as soon as the customer answers (no dialling: the hotline
+        ``destination``: call it together with the customer (no dialling: the hotline
         path with a one-off number). Returns what happened, for the caller's log and answer:
         ``"scheduled"``, ``"absorbed"`` (a callback is under way), ``"unknown"`` (not a trigger
         number of an account), ``"refused"`` (suspended, stopping, no valid location).

@@ -686,8 +686,9 @@ class CustomerCall:
 
     ``location`` is the dial string of the callback leg (already normalised by the
     controller), ``extension`` the DTMF sent after answer (hotel room, PBX extension; ``0-9*#``
-    only), ``has_name`` whether a recorded name exists, ``preset_destination`` a number dialled
-    at once on answer (hotline accounts, web triggers with a destination), ``trigger_numbers``
+    only), ``has_name`` whether a recorded name exists, ``preset_destination`` a number called
+    together with the customer, joined when both answer (hotline accounts, web triggers with a
+    destination), ``trigger_numbers``
     the account's own trigger numbers (dialling one asks for the Location change menu),
     ``operator`` the dial string of customer service.
     """
