@@ -23,31 +23,59 @@ count; "never left" counts CANCELs with no callback INVITE by the end.
     .venv/bin/python scripts/bench_callback.py --rate 50 --duration 30
 
 Target: p99 <= 50 ms with 0 failed. Needs root (or dumpcap's capture rights) and SIPp.
+
+``--whole``: whole callback calls instead, at rising rates. Every callback is answered by the
+customer's phone, which dials the destination and talks; the destination answers and talks; the
+customer hangs up. The trunk is one SIPp UAS (interop/scenarios/uas_trunk_whole_call.xml) that
+plays both parties by Request-URI: the customer answers at once, plays a second of silence,
+``441234567890*`` as RFC 2833 events (100 ms each, 100 ms apart) and ``--talk`` seconds of
+voice, then sends BYE; the destination answers, plays its voice and takes the BYE the node
+passes on. The node is pinned to CPU 0 and the SIPp processes to CPU 1, as in
+bench_triggers.py. A rate passes when every trigger became a whole call: 0 failed calls in
+either SIPp, every customer call in the store has its trigger leg, an answered callback and an
+answered destination leg, and none is missing. Reported per rate: whole calls, failures, the
+node's CPU per whole call (from the first trigger until the last call has ended, all threads)
+and its CPU%, and the triggers' INVITE -> ring (SIPp's -trace_rtt). The ladder climbs to the
+first failure, then bisects.
+
+    .venv/bin/python scripts/bench_callback.py --whole                   # 10, 20 ... 200/s
+    .venv/bin/python scripts/bench_callback.py --whole --rates 20 --duration 30
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
+import shutil
+import struct
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from interop.callback_setup import Capture, UdpPacket, provision, switch_config
+from interop.callback_setup import Capture, UdpPacket, cdrs, provision, switch_config
 from interop.peers import (
+    LOOPBACK,
     SCENARIOS,
     Node,
     Sipp,
     find_program,
     find_softswitch,
     free_port,
+    parse_stat_csv,
     percentile,
+    proc_cpu_seconds,
 )
+from media import g711
+from softswitch.store.models import LegKind
 
 TARGET_P99_MS = 50.0
 RTP_PORTS = (20000, 29999)
@@ -274,6 +302,335 @@ def report(r: Result) -> bool:
     return ok
 
 
+# --- whole calls ----------------------------------------------------------------------------
+
+WHOLE_RATES = (10, 20, 40, 80, 120, 160, 200)
+DESTINATION = "441234567890"
+DIAL = DESTINATION + "*"
+RTP_FRAME = 160  # samples in 20 ms at 8 kHz
+TELEPHONE_EVENT = 101
+#: RFC 4733 event codes of the keys dialled.
+EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+_PCAP_HEADER = struct.Struct("<IHHiIII")
+_PCAP_RECORD = struct.Struct("<IIII")
+
+
+def _tone(hz: float, frames: int) -> bytes:
+    t = np.arange(frames * RTP_FRAME) / 8000.0
+    pcm = (8000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+    return g711.ulaw_encode(pcm)
+
+
+def write_party_pcap(path: Path, *, digits: str = "", lead_s: float = 1.0, talk_s: float = 2.0,
+                     hz: float = 440.0) -> float:  # fmt: skip
+    """One party's RTP in an Ethernet pcap for SIPp's ``play_pcap_audio``: ``lead_s`` of PCMU
+    silence, ``digits`` as RFC 2833 events (100 ms each, 100 ms of silence after each), then
+    ``talk_s`` of a PCMU tone; 20 ms packets, one timestamp clock. Returns its length in s."""
+    packets: list[bytes] = []  # RTP packets, one per 20 ms slot (event ends: several a slot)
+    slots: list[int] = []
+    seq = 0
+    ts = 0
+    slot = 0
+    silence = b"\xff" * RTP_FRAME
+
+    def rtp(pt: int, payload: bytes, marker: bool, stamp: int) -> None:
+        nonlocal seq
+        header = struct.pack("!BBHII", 0x80, pt | (0x80 if marker else 0), seq & 0xFFFF,
+                             stamp & 0xFFFFFFFF, 0x5EED0002)  # fmt: skip
+        packets.append(header + payload)
+        slots.append(slot)
+        seq += 1
+
+    def audio(payloads: list[bytes]) -> None:
+        nonlocal ts, slot
+        for payload in payloads:
+            rtp(0, payload, seq == 0, ts)
+            ts += RTP_FRAME
+            slot += 1
+
+    audio([silence] * round(lead_s * 50))
+    for key in digits:
+        event = EVENTS[key]
+        start = ts
+        for i in range(1, 6):  # 100 ms of the key, the duration growing
+            rtp(TELEPHONE_EVENT, struct.pack("!BBH", event, 10, i * RTP_FRAME), i == 1, start)
+            ts += RTP_FRAME
+            slot += 1
+        for _ in range(3):  # the end, sent three times (RFC 4733 section 2.5.1.4)
+            rtp(TELEPHONE_EVENT, struct.pack("!BBH", event, 0x80 | 10, 5 * RTP_FRAME), False,
+                start)  # fmt: skip
+        audio([silence] * 5)
+    voice = _tone(hz, round(talk_s * 50))
+    audio([voice[i : i + RTP_FRAME] for i in range(0, len(voice), RTP_FRAME)])
+    records = [_PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for n, (packet, at) in enumerate(zip(packets, slots, strict=True)):
+        udp = struct.pack("!HHHH", 6000, 7000, 8 + len(packet), 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(packet), n & 0xFFFF, 0, 64, 17, 0,
+                         bytes(4), bytes(4))  # fmt: skip
+        ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
+        frame = bytes(12) + b"\x08\x00" + ip + udp + packet
+        usec = at * 20_000
+        records.append(_PCAP_RECORD.pack(usec // 1_000_000, usec % 1_000_000, len(frame),
+                                         len(frame)))  # fmt: skip
+        records.append(frame)
+    path.write_bytes(b"".join(records))
+    return slot * 0.02
+
+
+def _ip_checksum(header: bytes) -> int:
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@dataclass
+class WholeStep:
+    rate: int
+    calls: int
+    whole: int
+    trigger_failed: int
+    trunk_failed: int
+    incomplete: int
+    cpu_ms_per_call: float
+    cpu_percent: float
+    ring_p50: float
+    ring_p99: float
+    seconds: float
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.trigger_failed == 0
+            and self.trunk_failed == 0
+            and self.incomplete == 0
+            and self.whole == self.calls
+            and not self.note
+        )
+
+
+@dataclass
+class WholeConfig:
+    duration: float
+    talk: float
+    node_cpu: int
+    sipp_cpu: int
+    workdir: Path
+    store: Path
+    accounts: int
+    sipp: str
+    softswitch: str
+
+
+def whole_calls(db_url: str) -> tuple[int, int]:
+    """(whole calls, customer calls that are not whole) in the store: a whole call has its
+    trigger leg, an answered callback and an answered destination leg."""
+    legs: dict[str, Counter[LegKind]] = {}
+    for cdr in cdrs(db_url):
+        answered = cdr.leg is LegKind.TRIGGER or cdr.answer_at is not None
+        if answered:
+            legs.setdefault(cdr.call_uuid, Counter())[cdr.leg] += 1
+    whole = sum(
+        1
+        for c in legs.values()
+        if c[LegKind.TRIGGER] and c[LegKind.CALLBACK] and c[LegKind.DESTINATION]
+    )
+    return whole, len(legs) - whole
+
+
+def run_whole(rate: int, cfg: WholeConfig) -> WholeStep:
+    step_dir = cfg.workdir / f"whole_{rate}"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    calls = max(1, int(rate * cfg.duration))
+    db = step_dir / "switch.sqlite3"
+    shutil.copyfile(cfg.store, db)
+    db_url = f"sqlite:///{db}"
+    customer_s = write_party_pcap(step_dir / "customer.pcap", digits=DIAL, talk_s=cfg.talk)
+    write_party_pcap(step_dir / "destination.pcap", lead_s=0.0, talk_s=customer_s + 5, hz=1000)
+    scenario = (SCENARIOS / "uas_trunk_whole_call.xml").read_text(encoding="latin-1")
+    (step_dir / "trunk.xml").write_text(
+        scenario.replace("CUSTOMER_MS", str(int(customer_s * 1000) + 500)), encoding="latin-1"
+    )
+    trigger_xml = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
+    (step_dir / "trigger_inf.xml").write_text(
+        trigger_xml.replace("[service]", "[field0]"), encoding="latin-1"
+    )
+    (step_dir / "triggers.csv").write_text(
+        "SEQUENTIAL\n" + "".join(f"{trigger_number(i)};\n" for i in range(cfg.accounts))
+    )
+    uas_port = free_port()
+    trunk = Sipp(
+        str(step_dir / "trunk.xml"),
+        workdir=step_dir,
+        local_port=uas_port,
+        calls=0,
+        binary=cfg.sipp,
+        cpu=cfg.sipp_cpu,
+        trace_messages=False,
+        timeout_s=24 * 3600,
+        extra=("-mp", str(free_port()), "-buff_size", "4194304"),
+    ).start()
+    node_port = free_port()
+    node = Node(
+        cfg.softswitch,
+        step_dir,
+        node_port,
+        switch_config(
+            node_port,
+            f"{LOOPBACK}:{uas_port}",
+            db_url,
+            rtp_ports=RTP_PORTS,
+            log_level="INFO",
+            ip_auth=True,
+        ),
+        cpu=cfg.node_cpu,
+    )
+    note = ""
+    try:
+        node.start()
+        if not node.wait_for_log("callback service ready", 30):
+            raise RuntimeError(f"the node did not load its accounts:\n{node.log()[-2000:]}")
+        assert node.proc is not None
+        pid = node.proc.pid
+        trigger = Sipp(
+            str(step_dir / "trigger_inf.xml"),
+            workdir=step_dir,
+            local_port=free_port(),
+            remote=node.address,
+            calls=calls,
+            rate=rate,
+            binary=cfg.sipp,
+            cpu=cfg.sipp_cpu,
+            trace_messages=False,
+            timeout_s=cfg.duration * 2 + 30,
+            extra=("-inf", str(step_dir / "triggers.csv"), "-recv_timeout", "5000"),
+        )
+        cpu0 = proc_cpu_seconds(pid)
+        t0 = time.monotonic()
+        result = trigger.run()
+        # The last calls still talk: wait until the trunk has seen them all end (2 per call).
+        stats_file = step_dir / f"{trunk.name}_stats.csv"
+        deadline = time.monotonic() + customer_s + 30
+        done = 0
+        while time.monotonic() < deadline:
+            stats = parse_stat_csv(stats_file)
+            done = int(stats.get("SuccessfulCall(C)", "0") or 0) + int(
+                stats.get("FailedCall(C)", "0") or 0
+            )
+            if done >= 2 * calls:
+                break
+            time.sleep(0.5)
+        wall = time.monotonic() - t0
+        cpu = proc_cpu_seconds(pid) - cpu0
+        if done < 2 * calls:
+            note = f"{2 * calls - done} trunk calls still open"
+    finally:
+        code = node.stop(timeout=30)
+        trunk.kill()
+    if code != 0:
+        note = note or f"node exited {code}"
+    stats = parse_stat_csv(step_dir / f"{trunk.name}_stats.csv")
+    whole, incomplete = whole_calls(db_url)
+    samples = sorted(result.rtt.get("ring", []))
+    return WholeStep(
+        rate=rate,
+        calls=calls,
+        whole=whole,
+        trigger_failed=result.stat("FailedCall") + (1 if result.returncode else 0),
+        trunk_failed=int(stats.get("FailedCall(C)", "0") or 0),
+        incomplete=incomplete + max(0, calls - whole - incomplete),
+        cpu_ms_per_call=1000 * cpu / calls,
+        cpu_percent=100 * cpu / wall,
+        ring_p50=percentile(samples, 50),
+        ring_p99=percentile(samples, 99),
+        seconds=wall,
+        note=note,
+    )
+
+
+WHOLE_HEADER = (
+    f"{'rate/s':>7}{'calls':>7}{'whole':>7}{'failed':>8}{'incomplete':>11}"
+    f"{'ms CPU/call':>12}{'CPU%':>6}{'ring p50/p99':>13}{'s':>6}  result"
+)
+
+
+def whole_row(s: WholeStep) -> str:
+    verdict = "ok" if s.passed else "FAIL" + (f" ({s.note})" if s.note else "")
+    return (
+        f"{s.rate:>7}{s.calls:>7}{s.whole:>7}{s.trigger_failed + s.trunk_failed:>8}"
+        f"{s.incomplete:>11}{s.cpu_ms_per_call:>12.2f}{s.cpu_percent:>6.0f}"
+        f"{s.ring_p50:>6.0f}/{s.ring_p99:<6.0f}{s.seconds:>6.0f}  {verdict}"
+    )
+
+
+def main_whole(args: argparse.Namespace) -> int:
+    rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else WHOLE_RATES
+    duration = args.duration
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_whole_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Accounts are reused round-robin; each whole call lasts a few seconds, so an account
+    # comes round again only after its last call has ended.
+    accounts = min(max(rates) * int(duration), max(max(rates) * 20, 200))
+    store = workdir / "accounts.sqlite3"
+    started = time.monotonic()
+    provision(
+        f"sqlite:///{store}", [(trigger_number(i), location_number(i)) for i in range(accounts)]
+    )
+    cfg = WholeConfig(
+        duration, args.talk, args.node_cpu, args.sipp_cpu, workdir, store, accounts,
+        find_program("sipp"), find_softswitch(),
+    )  # fmt: skip
+    print(
+        f"whole callback calls (trigger, callback answered, {DIAL} dialled as RFC 2833, "
+        f"destination answered and bridged, {args.talk:g} s of talk, customer hangs up), "
+        f"{duration:g} s of triggers per rate; node on CPU {args.node_cpu}, SIPp on CPU "
+        f"{args.sipp_cpu}; {accounts} accounts provisioned in {time.monotonic() - started:.0f} s"
+    )
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"WARNING: load average {load:.2f} before the run: the machine is not idle")
+    print(WHOLE_HEADER, flush=True)
+    best: WholeStep | None = None
+    failed_at: int | None = None
+    try:
+        for rate in rates:
+            step = run_whole(rate, cfg)
+            print(whole_row(step), flush=True)
+            if not step.passed:
+                failed_at = rate
+                break
+            best = step
+        if failed_at is not None:
+            low, high = (best.rate if best else 0), failed_at
+            for _ in range(args.bisect):
+                mid = (low + high) // 2
+                if high - low <= max(2, low // 10) or mid <= 0:
+                    break
+                step = run_whole(mid, cfg)
+                print(whole_row(step), flush=True)
+                if step.passed:
+                    best, low = step, mid
+                else:
+                    high = mid
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir}")
+    print()
+    if best is None:
+        print(f"SUMMARY whole calls: failed already at {rates[0]}/s.")
+        return 1
+    print(
+        f"SUMMARY whole calls: {best.rate} whole callback calls/s with 0 failures on one core "
+        f"({best.cpu_ms_per_call:.1f} ms CPU per whole call, {best.cpu_percent:.0f}% CPU; "
+        f"trigger, callback, RFC 2833 dialling, destination, {args.talk:g} s bridged)."
+    )
+    print(f"(load average at the end: {os.getloadavg()[0]:.2f})")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="trigger calls per second")
@@ -281,7 +638,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100/s for 5 s")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait at the end")
     parser.add_argument("--workdir", type=Path, help="keep logs and captures here")
+    parser.add_argument("--whole", action="store_true", help="whole calls at rising rates")
+    parser.add_argument("--rates", help="--whole: comma-separated whole calls/s")
+    parser.add_argument("--talk", type=float, default=2.0, help="--whole: seconds of talk")
+    parser.add_argument("--bisect", type=int, default=2, help="--whole: bisection steps")
+    parser.add_argument("--node-cpu", type=int, default=0, help="--whole: the node's CPU")
+    parser.add_argument("--sipp-cpu", type=int, default=1, help="--whole: SIPp's CPU")
     args = parser.parse_args()
+    if args.whole:
+        return main_whole(args)
     rate, duration = (100.0, 5.0) if args.quick else (args.rate, args.duration)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)

@@ -258,10 +258,8 @@ class Endpoint:
         if status in (405, 501) or (request.method == "OPTIONS" and 200 <= status < 300):
             extra += (("Allow", self._allow_header),)
         response = txl.make_response(
-            request, status, reason, to_tag=to_tag, headers=extra + tuple(headers)
+            request, status, reason, to_tag=to_tag, headers=extra + tuple(headers), body=body
         )
-        if body:
-            response = replace(response, body=body)
         self._layer.send_response(tx, response, now)
         self._pump(now)
         return response

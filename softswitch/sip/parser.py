@@ -265,6 +265,9 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
         except ValueError as exc:
             errors.add(400, f"Bad Max-Forwards header: {exc}")
     for value in contacts:
+        plain = _PLAIN_CONTACT_RE.fullmatch(value)
+        if plain is not None and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+            continue  # a form parse_contact_list always accepts
         try:
             _check_contact(value)
         except ValueError as exc:
@@ -286,6 +289,16 @@ def _parse(data: bytes, stream: bool, max_size: int) -> Request | Response | Bad
         return BadMessage(errors.reason, status=errors.status, request=request)
     assert request is not None
     return request
+
+
+#: The Contact of nearly every request: <sip:user@host[:port];uri-params>;params, each part
+#: drawn from characters the general parser accepts there without unescaping (a subset of
+#: its grammar, so a match is a Contact it would accept); the port is checked by the caller.
+_PLAIN_CONTACT_RE = re.compile(
+    r"<sip:[A-Za-z0-9\-_.!~*'()&=+$,]+@[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?"
+    r"(?::([0-9]{1,5}))?(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*>"
+    r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~\[\]:]+)?)*"
+)
 
 
 @lru_cache(maxsize=1024)

@@ -157,16 +157,42 @@ class Input(_FastEnum):
         return self.name.startswith("TIMER_")
 
 
+# Enum members cost about 100 ns to look up on Python 3.11 (a class attribute found through
+# the metaclass); the per-message code uses these module-level names for the same members.
+_RECV_1XX = Input.RECV_1XX
+_RECV_2XX = Input.RECV_2XX
+_RECV_3XX_6XX = Input.RECV_3XX_6XX
+_RECV_REQUEST = Input.RECV_REQUEST
+_RECV_ACK = Input.RECV_ACK
+_SEND_1XX = Input.SEND_1XX
+_SEND_2XX = Input.SEND_2XX
+_SEND_3XX_6XX = Input.SEND_3XX_6XX
+_TIMER_A = Input.TIMER_A
+_TIMER_B = Input.TIMER_B
+_TIMER_D = Input.TIMER_D
+_TIMER_E = Input.TIMER_E
+_TIMER_F = Input.TIMER_F
+_TIMER_G = Input.TIMER_G
+_TIMER_H = Input.TIMER_H
+_TIMER_I = Input.TIMER_I
+_TIMER_J = Input.TIMER_J
+_TIMER_K = Input.TIMER_K
+_TIMER_L = Input.TIMER_L
+_TIMER_M = Input.TIMER_M
+_TIMER_TRYING = Input.TIMER_TRYING
+_TRANSPORT_ERROR = Input.TRANSPORT_ERROR
+
+
 def _recv_input(status: int) -> Input:
     if status < 200:
-        return Input.RECV_1XX
-    return Input.RECV_2XX if status < 300 else Input.RECV_3XX_6XX
+        return _RECV_1XX
+    return _RECV_2XX if status < 300 else _RECV_3XX_6XX
 
 
 def _send_input(status: int) -> Input:
     if status < 200:
-        return Input.SEND_1XX
-    return Input.SEND_2XX if status < 300 else Input.SEND_3XX_6XX
+        return _SEND_1XX
+    return _SEND_2XX if status < 300 else _SEND_3XX_6XX
 
 
 class InviteClientState(_FastEnum):
@@ -177,11 +203,17 @@ class InviteClientState(_FastEnum):
     TERMINATED = "Terminated"
 
 
+_IC_PROCEEDING = InviteClientState.PROCEEDING
+
+
 class NonInviteClientState(_FastEnum):
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
     COMPLETED = "Completed"
     TERMINATED = "Terminated"
+
+
+_NIC_PROCEEDING = NonInviteClientState.PROCEEDING
 
 
 class InviteServerState(_FastEnum):
@@ -294,6 +326,10 @@ Event = (
 # --- stateless helpers --------------------------------------------------------------------------
 
 
+#: (To header text, tag) -> that To with the tag (make_response's own, bounded).
+_TAGGED_TO: dict[tuple[str, str], NameAddr] = {}
+
+
 def make_response(
     request: Request,
     status: int,
@@ -301,6 +337,7 @@ def make_response(
     *,
     to_tag: str | None = None,
     headers: HeaderList = (),
+    body: bytes = b"",
 ) -> Response:
     """A response to ``request`` per RFC 3261 section 8.2.6.
 
@@ -310,10 +347,20 @@ def make_response(
     to = request.to
     if to_tag is not None and to.tag is None:
         raw = to.raw
-        to = NameAddr(to.uri, to.display_name, (*to.params, ("tag", to_tag)))
-        if raw is not None:
-            # Header parameters come last in both name-addr and addr-spec forms.
-            with_raw(to, f"{raw};tag={to_tag}")
+        if raw is None:
+            to = NameAddr(to.uri, to.display_name, (*to.params, ("tag", to_tag)))
+        else:
+            # The 180, the CANCEL's 200 and the 487 of one call carry the same To: share it
+            # (they stay alive together for Timer I and J).
+            tagged = _TAGGED_TO.get((raw, to_tag))
+            if tagged is None:
+                tagged = NameAddr(to.uri, to.display_name, (*to.params, ("tag", to_tag)))
+                # Header parameters come last in both name-addr and addr-spec forms.
+                with_raw(tagged, f"{raw};tag={to_tag}")
+                if len(_TAGGED_TO) >= 4096:
+                    _TAGGED_TO.clear()
+                _TAGGED_TO[(raw, to_tag)] = tagged
+            to = tagged
     if reason is None:
         reason = REASON_PHRASES.get(status) or _CLASS_REASON.get(status // 100, "Unknown")
     if status == 100:
@@ -329,6 +376,7 @@ def make_response(
         call_id=request.call_id,
         cseq=request.cseq,
         headers=headers,
+        body=body,
     )
 
 
@@ -529,8 +577,9 @@ class Transaction:
         self._layer._arm(self, timer, now + delay)
 
     def _stop_timer(self, timer: Input) -> None:
-        if self._timers.pop(timer, None) is not None:
-            self._layer._armed -= 1
+        entry = self._timers.pop(timer, None)
+        if entry is not None:
+            del self._layer._pending[entry[0]]
 
     def _send(self, message: Message, dest: Address) -> None:
         self._layer._out.append((message, dest))
@@ -584,7 +633,7 @@ class ServerTransaction(Transaction):
 
     def can_send_final(self) -> bool:
         """True while the TU may still send a final response."""
-        return self.TABLE.accepts(self.state, Input.SEND_3XX_6XX)
+        return self.TABLE.accepts(self.state, _SEND_3XX_6XX)
 
     def _start(self, now: float) -> None:
         """Hook run once when the transaction is created."""
@@ -625,12 +674,12 @@ def _timeout(timer: str) -> Callable[[Transaction, Message | None, float], None]
 def _ic_retransmit(tx: InviteClientTransaction, msg: Message | None, now: float) -> None:
     tx._send(tx.request, tx.dest)
     tx._interval = timers.next_timer_a(tx._interval)
-    tx._start_timer(Input.TIMER_A, tx._interval, now)
+    tx._start_timer(_TIMER_A, tx._interval, now)
 
 
 def _ic_accepted(tx: InviteClientTransaction, msg: Message | None, now: float) -> None:
     # RFC 6026: stay to catch further 2xx (retransmissions, forks) and pass them all up.
-    tx._start_timer(Input.TIMER_M, timers.timer_m(tx.config), now)
+    tx._start_timer(_TIMER_M, timers.timer_m(tx.config), now)
     _pass_response_up(tx, msg, now)
 
 
@@ -638,7 +687,7 @@ def _ic_completed(tx: InviteClientTransaction, msg: Message | None, now: float) 
     assert isinstance(msg, Response)
     tx.ack = make_ack_for_non2xx(tx.request, msg)
     tx._send(tx.ack, tx.dest)
-    tx._start_timer(Input.TIMER_D, timers.timer_d(tx.config, tx.reliable), now)
+    tx._start_timer(_TIMER_D, timers.timer_d(tx.config, tx.reliable), now)
     _pass_response_up(tx, msg, now)
 
 
@@ -684,13 +733,13 @@ _INVITE_CLIENT: fsm.Table[InviteClientState, Input, _Action] = fsm.Table(
 
 def _nic_retransmit(tx: NonInviteClientTransaction, msg: Message | None, now: float) -> None:
     tx._send(tx.request, tx.dest)
-    proceeding = tx.state is NonInviteClientState.PROCEEDING
+    proceeding = tx.state is _NIC_PROCEEDING
     tx._interval = timers.next_timer_e(tx.config, tx._interval, proceeding)
-    tx._start_timer(Input.TIMER_E, tx._interval, now)
+    tx._start_timer(_TIMER_E, tx._interval, now)
 
 
 def _nic_completed(tx: NonInviteClientTransaction, msg: Message | None, now: float) -> None:
-    tx._start_timer(Input.TIMER_K, timers.timer_k(tx.config, tx.reliable), now)
+    tx._start_timer(_TIMER_K, timers.timer_k(tx.config, tx.reliable), now)
     _pass_response_up(tx, msg, now)
 
 
@@ -740,7 +789,7 @@ def _send_provisional(tx: ServerTransaction, msg: Message | None, now: float) ->
 
 def _is_send_provisional(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
     # Any provisional from the TU makes the automatic 100 unnecessary.
-    tx._stop_timer(Input.TIMER_TRYING)
+    tx._stop_timer(_TIMER_TRYING)
     _send_provisional(tx, msg, now)
 
 
@@ -760,7 +809,7 @@ def _is_send_2xx(tx: InviteServerTransaction, msg: Message | None, now: float) -
     tx.last_response = msg
     tx._send(msg, tx.source)
     # RFC 6026: wait in Accepted so INVITE retransmissions are absorbed, not seen as new.
-    tx._start_timer(Input.TIMER_L, timers.timer_l(tx.config), now)
+    tx._start_timer(_TIMER_L, timers.timer_l(tx.config), now)
 
 
 def _is_resend_2xx(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
@@ -775,18 +824,18 @@ def _is_send_final(tx: InviteServerTransaction, msg: Message | None, now: float)
     tx.last_response = msg
     tx._send(msg, tx.source)
     tx._interval = tx.config.T1
-    tx._start_timer(Input.TIMER_G, timers.timer_g(tx.config, tx.reliable), now)
-    tx._start_timer(Input.TIMER_H, timers.timer_h(tx.config), now)
+    tx._start_timer(_TIMER_G, timers.timer_g(tx.config, tx.reliable), now)
+    tx._start_timer(_TIMER_H, timers.timer_h(tx.config), now)
 
 
 def _is_retransmit_final(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
     _resend_final(tx, msg, now)
     tx._interval = timers.next_timer_g(tx.config, tx._interval)
-    tx._start_timer(Input.TIMER_G, tx._interval, now)
+    tx._start_timer(_TIMER_G, tx._interval, now)
 
 
 def _is_confirmed(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
-    tx._start_timer(Input.TIMER_I, timers.timer_i(tx.config, tx.reliable), now)
+    tx._start_timer(_TIMER_I, timers.timer_i(tx.config, tx.reliable), now)
 
 
 def _is_ack_for_2xx(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
@@ -834,7 +883,7 @@ def _nis_send_final(tx: NonInviteServerTransaction, msg: Message | None, now: fl
     assert isinstance(msg, Response)
     tx.last_response = msg
     tx._send(msg, tx.source)
-    tx._start_timer(Input.TIMER_J, timers.timer_j(tx.config, tx.reliable), now)
+    tx._start_timer(_TIMER_J, timers.timer_j(tx.config, tx.reliable), now)
 
 
 _NIS = NonInviteServerState
@@ -905,7 +954,7 @@ class InviteClientTransaction(ClientTransaction):
 
     def can_cancel(self) -> bool:
         """RFC 3261 section 9.1: CANCEL only after a provisional response, before a final one."""
-        return self.state is InviteClientState.PROCEEDING
+        return self.state is _IC_PROCEEDING
 
     def _start(self, now: float) -> None:
         cfg = self.config
@@ -913,8 +962,8 @@ class InviteClientTransaction(ClientTransaction):
         first = timers.timer_a(cfg, self.reliable)
         if first is not None:
             self._interval = first
-            self._start_timer(Input.TIMER_A, first, now)
-        self._start_timer(Input.TIMER_B, timers.timer_b(cfg), now)
+            self._start_timer(_TIMER_A, first, now)
+        self._start_timer(_TIMER_B, timers.timer_b(cfg), now)
 
 
 class NonInviteClientTransaction(ClientTransaction):
@@ -935,8 +984,8 @@ class NonInviteClientTransaction(ClientTransaction):
         first = timers.timer_e(cfg, self.reliable)
         if first is not None:
             self._interval = first
-            self._start_timer(Input.TIMER_E, first, now)
-        self._start_timer(Input.TIMER_F, timers.timer_f(cfg), now)
+            self._start_timer(_TIMER_E, first, now)
+        self._start_timer(_TIMER_F, timers.timer_f(cfg), now)
 
 
 class InviteServerTransaction(ServerTransaction):
@@ -954,7 +1003,7 @@ class InviteServerTransaction(ServerTransaction):
     def _start(self, now: float) -> None:
         delay = self.config.trying_delay
         if delay is not None:
-            self._start_timer(Input.TIMER_TRYING, delay, now)
+            self._start_timer(_TIMER_TRYING, delay, now)
             self._run_immediate(now)
 
 
@@ -986,7 +1035,9 @@ def mermaid(machine: type[Transaction]) -> str:
 
 # --- the layer ----------------------------------------------------------------------------------
 
-_HeapEntry = tuple[float, int, Transaction, Input]
+#: (deadline, sequence number): what the heap orders; the armed timer it stands for, if it is
+#: still armed, is ``TransactionLayer._pending[sequence number]``.
+_HeapEntry = tuple[float, int]
 
 
 class TransactionLayer:
@@ -1005,7 +1056,10 @@ class TransactionLayer:
         self._servers: dict[tuple[object, ...], ServerTransaction] = {}
         self._heap: list[_HeapEntry] = []
         self._seq = 0
-        self._armed = 0
+        #: Armed timers by sequence number. The heap itself holds numbers only, so a stopped
+        #: timer's entry (left in the heap until its deadline: Timer H after the ACK, Timer B
+        #: after a provisional) keeps no transaction, request or response alive.
+        self._pending: dict[int, tuple[Transaction, Input]] = {}
         self._out: list[tuple[Message, Address]] = []
         self._events: deque[Event] = deque()
         self.stats = {"protocol_errors": 0, "dropped_responses": 0, "stray_responses": 0}
@@ -1103,10 +1157,10 @@ class TransactionLayer:
         Returns False, with a debug log, when the transaction's state takes no such input
         (already terminated, or Confirmed where nothing is sent).
         """
-        if not tx.accepts(Input.TRANSPORT_ERROR):
+        if not tx.accepts(_TRANSPORT_ERROR):
             log.debug("%r: transport error ignored in %s", tx, tx.state.name)
             return False
-        tx._input(Input.TRANSPORT_ERROR, now)
+        tx._input(_TRANSPORT_ERROR, now)
         return True
 
     # --- the network's side ---
@@ -1120,13 +1174,13 @@ class TransactionLayer:
         tx = self._servers.get(key)
         if request.method == "ACK":
             if isinstance(tx, InviteServerTransaction):
-                self._feed(tx, Input.RECV_ACK, now, request)
+                self._feed(tx, _RECV_ACK, now, request)
             else:
                 # No transaction: the ACK for a 2xx, which belongs to the dialog (17.1.1.3).
                 self._events.append(AckReceived(request, source))
             return
         if tx is not None:
-            self._feed(tx, Input.RECV_REQUEST, now, request)
+            self._feed(tx, _RECV_REQUEST, now, request)
             return
         reliable = self.is_reliable(source)
         new: ServerTransaction
@@ -1173,10 +1227,10 @@ class TransactionLayer:
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction, or ``None``."""
         heap = self._heap
+        pending = self._pending
         while heap:
-            deadline, seq, tx, timer = heap[0]
-            entry = tx._timers.get(timer)
-            if entry is not None and entry[0] == seq:
+            deadline, seq = heap[0]
+            if seq in pending:
                 return deadline
             heapq.heappop(heap)
         return None
@@ -1184,13 +1238,13 @@ class TransactionLayer:
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
         heap = self._heap
+        pending = self._pending
         while heap and heap[0][0] <= now:
-            _deadline, seq, tx, timer = heapq.heappop(heap)
-            entry = tx._timers.get(timer)
-            if entry is None or entry[0] != seq:
-                continue
+            armed = pending.pop(heapq.heappop(heap)[1], None)
+            if armed is None:
+                continue  # stopped or re-armed since
+            tx, timer = armed
             del tx._timers[timer]
-            self._armed -= 1
             tx._input(timer, now)
 
     def messages_to_send(self) -> list[tuple[Message, Address]]:
@@ -1205,22 +1259,21 @@ class TransactionLayer:
     # --- internals ---
 
     def _arm(self, tx: Transaction, timer: Input, deadline: float) -> None:
-        self._seq += 1
-        if tx._timers.get(timer) is None:
-            self._armed += 1
-        tx._timers[timer] = (self._seq, deadline)
-        heapq.heappush(self._heap, (deadline, self._seq, tx, timer))
-        if len(self._heap) > 2 * self._armed + 1024:
+        self._seq = seq = self._seq + 1
+        old = tx._timers.get(timer)
+        if old is not None:
+            del self._pending[old[0]]
+        tx._timers[timer] = (seq, deadline)
+        self._pending[seq] = (tx, timer)
+        heapq.heappush(self._heap, (deadline, seq))
+        if len(self._heap) > 2 * len(self._pending) + 1024:
             self._compact()
 
     def _compact(self) -> None:
         # Lazy deletion leaves stopped timers in the heap until their deadline; under load
-        # (Timer B stopped by every 100 Trying) that is most of it, so sweep them out.
-        self._heap = [
-            e
-            for e in self._heap
-            if (entry := e[2]._timers.get(e[3])) is not None and entry[0] == e[1]
-        ]
+        # (Timer H stopped by every ACK) that is most of it, so sweep them out.
+        pending = self._pending
+        self._heap = [e for e in self._heap if e[1] in pending]
         heapq.heapify(self._heap)
 
     def _forget(self, tx: Transaction) -> None:

@@ -18,6 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from softswitch.sip import headers as hdr
+from softswitch.sip import parser as parser_mod
 from softswitch.sip import uri as uri_mod
 from softswitch.sip.endpoint import Endpoint
 from softswitch.sip.message import (
@@ -184,3 +185,21 @@ def test_quick_init_keeps_signature_defaults_and_frozenness() -> None:
         Request("OPTIONS")  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         quick_init(Endpoint)  # not a dataclass
+
+
+_CONTACT_PIECES = st.sampled_from(
+    ["<sip:", "sip:", "<sips:", "u", "8150000", "@", "127.0.0.1", "host.example", "-", ".",
+     ":5999", ":65536", ":99999", ":0", ";transport=UDP", ";lr", ";x=", ";=y", ";%41=b", "[::1]",
+     ">", ";tag=1", ";q=0.5", ";expires=[", " ", ",", '"', "?h=v", "'", "(", "&", "$"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_CONTACT_PIECES, min_size=3, max_size=9).map("".join))
+@example("<sip:8150000123@127.0.0.1:5999;transport=UDP>")
+@example("<sip:8150000123@127.0.0.1:65536;transport=UDP>")
+@example("<sip:u@h;a=>")
+def test_plain_contact_is_one_the_parser_accepts(value: str) -> None:
+    plain = parser_mod._PLAIN_CONTACT_RE.fullmatch(value)
+    if plain is not None and (plain.group(1) is None or int(plain.group(1)) <= 65535):
+        hdr.parse_contact_list(value)  # must not raise

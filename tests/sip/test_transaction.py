@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from enum import Enum
 
@@ -743,4 +744,29 @@ def test_ten_thousand_transactions_leave_nothing_behind() -> None:
     layer.handle_timer(1000.0)
     assert_empty(layer)
     assert layer._heap == []
-    assert layer._armed == 0
+    assert layer._pending == {}
+
+
+def test_a_stopped_timer_keeps_no_transaction_alive() -> None:
+    """Timer H stopped by the ACK stays in the heap until its deadline (64*T1) behind live
+    timers: the INVITE transaction must still go with Timer I (T4), not linger until then."""
+    layer = TransactionLayer()
+    layer.receive_request(request(), UAC, 0.0)
+    (received,) = events(layer)
+    assert isinstance(received, RequestReceived)
+    tx = received.tx
+    del received
+    layer.send_response(tx, reply(tx.request, 486), 0.0)
+    layer.receive_request(replace(request("ACK"), cseq=CSeq(1, "ACK")), UAC, 0.1)
+    assert state_of(tx) is InviteServerState.CONFIRMED
+    assert tx.deadline(Input.TIMER_H) is None and tx.deadline(Input.TIMER_I) is not None
+    # Another call whose timers run past 6 s keeps the heap's head busy.
+    layer.receive_request(request(branch="z9hG4bK-other"), UAC, 5.5)
+    (other,) = events(layer)
+    assert isinstance(other, RequestReceived)
+    layer.send_response(other.tx, reply(other.tx.request, 486), 5.5)
+    run_timers(layer, 6.0)
+    assert state_of(tx) is InviteServerState.TERMINATED
+    events(layer)
+    layer.messages_to_send()
+    assert sys.getrefcount(tx) == 2  # only `tx` and the call's argument
