@@ -313,6 +313,35 @@ class Endpoint:
     def forget(self, tx: txl.ServerTransaction) -> None:
         self._to_tags.pop(id(tx), None)
 
+    # --- what the node's caps need (softswitch.node.sources) ----------------------------------
+
+    @property
+    def server_transaction_count(self) -> int:
+        """Live server transactions, answered ones included (they wait out Timer H/J)."""
+        return len(self._layer.server_transactions)
+
+    def find_server(self, request: Request) -> txl.ServerTransaction | None:
+        """The live server transaction ``request`` belongs to (a retransmission), if any."""
+        return self._layer.find_server(request)
+
+    def allowed(self, host: str) -> bool:
+        """Whether ``host`` is inside ``allow_from``."""
+        return self._allowed(host)
+
+    def reject(
+        self, request: Request, status: int, addr: Address, *, headers: HeaderList = ()
+    ) -> None:
+        """Answer ``request`` statelessly, holding nothing (RFC 3261 section 8.2.7): the 503
+        with Retry-After of a node over a cap (section 21.5.4). Never for an ACK."""
+        if request.method == "ACK":
+            return
+        req = self._fix_via(request, addr)
+        to_tag = self._token() if req.to.tag is None and status > 100 else None
+        response = txl.make_response(
+            req, status, to_tag=to_tag, headers=(*self._server_header, *headers)
+        )
+        self._out.append((serialize(response), self._response_dest(req.vias, addr)))
+
     # --- internals ----------------------------------------------------------------------------
 
     def _allowed(self, host: str) -> bool:

@@ -1,0 +1,45 @@
+"""The endpoint's hooks for the node's caps: counts, retransmission look-up, stateless 503."""
+
+from __future__ import annotations
+
+from softswitch.sip.endpoint import Endpoint, EndpointConfig
+from softswitch.sip.message import Address, Request, Response
+from softswitch.sip.parser import parse_message
+
+PEER = Address("127.0.0.1", 5999)
+
+
+def invite(branch: str = "z9hG4bK-1", method: str = "INVITE") -> Request:
+    msg = parse_message(
+        (
+            f"{method} sip:100@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 10.0.0.9:5070;branch={branch};rport\r\n"
+            "From: <sip:200@127.0.0.1>;tag=f\r\nTo: <sip:100@127.0.0.1>\r\n"
+            f"Call-ID: c1\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+    )
+    assert isinstance(msg, Request)
+    return msg
+
+
+def test_counts_and_finds_live_server_transactions() -> None:
+    ep = Endpoint(EndpointConfig())
+    assert ep.server_transaction_count == 0
+    ep.receive_message(invite(), PEER, 0.0)
+    assert ep.server_transaction_count == 1
+    assert ep.find_server(invite()) is not None
+    assert ep.find_server(invite("z9hG4bK-2")) is None
+    assert ep.allowed("127.0.0.1") and not ep.allowed("192.0.2.1")
+
+
+def test_reject_is_stateless_and_goes_where_the_via_says() -> None:
+    ep = Endpoint(EndpointConfig())
+    ep.reject(invite(), 503, PEER, headers=(("Retry-After", "30"),))
+    ep.reject(invite(method="ACK"), 503, PEER)  # an ACK is never answered
+    assert ep.server_transaction_count == 0
+    ((data, dest),) = ep.datagrams_to_send()
+    answer = parse_message(data)
+    assert isinstance(answer, Response) and answer.status == 503
+    assert answer.header("Retry-After") == "30" and answer.to.tag
+    assert answer.vias[0].received == "127.0.0.1" and answer.vias[0].rport == "5999"
+    assert dest == Address("127.0.0.1", 5999)
