@@ -22,17 +22,19 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from prometheus_client import Info
 
 from softswitch import __version__
 from softswitch.config import Config
 from softswitch.logs import security_event
 from softswitch.node.calls import CallInfo
 from softswitch.service import dialplan
+from softswitch.service.callbacks import STALE_AFTER
 from softswitch.service.ratelimit import TriggerLimits
 from softswitch.store.models import PendingCallback
 from softswitch.web.metrics import Metrics
@@ -54,6 +56,8 @@ SCANNER = re.compile(
 #: One security event per source and kind this often at most: a scanner sends thousands of
 #: requests a minute, fail2ban needs a few lines to ban it, the log needs no more.
 SIP_EVENT_INTERVAL = 2.0
+#: Nodes that stopped or died longer ago than this are history, not the cluster.
+CLUSTER_SHOWS_GONE = 3600.0
 
 
 class Operations:
@@ -66,6 +70,13 @@ class Operations:
         calls = server.node.calls
         self.limits = calls.limits if calls is not None else TriggerLimits(self.config.limits)
         self.metrics = Metrics(server)
+        # Which node this is, for joining its series with its CDRs and logs (issue 12):
+        # softswitch_node_info{node_id="host:pid:token",version=...} 1.
+        Info(
+            "softswitch_node",
+            "This node's id (as in CDRs and logs)",
+            registry=self.metrics.registry,
+        ).info({"node_id": calls.node_id if calls is not None else "", "version": __version__})
         self.started_at = time.time()
         self._runners: list[web.AppRunner] = []
         self._smtp: list[Any] = []
@@ -263,6 +274,8 @@ class Operations:
         live = self.live_calls()
         return {
             "node": calls.node_id if calls is not None else f"{os.uname().nodename}",
+            "server_time": time.time(),
+            "cluster": await self.cluster(),
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -278,3 +291,33 @@ class Operations:
                 **{name: f"{h}:{p}" for name, (h, p) in self.bound.items()},
             },
         }
+
+    async def cluster(self) -> list[dict[str, Any]]:
+        """The nodes sharing this store (issue 12): each one's id, SIP address, version, start,
+        last heartbeat, state (``up``, ``dead``: silent for ``STALE_AFTER``, ``stopped``) and
+        the live calls it has written down; nodes gone for over an hour are left out."""
+        service = self.server.service
+        if service is None:
+            return []
+        now = time.time()
+        live = Counter(c.node_id for c in await service.live_calls.list())
+        this = service.node_id
+        out = []
+        for node in await service.nodes.list():
+            state = node.state(now, STALE_AFTER)
+            if state != "up" and node.heartbeat_at < now - CLUSTER_SHOWS_GONE:
+                continue
+            out.append(
+                {
+                    "id": node.id,
+                    "this": node.id == this,
+                    "address": node.address,
+                    "version": node.version,
+                    "started_at": node.started_at,
+                    "heartbeat_at": node.heartbeat_at,
+                    "stopped_at": node.stopped_at,
+                    "state": state,
+                    "live_calls": live.get(node.id, 0),
+                }
+            )
+        return out

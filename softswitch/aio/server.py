@@ -269,11 +269,13 @@ class Server:
             await self._close()
             raise
         where = ", ".join(f"{t}:{h}:{p}" for t, h, p in self.bound)
+        calls = self.node.calls
         log.info(
-            "softswitch listening on %s (config %s, loop %s)",
+            "softswitch listening on %s (config %s, loop %s%s)",
             where,
             self.config.source,
             type(self.loop).__module__.split(".")[0],
+            f", node {calls.node_id}" if calls is not None else "",
         )
         tune_gc()
 
@@ -285,7 +287,13 @@ class Server:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._db = Database(url)
-        self.service = ServiceShell(self.config, self.node, self._db, transmit=self.transmit)
+        self.service = ServiceShell(
+            self.config,
+            self.node,
+            self._db,
+            transmit=self.transmit,
+            address=" ".join(f"{t}:{h}:{p}" for t, h, p in self.bound),
+        )
         await self.service.start()
 
     async def _start_ops(self) -> None:

@@ -23,6 +23,12 @@ outage; only then is the write reported failed (a CDR is then logged in full). R
 heartbeats are not retried: the controller degrades or asks again on its own. A request cut
 off mid-way by the server going away is reported failed at once, in one line like the others
 (whether its COMMIT landed is unknown, so it is not repeated).
+
+The shell also writes the node down in the store's ``nodes`` table (issue 12): its id, SIP
+address and version when it starts, a heartbeat every ``LIVE_HEARTBEAT`` seconds, and the
+time it stopped cleanly. Other nodes on the store read the heartbeats to take over the
+callbacks a dead node had claimed (``CallbackQueue.claim_due``, ``dead_before``) and
+``softswitch status`` shows them as the cluster.
 """
 
 from __future__ import annotations
@@ -38,15 +44,23 @@ from sqlalchemy.exc import DBAPIError
 
 from media import engine as me
 from media.aio import MediaShell
-from softswitch import prompts
+from softswitch import __version__, prompts
 from softswitch.config import Config
 from softswitch.node import commands as cmd
 from softswitch.node.calls import recordings_dir
 from softswitch.node.node import Node
+from softswitch.service.callbacks import LIVE_HEARTBEAT, STALE_AFTER
 from softswitch.service.callflow import PROMPTS_PLAYED
 from softswitch.service.rating import DEFAULT_CAP_SECONDS
 from softswitch.store.db import Database, DatabaseUnavailable
-from softswitch.store.models import Cdr, CodeCheck, LiveCall, Location, PendingCallback
+from softswitch.store.models import (
+    Cdr,
+    CodeCheck,
+    LiveCall,
+    Location,
+    NodeInfo,
+    PendingCallback,
+)
 from softswitch.store.repos import (
     AccountRepo,
     CallbackQueue,
@@ -54,6 +68,7 @@ from softswitch.store.repos import (
     CreditRepo,
     InvalidInput,
     LiveCallRepo,
+    NodeRepo,
     RateRepo,
     SpeedDialRepo,
 )
@@ -71,6 +86,8 @@ STOP_GRACE = 10.0
 RESERVATION_TTL = DEFAULT_CAP_SECONDS + 3600.0
 #: How long start-up waits for the accounts (trigger numbers) to load.
 READY_TIMEOUT = 30.0
+#: Rows of nodes silent for longer than this are dropped from ``nodes`` at start-up.
+NODE_ROW_KEPT = 86400.0
 #: How long a write that must last is retried while the database cannot be reached, and
 #: the first and the longest pause between tries.
 STORE_RETRY_S = 30.0
@@ -129,7 +146,13 @@ class ServiceShell:
     """Carries out the node's store requests and media commands; see the module docstring."""
 
     def __init__(
-        self, config: Config, node: Node, db: Database, *, transmit: Callable[[], None]
+        self,
+        config: Config,
+        node: Node,
+        db: Database,
+        *,
+        transmit: Callable[[], None],
+        address: str = "",
     ) -> None:
         self.config = config
         self.node = node
@@ -147,6 +170,7 @@ class ServiceShell:
         self.speed_dials = SpeedDialRepo(db)
         self.queue = CallbackQueue(db)
         self.live_calls = LiveCallRepo(db)
+        self.nodes = NodeRepo(db)
         self.media = MediaShell(
             me.MediaEngine(),
             host=config.media_host,
@@ -162,6 +186,10 @@ class ServiceShell:
         self.metrics: Metrics | None = None
         node_id = node.calls.node_id if node.calls is not None else ""
         self.node_id = node_id
+        #: This node as the ``nodes`` table has it (its heartbeat task writes it down).
+        now = time.time()
+        self.info = NodeInfo(node_id, address, __version__, now, now)
+        self._heartbeat: asyncio.Task[None] | None = None
         # Descriptions and their removal go through one queue, in order, so a heartbeat
         # still waiting for its batch can never bring back a call already forgotten.
         self._tracking: GroupCommit[tuple[LiveCall, ...] | tuple[str, ...], None] = GroupCommit(
@@ -199,6 +227,10 @@ class ServiceShell:
         self.recordings.mkdir(parents=True, exist_ok=True)
         self.media.start()
         self.node.sync_clock(self.loop.time(), time.time())
+        if self.node_id:
+            await self.nodes.prune(time.time() - NODE_ROW_KEPT)
+            await self.nodes.beat(self.info, time.time())
+            self._heartbeat = asyncio.ensure_future(self._heartbeats())
 
     async def wait_ready(self) -> None:
         """Wait until the controller has the accounts (the trigger numbers) from the store."""
@@ -221,6 +253,32 @@ class ServiceShell:
                 len(calls.sessions),
                 len([t for t in self._tasks if not t.done()]),
             )
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+            try:
+                await asyncio.wait_for(self.nodes.stop(self.node_id, time.time()), STOP_GRACE)
+            except Exception as exc:  # the store is gone: survivors see the heartbeat stop
+                log.warning("could not mark node %s stopped in the store: %s", self.node_id, exc)
+
+    async def _heartbeats(self) -> None:
+        """Write this node's heartbeat every ``LIVE_HEARTBEAT`` seconds until stopped; a store
+        that does not answer is logged once per outage (survivors will see the silence)."""
+        failing = False
+        while True:
+            await asyncio.sleep(LIVE_HEARTBEAT)
+            try:
+                await self.nodes.beat(self.info, time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.error("node heartbeat not written: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("node heartbeat written again")
+                failing = False
 
     # --- the node's commands ------------------------------------------------------------------
 
@@ -308,7 +366,13 @@ class ServiceShell:
         if isinstance(request, cmd.LoadAccounts):
             return tuple(await self.accounts.list())
         if isinstance(request, cmd.ClaimCallbacks):
-            due = await self.queue.claim_due(request.node_id, request.at, request.lease_s)
+            due = await self.queue.claim_due(
+                request.node_id,
+                request.at,
+                request.lease_s,
+                # A node silent this long has died: its claimed callbacks are taken over now.
+                dead_before=request.at - STALE_AFTER,
+            )
             return tuple([(p, await self.accounts.get(p.account_id)) for p in due])
         if isinstance(request, cmd.RenewLeases):
             return await self.queue.renew(request.node_id, request.callback_ids, request.until)

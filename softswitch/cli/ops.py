@@ -122,7 +122,8 @@ def status(
     token: TokenOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
-    """The running node: trunk registration, live calls, pending callbacks, listeners."""
+    """The running node: trunk registration, live calls, pending callbacks, listeners, and the
+    nodes sharing its store (the cluster)."""
     data = _get(client(config, url, token), "GET", "/api/status")
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -148,7 +149,32 @@ def status(
     for name, where in data["listeners"].items():
         shown = ", ".join(where) if isinstance(where, list) else where
         lines.append(f"{name:<9} {shown}")
+    cluster = data.get("cluster") or []
+    if cluster:
+        lines.append("")
+        lines.append(cluster_table(cluster, data.get("server_time") or time.time()))
     typer.echo("\n".join(lines))
+
+
+def cluster_table(nodes: list[dict[str, Any]], now: float) -> str:
+    """The nodes sharing the store (``/api/status`` ``cluster``): which are up, since when,
+    their last heartbeat and the live calls each has written down."""
+    states = [n["state"] for n in nodes]
+    summary = ", ".join(f"{states.count(s)} {s}" for s in ("up", "dead", "stopped") if s in states)
+    rows = [
+        f"cluster   {len(nodes)} node{'s' if len(nodes) != 1 else ''}: {summary}",
+        f"  {'NODE':<28} {'STATE':<8} {'STARTED (UTC)':<19}  {'HEARTBEAT':>9}  {'CALLS':>5}  SIP",
+    ]
+    for node in nodes:
+        started = datetime.fromtimestamp(node["started_at"], tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        beat = f"{max(0.0, now - node['heartbeat_at']):.0f} s ago"
+        name = node["id"] + (" *" if node.get("this") else "")
+        rows.append(
+            f"  {name:<28} {node['state']:<8} {started:<19}  {beat:>9}  "
+            f"{node['live_calls']:>5}  {node['address'] or '-'}"
+        )
+    rows.append("  (* this node; CALLS: live calls it has written down)")
+    return "\n".join(rows)
 
 
 def calls_table(calls: list[dict[str, Any]]) -> str:

@@ -238,3 +238,26 @@ class LiveCall:
     answered: bool
     legs: str
     reservation: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A ``softswitch serve`` sharing the store, as it last wrote itself down (issue 12).
+
+    ``address``: where its SIP listens; ``heartbeat_at``: its last sign of life (every few
+    seconds while it runs); ``stopped_at``: when it stopped cleanly (None while it runs, or
+    if it died). Times are wall-clock UTC seconds.
+    """
+
+    id: str
+    address: str
+    version: str
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None = None
+
+    def state(self, now: float, stale_after: float) -> str:
+        """``up``, ``stopped`` (cleanly) or ``dead`` (no heartbeat for ``stale_after``)."""
+        if self.stopped_at is not None:
+            return "stopped"
+        return "dead" if self.heartbeat_at < now - stale_after else "up"

@@ -248,3 +248,21 @@ credit_reservations = Table(
     Column("expires_us", BigInteger, nullable=False, index=True),
     CheckConstraint("amount >= 0", name="amount_not_negative"),
 )
+
+#: The nodes sharing this store (issue 12): each ``softswitch serve`` writes its row at start
+#: and a heartbeat every few seconds, and marks it stopped when it stops cleanly. Survivors
+#: read it to take over the queued callbacks a dead node had claimed (its heartbeat is
+#: stale) without waiting for their lease, and ``softswitch status`` shows the cluster.
+nodes = Table(
+    "nodes",
+    metadata,
+    #: ``host:pid:token``, new at every start (the ``node_id`` of CDRs and live calls).
+    Column("id", String(64), primary_key=True),
+    #: Where its SIP listens (``udp:127.0.0.1:5070 tcp:...``), for the operator.
+    Column("address", String(200), nullable=False, server_default=""),
+    Column("version", String(32), nullable=False, server_default=""),
+    Column("started_us", BigInteger, nullable=False),
+    Column("heartbeat_us", BigInteger, nullable=False, index=True),
+    #: Set when it stopped cleanly (SIGTERM); NULL while it runs, or if it died.
+    Column("stopped_us", BigInteger),
+)

@@ -6,7 +6,8 @@ missing token is a security event. JSON in, JSON out:
 =================================  ==========================================================
 ``GET /health``                    ``{"status": "ok" | "draining"}`` (no token: for probes)
 ``GET /api/status``                node, version, uptime, trunk registration, live calls,
-                                   pending callbacks, trigger numbers, draining
+                                   pending callbacks, trigger numbers, draining, and the
+                                   cluster: every node on the store, its state, heartbeat
 ``GET /api/calls``                 live calls: legs and their states, durations, key source
 ``POST /api/calls/{id}/hangup``    end a live call (its id, or the first 8 characters)
 ``GET /api/callbacks``             callbacks waiting in the store's queue

@@ -159,7 +159,7 @@ def test_cdr_list_and_export(cli: Cli, tmp_path: Path) -> None:
     cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2
     assert len(cli("cdr", "export", "--db", url, "--json")) == 3
-    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0004"}
+    assert cli("db", "upgrade", "--db", url, "--json") == {"revision": "0005"}
 
 
 READ_ONLY = (

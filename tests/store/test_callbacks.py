@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from softswitch import fsm
-from softswitch.store import CallbackState, IllegalTransition, NotFound, Store
+from softswitch.store import (
+    CallbackState,
+    Cdr,
+    IllegalTransition,
+    LegKind,
+    LiveCall,
+    NodeInfo,
+    NotFound,
+    Store,
+)
 from softswitch.store.repos.callbacks import CALLBACK_TRANSITIONS, TABLE
 
 from .conftest import T0
@@ -177,3 +186,69 @@ def test_callback_table() -> None:
     text = TABLE.mermaid()
     for state in CallbackState:
         assert state.name in text
+
+
+def _node(node_id: str) -> NodeInfo:
+    return NodeInfo(node_id, "udp:127.0.0.1:5070", "test", T0, T0)
+
+
+async def test_a_dead_nodes_claims_are_taken_over_before_the_lease(
+    store: Store, other_node: Store
+) -> None:
+    """Issue 12: a node that dies right after claiming (or queueing already claimed) a
+    callback, before writing its live call down, no longer leaves the customer waiting for
+    the 300 s lease: once its heartbeat is stale, the next claim elsewhere takes the row."""
+    await store.nodes.beat(_node("node-a"), T0)
+    await store.nodes.beat(_node("node-b"), T0)
+    alice = await store.accounts.add("Alice")
+    bob = await store.accounts.add("Bob")
+    carol = await store.accounts.add("Carol")
+    orphan, _ = await store.callbacks.enqueue(
+        alice.id, "8150", T0, now=T0, claim_for=("node-a", 300), call_uuid="call-alice"
+    )
+    # Bob's call was written down by node-a: its recovery settles that row, not the claim.
+    tracked, _ = await store.callbacks.enqueue(
+        bob.id, "8151", T0, now=T0, claim_for=("node-a", 300), call_uuid="call-bob"
+    )
+    await store.live_calls.heartbeat(
+        [
+            LiveCall(
+                call_uuid="call-bob",
+                node_id="node-a",
+                account_id=bob.id,
+                callback_id=tracked.id,
+                trigger="8151",
+                started_at=T0,
+                alive_at=T0,
+                answered=False,
+                legs="[]",
+                reservation=None,
+            )
+        ]
+    )
+    # Carol had answered (her callback CDR is durable) when node-a died before settling.
+    answered, _ = await store.callbacks.enqueue(
+        carol.id, "8152", T0, now=T0, claim_for=("node-a", 300), call_uuid="call-carol"
+    )
+    await store.cdrs.write(
+        Cdr("call-carol", LegKind.CALLBACK, carol.id, "", "8190", T0, answer_at=T0 + 2)
+    )
+    # node-a is alive (its heartbeat is fresh): nothing is taken.
+    assert await other_node.callbacks.claim_due("node-b", T0 + 5, 300, dead_before=T0 - 20) == ()
+    # Without the heartbeat rule only the lease counts (the behaviour before issue 12).
+    assert await other_node.callbacks.claim_due("node-b", T0 + 25, 300) == ()
+    # node-a has been silent for 20 s: node-b takes the orphan, completes Carol's, leaves Bob's.
+    await other_node.nodes.beat(_node("node-b"), T0 + 25)
+    (taken,) = await other_node.callbacks.claim_due("node-b", T0 + 25, 300, dead_before=T0 + 5)
+    assert taken.id == orphan.id and taken.claimed_by == "node-b" and taken.attempts == 2
+    assert taken.call_uuid == "call-alice"
+    rows = {c.id: c for c in await store.callbacks.list()}
+    assert rows[answered.id].state is CallbackState.DONE
+    assert rows[tracked.id].state is CallbackState.CLAIMED
+    assert rows[tracked.id].claimed_by == "node-a"
+    # A node never takes its own claims as a dead node's; a clean stop counts as gone.
+    await store.nodes.stop("node-a", T0 + 26)
+    assert await store.callbacks.claim_due("node-a", T0 + 26, 300, dead_before=T0 + 25) == ()
+    await store.live_calls.forget(["call-bob"])
+    (late,) = await other_node.callbacks.claim_due("node-b", T0 + 26, 300, dead_before=T0 + 6)
+    assert late.id == tracked.id

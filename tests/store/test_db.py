@@ -31,7 +31,7 @@ from softswitch.store.tables import metadata
 from tests.store.conftest import PgServer
 
 #: The newest migration: what a fresh or upgraded store is at.
-HEAD = "0004"
+HEAD = "0005"
 
 
 def test_urls_get_their_async_driver() -> None:

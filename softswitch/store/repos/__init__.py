@@ -8,6 +8,8 @@ One module per repository, each method one short transaction returning frozen re
 * ``speed_dials``, ``rates``: the 115 speed dials of an account, prices per prefix;
 * ``credit``: reservations for live calls; ``cdrs``: call detail records;
 * ``callbacks``: the durable callback queue and its life-cycle table;
+* ``live_calls``: live calls as their node describes them; ``nodes``: the nodes sharing the
+  store and their heartbeats;
 * ``store``: the ``Store`` facade that opens the database and holds one of each;
 * ``common``: the errors, ``UNSET`` and number checks they share.
 
@@ -33,6 +35,7 @@ from softswitch.store.models import (
     LiveCall,
     Location,
     LocationChange,
+    NodeInfo,
     PendingCallback,
     Rate,
     RegisteredNumber,
@@ -65,6 +68,7 @@ from softswitch.store.repos.common import (
 )
 from softswitch.store.repos.credit import CreditRepo
 from softswitch.store.repos.live_calls import LiveCallRepo
+from softswitch.store.repos.nodes import NodeRepo
 from softswitch.store.repos.rates import (
     MAX_PREFIX_DIGITS,
     PRICE_DECIMALS,
@@ -117,6 +121,8 @@ __all__ = [
     "LiveCallRepo",
     "Location",
     "LocationChange",
+    "NodeInfo",
+    "NodeRepo",
     "NotFound",
     "PendingCallback",
     "Rate",

@@ -2,8 +2,10 @@
 
 ``CallbackQueue.claim_due`` selects due rows ``FOR UPDATE SKIP LOCKED`` (ignored by SQLite,
 where the writer lock already excludes other claimers) and marks them claimed with a lease. A
-node that dies stops renewing nothing; its lease simply runs out and the next ``claim_due`` on
-any node takes the callback over. A partial unique index allows one open (pending or claimed)
+node that dies stops renewing nothing; the next ``claim_due`` on any node takes its callbacks
+over as soon as the ``nodes`` table shows it dead (no heartbeat for a while), or at the latest
+when the lease runs out; a callback whose live call the dead node had written down is left to
+the survivor that recovers that call (``live_calls``). A partial unique index allows one open (pending or claimed)
 callback per account, so a second trigger is absorbed even across nodes.
 
 The callback life cycle is a small state machine owned here, a :class:`softswitch.fsm.Table` on
@@ -26,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from softswitch import fsm
 from softswitch.store.db import Database, seconds, us
-from softswitch.store.models import CallbackState, PendingCallback
+from softswitch.store.models import CallbackState, LegKind, PendingCallback
 from softswitch.store.repos.common import IllegalTransition, NotFound, log, to_seconds
-from softswitch.store.tables import callbacks
+from softswitch.store.tables import callbacks, cdrs, live_calls, nodes
 
 OPEN_STATES = (CallbackState.PENDING.value, CallbackState.CLAIMED.value)
 
@@ -250,26 +252,53 @@ class CallbackQueue:
             return tuple(_callback(r) for r in await conn.execute(query))
 
     async def claim_due(
-        self, node_id: str, now: float, lease_s: float, limit: int = 10
+        self,
+        node_id: str,
+        now: float,
+        lease_s: float,
+        limit: int = 10,
+        *,
+        dead_before: float | None = None,
     ) -> tuple[PendingCallback, ...]:
         """Claim up to ``limit`` callbacks due by ``now`` for ``lease_s`` seconds.
 
-        Also takes over callbacks whose lease expired (their node died). No callback is ever
-        held by two nodes: rows are locked ``SKIP LOCKED`` on PostgreSQL and the writer lock
-        is held on SQLite between choosing and marking them.
+        Also takes over callbacks whose lease expired, and, with ``dead_before``, those claimed
+        by a node that has died (no heartbeat in ``nodes`` since ``dead_before``, or stopped)
+        whose account has no live call written down: a live call's row is settled by the
+        survivor that recovers the call (``live_calls``), so only a callback its dead node had
+        claimed and not yet started (or finished and not yet settled) is taken here, seconds
+        after the death rather than after the lease. A callback taken over whose customer call
+        already has an answered callback leg (its CDR) is completed instead of called again:
+        once answered, never again.
+
+        No callback is ever held by two nodes: rows are locked ``SKIP LOCKED`` on PostgreSQL
+        and the writer lock is held on SQLite between choosing and marking them.
         """
         now_us = us(now)
+        taken_over = [callbacks.c.claimed_until_us < now_us]
+        if dead_before is not None:
+            dead = select(nodes.c.id).where(
+                or_(nodes.c.heartbeat_us < us(dead_before), nodes.c.stopped_us.is_not(None)),
+                nodes.c.id != node_id,
+            )
+            live = select(live_calls.c.call_uuid).where(
+                live_calls.c.account_id == callbacks.c.account_id
+            )
+            taken_over.append(and_(callbacks.c.claimed_by.in_(dead), ~live.exists()))
         due = or_(
             and_(callbacks.c.state == CallbackState.PENDING.value, callbacks.c.due_us <= now_us),
-            and_(
-                callbacks.c.state == CallbackState.CLAIMED.value,
-                callbacks.c.claimed_until_us < now_us,
-            ),
+            and_(callbacks.c.state == CallbackState.CLAIMED.value, or_(*taken_over)),
         )
         async with self.db.write() as conn:
             chosen = (
                 await conn.execute(
-                    select(callbacks.c.id, callbacks.c.state, callbacks.c.claimed_by)
+                    select(
+                        callbacks.c.id,
+                        callbacks.c.state,
+                        callbacks.c.claimed_by,
+                        callbacks.c.claimed_until_us,
+                        callbacks.c.call_uuid,
+                    )
                     .where(due)
                     .order_by(callbacks.c.due_us, callbacks.c.id)
                     .limit(limit)
@@ -278,21 +307,46 @@ class CallbackQueue:
             ).all()
             if not chosen:
                 return ()
-            rows = (
+            answered = await self._answered(conn, chosen)
+            if answered:
                 await conn.execute(
                     update(callbacks)
-                    .where(callbacks.c.id.in_([c.id for c in chosen]))
+                    .where(callbacks.c.id.in_([c.id for c in chosen if c.id in answered]))
                     .values(
-                        state=CallbackState.CLAIMED.value,
-                        claimed_by=node_id,
-                        claimed_until_us=now_us + us(lease_s),
-                        attempts=callbacks.c.attempts + 1,
+                        state=CallbackState.DONE.value,
+                        claimed_by=None,
+                        claimed_until_us=None,
+                        last_error="answered before its node stopped",
                     )
-                    .returning(*callbacks.c)
                 )
-            ).all()
+            claim = [c.id for c in chosen if c.id not in answered]
+            rows = (
+                (
+                    await conn.execute(
+                        update(callbacks)
+                        .where(callbacks.c.id.in_(claim))
+                        .values(
+                            state=CallbackState.CLAIMED.value,
+                            claimed_by=node_id,
+                            claimed_until_us=now_us + us(lease_s),
+                            attempts=callbacks.c.attempts + 1,
+                        )
+                        .returning(*callbacks.c)
+                    )
+                ).all()
+                if claim
+                else []
+            )
         for c in chosen:
-            if c.state == CallbackState.CLAIMED.value:
+            if c.id in answered:
+                log.warning(
+                    "callback %d: %s stopped after its customer answered: claimed -> done",
+                    c.id,
+                    c.claimed_by,
+                )
+            elif c.state != CallbackState.CLAIMED.value:
+                log.info("callback %d: pending -> claimed by %s", c.id, node_id)
+            elif c.claimed_until_us < now_us:
                 log.warning(
                     "callback %d: lease of %s expired, claimed -> claimed by %s",
                     c.id,
@@ -300,8 +354,35 @@ class CallbackQueue:
                     node_id,
                 )
             else:
-                log.info("callback %d: pending -> claimed by %s", c.id, node_id)
+                log.warning(
+                    "callback %d: %s stopped answering, claimed -> claimed by %s",
+                    c.id,
+                    c.claimed_by,
+                    node_id,
+                )
         return tuple(sorted((_callback(r) for r in rows), key=lambda p: (p.due_at, p.id)))
+
+    @staticmethod
+    async def _answered(conn: AsyncConnection, chosen: Sequence[Any]) -> set[int]:
+        """Of the claimed rows being taken over, those whose customer call has an answered
+        callback leg (a CDR with an answer time, under the row's ``call_uuid``)."""
+        by_call = {
+            c.call_uuid: c.id
+            for c in chosen
+            if c.state == CallbackState.CLAIMED.value and c.call_uuid
+        }
+        if not by_call:
+            return set()
+        found = await conn.execute(
+            select(cdrs.c.call_uuid)
+            .where(
+                cdrs.c.call_uuid.in_(list(by_call)),
+                cdrs.c.leg == LegKind.CALLBACK.value,
+                cdrs.c.answer_us.is_not(None),
+            )
+            .distinct()
+        )
+        return {by_call[u] for u in found.scalars()}
 
     async def renew(self, node_id: str, callback_ids: Sequence[int], until: float) -> int:
         """Extend ``node_id``'s lease on its claimed callbacks to ``until``; how many it kept.

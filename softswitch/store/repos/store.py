@@ -11,6 +11,7 @@ from softswitch.store.repos.callbacks import CallbackQueue
 from softswitch.store.repos.cdrs import CdrRepo
 from softswitch.store.repos.credit import CreditRepo
 from softswitch.store.repos.live_calls import LiveCallRepo
+from softswitch.store.repos.nodes import NodeRepo
 from softswitch.store.repos.rates import RateRepo
 from softswitch.store.repos.speed_dials import SpeedDialRepo
 
@@ -27,6 +28,7 @@ class Store:
         self.cdrs = CdrRepo(db)
         self.callbacks = CallbackQueue(db)
         self.live_calls = LiveCallRepo(db)
+        self.nodes = NodeRepo(db)
 
     @classmethod
     async def open(
