@@ -5,12 +5,14 @@ themselves; the service shell (:mod:`softswitch.aio.service`) reports every node
 store answer and media event to :meth:`Metrics.command`, :meth:`Metrics.store_latency` and
 :meth:`Metrics.media_event`, from which phone triggers, callback outcomes and retries, the
 trigger-to-callback latency and DTMF digits by method are counted. Gauges that describe the
-present (live calls and legs, trunk registration, RTP loss and jitter, late media ticks) are
-read from the node and the media engine at scrape time by :class:`_LiveCollector`.
+present (live calls and legs, trunk registration, RTP loss and jitter, late media ticks, the
+loop's asyncio tasks) are read from the node and the media engine at scrape time by
+:class:`_LiveCollector`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -176,6 +178,11 @@ class _LiveCollector(Collector):
             -1 if trunk is None else int(trunk.registered or trunk.registration is None),
         )
         yield _gauge("softswitch_draining", "1 while SIGTERM's drain runs", int(server.draining))
+        yield _gauge(
+            "softswitch_asyncio_tasks",
+            "asyncio tasks not yet done in the node's loop (a leak shows as steady growth)",
+            len(asyncio.all_tasks(server.loop)),
+        )
         service = server.service
         if service is not None:
             media = service.media
