@@ -123,6 +123,31 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SipLimits:
+    """What one SIP source may send and what the node holds for strangers (``[sip]``).
+
+    A source (an IP address) other than the trunk's proxy and ``exempt_from`` may send at most
+    ``rate_per_source`` requests a second (0: no limit); over it, or on a scanner's
+    User-Agent, it is banned for ``source_ban`` seconds (everything it sends is dropped
+    unanswered). ``invite_from``: the only networks (besides the trunk's proxy) that may send
+    INVITEs; empty: every source in ``allow_from`` may. Caps (0: none): ``max_transactions``
+    live server transactions, ``max_dialogs`` inbound calls (ringing triggers, answered
+    triggers, test lines), ``max_early_per_source`` ringing triggers from one non-exempt
+    source, ``tcp_max_per_source`` TCP connections from one non-exempt source; over a cap a
+    request gets 503 with Retry-After.
+    """
+
+    rate_per_source: int = 200
+    source_ban: float = 600.0
+    exempt_from: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    invite_from: tuple[str, ...] = ()
+    max_transactions: int = 100_000
+    max_dialogs: int = 10_000
+    max_early_per_source: int = 20
+    tcp_max_per_source: int = 32
+
+
+@dataclass(frozen=True, slots=True)
 class WebConfig:
     """The "Trigger a call" page (``[web]``)."""
 
@@ -180,6 +205,7 @@ class Config:
     log_level: str = "INFO"
     tcp_idle_timeout: float = 300.0
     tcp_max_connections: int = 1024
+    sip_limits: SipLimits = field(default_factory=SipLimits)
     # The callback service ([service], [media], [prompts]).
     operator: str = "customer-service"
     tone_country: str = "ITU"
@@ -232,6 +258,8 @@ _KEYS: dict[str, frozenset[str]] = {
     "sip": frozenset(
         {"listen", "transports", "public_address", "allow_from", "t1", "t2", "t4"}
         | {"user_agent", "tcp_idle_timeout", "tcp_max_connections"}
+        | {"rate_per_source", "source_ban", "exempt_from", "invite_from", "max_transactions"}
+        | {"max_dialogs", "max_early_per_source", "tcp_max_per_source"}
     ),
     "database": frozenset({"url"}),
     "log": frozenset({"level"}),
@@ -435,6 +463,7 @@ def load_config(
     kwargs["user_agent"] = sip.get("user_agent", str, "softswitch")
     kwargs["tcp_idle_timeout"] = float(sip.get("tcp_idle_timeout", (int, float), 300.0))
     kwargs["tcp_max_connections"] = sip.get("tcp_max_connections", int, 1024)
+    kwargs["sip_limits"] = _load_sip_limits(sip)
     sip.finish()
 
     db = _Reader(top.get("database", dict, {}), "database", text, source)
@@ -669,6 +698,39 @@ def _positive(r: _Reader, key: str, default: float, *, low: float, high: float) 
     if not low <= value <= high:
         raise r.error(key, f"must be between {low:g} and {high:g}")
     return float(value)
+
+
+def _networks(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    values = r.get(key, list, list(default))
+    for net in values:
+        try:
+            ipaddress.ip_network(str(net), strict=False)
+        except ValueError:
+            raise r.error(key, f"not an address or network: {net!r}") from None
+    return tuple(str(n) for n in values)
+
+
+def _load_sip_limits(r: _Reader) -> SipLimits:
+    """The ``[sip]`` keys of :class:`SipLimits` (the caller finishes the table)."""
+    counts = {}
+    for key, default in (
+        ("rate_per_source", 200),
+        ("max_transactions", 100_000),
+        ("max_dialogs", 10_000),
+        ("max_early_per_source", 20),
+        ("tcp_max_per_source", 32),
+    ):
+        value = r.get(key, int, default)
+        if not 0 <= value <= 10**7:
+            raise r.error(key, "must be between 0 (no limit) and 10000000")
+        counts[key] = value
+    defaults = SipLimits()
+    return SipLimits(
+        source_ban=_positive(r, "source_ban", 600, low=0, high=86400 * 7),
+        exempt_from=_networks(r, "exempt_from", defaults.exempt_from),
+        invite_from=_networks(r, "invite_from", ()),
+        **counts,
+    )
 
 
 def _load_limits(r: _Reader) -> LimitsConfig:

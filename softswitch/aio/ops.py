@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from softswitch import __version__
 from softswitch.config import Config
 from softswitch.logs import security_event
 from softswitch.node.calls import CallInfo
+from softswitch.node.sources import SCANNER
 from softswitch.service import dialplan
 from softswitch.service.callbacks import STALE_AFTER
 from softswitch.service.ratelimit import TriggerLimits
@@ -47,15 +47,6 @@ __all__ = ["SCANNER", "Operations"]
 
 log = logging.getLogger("softswitch.ops")
 
-#: SIP requests from the usual scanning tools (SIPVicious's "friendly-scanner" and kin), found
-#: by the shell in the raw datagram: one regular expression search per datagram.
-SCANNER = re.compile(
-    rb"(?im)^user-agent:[ \t]*[^\r\n]*"
-    rb"(friendly-scanner|sipvicious|sipcli|sundayddr|sipsak|pplsip|vaxsipuseragent|sip-scan|iwar)"
-)
-#: One security event per source and kind this often at most: a scanner sends thousands of
-#: requests a minute, fail2ban needs a few lines to ban it, the log needs no more.
-SIP_EVENT_INTERVAL = 2.0
 #: Nodes that stopped or died longer ago than this are history, not the cluster.
 CLUSTER_SHOWS_GONE = 3600.0
 
@@ -81,7 +72,6 @@ class Operations:
         self._runners: list[web.AppRunner] = []
         self._smtp: list[Any] = []
         self._mail: MailTrigger | None = None
-        self._sip_events: OrderedDict[tuple[str, str], float] = OrderedDict()
         #: Where each listener is bound: name -> (host, port) (tests use port 0).
         self.bound: dict[str, tuple[str, int]] = {}
 
@@ -211,27 +201,6 @@ class Operations:
             )
         return outcome
 
-    def sip_suspect(self, data: bytes, source: str) -> None:
-        """A SIP datagram from outside ``[sip] allow_from`` (dropped unanswered by the endpoint)
-        or from a scanning tool: a security event, at most one per source and kind a while."""
-        scanner = SCANNER.search(data)
-        kind = "scanner" if scanner else "source_rejected"
-        now = self.server.loop.time()
-        key = (kind, source)
-        last = self._sip_events.get(key)
-        if last is not None and now - last < SIP_EVENT_INTERVAL:
-            return
-        self._sip_events[key] = now
-        self._sip_events.move_to_end(key)
-        while len(self._sip_events) > 10_000:
-            self._sip_events.popitem(last=False)
-        method = data.split(b" ", 1)[0][:16].decode("ascii", "replace")
-        if scanner:
-            agent = scanner.group(0).split(b":", 1)[1].strip()[:120].decode("ascii", "replace")
-            security_event("scanner", source, channel="sip", method=method, user_agent=agent)
-        else:
-            security_event("source_rejected", source, channel="sip", method=method)
-
     def count_http(self, listener: str, status: int) -> None:
         self.metrics.http.labels(listener, str(status)).inc()
 
@@ -286,6 +255,8 @@ class Operations:
             "legs": sum(1 for c in live for leg in c.legs if leg.state != "ended"),
             "pending_callbacks": len(pending),
             "trigger_numbers": len(server.node.triggers.numbers),
+            # What peers make the node hold, against the [sip] caps (README "Reliability").
+            "sip": {**server.node.held(server.loop.time()), "tcp_connections": len(server.tcp)},
             "listeners": {
                 "sip": [f"{t}:{h}:{p}" for t, h, p in server.bound],
                 **{name: f"{h}:{p}" for name, (h, p) in self.bound.items()},

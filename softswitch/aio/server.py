@@ -27,7 +27,6 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from softswitch.aio.ops import SCANNER
 from softswitch.config import Config, ConfigError, load_config
 from softswitch.node.node import Node
 from softswitch.sip.message import Address
@@ -41,7 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("softswitch.server")
 
 #: Bytes a TCP connection may buffer without completing a message (the framer caps messages;
-#: this bounds what a slow-loris peer can make us hold).
+#: this bounds what a slow-loris peer can make us hold), and answers it has not read yet (a
+#: peer that pipelines requests and never reads would otherwise grow our write buffer).
 TCP_MAX_BUFFER = 256 * 1024
 SHUTDOWN_GRACE = 3.0
 #: What SIGHUP may change in a running node; any other changed setting needs a restart.
@@ -60,6 +60,7 @@ RELOADABLE = (
     "first_digit_timeout",
     "inter_digit_timeout",
     "drain_timeout",
+    "sip_limits",
 )
 GC_THRESHOLD0 = 50_000
 
@@ -74,11 +75,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         server = self.server
-        stats = server.node.endpoint.stats
-        dropped = stats["dropped_acl"]
         server.node.receive_datagram(data, Address(addr[0], addr[1], "UDP"), server.loop.time())
-        if server.ops is not None and (stats["dropped_acl"] != dropped or SCANNER.search(data)):
-            server.ops.sip_suspect(data, addr[0])
         server.transmit()
 
     def error_received(self, exc: Exception) -> None:
@@ -94,18 +91,45 @@ class _TcpProtocol(asyncio.Protocol):
         self.address: Address | None = None
         self.idle: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport: asyncio.Transport = base  # type: ignore[assignment]
+        self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.address = Address(peer[0], peer[1], "TCP")
         server = self.server
-        if len(server.tcp) >= server.config.tcp_max_connections:
-            log.warning(
-                "TCP connection from %s refused: %d connections open", self.address, len(server.tcp)
-            )
-            transport.close()
+        host = peer[0]
+        sources = server.node.sources
+        if not sources.connection_allowed(host, server.loop.time()):
+            # Outside allow_from, or banned: closed before a byte is read.
+            transport.abort()
             return
-        server.tcp[(peer[0], peer[1])] = self
+        self.address = Address(host, peer[1], "TCP")
+        per_source = sources.limits.tcp_max_per_source
+        if len(server.tcp) >= server.config.tcp_max_connections:
+            server.node.caps.refused(
+                "tcp_max_connections",
+                len(server.tcp),
+                server.config.tcp_max_connections,
+                f"TCP connections (from {host})",
+                server.loop.time(),
+                closed=True,
+            )
+            transport.abort()
+            return
+        if per_source and not sources.exempt(host):
+            count = server.tcp_by_host.get(host, 0)
+            if count >= per_source:
+                server.node.caps.refused(
+                    "tcp_max_per_source",
+                    count,
+                    per_source,
+                    f"TCP connections from {host}",
+                    server.loop.time(),
+                    closed=True,
+                )
+                transport.abort()
+                return
+        server.tcp[(host, peer[1])] = self
+        server.tcp_by_host[host] = server.tcp_by_host.get(host, 0) + 1
         self._touch()
 
     def _touch(self) -> None:
@@ -127,8 +151,6 @@ class _TcpProtocol(asyncio.Protocol):
         framer = self.framer
         pings = framer.pings
         messages = framer.feed(data)
-        if server.ops is not None and SCANNER.search(data):
-            server.ops.sip_suspect(data, self.address.host)
         now = server.loop.time()
         for msg in messages:
             server.node.receive_message(msg, self.address, now)
@@ -136,7 +158,10 @@ class _TcpProtocol(asyncio.Protocol):
             # RFC 5626 section 3.5.1: each double-CRLF ping gets a single CRLF pong.
             self.transport.write(b"\r\n" * (framer.pings - pings))
         server.transmit()
-        if framer.failed:
+        if server.node.sources.banned(self.address.host, now):
+            log.info("closing TCP connection from %s: source banned", self.address)
+            self.transport.abort()
+        elif framer.failed:
             # After a framing error the next message's start is unknown (RFC 3261 18.3).
             log.info("closing TCP connection from %s: framing error", self.address)
             self.transport.close()
@@ -151,12 +176,29 @@ class _TcpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
             self.idle.cancel()
-        if self.address is not None:
-            self.server.tcp.pop((self.address.host, self.address.port), None)
+        address = self.address
+        if (
+            address is not None
+            and self.server.tcp.pop((address.host, address.port), None) is not None
+        ):
+            by_host = self.server.tcp_by_host
+            left = by_host.pop(address.host, 1) - 1
+            if left > 0:
+                by_host[address.host] = left
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > TCP_MAX_BUFFER:
+            log.warning(
+                "closing TCP connection from %s: %d bytes of answers it does not read",
+                self.address,
+                transport.get_write_buffer_size(),
+            )
+            transport.abort()
+            return
+        transport.write(data)
 
 
 class Server:
@@ -176,6 +218,7 @@ class Server:
         self.loop: asyncio.AbstractEventLoop  # set by startup(), inside the running loop
         self.udp: list[_UdpProtocol] = []
         self.tcp: dict[tuple[str, int], _TcpProtocol] = {}
+        self.tcp_by_host: dict[str, int] = {}
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -399,6 +442,7 @@ class Server:
         logging.getLogger().setLevel(fresh.log_level)
         if self.node.calls is not None:
             self.node.calls.reconfigure(fresh)
+        self.node.sources.reconfigure(fresh.sip_limits)
         if self.ops is not None:
             self.ops.reconfigure(fresh)
         log.info("reloaded: %s", ", ".join(changed) if changed else "nothing changed")

@@ -128,6 +128,10 @@ class InboundCalls:
 
     # --- the controller's side ----------------------------------------------------------------
 
+    def answered_calls(self) -> int:
+        """Answered trigger calls held until they end (the ringing ones are the node's)."""
+        return len(self._answered)
+
     def offered(self, key: str) -> Request | None:
         """The INVITE of ringing trigger ``key`` (None once it has ended or been answered)."""
         call = self._ringing.get(key)

@@ -28,6 +28,7 @@ from softswitch.node import commands as cmd
 from softswitch.node.calls import CallController
 from softswitch.node.inbound import InboundCalls, InboundEnded, TriggerAnswered
 from softswitch.node.outbound import OutboundCalls
+from softswitch.node.sources import RETRY_AFTER, CapLog, SourcePolicy
 from softswitch.node.testline import TestLines
 from softswitch.node.trunk import Trunk
 from softswitch.service.trigger import (
@@ -38,7 +39,8 @@ from softswitch.service.trigger import (
 )
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
-from softswitch.sip.message import Address, BadMessage, Request, Response
+from softswitch.sip.message import Address, BadMessage, HeaderList, Request, Response
+from softswitch.sip.parser import parse_message
 from softswitch.sip.timers import TimerConfig
 
 log = logging.getLogger("softswitch.node")
@@ -60,6 +62,8 @@ class _Ringing:
     to_tag: str
     #: The call controller has it: early media, and answered into the menu when due.
     early_media: bool = False
+    #: The source host, when it counts toward ``max_early_per_source`` (not exempt).
+    counted_source: str | None = None
 
 
 class Node:
@@ -112,6 +116,14 @@ class Node:
             else None
         )
         self._ended: deque[TriggerEnded] = deque()
+        #: The ACL, the per-source limiter and its bans, scanners (checked before parsing).
+        self.sources = SourcePolicy(
+            config.sip_limits,
+            self._allow_from(config),
+            (config.trunk.proxy[0],) if config.trunk is not None else (),
+        )
+        self.caps = CapLog()
+        self._early_by_source: dict[str, int] = {}
 
     @staticmethod
     def _allow_from(config: Config) -> tuple[str, ...]:
@@ -176,15 +188,91 @@ class Node:
         self._after(now)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        self.endpoint.receive_datagram(data, addr, now)
+        host = addr.host
+        sources = self.sources
+        if not sources.admit_datagram(host, data, now):
+            return
+        cap = sources.limits.max_transactions
+        if (cap and self.endpoint.server_transaction_count >= cap) or (
+            not sources.may_invite(host) and data.lstrip(b"\r\n").startswith(b"INVITE ")
+        ):
+            # Only then is the message parsed here, to be refused before it holds anything.
+            msg = parse_message(data, stream=addr.transport != "UDP")
+            if not self._refused(msg, addr, now):
+                self.endpoint.receive_message(msg, addr, now)
+        else:
+            self.endpoint.receive_datagram(data, addr, now)
         self._process(now)
 
     def receive_message(
         self, msg: Request | Response | BadMessage, addr: Address, now: float
     ) -> None:
         """A message the TCP framer has already cut out and parsed."""
-        self.endpoint.receive_message(msg, addr, now)
+        request = msg.request if isinstance(msg, BadMessage) else msg
+        if isinstance(request, Request):
+            method, agent = request.method, request.header("User-Agent")
+        else:
+            method, agent = "SIP/2.0", None if request is None else request.header("Server")
+        if not self.sources.admit_message(addr.host, method, agent, now):
+            return
+        if not self._refused(msg, addr, now):
+            self.endpoint.receive_message(msg, addr, now)
         self._process(now)
+
+    def held(self, now: float) -> dict[str, int]:
+        """What the node holds for its peers now, against the caps (for status and tests)."""
+        return {
+            "server_transactions": self.endpoint.server_transaction_count,
+            "dialogs": self._dialogs(),
+            "ringing_triggers": len(self._ringing),
+            "banned_sources": self.sources.stats(now).bans,
+        }
+
+    def _refused(self, msg: Request | Response | BadMessage, addr: Address, now: float) -> bool:
+        """Answer ``msg`` here, holding nothing, if a rule refuses it: an INVITE from outside
+        ``invite_from`` (403), a new request over ``max_transactions`` (503)."""
+        if not isinstance(msg, Request):
+            return False
+        method = msg.method
+        if method == "INVITE" and not self.sources.may_invite(addr.host):
+            self.sources.invite_refused(addr.host, now)
+            self.endpoint.reject(msg, 403, addr)
+            return True
+        cap = self.sources.limits.max_transactions
+        held = self.endpoint.server_transaction_count
+        if not cap or held < cap or method == "ACK" or self.endpoint.find_server(msg) is not None:
+            return False
+        if method == "CANCEL":
+            invite = Request(
+                "INVITE", msg.uri, msg.vias, msg.from_, msg.to, msg.call_id, msg.cseq, ()
+            )
+            if self.endpoint.find_server(invite) is not None:
+                return False  # it ends a call: it frees more than it holds
+        self.caps.refused("max_transactions", held, cap, f"new requests ({method})", now)
+        self.endpoint.reject(msg, 503, addr, headers=_RETRY_AFTER)
+        return True
+
+    def _dialogs(self) -> int:
+        """Inbound calls held: ringing triggers, triggers answered into the menu, test lines."""
+        return len(self._ringing) + self.inbound.answered_calls() + self.test_lines.active()
+
+    def _dialogs_full(self, tx: txl.ServerTransaction, host: str, now: float) -> bool:
+        """Answer 503 to a new INVITE over ``max_dialogs`` or ``max_early_per_source``."""
+        limits = self.sources.limits
+        cap = limits.max_dialogs
+        held = self._dialogs()
+        if cap and held >= cap:
+            self.caps.refused("max_dialogs", held, cap, "new INVITEs", now)
+        else:
+            per_source = limits.max_early_per_source
+            held = self._early_by_source.get(host, 0)
+            if not per_source or held < per_source:
+                return False
+            self.caps.refused(
+                "max_early_per_source", held, per_source, f"new INVITEs from {host}", now
+            )
+        self.endpoint.respond(tx, 503, headers=_RETRY_AFTER, now=now)
+        return True
 
     def handle_timer(self, now: float) -> None:
         self.endpoint.handle_timer(now)
@@ -267,6 +355,7 @@ class Node:
                 ringing = self._ringing_by_key.pop(inbound_event.key, None)
                 if ringing is not None:
                     self._ringing.pop(id(ringing.tx), None)
+                    self._uncount(ringing)
                     self.triggers.trigger_answered(inbound_event.key)
             elif isinstance(inbound_event, InboundEnded) and calls is not None:
                 calls.inbound_ended(inbound_event, now)
@@ -284,6 +373,9 @@ class Node:
                 self.endpoint.respond(tx, 481, now=now)
             return
         if req.method == "INVITE":
+            host = event.source.host
+            if self._dialogs_full(tx, host, now):
+                return
             dialled = normalize_number(req.uri.user or req.to.uri.user or "")
             if self.test_lines.wants(dialled):
                 self.test_lines.invite(tx, req, event.source, dialled, now)
@@ -311,6 +403,9 @@ class Node:
             else:
                 self.endpoint.respond(tx, 180, now=now, to_tag=to_tag)
             ringing = _Ringing(tx, key, deadline, to_tag, early)
+            if not self.sources.exempt(host):
+                ringing.counted_source = host
+                self._early_by_source[host] = self._early_by_source.get(host, 0) + 1
             self._ringing[id(tx)] = ringing
             self._ringing_by_key[key] = ringing
             heapq.heappush(self._ring_heap, (deadline, id(tx)))
@@ -340,6 +435,7 @@ class Node:
         if ringing is None:
             return
         self._ringing_by_key.pop(ringing.key, None)
+        self._uncount(ringing)
         if ringing.early_media:
             self.inbound.forget(ringing.key)
         ended = self.triggers.trigger_ended(ringing.key, how, now, status)
@@ -349,6 +445,13 @@ class Node:
             else:
                 self._ended.append(ended)
         self.endpoint.forget(tx)
+
+    def _uncount(self, ringing: _Ringing) -> None:
+        host = ringing.counted_source
+        if host is not None:
+            left = self._early_by_source.pop(host) - 1
+            if left:
+                self._early_by_source[host] = left
 
     def _expire_ringing(self, now: float) -> None:
         heap = self._ring_heap
@@ -369,6 +472,9 @@ class Node:
                 # The caller kept ringing: release the trigger (480) and treat it as a trigger.
                 self.endpoint.respond(ringing.tx, 480, now=now)
             self._trigger_over(ringing.tx, "ring timeout", now, 480)
+
+
+_RETRY_AFTER: HeaderList = (("Retry-After", str(RETRY_AFTER)),)
 
 
 def _as_network(text: str) -> str:

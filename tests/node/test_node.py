@@ -259,7 +259,7 @@ def test_sources_outside_allow_from_get_nothing() -> None:
     node.receive_datagram(sip("OPTIONS"), Address("192.0.2.1", 5060), 0.0)
     node.receive_datagram(sip("INVITE"), Address("192.0.2.1", 5060), 0.0)
     assert node.datagrams_to_send() == []
-    assert node.endpoint.stats["dropped_acl"] == 2
+    assert node.sources.dropped["acl"] == 2
 
 
 def test_response_goes_to_via_when_no_rport() -> None:
