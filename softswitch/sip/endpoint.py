@@ -501,6 +501,11 @@ class Endpoint:
             return
         if method == "INVITE" and req.body:
             media_type = _media_type(ctype) if ctype else ""
+            if media_type is None:
+                # Unreadable (RFC 3261 section 21.4.1); it used to raise out of the endpoint
+                # and leave the INVITE's transaction in Proceeding for good.
+                self.respond(tx, 400, "Bad Content-Type", now=now)
+                return
             if media_type not in self.config.accept:
                 # RFC 3261 section 8.2.3
                 self.respond(tx, 415, headers=(("Accept", ", ".join(self.config.accept)),), now=now)
@@ -554,9 +559,13 @@ def _fixed_via(top: Via, addr: Address) -> Via:
 
 
 @lru_cache(maxsize=256)
-def _media_type(content_type: str) -> str:
-    """``type/subtype`` of a Content-Type value (the same few come again and again)."""
-    return parse_content_type(content_type)[0]
+def _media_type(content_type: str) -> str | None:
+    """``type/subtype`` of a Content-Type value (the same few come again and again), or
+    ``None`` when it is not one."""
+    try:
+        return parse_content_type(content_type)[0]
+    except ValueError:
+        return None
 
 
 def _is_zero(value: str) -> bool:

@@ -1,4 +1,5 @@
-"""The endpoint's hooks for the node's caps: counts, retransmission look-up, stateless 503."""
+"""The endpoint's hooks for the node's caps (counts, retransmission look-up, stateless 503),
+and what the hostile-SIP fuzzing found in it."""
 
 from __future__ import annotations
 
@@ -43,3 +44,19 @@ def test_reject_is_stateless_and_goes_where_the_via_says() -> None:
     assert answer.header("Retry-After") == "30" and answer.to.tag
     assert answer.vias[0].received == "127.0.0.1" and answer.vias[0].rport == "5999"
     assert dest == Address("127.0.0.1", 5999)
+
+
+def test_an_unreadable_content_type_is_400_and_holds_nothing_for_good() -> None:
+    # Found by the fuzzing suite: it raised ValueError out of the endpoint, and the INVITE's
+    # server transaction stayed in Proceeding for ever (no timer ends that state).
+    ep = Endpoint(EndpointConfig())
+    data = invite().__bytes__().replace(b"Content-Length: 0\r\n", b"")
+    msg = parse_message(data.rstrip(b"\r\n") + b"\r\nContent-Type: application\r\n\r\nv=0\r\n")
+    assert isinstance(msg, Request) and msg.body
+    ep.receive_message(msg, PEER, 0.0)
+    ((answer, _),) = ep.datagrams_to_send()
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.status == 400
+    assert response.reason == "Bad Content-Type"
+    ep.handle_timer(64.0)
+    assert ep.server_transaction_count == 0
