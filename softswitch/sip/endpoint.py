@@ -536,7 +536,10 @@ def _fixed_via(top: Via, addr: Address) -> Via:
     """``top`` with received and rport set as ``addr`` requires (itself when nothing is)."""
     params = top.params
     rport = top.rport == ""
-    if top.host != addr.host:
+    # A received the sender wrote itself would send our answers to any host it names (a
+    # reflection): the source address replaces it (RFC 3581 section 4 always sets it).
+    forged = top.received is not None and top.received != addr.host
+    if top.host != addr.host or forged:
         params = set_param(params, "received", addr.host)
     if rport:
         params = set_param(params, "rport", str(addr.port))
@@ -551,7 +554,9 @@ def _fixed_via(top: Via, addr: Address) -> Via:
             raw, count = _BARE_RPORT.subn(f";rport={addr.port}", raw)
             if count != 1:
                 raw = None
-        if raw is not None and top.host != addr.host:
+        if forged:
+            raw = None  # the text would keep the forged value: serialize the parameters
+        elif raw is not None and top.host != addr.host:
             raw = f"{raw};received={addr.host}"
         if raw is not None:
             with_raw(via, raw)

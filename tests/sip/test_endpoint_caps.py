@@ -60,3 +60,19 @@ def test_an_unreadable_content_type_is_400_and_holds_nothing_for_good() -> None:
     assert response.reason == "Bad Content-Type"
     ep.handle_timer(64.0)
     assert ep.server_transaction_count == 0
+
+
+def test_a_received_parameter_the_sender_wrote_is_replaced_by_its_source() -> None:
+    # Found by the fuzzing suite: with its sent-by equal to the source, a Via's own
+    # ";received=192.0.2.1" was kept, and the answer went to 192.0.2.1 (a reflection).
+    ep = Endpoint(EndpointConfig())
+    data = bytes(invite()).replace(b";rport", b";rport;received=192.0.2.1")
+    data = data.replace(b"10.0.0.9:5070", b"127.0.0.1:5070")
+    msg = parse_message(data.replace(b"INVITE", b"OPTIONS"))
+    assert isinstance(msg, Request) and msg.vias[0].received == "192.0.2.1"
+    ep.receive_message(msg, PEER, 0.0)
+    ((answer, dest),) = ep.datagrams_to_send()
+    assert dest == Address("127.0.0.1", 5999)
+    response = parse_message(answer)
+    assert isinstance(response, Response)
+    assert response.vias[0].received == "127.0.0.1" and b"192.0.2.1" not in answer
