@@ -80,6 +80,7 @@ _LAX_VIA_RE = re.compile(
 )
 _LAX_CSEQ_RE = re.compile(r"\s*([0-9]{1,40})\s+(\S+)")
 _CL_STREAM_RE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)")
+_FOLD_BYTES_RE = re.compile(rb"\r?\n[ \t]+")
 
 # Header kinds the parser handles itself; everything else goes to ``headers`` as text.
 _VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTENT_LENGTH, _MAX_FORWARDS, _CONTACT = range(8)
@@ -552,7 +553,11 @@ class StreamFramer:
             if end > self.max_head:
                 out.append(self._fail(self._head_error(end, sep_len, 400, "Header too large")))
                 break
-            lengths = {v.strip() for v in _CL_STREAM_RE.findall(bytes(buf[:end]))}
+            head = bytes(buf[:end])
+            if b"\n " in head or b"\n\t" in head:
+                # A folded Content-Length (RFC 3261 7.3.1) is still the length.
+                head = _FOLD_BYTES_RE.sub(b" ", head)
+            lengths = {v.strip() for v in _CL_STREAM_RE.findall(head)}
             if len(lengths) != 1:
                 out.append(self._fail(self._head_error(end, sep_len, 400, "")))
                 break
