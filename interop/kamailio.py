@@ -8,8 +8,8 @@ process runs in the foreground (``-DD``) logging to stderr (``-E``) into a file 
 work directory, and is ready when it answers an OPTIONS probe. It is stopped by PID (SIGTERM to
 the main process, which stops its children).
 
-Routing (see the cfg's header): the trigger number goes to the switch's registered Contact
-(or a static address), a registered AOR to its Contact, the customer number to baresip, and any
+Routing (see the cfg's header): the trigger number (and, with ``trigger_prefix``, every
+number in that block) goes to the switch's registered Contact (or a static address), a registered AOR to its Contact, the customer number to baresip, and any
 other number to the "PSTN" (a SIPp UAS). INVITEs towards customers and the PSTN must carry the
 switch's credentials (407) unless ``auth_invite`` is off; REGISTER always gets 401 first.
 
@@ -77,6 +77,8 @@ class Kamailio:
     switch_password: str = "secret"
     phone_password: str = "phone"
     trigger_number: str = TRIGGER_NUMBER
+    #: Numbers starting with these digits go to the switch too (a block of trigger DIDs).
+    trigger_prefix: str | None = None
     switch_target: str | None = None
     customer_number: str = CUSTOMER_NUMBER
     customer_target: str | None = None
@@ -109,6 +111,8 @@ class Kamailio:
             values["CUSTOMER_TARGET"] = sip_uri(self.customer_target)
         if self.pstn_target:
             values["PSTN_TARGET"] = sip_uri(self.pstn_target)
+        if self.trigger_prefix:
+            values["TRIGGER_PREFIX"] = self.trigger_prefix
         out = [f"{name}={_quoted(value)}" for name, value in values.items()]
         if self.auth_invite:
             out.append("AUTH_INVITE")

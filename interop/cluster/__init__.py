@@ -1,0 +1,280 @@
+"""The cluster's front door for the interop suite and the cluster benchmark (issue 12):
+Kamailio's dispatcher in front of several ``softswitch serve`` nodes sharing PostgreSQL.
+
+Theory of operation: ``interop/cluster/kamailio.cfg`` is fixed text (``kamailio -c`` checks
+it as is); what changes per run is passed as preprocessor defines (``-A NAME="value"``), the
+port as ``-l udp:127.0.0.1:PORT``, and two small files are written into the work directory
+before the start: the dispatcher's list of nodes (set 1, one ``sip:host:port`` per node) and
+the uac module's registration row (a db_text table ``uacreg``: this proxy registers to the
+carrier as the switch, so the carrier routes every trigger number here). See the cfg's header
+for the routing: triggers hashed by dialled number to an active node (failover to the next on
+no answer or 5xx), the nodes' calls to the carrier with its digest challenge answered here,
+everything record-routed.
+
+:func:`node_config` is a node's TOML for such a cluster: the trunk is this proxy, IP-
+authenticated (the node holds no carrier credentials), the store is the shared PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from interop.kamailio import KamailioError
+from interop.peers import LOOPBACK, free_port
+
+CONFIG = Path(__file__).resolve().parent / "kamailio.cfg"
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+#: The db_text schema of Kamailio 5.6's ``uacreg`` table (version 5), as Debian ships it in
+#: /usr/share/kamailio/dbtext/kamailio/uacreg, with the columns we leave empty nullable (an
+#: empty db_text field is NULL, which a plain column refuses).
+_UACREG_COLUMNS = (
+    "id(int,auto) l_uuid(string) l_username(string) l_domain(string) r_username(string) "
+    "r_domain(string) realm(string) auth_username(string) auth_password(string) "
+    "auth_ha1(string,null) auth_proxy(string) expires(int) flags(int) reg_delay(int) "
+    "contact_addr(string,null) socket(string,null) "
+)
+
+
+def _quoted(value: str) -> str:
+    if '"' in value or "\\" in value:
+        raise ValueError(f"define values must not contain quotes or backslashes: {value!r}")
+    return f'"{value}"'
+
+
+def _dbtext(value: str) -> str:
+    """A db_text field: ``:`` and ``\\`` escaped (the column separator is ``:``)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@dataclass
+class Dispatcher:
+    """One Kamailio process: the cluster's address ``127.0.0.1:port`` (UDP).
+
+    ``nodes``: the nodes' SIP addresses (``127.0.0.1:PORT``); ``carrier``: where the carrier
+    takes requests (``127.0.0.1:PORT``); ``register``: register to it as ``username`` (with
+    ``password`` in ``realm``), else the carrier must know this address by itself.
+    """
+
+    binary: str
+    workdir: Path
+    nodes: Sequence[str]
+    carrier: str
+    port: int = field(default_factory=free_port)
+    carrier_domain: str = "carrier.test"
+    realm: str = "carrier.test"
+    username: str = "switch"
+    password: str = "secret"
+    register: bool = True
+    register_expires: int = 300
+    node_timeout_ms: int = 1500
+    children: int = 4
+    shm_mb: int = 64
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"dispatcher_{self.port}.log"
+
+    @property
+    def list_path(self) -> Path:
+        return self.workdir / f"dispatcher_{self.port}.list"
+
+    @property
+    def dbtext_dir(self) -> Path:
+        return self.workdir / f"dispatcher_{self.port}_db"
+
+    def write_files(self) -> None:
+        """The dispatcher list and the registration row (db_text)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = ["# setid destination flags priority attributes"]
+        for i, node in enumerate(self.nodes, 1):
+            lines.append(f"1 sip:{node} 0 0 name=node{i}")
+        self.list_path.write_text("\n".join(lines) + "\n")
+        if not self.register:
+            return
+        self.dbtext_dir.mkdir(exist_ok=True)
+        (self.dbtext_dir / "version").write_text(
+            "table_name(string) table_version(int) \nuacreg:5\n"
+        )
+        row = [
+            "1",
+            self.username,  # l_uuid: the user part of our Contact
+            self.username,
+            self.carrier_domain,
+            self.username,
+            self.carrier_domain,
+            self.realm,
+            self.username,
+            self.password,
+            "",
+            f"sip:{self.carrier}",
+            str(self.register_expires),
+            "0",
+            "0",
+            "",
+            "",
+        ]
+        (self.dbtext_dir / "uacreg").write_text(
+            _UACREG_COLUMNS + "\n" + ":".join(_dbtext(v) for v in row) + "\n"
+        )
+
+    def defines(self) -> list[str]:
+        values = {
+            "CARRIER": f"sip:{self.carrier}",
+            "CARRIER_IP": self.carrier.rsplit(":", 1)[0],
+            "CARRIER_DOMAIN": self.carrier_domain,
+            "CARRIER_CREDENTIAL": f"{self.username}:{self.realm}:{self.password}",
+            "DS_LIST": str(self.list_path),
+            "REG_CONTACT": self.address,
+        }
+        if self.register:
+            values["REG_DB"] = f"text://{self.dbtext_dir}"
+        out = [f"{name}={_quoted(value)}" for name, value in values.items()]
+        out.append(f"NODE_TIMEOUT_MS={self.node_timeout_ms}")
+        return out
+
+    def command(self) -> list[str]:
+        cmd = [self.binary, "-DD", "-E", "-x", "fm", "-m", str(self.shm_mb), "-M", "8"]
+        cmd += ["-n", str(self.children)]
+        cmd += ["-f", str(CONFIG), "-l", f"udp:{self.address}"]
+        cmd += ["-w", str(self.workdir), "-Y", str(self.workdir)]
+        for define in self.defines():
+            cmd += ["-A", define]
+        return cmd
+
+    def start(self, ready_timeout: float = 10.0) -> Dispatcher:
+        """Start Kamailio and wait until it answers OPTIONS; raise (and kill it) otherwise."""
+        self.write_files()
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + ready_timeout
+        while not self.ping():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise KamailioError(f"the dispatcher did not start:\n{self.log()[-3000:]}")
+        return self
+
+    def ping(self, wait: float = 0.2) -> bool:
+        """True if the proxy answers an OPTIONS to itself with 200 within ``wait`` seconds."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+            branch = f"z9hG4bK-ping-{port}-{time.monotonic_ns()}"
+            probe = (
+                f"OPTIONS sip:{self.address} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {LOOPBACK}:{port};branch={branch};rport\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:ping@{LOOPBACK}:{port}>;tag=ping\r\n"
+                f"To: <sip:{self.address}>\r\n"
+                f"Call-ID: {branch}@{LOOPBACK}\r\n"
+                "CSeq: 1 OPTIONS\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            sock.settimeout(wait)
+            try:
+                sock.sendto(probe.encode(), (LOOPBACK, self.port))
+                answer = sock.recv(65535)
+            except (TimeoutError, ConnectionRefusedError):
+                time.sleep(0.05)
+                return False
+        return answer.startswith(b"SIP/2.0 200 ")
+
+    def log(self) -> str:
+        """What the proxy logged (its ``cluster:`` lines tell each routing decision)."""
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            time.sleep(0.05)
+        return text in self.log()
+
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM to the main process, wait, and return its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the process group this driver started (main process and children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def node_config(
+    port: int,
+    dispatcher: str,
+    db_url: str,
+    *,
+    rtp_ports: tuple[int, int],
+    admin_port: int | None = None,
+    admin_token: str = "cluster-token-0123456789",
+    log_level: str = "INFO",
+    extra: str = "",
+) -> str:
+    """A cluster node's TOML: SIP on ``port``, SIP accepted only from loopback (the dispatcher
+    in production: its address alone), the trunk is the dispatcher (no credentials here: the
+    dispatcher registers and answers the carrier's challenges), the shared store, RTP in
+    ``rtp_ports`` (each node its own range), the admin API on ``admin_port`` if given."""
+    admin = (
+        ""
+        if admin_port is None
+        else f'\n[admin]\nlisten = "{LOOPBACK}:{admin_port}"\ntoken = "{admin_token}"\n'
+    )
+    return f"""
+[sip]
+listen = "{LOOPBACK}:{port}"
+allow_from = ["127.0.0.0/8"]
+
+[database]
+url = "{db_url}"
+
+[trunk]
+proxy = "{dispatcher}"
+ip_auth = true
+keepalive_interval = 0
+caller_id = "81300000000"
+international_prefix = ""     # this carrier routes bare E.164 digits
+
+[media]
+host = "{LOOPBACK}"
+rtp_ports = [{rtp_ports[0]}, {rtp_ports[1]}]
+
+[log]
+level = "{log_level}"
+{admin}{extra}"""
