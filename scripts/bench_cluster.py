@@ -31,7 +31,10 @@ per call from pg_stat_database (commits and rows written, background included).
 
 This machine has 2 vCPUs, shared with everything above: the nodes, PostgreSQL, Kamailio and
 SIPp compete for them, so the figure is the machine's ceiling for the whole rig, not the
-design's; the per-call CPU figures are what to scale from (see the README's estimate).
+design's; the per-call CPU figures are what to scale from (see the README's estimate). Other
+people's tests share the machine too: before each configuration the script waits (at most
+``--quiet-timeout``) until the rest of the machine uses under ``--quiet`` of a core, and each
+step says how much CPU the rest of the machine took while it ran ("others").
 
     .venv/bin/python scripts/bench_cluster.py                 # direct, 1, 2, 3 nodes
     .venv/bin/python scripts/bench_cluster.py --quick         # shorter steps
@@ -112,6 +115,39 @@ def tree_cpu(root: int) -> float:
         total += cpu.get(pid, 0.0)
         todo.extend(child for child, parent in parents.items() if parent == pid)
     return total
+
+
+def own_cpu() -> float:
+    """CPU seconds this script has spent (the store polls and SIPp's reaped children)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def wait_for_quiet(limit: float, timeout: float) -> bool:
+    """Wait until the rest of the machine has used under ``limit`` of a core for 3 s running
+    (other people's tests and benchmarks share it); False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    quiet_since: float | None = None
+    waited = False
+    while True:
+        before, mine = machine_cpu(), own_cpu()
+        time.sleep(1.0)
+        used = (machine_cpu() - before) - (own_cpu() - mine)
+        now = time.monotonic()
+        if used < limit:
+            quiet_since = quiet_since or now
+            if now - quiet_since >= 3.0:
+                if waited:
+                    print("  (the machine is quiet now)", flush=True)
+                return True
+        else:
+            quiet_since = None
+            if not waited:
+                print(f"  (waiting for a quiet machine: others use {100 * used:.0f}% of a core)")
+                waited = True
+        if now > deadline:
+            print(f"  (not quiet after {timeout:g} s: measuring anyway)", flush=True)
+            return False
 
 
 def machine_cpu() -> float:
@@ -352,6 +388,8 @@ class Step:
     rows: int
     elapsed: float
     idle: dict[str, float]
+    #: CPU the rest of the machine used meanwhile, in cores (other people's work).
+    foreign: float
 
     def per_call_ms(self, name: str) -> float:
         """CPU milliseconds per whole call of ``name``, its idle work taken off."""
@@ -374,6 +412,7 @@ def run_step(rig: Rig, rate: float, duration: float, talk_s: float, pool: int) -
     commits0, rows0 = asyncio.run(_pg_stats(rig.db_url))
     cpu0, machine0 = rig.cpu(), machine_cpu()
     reaped0 = os.times()
+    own0 = own_cpu()
     since = time.time()
     began = time.monotonic()
     callers = Sipp(
@@ -405,6 +444,16 @@ def run_step(rig: Rig, rate: float, duration: float, talk_s: float, pool: int) -
     cpu["sipp"] += (reaped1.children_user - reaped0.children_user) + (
         reaped1.children_system - reaped0.children_system
     )
+    # What the rest of the machine (not this rig, not this script) took meanwhile.
+    foreign = (
+        (machine1 - machine0)
+        - sum(cpu.values())
+        - (own_cpu() - own0)
+        + (
+            (reaped1.children_user - reaped0.children_user)
+            + (reaped1.children_system - reaped0.children_system)
+        )
+    )
     time.sleep(1.0)  # PostgreSQL's statistics reach pg_stat_database within a second
     commits1, rows1 = asyncio.run(_pg_stats(rig.db_url))
     failed = result.stat("FailedCall") + (0 if result.returncode in (0, 1) else 1)
@@ -422,6 +471,7 @@ def run_step(rig: Rig, rate: float, duration: float, talk_s: float, pool: int) -
         rows=rows1 - rows0,
         elapsed=ended - began,
         idle=rig.idle,
+        foreign=max(0.0, foreign) / max(1e-9, ended - began),
     )
 
 
@@ -461,7 +511,7 @@ def print_step(step: Step) -> None:
         f"{'ok  ' if step.passed else 'FAIL'}  failed {step.failed:<3d} "
         f"CPU ms/call nodes {per.get('nodes', 0):5.1f} pg {per.get('postgres', 0):4.1f} "
         f"kamailio {per.get('kamailio', 0):4.1f} sipp {per.get('sipp', 0):4.1f}  "
-        f"machine {100 * step.machine:3.0f}% of 200%  "
+        f"machine {100 * step.machine:3.0f}% of 200% (others {100 * step.foreign:3.0f}%)  "
         f"store {step.commits / max(1, step.whole):4.1f} commits "
         f"{step.rows / max(1, step.whole):4.1f} rows/call",
         flush=True,
@@ -484,6 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=7, help="at most this many per ladder")
     parser.add_argument("--quick", action="store_true", help="6 s steps, 5 per ladder")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.15,
+        help="before each configuration, wait until others use under this much of a core",
+    )
+    parser.add_argument("--quiet-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.steps = 6.0, 5
@@ -517,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, count, direct in configs:
             print(f"\n{label}:", flush=True)
             asyncio.run(_clear(db_url))
+            if args.quiet > 0:
+                wait_for_quiet(args.quiet, args.quiet_timeout)
             rig = start_rig(
                 workdir / label.split()[0].replace(" ", "") / ("direct" if direct else "cluster"),
                 pg,
