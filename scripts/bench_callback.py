@@ -472,18 +472,20 @@ def run_whole(rate: int, cfg: WholeConfig) -> WholeStep:
         extra=("-mp", str(free_port()), "-buff_size", "4194304"),
     ).start()
     node_port = free_port()
+    config = switch_config(
+        node_port,
+        f"{LOOPBACK}:{uas_port}",
+        db_url,
+        rtp_ports=RTP_PORTS,
+        log_level="INFO",
+        ip_auth=True,
+        outbound_per_minute=0,  # the node's speed, not the fraud cap's
+    )
     node = Node(
         cfg.softswitch,
         step_dir,
         node_port,
-        switch_config(
-            node_port,
-            f"{LOOPBACK}:{uas_port}",
-            db_url,
-            rtp_ports=RTP_PORTS,
-            log_level="INFO",
-            ip_auth=True,
-        ),
+        config,
         cpu=cfg.node_cpu,
     )
     note = ""

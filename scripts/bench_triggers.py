@@ -202,6 +202,7 @@ class UnderTest:
                 rtp_ports=RTP_PORTS,
                 log_level="INFO",
                 ip_auth=True,
+                outbound_per_minute=0,  # the node's speed, not the fraud cap's
             )
             self.node = Node(cfg.softswitch, step_dir, self.port, text, cpu=cfg.sut_cpu)
         else:

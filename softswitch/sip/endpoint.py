@@ -154,8 +154,7 @@ EndpointEvent = (
 )
 
 
-def _random_token() -> str:
-    return random_token()
+_random_token = random_token
 
 
 class Endpoint:
@@ -189,7 +188,8 @@ class Endpoint:
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Handle one UDP datagram (or one framed TCP message) from ``addr``."""
         self.stats["received"] += 1
-        if not self._allowed(addr.host):
+        allowed = self._acl_cache.get(addr.host)
+        if not (self._allowed(addr.host) if allowed is None else allowed):
             # Scanners are not told we exist: no answer, one debug line.
             self.stats["dropped_acl"] += 1
             log.debug("dropped %d bytes from %s: source not in allow_from", len(data), addr)

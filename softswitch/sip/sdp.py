@@ -160,16 +160,16 @@ class MediaDescription:
 
     def attribute(self, name: str) -> str | None:
         """Value of the first ``a=name`` (``""`` for a flag), or None if absent."""
+        low = name.lower()
         for a in self.attributes:
-            if a.name.lower() == name.lower():
+            if a.name.lower() == low:
                 return "" if a.value is None else a.value
         return None
 
     def attribute_values(self, name: str) -> list[str]:
+        low = name.lower()
         return [
-            "" if a.value is None else a.value
-            for a in self.attributes
-            if a.name.lower() == name.lower()
+            "" if a.value is None else a.value for a in self.attributes if a.name.lower() == low
         ]
 
     @property
@@ -198,15 +198,21 @@ class MediaDescription:
         if not self.is_rtp:
             return []
         maps: dict[int, tuple[str, int, int]] = {}
-        for value in self.attribute_values("rtpmap"):
-            pt, name, clock, channels = _parse_rtpmap(value)
-            maps.setdefault(pt, (name, clock, channels))
+        fmtps: dict[str, str] = {}  # what fmtp() gives, read in one pass: the first one wins
+        for a in self.attributes:
+            low = a.name.lower()
+            if low == "rtpmap":
+                pt, name, clock, channels = _parse_rtpmap("" if a.value is None else a.value)
+                maps.setdefault(pt, (name, clock, channels))
+            elif low == "fmtp":
+                key, _, params = ("" if a.value is None else a.value).partition(" ")
+                fmtps.setdefault(key, params.strip())
         out: list[Codec] = []
         for fmt in self.formats:
             pt = int(fmt)
             entry = maps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
             if entry is not None:
-                out.append(Codec(pt, entry[0], entry[1], entry[2], self.fmtp(pt)))
+                out.append(Codec(pt, entry[0], entry[1], entry[2], fmtps.get(str(pt))))
         return out
 
     @property
@@ -307,6 +313,10 @@ class AnswerResult:
 # Parsing
 
 
+#: A control character other than HT (not allowed in a value, RFC 8866 section 9).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def parse_sdp(data: bytes | str) -> SessionDescription:
     """Parse an SDP body; raise ``SdpError`` (never anything else) if it is malformed."""
     try:
@@ -340,7 +350,7 @@ def _parse(data: bytes | str) -> SessionDescription:
         if len(line) < 2 or line[1] != "=" or not ("a" <= line[0] <= "z"):
             raise SdpError(f"line {number}: not '<type>=<value>': {line[:40]!r}")
         value = line[2:]
-        if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        if _CONTROL.search(value):
             raise SdpError(f"line {number}: control character in value")
         parsed.append((line[0], value))
 
