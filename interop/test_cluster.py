@@ -42,7 +42,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -54,6 +56,7 @@ from pathlib import Path
 import pytest
 
 from interop.callback_setup import rtp_range
+from interop.cluster import CONFIG as CLUSTER_CONFIG
 from interop.cluster import SCENARIOS as CLUSTER_SCENARIOS
 from interop.cluster import Dispatcher, node_config
 from interop.conftest import KamailioFactory, SippFactory, missing_peer
@@ -481,3 +484,28 @@ def test_a_node_killed_mid_run_loses_no_trigger_and_the_survivors_serve_the_rest
         if node is not killed:
             assert "Traceback" not in node.log(), node.log()[-6000:]
     print(f"test took {time.monotonic() - started:.1f} s")
+
+
+def test_the_dispatcher_config_reads_its_defines_from_a_local_file(
+    tmp_path: Path, kamailio_bin: str
+) -> None:
+    """Production runs the cfg without ``-A`` defines: they come from
+    ``softswitch-cluster-local.cfg`` beside it (README, "Running a cluster")."""
+    config = tmp_path / "kamailio.cfg"
+    shutil.copy(CLUSTER_CONFIG, config)
+    local = tmp_path / "softswitch-cluster-local.cfg"
+    local.write_text(
+        '#!define CARRIER "sip:198.51.100.7:5060"\n'
+        '#!define CARRIER_IP "198.51.100.7"\n'
+        '#!define CARRIER_DOMAIN "carrier.example.net"\n'
+        '#!define CARRIER_CREDENTIAL "alice:carrier.example.net:secret"\n'
+        f'#!define DS_LIST "{tmp_path / "dispatcher.list"}"\n'
+        '#!define REG_CONTACT "203.0.113.10:5060"\n'
+        "#!define NODE_TIMEOUT_MS 1500\n"
+    )
+    check = [kamailio_bin, "-c", "-f", str(config)]
+    done = subprocess.run(check, capture_output=True, text=True, cwd="/", timeout=30)
+    assert done.returncode == 0 and "config file ok" in done.stderr, done.stderr[-2000:]
+    local.unlink()
+    done = subprocess.run(check, capture_output=True, text=True, cwd="/", timeout=30)
+    assert done.returncode != 0, done.stderr[-2000:]
