@@ -23,8 +23,9 @@ payload's low bits, latency from kernel receive timestamps, and the relay's CPU 
 over the measured window. It is checked alone (phones sending to each other) at the largest N
 of the run, in the same run.
 
-Printed per relay: max calls, packet rate, CPU, CPU per packet (us, counting packets in and
-out), p50/p99 one-way latency (and per direction for the clamp), memory per call, digits
+Every run also reports how long the relay's threads and the generator waited runnable for a
+CPU ("waited R/G ms": other jobs' interference, from schedstat). Printed per relay: max calls,
+packet rate, CPU, CPU per packet (us, counting packets in and out), p50/p99 one-way latency (and per direction for the clamp), memory per call, digits
 reported / typed, and the ratios to the trivial relay and to rtpengine. `--fixed N` measures
 every relay at N calls instead (`--reps` runs each, the cheapest kept): a cost comparison at one
 load. `--talkoff` prints how much speech the DTMF clamp silences on the talk-off corpus of
@@ -589,7 +590,9 @@ def _progress(r: dict[str, Any], note: str = "") -> None:
         f"  {r['kind']:9s} N={r['calls']:5d} bad={100 * r['bad_ratio']:.3f}% "
         f"(lost {r['lost']}, late {r['late']}) cpu={100 * r['relay_cpu']:.0f}% "
         f"gen_cpu={100 * r['gen_cpu']:.0f}% lag99={r['lag_p99_us']:.0f}us "
-        f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms {'ok' if r['ok'] else 'FAIL'} {note}"
+        f"p50={r['p50_ms']:.2f}ms p99={r['p99_ms']:.2f}ms "
+        f"waited {r.get('relay_wait_ms', 0):.0f}/{r.get('gen_wait_ms', 0):.0f}ms "
+        f"{'ok' if r['ok'] else 'FAIL'} {note}"
         f"{'' if r.get('quiet', True) else ' (busy machine)'}",
         flush=True,
     )
@@ -827,7 +830,7 @@ def main() -> None:
         "--quiet", type=float, default=0.1,
         help="start each run when other jobs use less than this much of a core (0: never wait)",
     )  # fmt: skip
-    ap.add_argument("--quiet-timeout", type=float, default=300.0)
+    ap.add_argument("--quiet-timeout", type=float, default=60.0)
     ap.add_argument("--payload", choices=["speech", "silence"], default="speech")
     ap.add_argument("--talkoff", action="store_true", help="also the clamp on the talk-off corpus")
     ap.add_argument("--quick", action="store_true", help="shorter runs")

@@ -35,10 +35,14 @@
  * Protocol (stdin/stdout, one JSON line each): prints {"ports": [[a, b], ...]} (the phones'
  * ports), reads {"targets": [[relay_a, relay_b], ...]} (where phone A and phone B of each call
  * send; ignored with --loopback, where phones send straight to each other), runs, prints the
- * result. CPU of the processes given by --pid is read from /proc over the measured window.
+ * result. CPU of the processes given by --pid is read from /proc over the measured window, and
+ * so is the time their threads and the generator spent runnable but waiting for a CPU (other
+ * jobs on a shared machine): a run in which either waited long was disturbed, whatever the
+ * relay did.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -180,6 +184,31 @@ static uint64_t cpu_ticks(const int *pids, int n) {
         unsigned long ut = 0, st = 0;
         if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
             total += ut + st;
+    }
+    return total;
+}
+
+/* Nanoseconds the tasks of the given processes (and with pid 0, this one) spent runnable but
+ * waiting for a CPU: other jobs' interference, from /proc/PID/task/TID/schedstat. */
+static uint64_t run_delay_ns(const int *pids, int n) {
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%d/task", pids[i]);
+        DIR *d = opendir(dir);
+        if (!d) continue;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.') continue;
+            char path[384];
+            snprintf(path, sizeof path, "%s/%s/schedstat", dir, e->d_name);
+            FILE *f = fopen(path, "r");
+            if (!f) continue;
+            unsigned long long on = 0, wait = 0;
+            if (fscanf(f, "%llu %llu", &on, &wait) == 2) total += wait;
+            fclose(f);
+        }
+        closedir(d);
     }
     return total;
 }
@@ -395,6 +424,8 @@ int main(int argc, char **argv) {
     uint64_t k = 0, resampled = t0, sent = 0, send_err = 0, digits_sent = 0, digit_frames = 0;
     uint64_t digits_total = 0;
     uint64_t cpu0 = 0, cpu1 = 0, w0 = 0, w1 = 0, snmp0 = 0, snmp1 = 0;
+    uint64_t rdel0 = 0, rdel1 = 0, gdel0 = 0, gdel1 = 0;
+    int self_pid[1] = {getpid()};
     struct rusage ru0, ru1;
     memset(&ru0, 0, sizeof ru0);
     memset(&ru1, 0, sizeof ru1);
@@ -415,6 +446,8 @@ int main(int argc, char **argv) {
             if (k == kstat) {
                 w0 = now;
                 cpu0 = cpu_ticks(pids, npids);
+                rdel0 = run_delay_ns(pids, npids);
+                gdel0 = run_delay_ns(self_pid, 1);
                 snmp0 = rcvbuf_errors();
                 getrusage(RUSAGE_SELF, &ru0);
             }
@@ -463,6 +496,8 @@ int main(int argc, char **argv) {
             if (k == total) {
                 w1 = now_ns(CLOCK_MONOTONIC);
                 cpu1 = cpu_ticks(pids, npids);
+                rdel1 = run_delay_ns(pids, npids);
+                gdel1 = run_delay_ns(self_pid, 1);
                 getrusage(RUSAGE_SELF, &ru1);
             }
             if ((k & 127) == 0) break; /* a long burst: read in between */
@@ -515,13 +550,15 @@ int main(int argc, char **argv) {
            "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"p999_ms\": %.3f, "
            "\"ab_p50_ms\": %.3f, \"ab_p99_ms\": %.3f, \"ba_p50_ms\": %.3f, \"ba_p99_ms\": %.3f, "
            "\"relay_cpu\": %.4f, \"gen_cpu\": %.4f, \"lag_p50_us\": %.1f, \"lag_p99_us\": %.1f, "
-           "\"gen_drops\": %lu, \"rcvbuf_errors\": %lu}\n",
+           "\"gen_drops\": %lu, \"rcvbuf_errors\": %lu, \"relay_wait_ms\": %.1f, "
+           "\"gen_wait_ms\": %.1f}\n",
            calls, window, sent, received, lost, late[0] + late[1], late[0], late[1], unstamped,
            dup_pkts, misroute, stray, send_err, digits_sent, digits_total, digit_frames, leaked,
            hist_pct(&all, 0.5) / 1e3, hist_pct(&all, 0.99) / 1e3, hist_pct(&all, 0.999) / 1e3,
            hist_pct(&lat[0], 0.5) / 1e3, hist_pct(&lat[0], 0.99) / 1e3,
            hist_pct(&lat[1], 0.5) / 1e3, hist_pct(&lat[1], 0.99) / 1e3, relay_cpu, gen_cpu,
-           hist_pct(&lag, 0.5), hist_pct(&lag, 0.99), ovfl_total, snmp1 - snmp0);
+           hist_pct(&lag, 0.5), hist_pct(&lag, 0.99), ovfl_total, snmp1 - snmp0,
+           (double)(rdel1 - rdel0) / 1e6, (double)(gdel1 - gdel0) / 1e6);
     fflush(stdout);
     return 0;
 }
