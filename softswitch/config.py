@@ -26,6 +26,8 @@ DEFAULT_LISTEN = "127.0.0.1:5060"
 DEFAULT_DB = "sqlite:///var/softswitch.sqlite3"
 LOOPBACK_NETS = ("127.0.0.0/8", "::1/128")
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:8090"
+#: The account kinds (``softswitch.store.models.AccountKind``'s values; a test keeps them equal).
+ACCOUNT_KINDS = ("standard", "traveler", "hotline")
 
 #: Secrets an environment variable may set instead of the file (systemd's ``Environment=`` or
 #: ``LoadCredential=``, a container's secrets): variable -> (table, key). The variable wins.
@@ -233,6 +235,10 @@ class Config:
     #: (seconds); shared by every entry point (SPEC section 4).
     security_code_failures: int = 3
     security_lockout: float = 1800.0
+    #: The per-kind policy (SPEC section 7): the account kinds that may open the Location menu
+    #: by phone, and those that may record their name there (the name menu is inside it).
+    location_kinds: tuple[str, ...] = ("standard", "traveler")
+    name_kinds: tuple[str, ...] = ("standard", "traveler")
     service: bool = True
     #: SIGTERM: seconds live calls may go on before they are hung up (0: at once).
     drain_timeout: float = 0.0
@@ -271,7 +277,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "service": frozenset(
         {"enabled", "operator", "tone_country", "callback_ring_timeout", "recordings_dir"}
         | {"trigger_answer_after"}
-        | {"security_code_failures", "security_lockout"}
+        | {"security_code_failures", "security_lockout", "location_kinds", "name_kinds"}
         | {"destination_ring_timeout", "blocked_prefixes", "callback_attempts"}
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
         | {"first_digit_timeout", "inter_digit_timeout", "drain_timeout"}
@@ -545,6 +551,15 @@ def load_config(
     if not all(isinstance(p, str) and p.lstrip("+").isdigit() for p in blocked):
         raise service.error("blocked_prefixes", "expected a list of digit strings")
     kwargs["blocked_prefixes"] = tuple(p.lstrip("+") for p in blocked)
+    for key in ("location_kinds", "name_kinds"):
+        kinds = service.get(key, list)
+        if kinds is None:
+            continue
+        if not all(isinstance(k, str) and k in ACCOUNT_KINDS for k in kinds):
+            raise service.error(
+                key, f"expected a list of account kinds ({', '.join(ACCOUNT_KINDS)})"
+            )
+        kwargs[key] = tuple(kinds)
     drain = service.get("drain_timeout", (int, float), 0)
     if not 0 <= drain <= 3600:
         raise service.error("drain_timeout", "must be between 0 and 3600 seconds")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from softswitch.config import ConfigError, load_config, parse_host_port
+from softswitch.config import ACCOUNT_KINDS, ConfigError, load_config, parse_host_port
+from softswitch.store.models import AccountKind
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -235,3 +236,16 @@ def test_security_code_lock_settings_refused(
     err = info.value
     assert (err.path, err.line, err.key) == (str(path), line, f"[service] {key}")
     assert fragment in str(err) and str(err).startswith(f"{path}:{line}: [service] {key}: ")
+
+
+def test_the_kinds_policy(tmp_path: Path) -> None:
+    assert [k.value for k in AccountKind] == list(ACCOUNT_KINDS)  # the config's list is true
+    defaults = load_config(None)
+    assert defaults.location_kinds == defaults.name_kinds == ("standard", "traveler")
+    path = write(tmp_path, '[service]\nlocation_kinds = ["traveler", "hotline"]\nname_kinds = []\n')
+    cfg = load_config(path)
+    assert (cfg.location_kinds, cfg.name_kinds) == (("traveler", "hotline"), ())
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[service]\n\nname_kinds = ["standard", "vip"]\n'))
+    assert info.value.line == 3 and info.value.key == "[service] name_kinds"
+    assert "standard, traveler, hotline" in str(info.value)

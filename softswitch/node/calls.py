@@ -82,7 +82,6 @@ from softswitch.service.trigger import TriggerEnded, TriggerService
 from softswitch.sip import sdp
 from softswitch.store.models import (
     Account,
-    AccountKind,
     Cdr,
     LegKind,
     LiveCall,
@@ -657,7 +656,8 @@ class CallController:
         )
         self._commands.append(cmd.StopMedia(leg_id))
         has_name = bool(session.account.recorded_name_path)
-        menu = mn.MenuCall(leg=TRIGGER_LEG, has_name=has_name, config=self.menu, name=session.short)
+        config = self._menu_for(session.account)
+        menu = mn.MenuCall(leg=TRIGGER_LEG, has_name=has_name, config=config, name=session.short)
         session.call = menu
         self._apply(session, _menu_actions(menu.start(now)), now)
         return True
@@ -1322,7 +1322,7 @@ class CallController:
             config=self.flow,
             name=sid[:8],
             first_attempt=first_attempt,
-            location_menu=self.menu if self._may_change_location(account) else None,
+            location_menu=self._menu_for(account) if self._may_change_location(account) else None,
         )
         session = Session(sid, account, call, trigger, started_at=now)
         session.callback_id = callback_id
@@ -1338,10 +1338,15 @@ class CallController:
         self._track([session], now)
         return session
 
-    @staticmethod
-    def _may_change_location(account: Account) -> bool:
-        """Hotline accounts call one number only; every other kind may move by phone."""
-        return account.kind is not AccountKind.HOTLINE
+    def _may_change_location(self, account: Account) -> bool:
+        """The kind's policy (``[service] location_kinds``; hotline accounts call one number)."""
+        return account.kind.value in self.config.location_kinds
+
+    def _menu_for(self, account: Account) -> mn.MenuConfig:
+        """The Location menu as the account's kind may use it (``[service] name_kinds``)."""
+        if account.kind.value in self.config.name_kinds:
+            return self.menu
+        return replace(self.menu, name_menu=False)
 
     def _feed(self, session: Session, event: cf.Event, now: float) -> bool:
         """Hand the call flow one event; False if it had no entry for it (logged)."""

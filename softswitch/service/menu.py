@@ -193,6 +193,8 @@ class MenuConfig:
     max_extension: int = 16
     goodbye_timeout: float = 10.0
     blocked_prefixes: tuple[str, ...] = ()
+    #: Whether ``#`` at the number entry opens the name menu (the account kind's policy).
+    name_menu: bool = True
 
 
 class MenuState(enum.Enum):
@@ -426,7 +428,7 @@ class LocationMenu:
         return [*actions, VerifyCode(code)]
 
     def _number_key(self, key: str, now: float) -> list[MenuAction]:
-        if key == "#" and not self.entry:
+        if key == "#" and not self.entry and self.config.name_menu:
             return self._enter_name_menu(now)
         if key == "#":
             self.entry = ""

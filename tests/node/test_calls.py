@@ -550,6 +550,25 @@ def test_a_hotline_account_has_no_location_menu() -> None:
     assert rig.playing(callback) == ["location_unavailable", "dial_prompt"]
 
 
+def test_the_kinds_policy_decides_who_may_move_and_who_may_record_a_name() -> None:
+    # [service] location_kinds / name_kinds: here only travellers may move, nobody may record.
+    rig = Rig(location_kinds=("traveler",), name_kinds=())
+    callback = callback_answered(rig)  # a standard account
+    rig.keys(callback, TRIGGER + "#")
+    assert rig.playing(callback) == ["location_unavailable", "dial_prompt"]
+    rig.hang_up(callback)
+    assert_all_over(rig)
+    traveler = Rig(accounts=[account(kind=AccountKind.TRAVELER)], name_kinds=())
+    traveler.store.codes[1] = "4711"
+    callback = callback_answered(traveler)
+    traveler.keys(callback, TRIGGER + "#")
+    traveler.keys(callback, "4711")
+    assert traveler.playing(callback) == ["location_enter_number"]
+    traveler.keys(callback, "#")  # the name menu's key does nothing for this kind
+    traveler.keys(callback, "819011112222*")
+    assert traveler.playing(callback) == ["location_enter_extension"]
+
+
 def test_second_trigger_during_a_long_call_is_absorbed_without_ringing_the_customer() -> None:
     # A defect: after a 120 s window a repeated trigger sent a callback INVITE, then CANCEL.
     rig = Rig()
