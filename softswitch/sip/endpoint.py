@@ -483,9 +483,18 @@ class Endpoint:
             elif name == "Content-Type" and ctype is None:
                 ctype = value
         if require and method not in ("ACK", "CANCEL"):
-            required = [
-                t for v in require for item in split_comma_list(v) for t in parse_token_list(item)
-            ]
+            try:
+                required = [
+                    t
+                    for v in require
+                    for item in split_comma_list(v)
+                    for t in parse_token_list(item)
+                ]
+            except ValueError:
+                # Not tokens (RFC 3261 section 20.32): it used to raise out of the endpoint
+                # and leave the request's server transaction in Trying for good.
+                self.respond(tx, 400, "Bad Require", now=now)
+                return
             unsupported = [t for t in required if t not in self.config.supported]
             if unsupported:
                 # RFC 3261 section 8.2.2.3

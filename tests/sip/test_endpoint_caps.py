@@ -76,3 +76,21 @@ def test_a_received_parameter_the_sender_wrote_is_replaced_by_its_source() -> No
     response = parse_message(answer)
     assert isinstance(response, Response)
     assert response.vias[0].received == "127.0.0.1" and b"192.0.2.1" not in answer
+
+
+def test_a_require_that_is_not_tokens_is_400_and_holds_nothing_for_good() -> None:
+    # Found by the fuzzing suite (headers/require-bad-token): "Require: tim:er" raised
+    # ValueError out of the endpoint (parse_token_list), nothing was answered, and the
+    # request's server transaction stayed in Trying or Proceeding for good.
+    for method in ("OPTIONS", "INVITE", "BYE"):
+        ep = Endpoint(EndpointConfig())
+        data = bytes(invite(method=method)).replace(b"\r\n\r\n", b"\r\nRequire: tim:er\r\n\r\n")
+        msg = parse_message(data)
+        assert isinstance(msg, Request) and msg.header("Require") == "tim:er"
+        ep.receive_message(msg, PEER, 0.0)
+        ((answer, _),) = ep.datagrams_to_send()
+        response = parse_message(answer)
+        assert isinstance(response, Response) and response.status == 400, method
+        assert response.reason == "Bad Require"
+        ep.handle_timer(64.0)
+        assert ep.server_transaction_count == 0
