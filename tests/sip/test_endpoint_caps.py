@@ -94,3 +94,16 @@ def test_a_require_that_is_not_tokens_is_400_and_holds_nothing_for_good() -> Non
         assert response.reason == "Bad Require"
         ep.handle_timer(64.0)
         assert ep.server_transaction_count == 0
+
+
+def test_a_bare_cr_inside_a_header_is_answered_400_not_raised() -> None:
+    # Found by the fuzzing suite (random/seed11-114): 'From: "Hos\rtile Peer" ...' was read as
+    # a 400 (bare CR), but the From kept for the answer still had the CR, the serializer
+    # refused it, and ValueError went out of the endpoint instead of the 400.
+    ep = Endpoint(EndpointConfig())
+    data = bytes(invite(method="OPTIONS")).replace(b"From: <sip:", b'From: "a\rb" <sip:')
+    ep.receive_datagram(data, PEER, 0.0)
+    ((answer, _),) = ep.datagrams_to_send()
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.status == 400
+    assert b"\r" not in answer.replace(b"\r\n", b"")
