@@ -4,9 +4,11 @@ Every line is one event a person can read (``softswitch serve`` writes them to s
 systemd's journal keeps them). Two kinds of line are also read by programs, so their shape is
 fixed here and nowhere else:
 
-* **Call lines** carry the customer call's UUID (the ``call_uuid`` of its CDRs), the leg and
-  the account: ``call=<uuid> leg=<leg> account=<id>: <what happened>``
+* **Call lines** carry the customer call's UUID (the ``call_uuid`` of its CDRs), the leg, the
+  account and the node: ``call=<uuid> leg=<leg> account=<id> node=<id>: <what happened>``
   (:func:`call_log`); ``grep call=<uuid>`` gives a call's whole story, and the CDRs join on it.
+  In a cluster the story can span nodes (a survivor recovers a dead node's call), so each line
+  names the node that wrote it (the ``node_id`` of the CDRs and of ``softswitch status``).
 * **Security events** are ``SECURITY <kind> src=<address> key=value ...`` at WARNING on the
   ``softswitch.security`` logger (:func:`security_event`). ``kind`` is one of
   :data:`SECURITY_KINDS`; ``src`` is always there (``-`` when there is no address, e.g. a
@@ -117,24 +119,38 @@ def security_counts() -> dict[str, int]:
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
-    """A logger whose every line starts ``call=<uuid> leg=<leg> account=<id>:``."""
+    """A logger whose every line starts ``call=<uuid> leg=<leg> account=<id> node=<id>:``
+    (``node=`` only when the node is known)."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = self.extra or {}
-        prefix = format_fields(
-            {
-                "call": extra.get("call", "-"),
-                "leg": extra.get("leg") or "-",
-                "account": extra.get("account", "-"),
-            }
-        )
+        fields = {
+            "call": extra.get("call", "-"),
+            "leg": extra.get("leg") or "-",
+            "account": extra.get("account", "-"),
+        }
+        if extra.get("node"):
+            fields["node"] = extra["node"]
+        prefix = format_fields(fields)
         return f"{prefix}: {msg}", kwargs
 
 
 def call_log(
-    logger: logging.Logger, call_uuid: str, account: int | str | None, leg: str | None = None
+    logger: logging.Logger,
+    call_uuid: str,
+    account: int | str | None,
+    leg: str | None = None,
+    *,
+    node: str = "",
 ) -> CallLog:
-    """The call-line logger of one customer call (and one of its legs, when given)."""
+    """The call-line logger of one customer call (and one of its legs, when given) on one
+    node (its ``node_id``; empty: not named)."""
     return CallLog(
-        logger, {"call": call_uuid, "leg": leg, "account": "-" if account is None else account}
+        logger,
+        {
+            "call": call_uuid,
+            "leg": leg,
+            "account": "-" if account is None else account,
+            "node": node,
+        },
     )

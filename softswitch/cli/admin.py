@@ -762,7 +762,8 @@ def cdr_list(
         _print_json([cdr_json(c) for c in found])
         return
     _print_table(
-        ["id", "call", "leg", "acct", "from", "to", "setup (UTC)", "cause", "billed_s", "cost"],
+        ["id", "call", "leg", "acct", "from", "to", "setup (UTC)", "cause", "billed_s", "cost"]
+        + ["node"],
         [
             (
                 c.id,
@@ -775,6 +776,7 @@ def cdr_list(
                 f"{c.cause_code or ''} {c.cause_text}".strip(),
                 c.billed_seconds,
                 c.cost,
+                c.node_id,
             )
             for c in found
         ],

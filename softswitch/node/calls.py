@@ -215,6 +215,7 @@ class Session:
     call_back_now: bool = False  # the Location menu asked for a callback at the new location
     recordings: int = 0  # recordings made at the name menu
     new_name: str | None = None  # the latest recording's file name (not yet saved)
+    node: str = ""  # the node serving it (its call lines say so: a cluster's logs mix)
     name_path: str | None = None  # the recorded name saved in this call (newer than account's)
     #: A trigger call the service took over (early media, the menu): its key, its caller,
     #: our SDP answer, and how it was answered.
@@ -237,8 +238,8 @@ class Session:
 
     @property
     def log(self) -> CallLog:
-        """This call's logger: every line starts ``call=<uuid> leg=- account=<id>:``."""
-        return call_log(log, self.sid, self.account.id)
+        """This call's logger: every line starts ``call=<uuid> leg=- account=<id> node=<id>:``."""
+        return call_log(log, self.sid, self.account.id, node=self.node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,7 +573,9 @@ class CallController:
         if account is None or not account.active or not self._may_change_location(account):
             return False
         sid = self._new_id()
-        session = Session(sid, account, None, trigger, started_at=now, key=key, caller=caller)
+        session = Session(
+            sid, account, None, trigger, started_at=now, key=key, caller=caller, node=self.node_id
+        )
         leg_id = f"{session.short}-{TRIGGER_LEG}"
         session.legs[TRIGGER_LEG] = leg_id
         self.sessions[sid] = session
@@ -1196,10 +1199,11 @@ class CallController:
         if not self._recoveries.get(row.call_uuid):
             self._store(cmd.ForgetCalls(self._next_rid(), (row.call_uuid,)))
         log.warning(
-            "call=%s account=%d: interrupted when node %s stopped answering (last alive %.0f): "
-            "%d CDRs written, callback %s",
+            "call=%s leg=- account=%d node=%s: interrupted when node %s stopped answering "
+            "(last alive %.0f): %d CDRs written, callback %s",
             row.call_uuid,
             row.account_id,
+            self.node_id,
             row.node_id,
             row.alive_at,
             len(records),
@@ -1324,7 +1328,7 @@ class CallController:
             first_attempt=first_attempt,
             location_menu=self._menu_for(account) if self._may_change_location(account) else None,
         )
-        session = Session(sid, account, call, trigger, started_at=now)
+        session = Session(sid, account, call, trigger, started_at=now, node=self.node_id)
         session.callback_id = callback_id
         self.sessions[sid] = session
         self._by_account[account.id] = session

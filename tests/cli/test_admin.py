@@ -144,17 +144,24 @@ def test_cdr_list_and_export(cli: Cli, tmp_path: Path) -> None:
                 await store.cdrs.write(
                     Cdr("c1", leg, None, "8150", "1212", 1_700_000_000 + i, cause_code=200)
                 )
-            await store.cdrs.write(Cdr("c2", LegKind.TRIGGER, None, "8150", "8150", 1_800_000_000))
+            await store.cdrs.write(
+                Cdr("c2", LegKind.TRIGGER, None, "8150", "8150", 1_800_000_000, node_id="vm:7:ab")
+            )
 
     asyncio.run(seed())
     listed = cli("cdr", "list", "--db", url, "--call", "c1", "--json")
     assert [c["leg"] for c in listed] == ["callback", "destination"]
     assert listed[0]["setup_at"] == "2023-11-14T22:13:20.000000Z"
     assert len(cli("cdr", "list", "--db", url, "--since", "2025-01-01", "--json")) == 1
-    assert "destination" in cli("cdr", "list", "--db", url).stdout
+    table = cli("cdr", "list", "--db", url).stdout
+    assert "destination" in table
+    # The node that wrote each CDR (issue 12: in a cluster, which node served the call).
+    assert table.splitlines()[0].split()[-1] == "node"
+    assert table.splitlines()[-1].split()[-1] == "vm:7:ab"
     exported = cli("cdr", "export", "--db", url).stdout
     rows = list(csv.DictReader(io.StringIO(exported)))
     assert [r["call_uuid"] for r in rows] == ["c1", "c1", "c2"]
+    assert rows[2]["node_id"] == "vm:7:ab"
     out = tmp_path / "out.csv"
     cli("cdr", "export", "--db", url, "--until", "2024-01-01T00:00", "-o", str(out))
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 2

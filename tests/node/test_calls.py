@@ -636,6 +636,19 @@ def test_a_failed_cdr_write_is_logged_whole(caplog: pytest.LogCaptureFixture) ->
     assert "CDR NOT WRITTEN" in caplog.text and TRIGGER in caplog.text
 
 
+def test_call_lines_name_the_call_the_account_and_the_node(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a cluster one call's story can span nodes: each call line says which wrote it."""
+    rig = Rig(node_id="vm:4242:beef")
+    with caplog.at_level(logging.INFO, logger="softswitch.calls"):
+        callback_answered(rig)
+    [sid] = rig.node.calls.sessions if rig.node.calls else []
+    lines = [r.getMessage() for r in caplog.records if f"call={sid} " in r.getMessage()]
+    assert lines, caplog.text
+    assert all("account=1 node=vm:4242:beef: " in line for line in lines), lines
+
+
 def test_store_failure_while_rating_gives_a_prompt_not_silence() -> None:
     rig = Rig(hold=[cmd.QuoteRate])
     callback = callback_answered(rig)
