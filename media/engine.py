@@ -64,6 +64,7 @@ __all__ = [
     "FaxDetected",
     "Leg",
     "MediaEngine",
+    "MediaLost",
     "PlayFinished",
     "RecordFinished",
     "RtpTimeout",
@@ -166,7 +167,16 @@ class RtpTimeout:
     silent_s: float
 
 
-Event = DigitReceived | PlayFinished | RecordFinished | FaxDetected | RtpTimeout
+@dataclass(frozen=True, slots=True)
+class MediaLost:
+    """The leg's media is gone with the process that carried it (a media worker died): never
+    emitted by the engine itself, but by the shell that lost the leg (``reason`` says how)."""
+
+    leg_id: str
+    reason: str
+
+
+Event = DigitReceived | PlayFinished | RecordFinished | FaxDetected | RtpTimeout | MediaLost
 
 
 # -- detector interfaces (media/dtmf.py, media/faxdetect.py, media/rfc4733.py) ------------------

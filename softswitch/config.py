@@ -225,6 +225,9 @@ class Config:
     blocked_prefixes: tuple[str, ...] = ()
     media_host: str = "127.0.0.1"
     rtp_ports: tuple[int, int] | None = (16384, 32767)
+    #: Media worker processes; None: "auto" (one per core but one, at least 1); 0: the media
+    #: engine runs in the node's own process.
+    media_workers: int | None = None
     prompts_dir: Path | None = None
     #: Where recorded names are kept (default: beside the SQLite database).
     recordings_dir: Path | None = None
@@ -282,7 +285,7 @@ _KEYS: dict[str, frozenset[str]] = {
         | {"callback_retry_pause", "silence_timeout", "after_call_idle"}
         | {"first_digit_timeout", "inter_digit_timeout", "drain_timeout"}
     ),
-    "media": frozenset({"host", "rtp_ports"}),
+    "media": frozenset({"host", "rtp_ports", "workers"}),
     "prompts": frozenset({"dir"}),
     "test_number": frozenset({"number", "hangup_after"}),
     "web": frozenset(
@@ -585,6 +588,15 @@ def load_config(
     ):
         raise media.error("rtp_ports", "expected [low, high] with 1024 <= low < high <= 65535")
     kwargs["rtp_ports"] = (ports[0], ports[1])
+    workers = media.get("workers", (str, int), "auto")
+    if workers == "auto":
+        kwargs["media_workers"] = None
+    elif isinstance(workers, int) and 0 <= workers <= 256:
+        kwargs["media_workers"] = workers
+    else:
+        raise media.error("workers", 'expected "auto" or a number of processes from 0 to 256')
+    if isinstance(workers, int) and workers > (ports[1] - ports[0] + 1) // 2:
+        raise media.error("workers", "more workers than RTP port pairs in rtp_ports")
     media.finish()
 
     prompts = _Reader(top.get("prompts", dict, {}), "prompts", text, source)

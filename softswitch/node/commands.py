@@ -295,11 +295,14 @@ class OpenMedia:
 
     ``service_digits``: the service decides which of this leg's keys reach its bridge peer
     (RFC 4733 events are not relayed, in-band tones are clamped out of the relayed audio);
-    the customer's leg. Answer: ``Node.media_opened(leg_id, port, now)``.
+    the customer's leg. ``call``: the session the leg belongs to; every leg of one call
+    (anything it may bridge or conference together) gets the same one, and a node with media
+    workers keeps them on one worker. Answer: ``Node.media_opened(leg_id, port, now)``.
     """
 
     leg_id: str
     service_digits: bool = False
+    call: str = ""
 
 
 @dataclass(frozen=True, slots=True)
