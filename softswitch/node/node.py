@@ -52,6 +52,11 @@ NodeEvent = cmd.Command | TriggerEnded
 #: How long a trigger call may ring before the switch gives up on the caller hanging up
 #: (about 4 rings of 5 s; SPEC section 4 later answers it for the location-change menu).
 TRIGGER_RING_LIMIT = 20.0
+#: Trigger calls of one number that get early media (an RTP socket, the switch's ringback,
+#: a session in the controller) at once; more ring plainly (180). A customer rings their own
+#: number, maybe twice; a flood of INVITEs at one trigger number must not hold thousands of
+#: sockets and sessions (issue 11).
+EARLY_MEDIA_PER_TRIGGER = 3
 
 
 @dataclass(slots=True)
@@ -64,6 +69,8 @@ class _Ringing:
     early_media: bool = False
     #: The source host, when it counts toward ``max_early_per_source`` (not exempt).
     counted_source: str | None = None
+    #: The trigger number, when it counts toward :data:`EARLY_MEDIA_PER_TRIGGER`.
+    number: str | None = None
 
 
 class Node:
@@ -124,6 +131,7 @@ class Node:
         )
         self.caps = CapLog()
         self._early_by_source: dict[str, int] = {}
+        self._early_media: dict[str, int] = {}
 
     @staticmethod
     def _allow_from(config: Config) -> tuple[str, ...]:
@@ -392,6 +400,7 @@ class Node:
             early = (
                 calls is not None
                 and bool(req.body)
+                and self._early_media.get(dialled, 0) < EARLY_MEDIA_PER_TRIGGER
                 and calls.trigger_ringing(key, dialled, caller, now)
             )
             deadline = now + self.ring_limit
@@ -403,6 +412,9 @@ class Node:
             else:
                 self.endpoint.respond(tx, 180, now=now, to_tag=to_tag)
             ringing = _Ringing(tx, key, deadline, to_tag, early)
+            if early:
+                ringing.number = dialled
+                self._early_media[dialled] = self._early_media.get(dialled, 0) + 1
             if not self.sources.exempt(host):
                 ringing.counted_source = host
                 self._early_by_source[host] = self._early_by_source.get(host, 0) + 1
@@ -447,11 +459,14 @@ class Node:
         self.endpoint.forget(tx)
 
     def _uncount(self, ringing: _Ringing) -> None:
-        host = ringing.counted_source
-        if host is not None:
-            left = self._early_by_source.pop(host) - 1
-            if left:
-                self._early_by_source[host] = left
+        for key, counts in (
+            (ringing.counted_source, self._early_by_source),
+            (ringing.number, self._early_media),
+        ):
+            if key is not None:
+                left = counts.pop(key) - 1
+                if left:
+                    counts[key] = left
 
     def _expire_ringing(self, now: float) -> None:
         heap = self._ring_heap
