@@ -370,7 +370,7 @@ class WorkerPool(MediaBackend):
             if not future.done():
                 future.set_exception(OSError(f"media worker {worker.index} died ({how})"))
         for leg_id in legs:
-            self.on_event(me.MediaLost(leg_id, f"media worker {worker.index} died ({how})"))
+            self.on_event(me.MediaLost(leg_id, f"media worker {worker.index} died"))
         fresh = _Worker(self, worker.index, worker.ports)
         self.workers[worker.index] = fresh
         self.restarts += 1

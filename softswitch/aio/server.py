@@ -372,7 +372,7 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 self.loop.remove_signal_handler(sig)
         if self.service is not None:
-            self.service.media.stop()
+            await self.service.media.stop()
         for tcp_server in self._tcp_servers:
             tcp_server.close()
         for conn in list(self.tcp.values()):

@@ -7,8 +7,9 @@ what :meth:`Node.next_event` returns and reports back, in the manner of aioquic'
 * a store request runs as a task against the repositories (CDRs, queue rows and settlements
   in group commits: whatever queued while one batch commits goes in the next), and its
   answer goes to ``node.store_done`` (or ``node.store_failed`` with the error);
-* a media command is applied to the media engine (:class:`media.aio.MediaShell`), and the
-  engine's events go to ``node.media_event``;
+* a media command is applied to the media engine (:class:`media.aio.MediaShell`) in this
+  process or, with ``[media] workers``, in the media worker that carries the call
+  (:mod:`softswitch.aio.mediapool`), and the engine's events go to ``node.media_event``;
 * after each answer the server's ``transmit()`` sends what the node queued and re-arms its
   one timer. There are no timers here.
 
@@ -43,8 +44,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from media import engine as me
-from media.aio import MediaShell
 from softswitch import __version__, prompts
+from softswitch.aio.mediapool import LocalMedia, MediaBackend, WorkerPool, auto_workers
 from softswitch.config import Config
 from softswitch.node import commands as cmd
 from softswitch.node.calls import recordings_dir
@@ -171,13 +172,25 @@ class ServiceShell:
         self.queue = CallbackQueue(db)
         self.live_calls = LiveCallRepo(db)
         self.nodes = NodeRepo(db)
-        self.media = MediaShell(
-            me.MediaEngine(),
-            host=config.media_host,
-            port_range=config.rtp_ports,
-            on_event=self._media_event,
-        )
         self.recordings = recordings_dir(config)
+        workers = auto_workers() if config.media_workers is None else config.media_workers
+        self.media: MediaBackend
+        if workers == 0:
+            self.media = LocalMedia(
+                host=config.media_host,
+                port_range=config.rtp_ports,
+                on_event=self._media_event,
+                recordings=self.recordings,
+            )
+        else:
+            self.media = WorkerPool(
+                workers,
+                host=config.media_host,
+                port_range=config.rtp_ports,
+                on_event=self._media_event,
+                recordings=self.recordings,
+                log_level=config.log_level,
+            )
         self._tasks: set[asyncio.Future[Any]] = set()
         #: Write kinds waiting for the database to come back (one WARNING each per outage).
         self._retrying: set[str] = set()
@@ -204,15 +217,15 @@ class ServiceShell:
         )
         self._handlers: dict[type, Callable[[Any], None]] = {
             cmd.OpenMedia: self._open,
-            cmd.CloseMedia: self._close,
-            cmd.SetRemote: self._set_remote,
-            cmd.PlayMedia: self._play,
-            cmd.StopMedia: self._stop_play,
-            cmd.SendDigits: self._send_digits,
-            cmd.BridgeMedia: self._bridge,
-            cmd.UnbridgeMedia: self._unbridge,
-            cmd.ConferenceMedia: self._conference,
-            cmd.RecordMedia: self._record,
+            cmd.CloseMedia: self.media.apply,
+            cmd.SetRemote: self.media.apply,
+            cmd.PlayMedia: self.media.apply,
+            cmd.StopMedia: self.media.apply,
+            cmd.SendDigits: self.media.apply,
+            cmd.BridgeMedia: self.media.apply,
+            cmd.UnbridgeMedia: self.media.apply,
+            cmd.ConferenceMedia: self.media.apply,
+            cmd.RecordMedia: self.media.apply,
         }
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -490,67 +503,12 @@ class ServiceShell:
     async def _open_leg(self, command: cmd.OpenMedia) -> None:
         leg_id = command.leg_id
         try:
-            port = await self.media.open_leg(leg_id)
+            port = await self.media.open(command)
         except OSError as exc:
             self.node.media_failed(leg_id, str(exc), self.loop.time())
         else:
-            engine = self.media.engine
-            engine.enable_dtmf(leg_id, inband=True, fax=True)
-            if command.service_digits:
-                engine.relay_dtmf_events(leg_id, False)
-                engine.set_dtmf_clamp(leg_id, True)
             self.node.media_opened(leg_id, port, self.loop.time())
         self.transmit()
-
-    def _close(self, command: cmd.CloseMedia) -> None:
-        if command.leg_id in self.media.transports:
-            self.media.close_leg(command.leg_id)
-
-    def _set_remote(self, c: cmd.SetRemote) -> None:
-        if c.leg_id in self.media.engine.legs:
-            self.media.engine.set_remote(
-                c.leg_id, c.host, c.port, c.codec, c.dtmf_pt, self.loop.time()
-            )
-
-    def _play(self, command: cmd.PlayMedia) -> None:
-        if command.leg_id in self.media.engine.legs:
-            self.media.engine.play(
-                command.leg_id, list(command.items), barge_in=command.barge_in, mix=command.mix
-            )
-
-    def _stop_play(self, command: cmd.StopMedia) -> None:
-        if command.leg_id in self.media.engine.legs:
-            self.media.engine.stop_play(command.leg_id)
-
-    def _send_digits(self, command: cmd.SendDigits) -> None:
-        if command.leg_id in self.media.engine.legs:
-            for digit in command.digits:
-                self.media.engine.send_dtmf(command.leg_id, digit, mode=command.mode)
-
-    def _bridge(self, command: cmd.BridgeMedia) -> None:
-        legs = self.media.engine.legs
-        if command.leg_a in legs and command.leg_b in legs:
-            self.media.engine.bridge(command.leg_a, command.leg_b, early_media=command.early_media)
-
-    def _unbridge(self, command: cmd.UnbridgeMedia) -> None:
-        if command.leg_id in self.media.engine.legs:
-            self.media.engine.unbridge(command.leg_id)
-            self.media.engine.leave_conference(command.leg_id)
-
-    def _conference(self, command: cmd.ConferenceMedia) -> None:
-        for leg_id in command.legs:
-            if leg_id in self.media.engine.legs:
-                self.media.engine.join_conference(command.conf_id, leg_id)
-
-    def _record(self, command: cmd.RecordMedia) -> None:
-        if command.leg_id in self.media.engine.legs:
-            self.media.engine.record(
-                command.leg_id,
-                str(self.recordings / command.recording),
-                max_s=command.max_s,
-                stop_on="#",
-                silence_s=command.silence_s,
-            )
 
     def _media_event(self, event: me.Event) -> None:
         if self.metrics is not None:

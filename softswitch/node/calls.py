@@ -581,7 +581,7 @@ class CallController:
         self.sessions[sid] = session
         self._trigger_sessions[key] = session
         self._trigger_opening[leg_id] = session
-        self._commands.append(cmd.OpenMedia(leg_id, service_digits=True))
+        self._commands.append(cmd.OpenMedia(leg_id, service_digits=True, call=sid))
         return True
 
     def trigger_due(self, key: str, now: float) -> bool:
@@ -723,6 +723,9 @@ class CallController:
         if found is None:
             return
         session, name = found
+        if isinstance(event, me.MediaLost):
+            self._media_lost(session, name, event.reason, now)
+            return
         if name == TRIGGER_LEG and session.call is None:
             # A ringing trigger: "#" in its early media asks for the Location menu.
             if isinstance(event, me.DigitReceived) and event.digit == "#":
@@ -753,6 +756,19 @@ class CallController:
                 "on" if event.clear_channel else "impossible (the two legs' laws differ)",
             )
             self._feed(session, cf.FaxDetected(event.kind), now)
+
+    def _media_lost(self, session: Session, name: str, reason: str, now: float) -> None:
+        """The leg's media died with its worker: the call ends as an operator's hang-up would
+        (every leg released, CDRs with cause ``media_lost``); a ringing trigger rings plainly."""
+        session.log.warning("media of the %s leg lost (%s): ending the call", name, reason)
+        if session.call is None:
+            if session.key is not None:
+                if self.inbound is not None:
+                    self.inbound.ring(session.key, now)
+                self._trigger_sessions.pop(session.key, None)
+            self._drop(session)
+            return
+        self._feed(session, cf.Abort("media_lost"), now)
 
     def media_opened(self, leg_id: str, port: int, now: float) -> None:
         """The leg's RTP socket is bound to ``port``: offer it and place the call."""
@@ -1483,7 +1499,9 @@ class CallController:
         leg_id = f"{session.short}-{action.leg}-{action.attempt}-{self._new_id()[:4]}"
         session.legs[action.leg] = leg_id
         self._opening[leg_id] = (session, action)
-        self._commands.append(cmd.OpenMedia(leg_id, service_digits=action.leg == cf.CALLBACK))
+        self._commands.append(
+            cmd.OpenMedia(leg_id, service_digits=action.leg == cf.CALLBACK, call=session.sid)
+        )
 
     def _leg_gone(self, session: Session, name: str) -> None:
         """The leg is over for the call flow: forget it and close its media."""

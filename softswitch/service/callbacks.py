@@ -68,14 +68,15 @@ def settlement(reason: str, *, answered: bool, retry_at: float | None) -> Settle
 
     * ``callback_retry`` (an attempt failed, another is owed): back to the queue, due after
       the pause, so a restart or another node resumes it;
-    * ``node_stopping`` (or ``interrupted``: the node died) before the customer answered: back
-      to the queue now (the customer is still owed the callback; once answered, never again);
+    * ``node_stopping`` (or ``interrupted``: the node died; ``media_lost``: the media worker
+      carrying the call died) before the customer answered: back to the queue now (the
+      customer is still owed the callback; once answered, never again);
     * ``callback_<failure>`` (attempts exhausted, or a refusal): failed;
     * anything else (the customer was reached): done.
     """
     if reason == "callback_retry" and retry_at is not None:
         return Settlement("reschedule", reason, retry_at)
-    if reason in ("node_stopping", "interrupted") and not answered:
+    if reason in ("node_stopping", "interrupted", "media_lost") and not answered:
         return Settlement("reschedule", reason)
     if reason.startswith("callback_"):
         return Settlement("fail", reason)

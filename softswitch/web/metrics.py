@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from media import engine as me
+from softswitch.aio.mediapool import WorkerPool
 from softswitch.logs import security_counts
 from softswitch.node import commands as cmd
 from softswitch.store.models import LegKind
@@ -185,32 +186,46 @@ class _LiveCollector(Collector):
         )
         service = server.service
         if service is not None:
-            media = service.media
-            lost = 0
-            jitter = 0.0
-            for media_leg in media.engine.legs.values():
-                rx = media_leg.session.rx
-                if rx is None or rx.probation:
-                    continue
-                lost += max(0, rx.lost)
-                jitter = max(jitter, rx.jitter / 8000.0)
+            media = service.media.stats()
             yield _gauge(
-                "softswitch_rtp_packets_lost", "RTP packets lost on the live legs (RFC 3550)", lost
+                "softswitch_rtp_packets_lost",
+                "RTP packets lost on the live legs (RFC 3550)",
+                media.lost,
             )
             yield _gauge(
-                "softswitch_rtp_jitter_seconds", "Largest interarrival jitter of live legs", jitter
+                "softswitch_rtp_jitter_seconds",
+                "Largest interarrival jitter of live legs",
+                media.jitter,
             )
             ticks = CounterMetricFamily(
                 "softswitch_media_late_ticks",
-                "20 ms media ticks that ran late",
+                "20 ms media ticks that ran late (summed over media workers)",
                 value=media.late_ticks,
             )
             yield ticks
             yield CounterMetricFamily(
                 "softswitch_media_skipped_ticks",
-                "20 ms media ticks skipped (the loop was blocked)",
+                "20 ms media ticks skipped (the loop was blocked; summed over media workers)",
                 value=media.skipped_ticks,
             )
+            pool = service.media
+            if isinstance(pool, WorkerPool):
+                yield _gauge(
+                    "softswitch_media_workers", "Media worker processes", len(pool.workers)
+                )
+                yield CounterMetricFamily(
+                    "softswitch_media_worker_restarts",
+                    "Media workers that died and were started again",
+                    value=pool.restarts,
+                )
+                carried = GaugeMetricFamily(
+                    "softswitch_media_worker_legs",
+                    "Legs carried, by media worker",
+                    labels=["worker"],
+                )
+                for index, _, count, _ in pool.per_worker():
+                    carried.add_metric([str(index)], count)
+                yield carried
         events = CounterMetricFamily(
             "softswitch_security_events", "Security events, by kind", labels=["kind"]
         )
