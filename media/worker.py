@@ -52,6 +52,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from media.aio import MediaShell, loop_factory
@@ -318,6 +319,12 @@ class Worker:
             self.send(("opened", leg_id, port))
 
 
+class _UtcFormatter(logging.Formatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created, tz=UTC)
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m media.worker", description=__doc__.split("\n")[0])
     ap.add_argument("--fd", type=int, required=True, help="the control socket's descriptor")
@@ -331,11 +338,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s media worker {args.index} [%(process)d]: %(message)s",
-    )
+    # The node's own line format (softswitch.cli.app), so that its log reads as one.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(args.log_level)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
