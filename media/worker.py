@@ -36,14 +36,15 @@ Node to worker (:func:`apply` and :func:`open_leg` carry them out, in process to
     ("stop",)
 
 Worker to node: ``("ready", pid)`` once, ``("event", Event)`` for every engine event, the
-answers to ``open``, and ``("stats", late_ticks, skipped_ticks, legs, lost, jitter)`` every
-``STATS_INTERVAL`` seconds (what ``/metrics`` shows, summed over workers).
+answers to ``open``, and ``("stats", late_ticks, skipped_ticks, legs, lost, jitter, foreign,
+malformed)`` every ``STATS_INTERVAL`` seconds (what ``/metrics`` shows, summed over workers).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import pickle
@@ -182,9 +183,11 @@ def apply(shell: MediaShell, op: Op) -> None:
 
 
 class MediaStats:
-    """What ``/metrics`` shows of one media shell (or the sum over workers)."""
+    """What ``/metrics`` shows of one media shell (or the sum over workers). ``foreign`` and
+    ``malformed`` count RTP/RTCP packets dropped since start (`MediaEngine.foreign_dropped`,
+    `MediaEngine.malformed`)."""
 
-    __slots__ = ("jitter", "late_ticks", "legs", "lost", "skipped_ticks")
+    __slots__ = ("foreign", "jitter", "late_ticks", "legs", "lost", "malformed", "skipped_ticks")
 
     def __init__(
         self,
@@ -193,28 +196,51 @@ class MediaStats:
         legs: int = 0,
         lost: int = 0,
         jitter: float = 0.0,
+        foreign: int = 0,
+        malformed: int = 0,
     ) -> None:
         self.late_ticks = late_ticks
         self.skipped_ticks = skipped_ticks
         self.legs = legs
         self.lost = lost
         self.jitter = jitter
+        self.foreign = foreign
+        self.malformed = malformed
 
     def as_op(self) -> Op:
-        return ("stats", self.late_ticks, self.skipped_ticks, self.legs, self.lost, self.jitter)
+        return (
+            "stats",
+            self.late_ticks,
+            self.skipped_ticks,
+            self.legs,
+            self.lost,
+            self.jitter,
+            self.foreign,
+            self.malformed,
+        )
 
 
 def media_stats(shell: MediaShell) -> MediaStats:
-    """The shell's tick counters, its legs, and RTP loss and worst jitter over live legs."""
+    """The shell's tick counters, its legs, RTP loss and worst jitter over live legs, and the
+    packets its engine dropped (foreign sources, malformed)."""
     lost = 0
     jitter = 0.0
-    for leg in shell.engine.legs.values():
+    engine = shell.engine
+    for leg in engine.legs.values():
         rx = leg.session.rx
         if rx is None or rx.probation:
             continue
         lost += max(0, rx.lost)
         jitter = max(jitter, rx.jitter / 8000.0)
-    return MediaStats(shell.late_ticks, shell.skipped_ticks, len(shell.engine.legs), lost, jitter)
+    return MediaStats(
+        shell.late_ticks,
+        shell.skipped_ticks,
+        len(engine.legs),
+        lost,
+        jitter,
+        engine.foreign_dropped,
+        engine.malformed,
+    )
 
 
 # --- the worker process ------------------------------------------------------------------------
@@ -351,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ports = (args.ports[0], args.ports[1]) if args.ports else None
 
     async def serve() -> None:
+        # What start-up allocated (numpy, the tables) lives for the whole run: out of the
+        # collector's reach, a full collection does not stall the 20 ms clock (as the node
+        # does for its own loop, softswitch.aio.server.tune_gc).
+        gc.collect()
+        gc.freeze()
         await Worker(sock, args.host, ports).run()
 
     runner = asyncio.Runner(loop_factory=loop_factory(None if args.loop == "uvloop" else False))
