@@ -152,8 +152,8 @@ async def test_a_bridged_call_through_a_media_worker(tmp_path: Path) -> None:
         await server.shutdown()
         await carrier.stop()
     assert all(w.proc is not None and w.proc.returncode == 0 for w in pool.workers)
-    legs = await cdrs(server)
-    assert {(leg, answered) for leg, _, answered in legs} >= {
+    records = await cdrs(server)
+    assert {(leg, answered) for leg, _, answered in records} >= {
         (LegKind.CALLBACK, True),
         (LegKind.DESTINATION, True),
     }
