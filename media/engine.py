@@ -322,6 +322,9 @@ class MediaEngine:
     ) -> None:
         self._legs: dict[str, Leg] = {}
         self._events: collections.deque[Event] = collections.deque()
+        #: What closed legs counted (see `foreign_dropped` and `malformed`).
+        self._closed_foreign = 0
+        self._closed_malformed = 0
         self._rng = rng or random.Random()
         self.rtp_timeout = rtp_timeout
         self.jitter_target = jitter_target
@@ -662,8 +665,25 @@ class MediaEngine:
         self._set_fax(leg, False)
         if leg.recorder is not None:
             self._finish_recording(leg)
+        self._closed_foreign += leg.session.rejected_source
+        self._closed_malformed += leg.session.malformed
         del self._legs[leg_id]
         self._dirty = True
+
+    @property
+    def foreign_dropped(self) -> int:
+        """RTP and RTCP packets dropped since start because they came from anywhere but the
+        leg's latched (or signalled) source, closed legs included. Once a leg has latched,
+        the poller shell connects its socket to that source and the kernel drops the rest
+        before they reach this process: those are not counted here (nor do they cost it)."""
+        return self._closed_foreign + sum(
+            leg.session.rejected_source for leg in self._legs.values()
+        )
+
+    @property
+    def malformed(self) -> int:
+        """RTP packets dropped since start because they did not parse, closed legs included."""
+        return self._closed_malformed + sum(leg.session.malformed for leg in self._legs.values())
 
     @property
     def pending_events(self) -> bool:

@@ -359,6 +359,8 @@ class WorkerPool(MediaBackend):
         )
         self._retired.late_ticks += worker.stats.late_ticks
         self._retired.skipped_ticks += worker.stats.skipped_ticks
+        self._retired.foreign += worker.stats.foreign
+        self._retired.malformed += worker.stats.malformed
         if worker.channel is not None and worker.channel.transport is not None:
             worker.channel.transport.close()
         opening = list(worker.opening.items())
@@ -515,11 +517,19 @@ class WorkerPool(MediaBackend):
 
     def stats(self) -> mw.MediaStats:
         """The sum over the workers (the worst jitter), dead workers' tick counts included."""
-        total = mw.MediaStats(self._retired.late_ticks, self._retired.skipped_ticks)
+        retired = self._retired
+        total = mw.MediaStats(
+            retired.late_ticks,
+            retired.skipped_ticks,
+            foreign=retired.foreign,
+            malformed=retired.malformed,
+        )
         for worker in self.workers:
             s = worker.stats
             total.late_ticks += s.late_ticks
             total.skipped_ticks += s.skipped_ticks
+            total.foreign += s.foreign
+            total.malformed += s.malformed
             total.legs += s.legs
             total.lost += s.lost
             total.jitter = max(total.jitter, s.jitter)

@@ -208,6 +208,17 @@ class _LiveCollector(Collector):
                 "20 ms media ticks skipped (the loop was blocked; summed over media workers)",
                 value=media.skipped_ticks,
             )
+            yield CounterMetricFamily(
+                "softswitch_rtp_foreign_dropped",
+                "RTP/RTCP packets dropped for coming from anywhere but the leg's latched source "
+                "(those the media engine saw; once latched, the kernel drops the rest unseen)",
+                value=media.foreign,
+            )
+            yield CounterMetricFamily(
+                "softswitch_rtp_malformed",
+                "RTP packets dropped because they did not parse",
+                value=media.malformed,
+            )
             pool = service.media
             if isinstance(pool, WorkerPool):
                 yield _gauge(
