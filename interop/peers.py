@@ -500,14 +500,28 @@ class Node:
             self.proc.wait()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the node so far, from /proc/<pid>/stat."""
+        """User + system CPU time of the node so far, its live media workers' included."""
         assert self.proc is not None
-        return proc_cpu_seconds(self.proc.pid)
+        return proc_tree_cpu_seconds(self.proc.pid)
 
     def rss_bytes(self) -> int:
         """Resident set size of the node, from /proc/<pid>/status."""
         assert self.proc is not None
         return proc_rss_bytes(self.proc.pid)
+
+
+def proc_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its live child processes (a node's media workers,
+    ``[media] workers``: the media engine runs there, not in the node's own process)."""
+    total = proc_cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pid:
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                total += proc_cpu_seconds(int(entry.name))
+    return total
 
 
 def proc_cpu_seconds(pid: int) -> float:

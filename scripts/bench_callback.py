@@ -72,7 +72,7 @@ from interop.peers import (
     free_port,
     parse_stat_csv,
     percentile,
-    proc_cpu_seconds,
+    proc_tree_cpu_seconds,
 )
 from media import g711
 from softswitch.store.models import LegKind
@@ -508,7 +508,7 @@ def run_whole(rate: int, cfg: WholeConfig) -> WholeStep:
             timeout_s=cfg.duration * 2 + 30,
             extra=("-inf", str(step_dir / "triggers.csv"), "-recv_timeout", "5000"),
         )
-        cpu0 = proc_cpu_seconds(pid)
+        cpu0 = proc_tree_cpu_seconds(pid)
         t0 = time.monotonic()
         result = trigger.run()
         # The last calls still talk: wait until the trunk has seen them all end (2 per call).
@@ -524,7 +524,7 @@ def run_whole(rate: int, cfg: WholeConfig) -> WholeStep:
                 break
             time.sleep(0.5)
         wall = time.monotonic() - t0
-        cpu = proc_cpu_seconds(pid) - cpu0
+        cpu = proc_tree_cpu_seconds(pid) - cpu0
         if done < 2 * calls:
             note = f"{2 * calls - done} trunk calls still open"
     finally:
