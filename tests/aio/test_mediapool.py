@@ -26,7 +26,14 @@ from media import worker as mw
 from media.player import Tone
 from media.rfc4733 import build_payload
 from media.rtp import build_packet
-from softswitch.aio.mediapool import WorkerPool, auto_workers, split_ports, to_op
+from softswitch.aio.mediapool import (
+    LocalMedia,
+    MediaBackend,
+    WorkerPool,
+    auto_workers,
+    split_ports,
+    to_op,
+)
 from softswitch.config import ConfigError, load_config
 from softswitch.node import commands as cmd
 
@@ -214,21 +221,38 @@ async def test_legs_of_one_call_share_a_worker_and_calls_spread_over_the_least_l
     assert len(pids) == 2 and os.getpid() not in pids
 
 
-async def test_rtp_is_relayed_by_the_worker_and_keys_come_back_as_events(
-    pool2: WorkerPool, events: list[me.Event]
+@pytest.mark.parametrize("workers", [2, 0])
+async def test_rtp_is_relayed_and_keys_come_back_as_events(
+    workers: int, events: list[me.Event], tmp_path: Path
 ) -> None:
+    # workers = 0: LocalMedia, the same operations in the node's own loop.
+    if workers:
+        media: MediaBackend = await make_pool(workers, events, tmp_path)
+    else:
+        media = LocalMedia(
+            host="127.0.0.1", port_range=free_range(), on_event=events.append, recordings=tmp_path
+        )
+        media.start()
+    try:
+        await relay_and_keys(media, events)
+    finally:
+        await media.stop()
+
+
+async def relay_and_keys(media: MediaBackend, events: list[me.Event]) -> None:
     alice, bob = await phone(), await phone()
-    pa = await pool2.open(cmd.OpenMedia("s-cb", True, call="s"))
-    pb = await pool2.open(cmd.OpenMedia("s-dst", False, call="s"))
-    worker = pool2._leg_worker["s-cb"]
-    before = pool2.frames_sent
+    pa = await media.open(cmd.OpenMedia("s-cb", True, call="s"))
+    pb = await media.open(cmd.OpenMedia("s-dst", False, call="s"))
+    pool = media if isinstance(media, WorkerPool) else None
+    before = pool.frames_sent if pool is not None else 0
     # Issued in one loop iteration: one frame to the worker.
-    pool2.apply(cmd.SetRemote("s-cb", "127.0.0.1", alice.port, "PCMU", 101))
-    pool2.apply(cmd.SetRemote("s-dst", "127.0.0.1", bob.port, "PCMU", 101))
-    pool2.apply(cmd.BridgeMedia("s-cb", "s-dst"))
+    media.apply(cmd.SetRemote("s-cb", "127.0.0.1", alice.port, "PCMU", 101))
+    media.apply(cmd.SetRemote("s-dst", "127.0.0.1", bob.port, "PCMU", 101))
+    media.apply(cmd.BridgeMedia("s-cb", "s-dst"))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert pool2.frames_sent == before + 1
+    if pool is not None:
+        assert pool.frames_sent == before + 1
     for seq in range(100):
         alice.send(build_packet(0, seq == 0, seq, seq * 160, 0x1111, PCMU_SILENCE), pa)
         bob.send(build_packet(0, seq == 0, seq, seq * 160, 0x2222, PCMU_SILENCE), pb)
@@ -241,8 +265,7 @@ async def test_rtp_is_relayed_by_the_worker_and_keys_come_back_as_events(
     await until(lambda: any(isinstance(e, me.DigitReceived) for e in events))
     [digit] = [e for e in events if isinstance(e, me.DigitReceived)]
     assert (digit.leg_id, digit.digit, digit.source) == ("s-cb", "7", "rfc4733")
-    await until(lambda: worker.stats.legs == 2, 3.0)  # the periodic statistics
-    assert pool2.stats().legs == 2
+    await until(lambda: media.stats().legs == 2, 3.0)  # a pool's: the periodic statistics
     for p in (alice, bob):
         assert p.transport is not None
         p.transport.close()
