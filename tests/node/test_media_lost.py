@@ -60,3 +60,29 @@ def test_a_callback_still_ringing_when_its_media_is_lost_is_owed_again() -> None
     assert rig.store.settled == [(1, "reschedule", "media_lost")]
     assert_all_over(rig)
     assert not [c for c in rig.calls_out if c.number == DESTINATION]
+
+
+def test_a_ringing_trigger_whose_early_media_is_lost_rings_plainly_and_still_calls_back() -> None:
+    rig = Rig(trigger_answer_after=20.0)
+    trigger = rig.ring_trigger()
+    assert any(r.status == 183 for r in rig.trigger_responses(trigger))
+    lose(rig, trigger.leg_id)
+    assert any(r.status == 180 for r in rig.trigger_responses(trigger))
+    rig.advance(21.0)  # no early media any more: never answered into the menu
+    assert not any(r.status == 200 for r in rig.trigger_responses(trigger))
+    rig.trigger_request(trigger, "CANCEL")
+    assert rig.last_call(CUSTOMER)  # the callback, as for any trigger
+
+
+def test_a_caller_in_the_location_menu_whose_media_is_lost_is_hung_up_with_a_record() -> None:
+    rig = Rig()
+    trigger = rig.ring_trigger()
+    rig.advance(2.0)
+    rig.trigger_key(trigger, "#")
+    rig.trigger_request(trigger, "ACK")
+    lose(rig, trigger.leg_id)
+    bye = [r for r in rig.requests if r.call_id == trigger.call_id and r.method == "BYE"]
+    assert bye, "the switch hangs up the trigger call"
+    [cdr] = rig.store.cdrs_of(LegKind.TRIGGER)
+    assert cdr.answer_at is not None and cdr.cause_text.endswith("media_lost")
+    assert rig.calls.idle
