@@ -23,7 +23,8 @@ is printed too.
 Printed per worker count: max calls, packets per second, CPU of the workers (% of one core
 summed, and us per packet in and out), p50/p99 one-way latency, late/skipped ticks, and the
 scaling factor against one worker from the same run. The generator's own ceiling is checked
-alone (phones sending to each other) at the largest N of the run.
+alone (phones sending to each other) at the largest N of the run, and the engine in one
+process (bench_media.py's "dsp" relay, no pool) at one worker's N: the pool's overhead.
 
 Usage: bench_workers.py [--workers 1,2] [--seconds 5] [--start 100] [--step 50]
                         [--resolution 10] [--max-calls 1200] [--retries 2] [--quick]
@@ -274,6 +275,7 @@ def main() -> None:
     ap.add_argument("--quiet", type=float, default=0.1)
     ap.add_argument("--quiet-timeout", type=float, default=30.0)
     ap.add_argument("--payload", choices=["speech", "silence"], default="speech")
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     ap.add_argument("--quick", action="store_true", help="shorter runs, coarser bisection")
     args = ap.parse_args()
     if args.serve is not None:
@@ -298,10 +300,21 @@ def main() -> None:
     top = max((r["calls"] for r in results.values() if r is not None), default=0)
     loopback = None
     if top:
-        args.quiet_ok = bm.wait_quiet(args)
         loopback = bm.run_once("loopback", top, args)
         loopback["calls"] = top
+    inproc = None
+    one = results.get(1)
+    if one is not None:
+        # The baseline: the same engine in one process, no pool (bench_media.py's "dsp").
+        inproc = bm.run_once("dsp", one["calls"], args)
+        inproc["calls"] = one["calls"]
     report(results, loopback)
+    if inproc is not None:
+        print(
+            f"  baseline, the engine in one process (bench_media.py dsp) at {inproc['calls']} "
+            f"calls: bad {100 * inproc['bad_ratio']:.3f} %, CPU {100 * inproc['relay_cpu']:.0f} %,"
+            f" {inproc['us_per_pkt']:.1f} us/pkt, p99 {inproc['p99_ms']:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
