@@ -497,7 +497,12 @@ class WorkerPool(MediaBackend):
         for op in batch:
             kind = op[0]
             if kind == "event":
-                self.on_event(op[1])
+                try:
+                    self.on_event(op[1])
+                except Exception:
+                    # Never out of data_received: asyncio would close the channel, and the
+                    # worker, seeing it closed, would exit with every call it carries.
+                    log.exception("media event %r failed", op[1])
             elif kind == "opened" or kind == "failed":
                 future = worker.opening.get(op[1])
                 if future is None or future.done():

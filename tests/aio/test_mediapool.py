@@ -321,3 +321,44 @@ async def test_a_pool_that_stops_leaves_no_worker_and_a_dead_node_leaves_none_ei
     assert worker.proc is not None
     assert await asyncio.wait_for(worker.proc.wait(), 10.0) == 0
     await pool.stop()
+
+
+async def test_an_event_the_node_fails_on_does_not_cost_the_worker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An exception out of the node's event handling must not reach the channel's
+    # data_received (asyncio would close it and the worker would exit with all its calls).
+    seen: list[me.Event] = []
+
+    def fragile(event: me.Event) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            raise RuntimeError("a bug in the controller")
+
+    pool = WorkerPool(
+        1,
+        host="127.0.0.1",
+        port_range=free_range(),
+        on_event=fragile,
+        recordings=tmp_path,
+        log_level="WARNING",
+    )
+    pool.start()
+    try:
+        await until(lambda: pool.workers[0].channel is not None, 20.0)
+        alice = await phone()
+        port = await pool.open(cmd.OpenMedia("k-1", True, call="k"))
+        pool.apply(cmd.SetRemote("k-1", "127.0.0.1", alice.port, "PCMU", 101))
+        pid = pool.workers[0].pid
+        for n, key in enumerate((3, 9)):
+            for k, end in enumerate((False, False, True, True, True)):
+                payload = build_payload(key, end, 10, 160 * (k + 1))
+                alice.send(build_packet(101, k == 0, 10 * n + k, 16000 * (n + 1), 7, payload), port)
+            await until(lambda n=n: len(seen) > n)
+        assert [e.digit for e in seen if isinstance(e, me.DigitReceived)] == ["3", "9"]
+        assert "media event" in caplog.text and "a bug in the controller" in caplog.text
+        assert pool.workers[0].pid == pid and pool.restarts == 0
+        assert alice.transport is not None
+        alice.transport.close()
+    finally:
+        await pool.stop()
