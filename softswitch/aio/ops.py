@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import Info
 
 from softswitch import __version__
+from softswitch.aio.mediapool import WorkerPool
 from softswitch.config import Config
 from softswitch.logs import security_event
 from softswitch.node.calls import CallInfo
@@ -255,6 +256,7 @@ class Operations:
             "legs": sum(1 for c in live for leg in c.legs if leg.state != "ended"),
             "pending_callbacks": len(pending),
             "trigger_numbers": len(server.node.triggers.numbers),
+            "media": self.media_status(),
             # What peers make the node hold, against the [sip] caps (README "Reliability").
             "sip": {**server.node.held(server.loop.time()), "tcp_connections": len(server.tcp)},
             "listeners": {
@@ -262,6 +264,35 @@ class Operations:
                 **{name: f"{h}:{p}" for name, (h, p) in self.bound.items()},
             },
         }
+
+    def media_status(self) -> dict[str, Any]:
+        """Where the media runs (``workers``: 0 in the node's process) and what it carries:
+        legs and tick counters summed, each worker's pid, legs assigned and counters."""
+        service = self.server.service
+        if service is None:
+            return {"workers": 0, "legs": 0}
+        media = service.media
+        total = media.stats()
+        out: dict[str, Any] = {
+            "workers": 0,
+            "legs": len(media.transports),
+            "late_ticks": total.late_ticks,
+            "skipped_ticks": total.skipped_ticks,
+        }
+        if isinstance(media, WorkerPool):
+            out["workers"] = len(media.workers)
+            out["restarts"] = media.restarts
+            out["per_worker"] = [
+                {
+                    "index": index,
+                    "pid": pid,
+                    "legs": legs,
+                    "late_ticks": stats.late_ticks,
+                    "skipped_ticks": stats.skipped_ticks,
+                }
+                for index, pid, legs, stats in media.per_worker()
+            ]
+        return out
 
     async def cluster(self) -> list[dict[str, Any]]:
         """The nodes sharing this store (issue 12): each one's id, SIP address, version, start,

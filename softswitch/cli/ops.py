@@ -143,6 +143,7 @@ def status(
         + ("  DRAINING" if data["draining"] else ""),
         f"trunk     {trunk_text}",
         f"calls     {data['calls']} live, {data['legs']} legs",
+        f"media     {_media_text(data.get('media') or {})}",
         f"callbacks {data['pending_callbacks']} waiting in the queue",
         f"triggers  {data['trigger_numbers']} numbers",
     ]
@@ -154,6 +155,18 @@ def status(
         lines.append("")
         lines.append(cluster_table(cluster, data.get("server_time") or time.time()))
     typer.echo("\n".join(lines))
+
+
+def _media_text(media: dict[str, Any]) -> str:
+    """``/api/status`` ``media`` in one line: where the media runs and what it carries."""
+    workers = media.get("workers", 0)
+    legs = media.get("legs", 0)
+    if not workers:
+        return f"in the node's process, {legs} legs"
+    each = media.get("per_worker") or []
+    pids = ", ".join(f"{w['pid']}: {w['legs']}" for w in each)
+    restarts = media.get("restarts", 0)
+    return f"{workers} workers (pid: legs {pids}), {legs} legs, {restarts} restarts"
 
 
 def cluster_table(nodes: list[dict[str, Any]], now: float) -> str:

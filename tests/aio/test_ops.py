@@ -118,6 +118,10 @@ async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None
         assert call["duration"] >= 0.1
         status, body = await get_json(server, "/api/status", headers=AUTH)
         assert body["calls"] == 1 and body["legs"] == 1 and body["trigger_numbers"] == 1
+        # The callback leg's media, in the node's one worker (workers = "auto" on 2 cores).
+        media = body["media"]
+        assert media["legs"] == 1 and media["workers"] == len(media["per_worker"]) >= 1
+        assert sum(w["legs"] for w in media["per_worker"]) == 1 and media["restarts"] == 0
         assert body["pending_callbacks"] == 1
         node_id = body["node"]
         # The queue: Bob's callback waiting, Alice's claimed by this node while it rings.

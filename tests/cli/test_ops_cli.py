@@ -35,6 +35,8 @@ async def test_status_calls_and_hangup(tmp_path: Path) -> None:
             transport.get_extra_info("sockname")[1]
         )
         assert "calls     0 live, 0 legs" in lines
+        [media] = [line for line in lines if line.startswith("media ")]
+        assert media.endswith(", 0 legs, 0 restarts") and "workers (pid: legs " in media
         assert "triggers  1 numbers" in lines
 
         await ring_and_hang_up(server, transport)
