@@ -10,6 +10,10 @@ it registers as the switch, hashes each trigger to a node, answers the carrier's
 on the nodes' calls), N ``softswitch serve`` nodes, and SIPp twice: the trigger callers
 through the carrier and the PSTN UAS (interop/cluster/scenarios/uas_pstn.xml: a customer
 answers after 100 ms and hangs up after ``--talk`` seconds, a destination answers at once).
+The default talk, 4 s, makes a whole call (setup, ring, talk) last about one of the node's
+5 s heartbeats of its live calls, so the store's rows per call include the heartbeat a real
+call writes every 5 s, once; a longer call adds one row per 5 s (README, Running a cluster).
+The node's CPU per call includes the media clock of two bridged legs for the talk (no RTP).
 The accounts are hotline accounts (customer and destination called together, joined when both
 answer), so a whole call is: trigger (INVITE, 180, CANCEL, 487), callback and destination
 legs placed through the dispatcher and the carrier (each INVITE challenged once), both
@@ -24,7 +28,8 @@ trigger for a different account (a pool of ``--accounts``, reused once the step'
 ended). A step passes when every trigger became a whole call: SIPp counted no failed trigger,
 and within ``--talk`` + 15 s of the last trigger every account of the step has an answered
 callback leg and an answered destination leg in the store and no live call left. The ladder
-multiplies the rate by 1.5 from ``--start`` until the first failure, then bisects once. For
+multiplies the rate by 1.5 from ``--start`` until the first failure (or halves it until the
+first pass, when ``--start`` already fails), then bisects down to 2 calls/s. For
 each step it reports whole calls/s, CPU seconds per whole call by process (the nodes,
 PostgreSQL, both Kamailios, both SIPps) and the whole machine's CPU use, and the store's work
 per call from pg_stat_database (commits and rows written, background included).
@@ -390,6 +395,8 @@ class Step:
     idle: dict[str, float]
     #: CPU the rest of the machine used meanwhile, in cores (other people's work).
     foreign: float
+    #: Live calls still in the store when the step gave up waiting (a failed step).
+    live: int = 0
 
     def per_call_ms(self, name: str) -> float:
         """CPU milliseconds per whole call of ``name``, its idle work taken off."""
@@ -472,6 +479,7 @@ def run_step(rig: Rig, rate: float, duration: float, talk_s: float, pool: int) -
         elapsed=ended - began,
         idle=rig.idle,
         foreign=max(0.0, foreign) / max(1e-9, ended - began),
+        live=live,
     )
 
 
@@ -485,20 +493,22 @@ def ladder(
         steps.append(step)
         print_step(step)
         if step.passed:
-            good = rate
-            if bad:
-                break
-            rate = rate * 1.5
+            good = max(good, rate)
+        else:
+            bad = min(bad, rate) if bad else rate
+        if not bad:
+            rate = rate * 1.5  # up until the first failure
             if rate * duration > pool:
                 print(f"  (the account pool of {pool} caps the rate at {pool / duration:g}/s)")
                 break
-        else:
-            bad = rate
-            if not good:
+        elif not good:
+            rate = round(rate / 2, 1)  # down until the first pass
+            if rate < 1:
                 break
-            rate = round((good + bad) / 2, 1)
+        else:
             if bad - good < 2:
                 break
+            rate = round((good + bad) / 2, 1)
         if not wait_quiet(rig.db_url, 60):
             break
     return steps
@@ -508,7 +518,7 @@ def print_step(step: Step) -> None:
     per = {k: step.per_call_ms(k) for k in step.cpu}
     print(
         f"  {step.rate:6.1f}/s  {step.whole:4d}/{step.offered:<4d} whole  "
-        f"{'ok  ' if step.passed else 'FAIL'}  failed {step.failed:<3d} "
+        f"{'ok  ' if step.passed else 'FAIL'}  failed {step.failed:<3d} live {step.live:<3d} "
         f"CPU ms/call nodes {per.get('nodes', 0):5.1f} pg {per.get('postgres', 0):4.1f} "
         f"kamailio {per.get('kamailio', 0):4.1f} sipp {per.get('sipp', 0):4.1f}  "
         f"machine {100 * step.machine:3.0f}% of 200% (others {100 * step.foreign:3.0f}%)  "
@@ -529,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="skip the direct node")
     parser.add_argument("--start", type=float, default=20.0, help="first rate of each ladder")
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per step")
-    parser.add_argument("--talk", type=float, default=2.0, help="customer's talk, seconds")
+    parser.add_argument("--talk", type=float, default=4.0, help="customer's talk, seconds")
     parser.add_argument("--accounts", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=7, help="at most this many per ladder")
     parser.add_argument("--quick", action="store_true", help="6 s steps, 5 per ladder")
