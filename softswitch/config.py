@@ -136,7 +136,9 @@ class SipLimits:
     live server transactions, ``max_dialogs`` inbound calls (ringing triggers, answered
     triggers, test lines), ``max_early_per_source`` ringing triggers from one non-exempt
     source, ``tcp_max_per_source`` TCP connections from one non-exempt source; over a cap a
-    request gets 503 with Retry-After.
+    request gets 503 with Retry-After. The trunk's proxy and ``exempt_from`` meet
+    ``max_transactions`` and ``max_dialogs`` only at twice the cap, so strangers who fill them
+    do not stop the carrier's calls.
     """
 
     rate_per_source: int = 200

@@ -160,31 +160,55 @@ def test_invite_from_narrows_who_may_call_before_the_body_is_read() -> None:
 def test_over_max_transactions_new_requests_get_a_stateless_503() -> None:
     node = make_node(max_transactions=3)
     node.receive_datagram(invite(1), TRUNK, 0.0)
-    node.receive_datagram(options(1), TRUNK, 0.0)
-    node.receive_datagram(options(2), TRUNK, 0.0)
+    node.receive_datagram(options(1), STRANGER, 0.0)
+    node.receive_datagram(options(2), STRANGER, 0.0)
     assert statuses(node) == [100, 180, 200, 200]
-    node.receive_datagram(options(3), TRUNK, 0.1)
-    node.receive_datagram(invite(2), TRUNK, 0.1)
-    assert answers(node) == [(503, "30", TRUNK), (503, "30", TRUNK)]
+    node.receive_datagram(options(3), STRANGER, 0.1)
+    node.receive_datagram(invite(2), STRANGER, 0.1)
+    assert answers(node) == [(503, "30", STRANGER), (503, "30", STRANGER)]
     assert node.endpoint.server_transaction_count == 3
-    node.receive_datagram(options(2), TRUNK, 0.2)  # a retransmission: its transaction answers
+    node.receive_datagram(options(2), STRANGER, 0.2)  # a retransmission: its tx answers
     assert statuses(node) == [200]
     node.receive_datagram(cancel(1), TRUNK, 0.3)  # a CANCEL that ends a call still gets in
     assert statuses(node) == [200, 487]
     node.receive_datagram(sip("ACK", branch="z9hG4bK-i1", call_id="i1"), TRUNK, 0.4)
     node.handle_timer(40.0)  # Timers J and I: the transactions end, the cap lets work in
-    node.receive_datagram(options(4), TRUNK, 40.0)
+    node.receive_datagram(options(4), STRANGER, 40.0)
     assert statuses(node) == [200]
+
+
+def test_the_trunk_has_as_much_again_in_reserve_over_the_caps() -> None:
+    # Found by scripts/bench_flood.py --unlimited: strangers filled max_transactions and the
+    # trunk's trigger calls got 503.
+    node = make_node(max_transactions=3, max_dialogs=2)
+    for n in range(3):
+        node.receive_datagram(options(n), STRANGER, 0.0)
+    node.receive_datagram(options(9), STRANGER, 0.0)
+    assert statuses(node) == [200, 200, 200, 503]
+    node.receive_datagram(invite(1), TRUNK, 0.1)
+    node.receive_datagram(invite(2), TRUNK, 0.1)
+    node.receive_datagram(options(10), TRUNK, 0.1)
+    assert statuses(node) == [100, 180, 100, 180, 200]
+    node.receive_datagram(options(11), TRUNK, 0.1)  # twice the cap: the trunk too
+    assert answers(node) == [(503, "30", TRUNK)]
+    node = make_node(max_dialogs=2)
+    for n in range(3):
+        node.receive_datagram(invite(n), STRANGER, 0.0)
+    for n in range(10, 13):
+        node.receive_datagram(invite(n), TRUNK, 0.0)  # the third: four dialogs held
+    got = answers(node)
+    assert [s for s, _, a in got if a == STRANGER] == [100, 180, 100, 180, 503]
+    assert [s for s, _, a in got if a == TRUNK] == [100, 180, 100, 180, 503]
 
 
 def test_over_max_dialogs_new_invites_get_503_with_retry_after() -> None:
     node = make_node(max_dialogs=2)
     for n in range(3):
-        node.receive_datagram(invite(n), TRUNK, 0.0)
+        node.receive_datagram(invite(n), STRANGER, 0.0)
     assert statuses(node) == [100, 180, 100, 180, 503]
     assert node.held(0.0)["dialogs"] == 2
-    node.receive_datagram(cancel(0), TRUNK, 1.0)
-    node.receive_datagram(invite(9), TRUNK, 1.0)
+    node.receive_datagram(cancel(0), STRANGER, 1.0)
+    node.receive_datagram(invite(9), STRANGER, 1.0)
     assert statuses(node) == [200, 487, 100, 180]
 
 
