@@ -739,6 +739,21 @@ def cdr_json(c: Cdr) -> dict[str, Any]:
     }
 
 
+#: The columns of ``softswitch cdr list`` (node: the node that wrote it, in a cluster).
+CDR_TABLE = (
+    "id",
+    "call",
+    "leg",
+    "acct",
+    "from",
+    "to",
+    "setup (UTC)",
+    "cause",
+    "billed_s",
+    "cost",
+    "node",
+)
+
 AccountFilter = Annotated[int | None, typer.Option("--account", help="Only this account.")]
 CallFilter = Annotated[str | None, typer.Option("--call", help="Only this call_uuid.")]
 Since = Annotated[str | None, typer.Option(help="Set up at or after (ISO 8601, UTC default).")]
@@ -762,8 +777,7 @@ def cdr_list(
         _print_json([cdr_json(c) for c in found])
         return
     _print_table(
-        ["id", "call", "leg", "acct", "from", "to", "setup (UTC)", "cause", "billed_s", "cost"]
-        + ["node"],
+        CDR_TABLE,
         [
             (
                 c.id,
