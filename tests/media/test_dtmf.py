@@ -324,10 +324,10 @@ def test_silence_and_clicks_skip_the_probe_product(monkeypatch: pytest.MonkeyPat
     real = DtmfDetector._classify
 
     def counting(
-        pcm: np.ndarray, dialled: np.ndarray | None, spot: bool = True
+        pcm: np.ndarray, fill: np.ndarray | None, spot: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         calls.append(len(pcm))
-        return real(pcm, dialled, spot)
+        return real(pcm, fill, spot)
 
     monkeypatch.setattr(DtmfDetector, "_classify", staticmethod(counting))
     det = DtmfDetector(64)
