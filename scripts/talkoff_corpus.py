@@ -503,7 +503,9 @@ def main() -> int:
         print("espeak-ng is not installed", file=sys.stderr)
         return 1
     total = sum(len(s) for s in streams.values()) / RATE
-    print(f"speech: {len(streams)} languages, {total / 60:.1f} min, cache {cache_root()}")
+    langs = len({k.split("-")[0] for k in streams if k != "en-gb"})
+    print(f"speech: {len(streams)} voices, {langs} languages, {total / 60:.1f} min")
+    print(f"cache: {cache_root()}")
     for name, sig in {**music(10, args.seed), **noise(streams, 10, args.seed)}.items():
         print(f"  {name}: {len(sig) / RATE:.0f} s")
     return 0
