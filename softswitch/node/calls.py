@@ -134,6 +134,9 @@ _LEG_KINDS = {
 DAY = 86400.0
 #: The outbound cap's ERROR is logged at most this often (seconds).
 OUTBOUND_CAP_LOG_INTERVAL = 10.0
+#: The timer heap is compacted when it holds more disarmed entries than armed ones plus this
+#: many (amortized: one pass over the heap per at least this many arms).
+HEAP_SLACK = 256
 
 
 def callback_failure(status: int | None) -> str:
@@ -994,7 +997,15 @@ class CallController:
     def _arm(self, sid: str, name: str, at: float) -> None:
         self._seq += 1
         self._armed[(sid, name)] = self._seq
-        heapq.heappush(self._heap, (at, self._seq, sid, name))
+        heap = self._heap
+        if len(heap) > 2 * len(self._armed) + HEAP_SLACK:
+            # Disarmed and re-armed timers leave their entries behind until they fall due,
+            # and some are hours away (the credit cut of a long credit): keep the live ones
+            # only, so the heap holds what is armed, not every call of the last hours.
+            armed = self._armed
+            heap[:] = [e for e in heap if armed.get((e[2], e[3])) == e[1]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (at, self._seq, sid, name))
 
     def _disarm(self, sid: str, name: str) -> None:
         self._armed.pop((sid, name), None)

@@ -38,6 +38,10 @@ from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Respon
 
 log = logging.getLogger("softswitch.outbound")
 
+#: Terminated transactions are swept from the routing table once it has grown by this many
+#: entries more than twice what the last sweep left.
+TX_SWEEP_SLACK = 64
+
 
 class LegState(enum.Enum):
     CALLING = "calling"
@@ -156,7 +160,11 @@ class OutboundCalls:
             else None
         )
         self._legs: dict[str, _Leg] = {}
-        self._by_tx: dict[int, str] = {}
+        #: Our client transactions by id(): the transaction is kept with its leg, so its id
+        #: cannot be reused while the entry lives; entries of terminated transactions are
+        #: swept (amortized, :meth:`_own`), so they do not pile up with every call.
+        self._by_tx: dict[int, tuple[txl.ClientTransaction, str]] = {}
+        self._by_tx_swept = 0  # entries left by the last sweep
         self._events: deque[LegEvent] = deque()
         self._ring_heap: list[tuple[float, str]] = []
 
@@ -204,7 +212,7 @@ class OutboundCalls:
             ring_deadline=None if ring_timeout is None else now + ring_timeout,
         )
         self._legs[leg_id] = leg
-        self._by_tx[id(tx)] = leg_id
+        self._own(tx, leg_id)
         if leg.ring_deadline is not None:
             heapq.heappush(self._ring_heap, (leg.ring_deadline, leg_id))
         log.info("leg %s: calling %s (Call-ID %s)", leg_id, number, invite.call_id)
@@ -237,7 +245,7 @@ class OutboundCalls:
             return False
         tx = self.endpoint.send_request(request, next_hop(request, self.proxy), now)
         leg.outgoing_tx = tx
-        self._by_tx[id(tx)] = leg_id
+        self._own(tx, leg_id)
         return True
 
     def answer_reinvite(self, leg_id: str, status: int, sdp: bytes, now: float) -> None:
@@ -328,9 +336,10 @@ class OutboundCalls:
     def handle_event(self, event: ep.EndpointEvent, now: float) -> bool:
         """Take the endpoint events that belong to our legs; True if it was ours."""
         if isinstance(event, ep.ResponseReceived):
-            leg_id = self._by_tx.get(id(event.tx))
-            if leg_id is None:
+            owned = self._by_tx.get(id(event.tx))
+            if owned is None:
                 return False
+            leg_id = owned[1]
             leg = self._legs.get(leg_id)
             status = event.response.status
             if leg is None:
@@ -345,9 +354,10 @@ class OutboundCalls:
                 self._network(leg, inp, now, event.response, event.source)
             return True
         if isinstance(event, ep.TransactionTimedOut):
-            leg_id = self._by_tx.pop(id(event.tx), None)
-            if leg_id is None:
+            owned = self._by_tx.pop(id(event.tx), None)
+            if owned is None:
                 return False
+            leg_id = owned[1]
             timed_out = self._legs.get(leg_id)
             if timed_out is not None and event.tx is timed_out.outgoing_tx:
                 timed_out.outgoing_tx = None
@@ -600,7 +610,16 @@ class OutboundCalls:
         tx = self.endpoint.send_request(invite, self.proxy, now)
         leg.tx = tx
         leg.invite = tx.request
-        self._by_tx[id(tx)] = leg.leg_id
+        self._own(tx, leg.leg_id)
+
+    def _own(self, tx: txl.ClientTransaction, leg_id: str) -> None:
+        """Route ``tx``'s responses and timeout to ``leg_id`` (see ``_by_tx``)."""
+        by_tx = self._by_tx
+        if len(by_tx) > 2 * self._by_tx_swept + TX_SWEEP_SLACK:
+            for key in [key for key, (old, _) in by_tx.items() if old.terminated]:
+                del by_tx[key]
+            self._by_tx_swept = len(by_tx)
+        by_tx[id(tx)] = (tx, leg_id)
 
     def _ack(self, leg: _Leg, response: Response, now: float) -> None:
         """The dialog of a 2xx (or the early one it confirms) and its ACK."""
@@ -616,13 +635,13 @@ class OutboundCalls:
     def _send_cancel(self, leg: _Leg, now: float) -> None:
         leg.cancel_sent = True
         cancel_tx = self.endpoint.send_request(txl.make_cancel(leg.invite), self.proxy, now)
-        self._by_tx[id(cancel_tx)] = leg.leg_id
+        self._own(cancel_tx, leg.leg_id)
 
     def _bye(self, leg: _Leg, now: float, why: str) -> LegState:
         assert leg.dialog is not None
         bye = leg.dialog.create_request("BYE", now=now)
         leg.bye_tx = self.endpoint.send_request(bye, next_hop(bye, self.proxy), now)
-        self._by_tx[id(leg.bye_tx)] = leg.leg_id
+        self._own(leg.bye_tx, leg.leg_id)
         self._events.append(LegEnded(leg.leg_id, False, why))
         return LegState.ENDED
 
