@@ -38,8 +38,10 @@ from softswitch.sip.message import URI, Address, CSeq, NameAddr, Request, Respon
 
 log = logging.getLogger("softswitch.outbound")
 
-#: Terminated transactions are swept from the routing table once it has grown by this many
-#: entries more than twice what the last sweep left.
+#: Terminated transactions are swept from the routing table every this many seconds (on the
+#: node's timer), and whenever it has grown by this many entries more than twice what the
+#: last sweep left.
+TX_SWEEP_INTERVAL = 10.0
 TX_SWEEP_SLACK = 64
 
 
@@ -165,6 +167,7 @@ class OutboundCalls:
         #: swept (amortized, :meth:`_own`), so they do not pile up with every call.
         self._by_tx: dict[int, tuple[txl.ClientTransaction, str]] = {}
         self._by_tx_swept = 0  # entries left by the last sweep
+        self._sweep_at = 0.0
         self._events: deque[LegEvent] = deque()
         self._ring_heap: list[tuple[float, str]] = []
 
@@ -314,6 +317,9 @@ class OutboundCalls:
         return leg is None or leg.ring_deadline != entry[0]
 
     def handle_timer(self, now: float) -> None:
+        if now >= self._sweep_at:
+            self._sweep_at = now + TX_SWEEP_INTERVAL
+            self._sweep()
         heap = self._ring_heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
@@ -342,6 +348,10 @@ class OutboundCalls:
             leg_id = owned[1]
             leg = self._legs.get(leg_id)
             status = event.response.status
+            if status >= 300 or (status >= 200 and event.tx.request.method != "INVITE"):
+                # Completed: it absorbs retransmissions, nothing more comes up from it. (An
+                # INVITE's 2xx may come again, to be ACKed again: that entry waits for a sweep.)
+                del self._by_tx[id(event.tx)]
             if leg is None:
                 pass  # the leg is over (a 200 to our CANCEL after the 487, a late fork's 2xx)
             elif event.tx is leg.bye_tx:
@@ -614,12 +624,17 @@ class OutboundCalls:
 
     def _own(self, tx: txl.ClientTransaction, leg_id: str) -> None:
         """Route ``tx``'s responses and timeout to ``leg_id`` (see ``_by_tx``)."""
+        if len(self._by_tx) > 2 * self._by_tx_swept + TX_SWEEP_SLACK:
+            self._sweep()
+        self._by_tx[id(tx)] = (tx, leg_id)
+
+    def _sweep(self) -> None:
+        """Forget the transactions that have terminated (an INVITE's, once it stops waiting
+        for retransmitted 2xx; any whose final response was lost)."""
         by_tx = self._by_tx
-        if len(by_tx) > 2 * self._by_tx_swept + TX_SWEEP_SLACK:
-            for key in [key for key, (old, _) in by_tx.items() if old.terminated]:
-                del by_tx[key]
-            self._by_tx_swept = len(by_tx)
-        by_tx[id(tx)] = (tx, leg_id)
+        for key in [key for key, (tx, _) in by_tx.items() if tx.terminated]:
+            del by_tx[key]
+        self._by_tx_swept = len(by_tx)
 
     def _ack(self, leg: _Leg, response: Response, now: float) -> None:
         """The dialog of a 2xx (or the early one it confirms) and its ACK."""
