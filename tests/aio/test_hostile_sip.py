@@ -5,7 +5,7 @@ service on (a provisioned account, so a trigger INVITE's SDP is parsed for early
 Each case must get the RFC's answer or a silent drop, and a valid OPTIONS from another socket
 must be answered after every case. Nothing may raise into the event loop or log an error,
 and once the timers of what the cases started have run (Timer H/J, the ring limit), the node
-holds nothing for them. About 20 s; ``scripts/fuzz_sip.py`` runs as long as you like against
+holds nothing for them. About 15 s; ``scripts/fuzz_sip.py`` runs as long as you like against
 a ``softswitch serve`` subprocess.
 """
 
