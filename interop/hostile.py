@@ -359,6 +359,22 @@ def _mutations() -> list[Mutation]:
         Mutation(
             "via", "port-letters", lambda t: t.set(via, "SIP/2.0/UDP h:ab;rport"), (400, None)
         ),
+        # Found by a long random run: with no rport the 400 went to port 99999, asyncio's
+        # sendto raised OverflowError and closed the node's UDP socket for good.
+        Mutation(
+            "via",
+            "port-too-big-no-rport",
+            lambda t: t.set(via, t.get(via).replace(";rport", "").replace(":", ":9", 1)),
+            (400,),
+            udp_only=True,
+        ),
+        Mutation(
+            "via",
+            "rport-too-big",
+            lambda t: t.set(via, t.get(via) + "=99999"),
+            (N, 400),
+            udp_only=True,
+        ),
         Mutation(
             "via", "no-branch", lambda t: t.set(via, t.get(via).split(";branch")[0] + ";rport")
         ),

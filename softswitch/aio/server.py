@@ -463,7 +463,11 @@ class Server:
                 pass
         for data, addr in node.datagrams_to_send():
             if addr.transport == "UDP":
-                if self.udp and self.udp[0].transport is not None:
+                if not 0 < addr.port < 65536:
+                    # asyncio's sendto would raise inside the transport and close it: one
+                    # bad destination must not make the node deaf (issue 11, fuzzing).
+                    log.warning("not sent to %s:%s: no such port", addr.host, addr.port)
+                elif self.udp and self.udp[0].transport is not None:
                     self.udp[0].transport.sendto(data, (addr.host, addr.port))
             else:
                 self._send_tcp(data, addr)

@@ -423,9 +423,14 @@ class Endpoint:
             return addr
         top = vias[0]
         rport = top.rport
-        if rport and rport.isdigit():
+        if rport and rport.isdigit() and 0 < int(rport) < 65536:
             return Address(top.received or addr.host, int(rport), "UDP")
-        return Address(top.received or top.host, top.port or 5060, "UDP")
+        port = top.port or 5060
+        if not 0 < port < 65536:
+            # The sent-by of a malformed request, recovered to answer its 400: answer the
+            # source (a port out of range made asyncio close the node's UDP socket).
+            return addr
+        return Address(top.received or top.host, port, "UDP")
 
     def _pump(self, now: float) -> None:
         """Move the transaction layer's output and events to ours, applying the UA's policy."""
@@ -546,11 +551,13 @@ def _fixed_via(top: Via, addr: Address) -> Via:
     params = top.params
     rport = top.rport == ""
     # A received the sender wrote itself would send our answers to any host it names (a
-    # reflection): the source address replaces it (RFC 3581 section 4 always sets it).
+    # reflection): the source address replaces it (RFC 3581 section 4 always sets it). So
+    # does an rport value it wrote (a client sends rport empty): it named any port, 99999 too.
     forged = top.received is not None and top.received != addr.host
+    forged_rport = top.rport not in (None, "", str(addr.port))
     if top.host != addr.host or forged:
         params = set_param(params, "received", addr.host)
-    if rport:
+    if rport or forged_rport:
         params = set_param(params, "rport", str(addr.port))
     if params is top.params:
         return top
@@ -563,7 +570,7 @@ def _fixed_via(top: Via, addr: Address) -> Via:
             raw, count = _BARE_RPORT.subn(f";rport={addr.port}", raw)
             if count != 1:
                 raw = None
-        if forged:
+        if forged or forged_rport:
             raw = None  # the text would keep the forged value: serialize the parameters
         elif raw is not None and top.host != addr.host:
             raw = f"{raw};received={addr.host}"

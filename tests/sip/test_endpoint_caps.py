@@ -107,3 +107,20 @@ def test_a_bare_cr_inside_a_header_is_answered_400_not_raised() -> None:
     response = parse_message(answer)
     assert isinstance(response, Response) and response.status == 400
     assert b"\r" not in answer.replace(b"\r\n", b"")
+
+
+def test_an_answer_never_goes_to_a_port_out_of_range() -> None:
+    # Found by a long random fuzz run: a malformed request's Via "127.0.0.1:99999" (no rport)
+    # was recovered to answer its 400, the 400 went to port 99999, asyncio's sendto raised
+    # inside the transport and closed the node's UDP socket: the node was deaf for good.
+    # And "rport=99999" written by the sender was kept and answered to.
+    src = Address("127.0.0.1", 45999)
+    for via in ("127.0.0.1:99999", "127.0.0.1:45999;rport=99999", "127.0.0.1:45999;rport=5"):
+        ep = Endpoint(EndpointConfig())
+        data = bytes(invite(method="OPTIONS")).replace(b"10.0.0.9:5070;rport", via.encode())
+        ep.receive_datagram(data, src, 0.0)
+        ((answer, dest),) = ep.datagrams_to_send()
+        assert dest == src, via
+        response = parse_message(answer)
+        assert isinstance(response, Response) and response.status in (200, 400)
+        assert b"99999" not in answer or response.status == 400
