@@ -505,23 +505,38 @@ class Node:
         return proc_tree_cpu_seconds(self.proc.pid)
 
     def rss_bytes(self) -> int:
-        """Resident set size of the node, from /proc/<pid>/status."""
+        """Resident set size of the node and of its media workers (/proc/<pid>/status):
+        with ``[media] workers`` the engine's memory is in the workers, not the node."""
         assert self.proc is not None
-        return proc_rss_bytes(self.proc.pid)
+        pid = self.proc.pid
+        total = proc_rss_bytes(pid)
+        for child in child_pids(pid):
+            with contextlib.suppress(OSError):  # a worker that just ended
+                total += proc_rss_bytes(child)
+        return total
 
 
 def proc_tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and of its live child processes (a node's media workers,
     ``[media] workers``: the media engine runs there, not in the node's own process)."""
     total = proc_cpu_seconds(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += proc_cpu_seconds(child)
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (field 4 of /proc/<pid>/stat is the parent)."""
+    children: list[int] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == pid:
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
             stat = (entry / "stat").read_text()
             if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                total += proc_cpu_seconds(int(entry.name))
-    return total
+                children.append(int(entry.name))
+    return children
 
 
 def proc_cpu_seconds(pid: int) -> float:

@@ -28,8 +28,8 @@ complete is a failed call, and the CDRs in the store are checked: every customer
 trigger, one answered callback and an answered destination leg.
 
 Every minute, and once more after the last calls have drained, one row: calls attempted
-(triggers sent), completed and failed in that minute, live calls, the node's RSS
-(``/proc/PID/status`` VmRSS), open file descriptors (``/proc/PID/fd``), asyncio tasks (the
+(triggers sent), completed and failed in that minute, live calls, the node's RSS with its media
+workers' (``/proc/PID/status`` VmRSS), open file descriptors (``/proc/PID/fd``), asyncio tasks (the
 node's ``softswitch_asyncio_tasks`` gauge on ``/metrics``), the store's size (the SQLite file
 with its WAL, or ``pg_database_size``), the node's CPU, ERROR lines in its log and the load
 average. Then one JSON line with the summary (the last line of stdout).
