@@ -401,6 +401,13 @@ class Node:
                 return
             caller = req.from_.uri.user or req.from_.uri.host
             key = f"{req.call_id};{req.from_.tag}"
+            if key in self._ringing_by_key:
+                # RFC 3261 section 8.2.2.2: the Call-ID and From tag of an INVITE still
+                # ringing, on another branch, is a merged request. Taken as a second trigger
+                # under the same key it overwrote the first's entry, and the first, answered
+                # into the menu, then rang for good (issue 11, found by fuzzing).
+                self.endpoint.respond(tx, 482, now=now)
+                return
             outcome = self.triggers.trigger_started(key, dialled, caller, now)
             if outcome is TriggerOutcome.UNKNOWN:
                 self.endpoint.respond(tx, 404, now=now)

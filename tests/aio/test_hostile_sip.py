@@ -137,3 +137,45 @@ async def test_a_flood_at_one_trigger_number_gets_early_media_three_times_only(
     finally:
         await server.shutdown()
         carrier.close()
+
+
+async def test_a_second_invite_with_a_ringing_triggers_call_id_and_tag_is_482(
+    tmp_path: Path,
+) -> None:
+    """Found by a 10-minute fuzz run: two INVITEs with the same Call-ID and From tag on
+    different branches were taken as two triggers under one key; the second overwrote the
+    first's entry, and when the first (with early media) was answered into the menu the
+    node took the wrong one off its list: one transaction, dialog and media leg held for good.
+    RFC 3261 section 8.2.2.2: a merged request gets 482."""
+    server, _, carrier, _ = await start_node(tmp_path, (37000, 37999), callback_attempts=1)
+    node = ("127.0.0.1", server.config.listen[0][1])
+
+    def two_invites() -> list[int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            peer = Peer("127.0.0.1", sock.getsockname()[1], *node)
+            first = base("invite", peer, "merged1x").render()
+            second = first.replace(b"branch=z9hG4bK-merged1x", b"branch=z9hG4bK-other2x")
+            got: list[int] = []
+            sock.settimeout(1.0)
+            for data in (first, second):
+                sock.sendto(data, node)
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        answer = sock.recv(65536)
+                        if b"z9hG4bK-other2x" in answer or data is first:
+                            got.append(int(answer[8:11]))
+                got.append(0)
+            return got
+
+    try:
+        got = await asyncio.to_thread(two_invites)
+        # The 482 is retransmitted until ACKed (never, here): nothing else for the second.
+        assert got[:4] == [100, 183, 0, 482] and set(got[4:]) == {482, 0}, got
+        now = await run_timers(server, 600.0)
+        held = server.node.held(now)
+        assert held["server_transactions"] == 0 and held["ringing_triggers"] == 0, held
+        assert held["dialogs"] == 0, held
+    finally:
+        await server.shutdown()
+        carrier.close()
