@@ -13,10 +13,12 @@ worker count the largest N is found by a ladder (x step until the first failure,
 point run up to --retries more times) and a bisection to --resolution calls.
 
 Placement: with one worker, the worker is pinned to CPU 0 and the generator to CPU 1 (as
-bench_media.py pins a relay and the generator). With W >= 2 workers, worker k is pinned to CPU
-k mod cores and the generator is left to the scheduler: on a machine with fewer than W + 1
-cores the generator competes with the workers for CPU time, which the output says; the
-scaling factor measured there understates what W workers do on W free cores. The process that
+bench_media.py pins a relay and the generator). With W >= 2 workers the workers and the
+generator are left to the scheduler (BENCH_WORKERS_PIN=1 pins worker k to CPU k mod cores;
+on the shared 2-core machine that did worse: a worker pinned beside another session's process
+loses half its core to it): on a machine with fewer than W + 1 cores the generator competes
+with the workers for CPU time, which the output says; the scaling factor measured there
+understates what W workers do on W free cores. The process that
 runs the pool (the node's part: assignment, control messages) does nothing per packet; its CPU
 is printed too.
 
@@ -87,10 +89,12 @@ async def _serve(workers: int, calls: int) -> None:
     pool.start()
     while not all(w.channel is not None for w in pool.workers):
         await asyncio.sleep(0.02)
-    cpus = sorted(os.sched_getaffinity(0))
-    if workers == 1 or len(cpus) > 1:
+    if workers == 1:
+        os.sched_setaffinity(pool.workers[0].pid, {bm.SERVER_CPU})
+    elif os.environ.get("BENCH_WORKERS_PIN"):
+        cpus = sorted(os.sched_getaffinity(0))
         for w in pool.workers:
-            os.sched_setaffinity(w.pid, {cpus[w.index % len(cpus)] if workers > 1 else 0})
+            os.sched_setaffinity(w.pid, {cpus[w.index % len(cpus)]})
     opens = []
     for i in range(calls):
         for side in "ab":
