@@ -13,7 +13,8 @@ worker count the largest N is found by a ladder (x step until the first failure,
 point run up to --retries more times) and a bisection to --resolution calls.
 
 Placement: with one worker, the worker is pinned to CPU 0 and the generator to CPU 1 (as
-bench_media.py pins a relay and the generator). With W >= 2 workers the workers and the
+bench_media.py pins a relay and the generator; --no-pin leaves them to the scheduler as
+for more workers, the same placement for every count). With W >= 2 workers the workers and the
 generator are left to the scheduler (BENCH_WORKERS_PIN=1 pins worker k to CPU k mod cores;
 on the shared 2-core machine that did worse: a worker pinned beside another session's process
 loses half its core to it): on a machine with fewer than W + 1 cores the generator competes
@@ -89,7 +90,7 @@ async def _serve(workers: int, calls: int) -> None:
     pool.start()
     while not all(w.channel is not None for w in pool.workers):
         await asyncio.sleep(0.02)
-    if workers == 1:
+    if workers == 1 and not os.environ.get("BENCH_WORKERS_NO_PIN"):
         os.sched_setaffinity(pool.workers[0].pid, {bm.SERVER_CPU})
     elif os.environ.get("BENCH_WORKERS_PIN"):
         cpus = sorted(os.sched_getaffinity(0))
@@ -151,7 +152,7 @@ def run_once(workers: int, calls: int, args: argparse.Namespace) -> dict[str, An
     try:
         hello = bm._readjson(server, "pool")
         pids = ",".join(str(p) for p in hello["pids"])
-        pin = bm.PIN_GEN if workers == 1 else bm.NICE
+        pin = bm.PIN_GEN if workers == 1 and not args.no_pin else bm.NICE
         gen_cmd = [
             *pin, str(args.generator), "--calls", str(calls),
             "--duration", str(args.seconds), "--warmup", str(args.warmup),
@@ -281,7 +282,12 @@ def main() -> None:
     ap.add_argument("--payload", choices=["speech", "silence"], default="speech")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     ap.add_argument("--quick", action="store_true", help="shorter runs, coarser bisection")
+    ap.add_argument(
+        "--no-pin", action="store_true", help="one worker unpinned too (the same placement as 2+)"
+    )
     args = ap.parse_args()
+    if args.no_pin:
+        bm.CHILD_ENV["BENCH_WORKERS_NO_PIN"] = "1"  # for the pool process
     if args.serve is not None:
         from media.aio import loop_factory
 
