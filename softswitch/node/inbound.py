@@ -30,7 +30,7 @@ from softswitch import fsm
 from softswitch.node.testline import next_hop
 from softswitch.sip import endpoint as ep
 from softswitch.sip import transaction as txl
-from softswitch.sip.dialog import AckTimeout, Dialog, DialogState, InviteResponder
+from softswitch.sip.dialog import AckTimeout, Dialog, DialogError, DialogState, InviteResponder
 from softswitch.sip.message import URI, Address, Request
 from softswitch.sip.timers import TimerConfig
 
@@ -175,7 +175,9 @@ class InboundCalls:
                 local_via=endpoint.local_via(call.source.transport),
                 new_id=endpoint.new_tag,
             )
-        except ValueError as exc:
+        except (ValueError, DialogError) as exc:
+            # DialogError (an INVITE without Contact) used to escape out of the node's timer
+            # and leave the trigger ringing for good (issue 11, found by fuzzing).
             log.warning("trigger %s: cannot answer: %s", key, exc)
             return False
         headers = (

@@ -179,3 +179,40 @@ async def test_a_second_invite_with_a_ringing_triggers_call_id_and_tag_is_482(
     finally:
         await server.shutdown()
         carrier.close()
+
+
+async def test_a_trigger_without_contact_left_ringing_is_released_not_held_for_good(
+    tmp_path: Path,
+) -> None:
+    """Found by a 10-minute fuzz run: a trigger INVITE without Contact rang with early media;
+    answering it into the menu (the caller stayed on the line) raised DialogError out of the
+    node's timer, and the trigger rang for good (a transaction, a dialog, a media leg)."""
+    server, _, carrier, _ = await start_node(tmp_path, (38000, 38999), callback_attempts=1)
+    loop = asyncio.get_running_loop()
+    raised: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: raised.append(context))
+    node = ("127.0.0.1", server.config.listen[0][1])
+
+    def ring() -> list[int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            peer = Peer("127.0.0.1", sock.getsockname()[1], *node)
+            sock.sendto(base("invite", peer, "nocontact1x").drop("Contact").render(), node)
+            got: list[int] = []
+            sock.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                while 183 not in got:
+                    got.append(int(sock.recv(65536)[8:11]))
+            return got
+
+    try:
+        assert await asyncio.to_thread(ring) == [100, 183]
+        now = await run_timers(server, 600.0)
+        assert not raised, raised[:3]
+        held = server.node.held(now)
+        assert held["server_transactions"] == 0 and held["ringing_triggers"] == 0, held
+        assert held["dialogs"] == 0, held
+    finally:
+        loop.set_exception_handler(None)
+        await server.shutdown()
+        carrier.close()
