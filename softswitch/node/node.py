@@ -399,7 +399,7 @@ class Node:
             if self.test_lines.wants(dialled):
                 self.test_lines.invite(tx, req, event.source, dialled, now)
                 return
-            caller = req.from_.uri.user or req.from_.uri.host
+            caller = _printable(req.from_.uri.user or req.from_.uri.host)
             key = f"{req.call_id};{req.from_.tag}"
             if key in self._ringing_by_key:
                 # RFC 3261 section 8.2.2.2: the Call-ID and From tag of an INVITE still
@@ -508,6 +508,15 @@ class Node:
 
 
 _RETRY_AFTER: HeaderList = (("Retry-After", str(RETRY_AFTER)),)
+
+
+def _printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes the parser kept as surrogates (not UTF-8) become \\xNN
+    escapes. A caller "81\\x91..." made its trigger CDR unwritable (UnicodeEncodeError in the
+    store) and took the CDRs written with it down too (issue 11, found by fuzzing)."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _as_network(text: str) -> str:

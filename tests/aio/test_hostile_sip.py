@@ -23,9 +23,11 @@ from typing import Any
 
 import pytest
 
-from interop.hostile import GROUPS, Case, Outcome, Peer, Prober, base, cases, random_cases
+from interop.hostile import GROUPS, Case, Outcome, Peer, Prober, _cancel, base, cases, random_cases
 from softswitch.aio.server import Server
 from softswitch.node.node import EARLY_MEDIA_PER_TRIGGER
+from softswitch.store import Store
+from softswitch.store.models import LegKind
 from tests.aio.test_service import start_node
 
 RANDOM_CASES = {"UDP": 800, "TCP": 300}
@@ -216,3 +218,43 @@ async def test_a_trigger_without_contact_left_ringing_is_released_not_held_for_g
         loop.set_exception_handler(None)
         await server.shutdown()
         carrier.close()
+
+
+async def test_a_caller_number_that_is_not_utf8_still_gets_its_trigger_cdr(
+    tmp_path: Path,
+) -> None:
+    """Found by a 10-minute fuzz run: a From user escaping a byte that is not UTF-8 ("81%91...")
+    made the trigger CDR unwritable (UnicodeEncodeError in the store, "CDR NOT WRITTEN")."""
+    server, _, carrier, db_url = await start_node(tmp_path, (39000, 39999), callback_attempts=1)
+    node = ("127.0.0.1", server.config.listen[0][1])
+
+    def ring_and_cancel() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            peer = Peer("127.0.0.1", sock.getsockname()[1], *node)
+            template = base("invite", peer, "utf1x")
+            caller = template.get("From").split("sip:")[1].split("@")[0]
+            invite = template.render().replace(caller.encode(), b"81%91" + caller[3:].encode())
+            sock.sendto(invite, node)
+            sock.settimeout(1.0)
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    answer = sock.recv(65536)
+                    if answer[8:11] in (b"180", b"183"):
+                        cancel = _cancel(answer, template.uri.encode())
+                        sock.sendto(cancel, node)
+                    elif answer[8:11] == b"487":
+                        break
+
+    try:
+        await asyncio.to_thread(ring_and_cancel)
+        await asyncio.sleep(0.5)  # the CDR is written
+    finally:
+        await server.shutdown()
+        carrier.close()
+    store = await Store.open(db_url)
+    try:
+        [trigger] = [c for c in await store.cdrs.list() if c.leg is LegKind.TRIGGER]
+    finally:
+        await store.close()
+    assert trigger.from_number.startswith("81\\x91"), trigger
