@@ -110,6 +110,9 @@ class GroupCommit(Generic[T, R]):
 
     Each commit costs milliseconds whatever it holds, so a busy node (hundreds of triggers or
     CDRs per second) writes them together; each caller still waits until its item is durable.
+    A batch the store refuses for what is in it (not :class:`DatabaseUnavailable`: then every
+    item would fail alike) is tried again one item at a time, so one bad item (a CDR whose
+    number the database cannot take) fails alone, not the callers batched with it.
     """
 
     def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
@@ -131,16 +134,37 @@ class GroupCommit(Generic[T, R]):
                 batch, self._pending = self._pending, []
                 try:
                     results = await self._run([item for item, _ in batch])
+                except DatabaseUnavailable as exc:
+                    self._fail(batch, exc)
+                    continue
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    if len(batch) == 1:
+                        self._fail(batch, exc)
+                        continue
+                    for one in batch:
+                        await self._alone(one)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
             self._task = None
+
+    async def _alone(self, entry: tuple[T, asyncio.Future[R]]) -> None:
+        item, future = entry
+        try:
+            [result] = await self._run([item])
+        except Exception as exc:
+            self._fail([entry], exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+
+    @staticmethod
+    def _fail(batch: list[tuple[T, asyncio.Future[R]]], exc: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
 
 
 class ServiceShell:
