@@ -80,41 +80,6 @@ from softswitch.store.models import LegKind
 TARGET_P99_MS = 50.0
 RTP_PORTS = (20000, 29999)
 
-#: The callback legs' far end: 100, then 603 Decline (not retried), absorb the ACK.
-DECLINE_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="callback legs declined (100, 603, ACK)">
-  <recv request="INVITE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 100 Trying
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
-    <![CDATA[
-
-      SIP/2.0 603 Decline
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK"/>
-</scenario>
-"""
-
 
 def trigger_number(i: int) -> str:
     return f"8150{i:08d}"
@@ -195,7 +160,6 @@ def run(rate: float, duration: float, workdir: Path, settle: float) -> Result:
     provision(db_url, [(trigger_number(i), location_number(i)) for i in range(calls)])
     provision_s = time.monotonic() - started
 
-    (workdir / "decline_uas.xml").write_text(DECLINE_UAS, encoding="latin-1")
     trigger_xml = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
     (workdir / "trigger_inf.xml").write_text(
         trigger_xml.replace("[service]", "[field0]"), encoding="latin-1"
@@ -206,7 +170,7 @@ def run(rate: float, duration: float, workdir: Path, settle: float) -> Result:
 
     uas_port = free_port()
     uas = Sipp(
-        str(workdir / "decline_uas.xml"),
+        "uas_decline.xml",  # the callback legs' far end: 100, then 603 Decline
         workdir=workdir,
         local_port=uas_port,
         calls=0,

@@ -71,41 +71,6 @@ MAX_P99_MS = 50.0
 KINDS = ("static", "account")
 RTP_PORTS = (20000, 29999)
 
-#: The callback legs' far end for the account kind: 100, then 603 Decline (not retried).
-DECLINE_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="callback legs declined (100, 603, ACK)">
-  <recv request="INVITE"/>
-  <send>
-    <![CDATA[
-
-      SIP/2.0 100 Trying
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
-    <![CDATA[
-
-      SIP/2.0 603 Decline
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=[pid]SIPpTag01[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv request="ACK"/>
-</scenario>
-"""
-
 
 def account_trigger(i: int) -> str:
     return f"8150{i:08d}"
@@ -182,10 +147,9 @@ class UnderTest:
             assert cfg.softswitch is not None and cfg.store is not None
             db = step_dir / "switch.sqlite3"
             shutil.copyfile(cfg.store, db)
-            (step_dir / "decline_uas.xml").write_text(DECLINE_UAS, encoding="latin-1")
             trunk_port = free_port()
             self.trunk = Sipp(
-                str(step_dir / "decline_uas.xml"),
+                "uas_decline.xml",  # the callback legs' far end: 100, then 603 Decline
                 workdir=step_dir,
                 local_port=trunk_port,
                 calls=0,
