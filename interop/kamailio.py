@@ -6,7 +6,8 @@ line, the port as ``-l udp:127.0.0.1:PORT`` and the rest as preprocessor defines
 (``-A NAME="value"``), so the same file passes ``kamailio -c`` and needs no templating. The
 process runs in the foreground (``-DD``) logging to stderr (``-E``) into a file in the test's
 work directory, and is ready when it answers an OPTIONS probe. It is stopped by PID (SIGTERM to
-the main process, which stops its children).
+the main process, which stops its children). :class:`KamailioProcess` is that handling, shared
+with the cluster's dispatcher (``interop.cluster.Dispatcher``, its own cfg).
 
 Routing (see the cfg's header): the trigger number (and, with ``trigger_prefix``, every
 number in that block) goes to the switch's registered Contact (or a static address), a registered AOR to its Contact, the customer number to baresip, and any
@@ -34,8 +35,10 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Self
 
 from interop.baresip import CUSTOMER_NUMBER
 from interop.peers import LOOPBACK, TRIGGER_NUMBER, free_port
@@ -49,7 +52,8 @@ class KamailioError(Exception):
     """Kamailio did not start or answer."""
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
+    """A string value for a ``-A NAME=value`` define: in double quotes (see the quirks above)."""
     if '"' in value or "\\" in value:
         raise ValueError(f"define values must not contain quotes or backslashes: {value!r}")
     return f'"{value}"'
@@ -60,75 +64,57 @@ def sip_uri(address: str) -> str:
     return address if address.startswith("sip:") else f"sip:{address}"
 
 
-@dataclass
-class Kamailio:
-    """One Kamailio process: the carrier on ``127.0.0.1:port`` (UDP).
+class KamailioProcess(ABC):
+    """Start, probe and stop one Kamailio process in the foreground; what it runs (the
+    command line, the log file, files written before the start) is up to the subclass.
 
-    Targets are ``"127.0.0.1:PORT"`` (or SIP URIs); None means no static route: the switch is
-    then reached only through its registration, the customer only if registered, and other
-    numbers get 404.
+    Shared by the carrier (:class:`Kamailio`) and the cluster's dispatcher
+    (``interop.cluster.Dispatcher``).
     """
 
     binary: str
     workdir: Path
-    port: int = field(default_factory=free_port)
-    realm: str = "carrier.test"
-    switch_user: str = "switch"
-    switch_password: str = "secret"
-    phone_password: str = "phone"
-    trigger_number: str = TRIGGER_NUMBER
-    #: Numbers starting with these digits go to the switch too (a block of trigger DIDs).
-    trigger_prefix: str | None = None
-    switch_target: str | None = None
-    customer_number: str = CUSTOMER_NUMBER
-    customer_target: str | None = None
-    pstn_target: str | None = None
-    auth_invite: bool = True
-    shm_mb: int = 64
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    port: int
+    shm_mb: int
+    proc: subprocess.Popen[bytes] | None
+    #: The kamailio.cfg it runs.
+    config: ClassVar[Path] = CONFIG
+    #: Names the process in :class:`KamailioError`.
+    what: ClassVar[str] = "kamailio"
 
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
     @property
+    @abstractmethod
     def log_path(self) -> Path:
-        return self.workdir / f"kamailio_{self.port}.log"
+        """Where Kamailio's stderr goes."""
 
+    @abstractmethod
     def defines(self) -> list[str]:
-        """The ``-A`` preprocessor defines for kamailio.cfg."""
-        values = {
-            "REALM": self.realm,
-            "SWITCH_USER": self.switch_user,
-            "SWITCH_PASSWORD": self.switch_password,
-            "PHONE_PASSWORD": self.phone_password,
-            "TRIGGER_NUMBER": self.trigger_number,
-            "CUSTOMER_NUMBER": self.customer_number,
-        }
-        if self.switch_target:
-            values["SWITCH_TARGET"] = sip_uri(self.switch_target)
-        if self.customer_target:
-            values["CUSTOMER_TARGET"] = sip_uri(self.customer_target)
-        if self.pstn_target:
-            values["PSTN_TARGET"] = sip_uri(self.pstn_target)
-        if self.trigger_prefix:
-            values["TRIGGER_PREFIX"] = self.trigger_prefix
-        out = [f"{name}={_quoted(value)}" for name, value in values.items()]
-        if self.auth_invite:
-            out.append("AUTH_INVITE")
-        return out
+        """The ``-A`` preprocessor defines for the cfg."""
+
+    def process_options(self) -> list[str]:
+        """Options on the number of processes (``-n``); none: Kamailio's default."""
+        return []
 
     def command(self) -> list[str]:
         cmd = [self.binary, "-DD", "-E", "-x", "fm", "-m", str(self.shm_mb), "-M", "8"]
-        cmd += ["-f", str(CONFIG), "-l", f"udp:{self.address}"]
+        cmd += self.process_options()
+        cmd += ["-f", str(self.config), "-l", f"udp:{self.address}"]
         cmd += ["-w", str(self.workdir), "-Y", str(self.workdir)]
         for define in self.defines():
             cmd += ["-A", define]
         return cmd
 
-    def start(self, ready_timeout: float = 10.0) -> Kamailio:
-        """Start Kamailio and wait until it answers OPTIONS; raise (and kill it) otherwise."""
+    def prepare(self) -> None:
+        """Called by :meth:`start` before the process starts: creates the work directory."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, ready_timeout: float = 10.0) -> Self:
+        """Start Kamailio and wait until it answers OPTIONS; raise (and kill it) otherwise."""
+        self.prepare()
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             self.command(),
@@ -144,7 +130,7 @@ class Kamailio:
         while not self.ping():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                raise KamailioError(f"kamailio did not start:\n{self.log()[-3000:]}")
+                raise KamailioError(f"{self.what} did not start:\n{self.log()[-3000:]}")
         return self
 
     def ping(self, wait: float = 0.2) -> bool:
@@ -173,7 +159,8 @@ class Kamailio:
         return answer.startswith(b"SIP/2.0 200 ")
 
     def log(self) -> str:
-        """Everything Kamailio logged so far (its ``carrier:`` lines tell each routing step)."""
+        """Everything Kamailio logged so far (the cfg's ``carrier:`` or ``cluster:`` lines tell
+        each routing step)."""
         if not self.log_path.exists():
             return ""
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -204,3 +191,58 @@ class Kamailio:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+@dataclass
+class Kamailio(KamailioProcess):
+    """One Kamailio process: the carrier on ``127.0.0.1:port`` (UDP).
+
+    Targets are ``"127.0.0.1:PORT"`` (or SIP URIs); None means no static route: the switch is
+    then reached only through its registration, the customer only if registered, and other
+    numbers get 404.
+    """
+
+    binary: str
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    realm: str = "carrier.test"
+    switch_user: str = "switch"
+    switch_password: str = "secret"
+    phone_password: str = "phone"
+    trigger_number: str = TRIGGER_NUMBER
+    #: Numbers starting with these digits go to the switch too (a block of trigger DIDs).
+    trigger_prefix: str | None = None
+    switch_target: str | None = None
+    customer_number: str = CUSTOMER_NUMBER
+    customer_target: str | None = None
+    pstn_target: str | None = None
+    auth_invite: bool = True
+    shm_mb: int = 64
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"kamailio_{self.port}.log"
+
+    def defines(self) -> list[str]:
+        """The ``-A`` preprocessor defines for kamailio.cfg."""
+        values = {
+            "REALM": self.realm,
+            "SWITCH_USER": self.switch_user,
+            "SWITCH_PASSWORD": self.switch_password,
+            "PHONE_PASSWORD": self.phone_password,
+            "TRIGGER_NUMBER": self.trigger_number,
+            "CUSTOMER_NUMBER": self.customer_number,
+        }
+        if self.switch_target:
+            values["SWITCH_TARGET"] = sip_uri(self.switch_target)
+        if self.customer_target:
+            values["CUSTOMER_TARGET"] = sip_uri(self.customer_target)
+        if self.pstn_target:
+            values["PSTN_TARGET"] = sip_uri(self.pstn_target)
+        if self.trigger_prefix:
+            values["TRIGGER_PREFIX"] = self.trigger_prefix
+        out = [f"{name}={quoted(value)}" for name, value in values.items()]
+        if self.auth_invite:
+            out.append("AUTH_INVITE")
+        return out

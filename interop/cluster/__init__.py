@@ -17,16 +17,13 @@ authenticated (the node holds no carrier credentials), the store is the shared P
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from interop.kamailio import KamailioError
+from interop.kamailio import KamailioProcess, quoted
 from interop.peers import LOOPBACK, free_port
 
 CONFIG = Path(__file__).resolve().parent / "kamailio.cfg"
@@ -43,19 +40,13 @@ _UACREG_COLUMNS = (
 )
 
 
-def _quoted(value: str) -> str:
-    if '"' in value or "\\" in value:
-        raise ValueError(f"define values must not contain quotes or backslashes: {value!r}")
-    return f'"{value}"'
-
-
 def _dbtext(value: str) -> str:
     """A db_text field: ``:`` and ``\\`` escaped (the column separator is ``:``)."""
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
 @dataclass
-class Dispatcher:
+class Dispatcher(KamailioProcess):
     """One Kamailio process: the cluster's address ``127.0.0.1:port`` (UDP).
 
     ``nodes``: the nodes' SIP addresses (``127.0.0.1:PORT``); ``carrier``: where the carrier
@@ -78,10 +69,8 @@ class Dispatcher:
     children: int = 4
     shm_mb: int = 64
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+    config: ClassVar[Path] = CONFIG
+    what: ClassVar[str] = "the dispatcher"
 
     @property
     def log_path(self) -> Path:
@@ -94,6 +83,10 @@ class Dispatcher:
     @property
     def dbtext_dir(self) -> Path:
         return self.workdir / f"dispatcher_{self.port}_db"
+
+    def prepare(self) -> None:
+        """Before the start: the files the cfg reads."""
+        self.write_files()
 
     def write_files(self) -> None:
         """The dispatcher list and the registration row (db_text)."""
@@ -141,99 +134,16 @@ class Dispatcher:
         }
         if self.register:
             values["REG_DB"] = f"text://{self.dbtext_dir}"
-        out = [f"{name}={_quoted(value)}" for name, value in values.items()]
+        out = [f"{name}={quoted(value)}" for name, value in values.items()]
         out.append(f"NODE_TIMEOUT_MS={self.node_timeout_ms}")
         return out
 
-    def command(self) -> list[str]:
-        cmd = [self.binary, "-DD", "-E", "-x", "fm", "-m", str(self.shm_mb), "-M", "8"]
-        cmd += ["-n", str(self.children)]
-        cmd += ["-f", str(CONFIG), "-l", f"udp:{self.address}"]
-        cmd += ["-w", str(self.workdir), "-Y", str(self.workdir)]
-        for define in self.defines():
-            cmd += ["-A", define]
-        return cmd
-
-    def start(self, ready_timeout: float = 10.0) -> Dispatcher:
-        """Start Kamailio and wait until it answers OPTIONS; raise (and kill it) otherwise."""
-        self.write_files()
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + ready_timeout
-        while not self.ping():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise KamailioError(f"the dispatcher did not start:\n{self.log()[-3000:]}")
-        return self
-
-    def ping(self, wait: float = 0.2) -> bool:
-        """True if the proxy answers an OPTIONS to itself with 200 within ``wait`` seconds."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-            branch = f"z9hG4bK-ping-{port}-{time.monotonic_ns()}"
-            probe = (
-                f"OPTIONS sip:{self.address} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {LOOPBACK}:{port};branch={branch};rport\r\n"
-                "Max-Forwards: 70\r\n"
-                f"From: <sip:ping@{LOOPBACK}:{port}>;tag=ping\r\n"
-                f"To: <sip:{self.address}>\r\n"
-                f"Call-ID: {branch}@{LOOPBACK}\r\n"
-                "CSeq: 1 OPTIONS\r\n"
-                "Content-Length: 0\r\n\r\n"
-            )
-            sock.settimeout(wait)
-            try:
-                sock.sendto(probe.encode(), (LOOPBACK, self.port))
-                answer = sock.recv(65535)
-            except (TimeoutError, ConnectionRefusedError):
-                time.sleep(0.05)
-                return False
-        return answer.startswith(b"SIP/2.0 200 ")
-
-    def log(self) -> str:
-        """What the proxy logged (its ``cluster:`` lines tell each routing decision)."""
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            time.sleep(0.05)
-        return text in self.log()
+    def process_options(self) -> list[str]:
+        return ["-n", str(self.children)]
 
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def stop(self, timeout: float = 5.0) -> int:
-        """SIGTERM to the main process, wait, and return its exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return int(self.proc.returncode)
-
-    def kill(self) -> None:
-        """SIGKILL the process group this driver started (main process and children)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def node_config(
