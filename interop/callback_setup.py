@@ -3,9 +3,10 @@
 Theory of operation: a callback call needs a store with accounts (:func:`provision`), a node
 configuration with a trunk (:func:`switch_config`), and around the node Kamailio as the carrier,
 baresip as the customer's phone and a SIPp UAS as the destination (:func:`start_callback_rig`).
-Evidence is gathered three ways: the CDRs in the store (:func:`cdrs`), the audio baresip
-recorded, and a packet capture on the loopback interface (:class:`Capture`, ``dumpcap`` writing
-classic pcap, read back by :func:`read_pcap` without tshark's dissectors).
+Evidence is gathered three ways: the store (:func:`cdrs`, or anything through
+:func:`read_store`; :func:`wait_for` polls until a state is reached), the audio baresip
+recorded, and a packet capture on the loopback interface (:class:`Capture`, ``dumpcap``
+writing classic pcap, read back by :func:`read_pcap` without tshark's dissectors).
 :func:`write_rtp_pcap` makes the RTP stream a SIPp UAS replays with ``play_pcap_audio``;
 :func:`first_request` and :func:`answer_time` find SIP messages in a capture; the audio helpers
 (:func:`tone_ratio`, :func:`active_frames`) judge what was heard with a Goertzel filter per 20
@@ -17,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +43,8 @@ CUSTOMER = "815011110000"
 DESTINATION = "441234567890"
 RATE = 8000
 FRAME = 160  # samples in 20 ms
+
+T = TypeVar("T")
 
 # --- the store and the node's configuration --------------------------------------------------
 
@@ -84,30 +88,62 @@ def provision(
     return asyncio.run(go())
 
 
-def account(db_url: str, account_id: int = 1) -> Account:
-    """The account as the store has it now."""
+def read_store(
+    db_url: str,
+    read: Callable[[Store], Awaitable[T]],
+    *,
+    migrate: bool = True,
+    create: bool = True,
+) -> T:
+    """Open the store at ``db_url``, ``await read(store)``, close it: the test's own look.
 
-    async def go() -> Account:
-        store = await Store.open(db_url)
-        try:
-            return await store.accounts.get(account_id)
-        finally:
-            await store.close()
+    ``migrate=False, create=False`` reads a store some node made without touching it."""
+
+    async def go() -> T:
+        async with await Store.open(db_url, migrate=migrate, create=create) as store:
+            return await read(store)
 
     return asyncio.run(go())
+
+
+def wait_for(
+    what: str,
+    poll: Callable[[], T],
+    ready: Callable[[T], bool],
+    timeout: float,
+    interval: float = 0.25,
+) -> T:
+    """Call ``poll`` every ``interval`` seconds until ``ready`` says yes to what it returned;
+    AssertionError naming ``what`` with the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = poll()
+        if ready(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s:\n{state}")
+        time.sleep(interval)
+
+
+def account(db_url: str, account_id: int = 1) -> Account:
+    """The account as the store has it now."""
+    return read_store(db_url, lambda store: store.accounts.get(account_id))
+
+
+async def _all_cdrs(store: Store) -> list[Cdr]:
+    return list(await store.cdrs.list())
 
 
 def cdrs(db_url: str) -> list[Cdr]:
     """Every CDR in the store."""
+    return read_store(db_url, _all_cdrs)
 
-    async def go() -> list[Cdr]:
-        store = await Store.open(db_url)
-        try:
-            return list(await store.cdrs.list())
-        finally:
-            await store.close()
 
-    return asyncio.run(go())
+def node_id(node: Node) -> str:
+    """The node's id in the store (``host:pid:token``, new at every start), from its log."""
+    found = re.search(r"callback service ready \(node (\S+),", node.log())
+    assert found is not None, node.log()[-4000:]
+    return found.group(1)
 
 
 def rtp_range(size: int = 200) -> tuple[int, int]:

@@ -221,3 +221,26 @@ def start_baresip(tmp_path: Path, baresip_bin: str) -> Iterator[BaresipFactory]:
         if code != 0:
             failures.append(f"baresip on {phone.sip_port} exited {code}:\n{phone.log()[-2000:]}")
     assert not failures, "\n".join(failures)
+
+
+# --- PostgreSQL (a store several nodes share, or one a test stops and starts) ----------------
+from interop.faults import FaultSetupError, PgCluster, pg_bindir  # noqa: E402
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A PostgreSQL server of the test's own on a free port (``createdb`` gives a URL); the
+    test may stop and start it. Removed at teardown, whatever happened."""
+    bindir = pg_bindir()
+    if bindir is None:
+        missing_peer("PostgreSQL server binaries (initdb, pg_ctl) not installed")
+    assert bindir is not None
+    cluster = PgCluster(bindir, free_port())
+    try:
+        try:
+            cluster.init().start()
+        except FaultSetupError as exc:
+            missing_peer(f"cannot run PostgreSQL here: {exc}")
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -48,19 +48,19 @@ import subprocess
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from interop.callback_setup import rtp_range
+from interop.callback_setup import node_id, read_store, rtp_range, wait_for
 from interop.cluster import CONFIG as CLUSTER_CONFIG
 from interop.cluster import SCENARIOS as CLUSTER_SCENARIOS
 from interop.cluster import Dispatcher, node_config
-from interop.conftest import KamailioFactory, SippFactory, missing_peer
-from interop.faults import FaultSetupError, PgCluster, pg_bindir
+from interop.conftest import KamailioFactory, SippFactory
+from interop.faults import PgCluster
 from interop.peers import Node, TracedMessage, free_port
 from softswitch.service.callbacks import STALE_AFTER
 from softswitch.store import Store
@@ -93,23 +93,6 @@ TOKEN = "cluster-test-token-0123456789"
 #: How long after the kill the survivors may take to find the dead node's calls: its last
 #: heartbeat (up to 5 s before the kill) + STALE_AFTER + a recovery pass (10 s) + slack.
 RECOVERY_WITHIN = STALE_AFTER + 10.0 + 10.0
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    bindir = pg_bindir()
-    if bindir is None:
-        missing_peer("PostgreSQL server binaries (initdb, pg_ctl) not installed")
-    assert bindir is not None
-    cluster = PgCluster(bindir, free_port())
-    try:
-        try:
-            cluster.init().start()
-        except FaultSetupError as exc:
-            missing_peer(f"cannot run PostgreSQL here: {exc}")
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -150,34 +133,24 @@ class Snapshot:
         return [c for c in self.cdrs if c.account_id == account_id]
 
 
-def snapshot(db_url: str) -> Snapshot:
-    async def go() -> Snapshot:
-        store = await Store.open(db_url, migrate=False, create=False)
-        try:
-            accounts = {a.triggers[0]: a for a in await store.accounts.list()}
-            return Snapshot(
-                accounts,
-                tuple(await store.cdrs.list()),
-                tuple(await store.live_calls.list()),
-                tuple(await store.callbacks.list()),
-            )
-        finally:
-            await store.close()
+async def _read_snapshot(store: Store) -> Snapshot:
+    accounts = {a.triggers[0]: a for a in await store.accounts.list()}
+    return Snapshot(
+        accounts,
+        tuple(await store.cdrs.list()),
+        tuple(await store.live_calls.list()),
+        tuple(await store.callbacks.list()),
+    )
 
-    return asyncio.run(go())
+
+def snapshot(db_url: str) -> Snapshot:
+    return read_store(db_url, _read_snapshot, migrate=False, create=False)
 
 
 def wait_for_store(
     db_url: str, what: str, ready: Callable[[Snapshot], bool], timeout: float
 ) -> Snapshot:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = snapshot(db_url)
-        if ready(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"store: {what} not within {timeout} s:\n{state}")
-        time.sleep(0.5)
+    return wait_for(f"store: {what}", lambda: snapshot(db_url), ready, timeout, interval=0.5)
 
 
 # --- the wire -------------------------------------------------------------------------------
@@ -252,12 +225,6 @@ def api_status(port: int) -> dict[str, object]:
     with opener.open(request, timeout=5) as answer:
         data: dict[str, object] = json.loads(answer.read())
     return data
-
-
-def node_id(node: Node) -> str:
-    found = re.search(r"callback service ready \(node (\S+),", node.log())
-    assert found is not None, node.log()[-3000:]
-    return found.group(1)
 
 
 # --- the test ---------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ outside the process, and the constants are not patched.
 
 from __future__ import annotations
 
-import asyncio
 import http.cookiejar
 import json
 import os
@@ -47,7 +46,15 @@ from pathlib import Path
 import pytest
 
 from interop.baresip import Baresip, BaresipError
-from interop.callback_setup import provision, ring_trigger, rtp_range, switch_config
+from interop.callback_setup import (
+    node_id,
+    provision,
+    read_store,
+    ring_trigger,
+    rtp_range,
+    switch_config,
+    wait_for,
+)
 from interop.conftest import BaresipFactory, KamailioFactory, SippFactory
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.peers import Node, free_port
@@ -122,42 +129,32 @@ class Snapshot:
         return [c for c in self.callbacks if c.account_id == account_id]
 
 
-def snapshot(db_url: str) -> Snapshot:
-    async def go() -> Snapshot:
-        store = await Store.open(db_url, migrate=False, create=False)
-        try:
-            accounts: dict[str, Account] = {}
-            reservations: dict[str, tuple[CreditReservation, ...]] = {}
-            for customer in CUSTOMERS:
-                account = await store.accounts.by_trigger(customer.trigger)
-                assert account is not None, customer
-                accounts[customer.role] = account
-                reservations[customer.role] = await store.credit.reservations(account.id)
-            return Snapshot(
-                cdrs=tuple(await store.cdrs.list()),
-                live=tuple(await store.live_calls.list()),
-                callbacks=tuple(await store.callbacks.list()),
-                accounts=accounts,
-                reservations=reservations,
-            )
-        finally:
-            await store.close()
+async def _read_snapshot(store: Store) -> Snapshot:
+    accounts: dict[str, Account] = {}
+    reservations: dict[str, tuple[CreditReservation, ...]] = {}
+    for customer in CUSTOMERS:
+        account = await store.accounts.by_trigger(customer.trigger)
+        assert account is not None, customer
+        accounts[customer.role] = account
+        reservations[customer.role] = await store.credit.reservations(account.id)
+    return Snapshot(
+        cdrs=tuple(await store.cdrs.list()),
+        live=tuple(await store.live_calls.list()),
+        callbacks=tuple(await store.callbacks.list()),
+        accounts=accounts,
+        reservations=reservations,
+    )
 
-    return asyncio.run(go())
+
+def snapshot(db_url: str) -> Snapshot:
+    return read_store(db_url, _read_snapshot, migrate=False, create=False)
 
 
 def wait_for_store(
     db_url: str, what: str, ready: Callable[[Snapshot], bool], timeout: float
 ) -> Snapshot:
     """Poll the store until ``ready``; fail with the last snapshot after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = snapshot(db_url)
-        if ready(state):
-            return state
-        if time.monotonic() > deadline:
-            raise AssertionError(f"store: {what} not within {timeout} s: {state}")
-        time.sleep(0.25)
+    return wait_for(f"store: {what}", lambda: snapshot(db_url), ready, timeout)
 
 
 def destination_answered(state: Snapshot, customer: Customer) -> bool:
@@ -247,13 +244,6 @@ def serve(binary: str, workdir: Path, port: int, config: str) -> Node:
         node.kill()
         raise AssertionError(f"node did not register to the carrier:\n{node.log()[-4000:]}")
     return node
-
-
-def node_id(node: Node) -> str:
-    """The node's id (``host:pid:token``, new at every start), from its log."""
-    found = re.search(r"callback service ready \(node (\S+),", node.log())
-    assert found is not None, node.log()[-4000:]
-    return found.group(1)
 
 
 def test_kill_9_under_load_then_restart_recovers_every_call(

@@ -68,7 +68,6 @@ account's trigger arrives. What the node does, and the test asserts:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import time
@@ -87,6 +86,7 @@ from interop.callback_setup import (
     CallbackRig,
     cdrs,
     provision,
+    read_store,
     ring_trigger,
     rtp_range,
     spans,
@@ -96,7 +96,7 @@ from interop.callback_setup import (
     write_rtp_pcap,
 )
 from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
-from interop.faults import FaultSetupError, LossyLoopback, PgCluster, pg_bindir, sbin
+from interop.faults import FaultSetupError, LossyLoopback, PgCluster, sbin
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.peers import SCENARIOS, Node, SippResult, free_port
 from interop.test_callback_e2e import check_cdrs
@@ -414,39 +414,17 @@ class StoreContents:
     live_calls: tuple[LiveCall, ...]
 
 
+async def _read_store_contents(store: Store) -> StoreContents:
+    return StoreContents(
+        list(await store.cdrs.list()),
+        await store.callbacks.list(),
+        await store.live_calls.list(),
+    )
+
+
 def store_after(db_url: str) -> StoreContents:
     """The CDRs, the callback queue and the live calls in the store now."""
-
-    async def go() -> StoreContents:
-        store = await Store.open(db_url)
-        try:
-            return StoreContents(
-                list(await store.cdrs.list()),
-                await store.callbacks.list(),
-                await store.live_calls.list(),
-            )
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    """A PostgreSQL server of this test's own, which the test may stop and start again."""
-    bindir = pg_bindir()
-    if bindir is None:
-        missing_peer("PostgreSQL server binaries (initdb, pg_ctl) not installed")
-    assert bindir is not None
-    cluster = PgCluster(bindir, free_port())
-    try:
-        try:
-            cluster.init().start()
-        except FaultSetupError as exc:
-            missing_peer(f"cannot run PostgreSQL here: {exc}")
-        yield cluster
-    finally:
-        cluster.destroy()
+    return read_store(db_url, _read_store_contents)
 
 
 def test_store_restart_live_call_continues_and_nothing_is_lost(
