@@ -378,8 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def serve() -> None:
         # What start-up allocated (numpy, the tables) lives for the whole run: out of the
-        # collector's reach, a full collection does not stall the 20 ms clock (as the node
-        # does for its own loop, softswitch.aio.server.tune_gc).
+        # collector's reach, a full collection does not stall the 20 ms clock (the node
+        # itself collects on a clock instead: softswitch.aio.collector).
         gc.collect()
         gc.freeze()
         await Worker(sock, args.host, ports).run()

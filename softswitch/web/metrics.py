@@ -184,6 +184,30 @@ class _LiveCollector(Collector):
             "asyncio tasks not yet done in the node's loop (a leak shows as steady growth)",
             len(asyncio.all_tasks(server.loop)),
         )
+        collector = server.collector
+        collections = CounterMetricFamily(
+            "softswitch_gc_collections",
+            "Cyclic garbage collections in the node's process, by kind (young: every 0.1 s; "
+            "full: every 10 min)",
+            labels=["kind"],
+        )
+        paused = CounterMetricFamily(
+            "softswitch_gc_pause_seconds",
+            "Time the node's loop stood still in garbage collections, by kind",
+            labels=["kind"],
+        )
+        longest = GaugeMetricFamily(
+            "softswitch_gc_longest_pause_seconds",
+            "The longest garbage-collection pause since start, by kind",
+            labels=["kind"],
+        )
+        for kind, pauses in (("young", collector.young), ("full", collector.full)):
+            collections.add_metric([kind], pauses.count)
+            paused.add_metric([kind], pauses.seconds)
+            longest.add_metric([kind], pauses.longest)
+        yield collections
+        yield paused
+        yield longest
         service = server.service
         if service is not None:
             media = service.media.stats()

@@ -153,6 +153,8 @@ async def test_admin_api_status_calls_hangup_and_metrics(tmp_path: Path) -> None
         assert set(body["listeners"]) == {"sip", "admin", "web", "mail"}
         assert await metric(server, "softswitch_active_calls") == 1
         assert await metric(server, "softswitch_asyncio_tasks") >= 1
+        # The garbage collector runs on the loop's clock, young generation every 0.1 s.
+        assert await metric(server, 'softswitch_gc_collections_total{kind="young"}') >= 1
         assert await metric(server, 'softswitch_active_legs{leg="callback"}') == 1
         assert (
             await metric(server, 'softswitch_triggers_total{channel="phone",outcome="scheduled"}')
