@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interop.peers import LOOPBACK, free_port
+from interop.peers import LOOPBACK, free_port, terminate
 
 CUSTOMER_NUMBER = "815011110000"
 MODULE_PATH = "/usr/lib/baresip/modules"
@@ -371,13 +371,7 @@ class Baresip:
             self.control = None
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout, self.kill)
 
     def kill(self) -> None:
         """SIGKILL by PID if still running (teardown of a failed start)."""

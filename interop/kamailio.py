@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 from interop.baresip import CUSTOMER_NUMBER
-from interop.peers import LOOPBACK, TRIGGER_NUMBER, free_port
+from interop.peers import LOOPBACK, TRIGGER_NUMBER, free_port, terminate
 
 CONFIG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
 SCENARIOS = Path(__file__).resolve().parent / "kamailio" / "scenarios"
@@ -178,13 +178,7 @@ class KamailioProcess(ABC):
         """SIGTERM to the main process, wait, and return its exit code (-9: killed)."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout, self.kill)
 
     def kill(self) -> None:
         """SIGKILL the process group this driver started (main process and children)."""

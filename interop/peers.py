@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -376,6 +376,18 @@ def _wait_udp_bound(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
         time.sleep(0.02)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float, kill: Callable[[], None]) -> int:
+    """SIGTERM ``proc`` if it runs, wait up to ``timeout`` seconds, then ``kill()`` it (the
+    driver's own way: the process, or its group); its exit code (-9: it had to be killed)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill()
+    return int(proc.returncode)
+
+
 # --- the node --------------------------------------------------------------------------------
 
 
@@ -485,14 +497,7 @@ class Node:
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait, and return the exit code (killed: -9 after ``timeout``)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
+        return terminate(self.proc, timeout, self.kill)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
