@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -505,12 +506,17 @@ def run_once(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]:
     stats.update(extra)
     stats["kind"] = kind
     stats["quiet"] = args.quiet_ok
+    judge(stats)
+    return stats
+
+
+def judge(stats: dict[str, Any]) -> None:
+    """Add to one measurement its CPU per packet, its share of bad packets and the verdict."""
     # CPU per packet handled (in and out), over the packets that really went through.
     handled = max(1, stats["sent"] + stats["received"])
     stats["us_per_pkt"] = stats["relay_cpu"] * stats["window_s"] * 1e6 / handled
     stats["bad_ratio"] = (stats["lost"] + stats["late"]) / max(1, stats["sent"])
     stats["ok"] = stats["bad_ratio"] <= THRESHOLD and stats["misroute"] == 0
-    return stats
 
 
 def _popen(cmd: list[str]) -> subprocess.Popen[str]:
@@ -523,13 +529,23 @@ def run_point(kind: str, calls: int, args: argparse.Namespace) -> dict[str, Any]
     """`run_once`, repeated up to `args.retries` times while it fails: on a shared machine one
     preemption of the pinned relay or generator by another job (tens of ms) is enough to make
     0.1 % of the packets late."""
-    r = run_once(kind, calls, args)
-    _progress(r)
-    for _ in range(args.retries):
+    return retried(lambda: run_once(kind, calls, args), args.retries, _progress)
+
+
+def retried(
+    measure: Callable[[], dict[str, Any]],
+    retries: int,
+    progress: Callable[[dict[str, Any], str], None],
+) -> dict[str, Any]:
+    """``measure()``, then again up to ``retries`` times while it fails; the best (fewest bad
+    packets) of them. ``progress`` prints each measurement (note "retry" on the repeats)."""
+    r = measure()
+    progress(r, "")
+    for _ in range(retries):
         if r["ok"]:
             break
-        again = run_once(kind, calls, args)
-        _progress(again, "retry")
+        again = measure()
+        progress(again, "retry")
         if again["bad_ratio"] < r["bad_ratio"]:
             r = again
     return r

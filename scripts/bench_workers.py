@@ -177,10 +177,7 @@ def run_once(workers: int, calls: int, args: argparse.Namespace) -> dict[str, An
     stats["workers"] = workers
     stats["calls"] = calls
     stats["quiet"] = args.quiet_ok
-    handled = max(1, stats["sent"] + stats["received"])
-    stats["us_per_pkt"] = stats["relay_cpu"] * stats["window_s"] * 1e6 / handled
-    stats["bad_ratio"] = (stats["lost"] + stats["late"]) / max(1, stats["sent"])
-    stats["ok"] = stats["bad_ratio"] <= bm.THRESHOLD and stats["misroute"] == 0
+    bm.judge(stats)
     return stats
 
 
@@ -197,16 +194,8 @@ def _progress(r: dict[str, Any], note: str = "") -> None:
 
 
 def run_point(workers: int, calls: int, args: argparse.Namespace) -> dict[str, Any]:
-    r = run_once(workers, calls, args)
-    _progress(r)
-    for _ in range(args.retries):
-        if r["ok"]:
-            break
-        again = run_once(workers, calls, args)
-        _progress(again, "retry")
-        if again["bad_ratio"] < r["bad_ratio"]:
-            r = again
-    return r
+    """`run_once`, repeated while it fails (bench_media's retry rule)."""
+    return bm.retried(lambda: run_once(workers, calls, args), args.retries, _progress)
 
 
 def capacity(workers: int, args: argparse.Namespace) -> dict[str, Any] | None:
