@@ -161,10 +161,14 @@ def switch_config(
     log_level: str = "DEBUG",
     ip_auth: bool = False,
     outbound_per_minute: int | None = None,
+    keepalive_interval: float = 0,
+    sip_options: str = "",
 ) -> str:
     """The node's TOML: SIP on ``port``, the trunk at ``carrier`` (registering with digest
     unless ``ip_auth``), bare E.164 numbers to the trunk, RTP on loopback in ``rtp_ports``;
-    ``outbound_per_minute``: the cap on call attempts, when not the default (benchmarks: 0)."""
+    ``outbound_per_minute``: the cap on call attempts, when not the default (benchmarks: 0);
+    ``keepalive_interval``: the trunk's OPTIONS keep-alive (0: off); ``sip_options``: more
+    ``[sip]`` lines (``t1 = 0.1``, ``allow_from = [...]``)."""
     if ip_auth:
         trunk = f'proxy = "{carrier}"\nip_auth = true'
     else:
@@ -172,16 +176,18 @@ def switch_config(
             f'registrar = "sip:carrier.test"\nproxy = "{carrier}"\n'
             'username = "switch"\npassword = "secret"\nrealm = "carrier.test"\nexpires = 300'
         )
+    if sip_options:
+        sip_options += "\n"
     return f"""
 [sip]
 listen = "127.0.0.1:{port}"
-
+{sip_options}
 [database]
 url = "{db_url}"
 
 [trunk]
 {trunk}
-keepalive_interval = 0
+keepalive_interval = {keepalive_interval:g}
 caller_id = "81300000000"
 international_prefix = ""     # this carrier routes bare E.164 digits
 
@@ -270,18 +276,9 @@ def start_callback_rig(
     phone = _start_phone(start_baresip, carrier.address, audio_file, phone_auto_answer)
     ports = rtp_ports or rtp_range()
     port = free_port()
-    node = Node(
-        softswitch_bin,
-        tmp_path,
-        port,
-        switch_config(port, carrier.address, db_url, rtp_ports=ports) + extra_config,
-    )
-    node.start()
-    rig = CallbackRig(db_url, carrier, phone, destination, node, ports)
-    if not node.wait_for_log("registered to", timeout=10):
-        node.stop()
-        raise AssertionError(f"node did not register to the carrier:\n{rig.node_log()}")
-    return rig
+    config = switch_config(port, carrier.address, db_url, rtp_ports=ports) + extra_config
+    node = start_registered_node(softswitch_bin, tmp_path, port, config)
+    return CallbackRig(db_url, carrier, phone, destination, node, ports)
 
 
 def _start_phone(
@@ -290,16 +287,25 @@ def _start_phone(
     audio_file: Path | None,
     auto_answer: bool = True,
 ) -> Baresip:
-    """A registered phone. free_port() can race with other processes on this machine: when
-    baresip could not bind its control port, the driver talked to a stranger; try new ports."""
-    for attempt in range(3):
-        phone = start_baresip(
+    """The customer's phone, registered."""
+    return registered_phone(
+        lambda: start_baresip(
             carrier=carrier,
             number=CUSTOMER,
             register_password="phone",
             audio_file=audio_file,
             auto_answer=auto_answer,
         )
+    )
+
+
+def registered_phone(start: Callable[[], Baresip], phone: Baresip | None = None) -> Baresip:
+    """Wait until ``phone`` (or one ``start()`` starts) has registered. free_port() can race
+    with other processes on this machine: when baresip lost a port to one ("Address already
+    in use"), stop it and ``start()`` it again (new ports), three starts in all."""
+    for attempt in range(3):
+        if phone is None:
+            phone = start()
         try:
             phone.wait_for_registered(10)
             return phone
@@ -307,7 +313,20 @@ def _start_phone(
             if attempt == 2 or "Address already in use" not in phone.log():
                 raise
             phone.stop()
+            phone = None
     raise AssertionError("unreachable")
+
+
+def start_registered_node(
+    binary: str, workdir: Path, port: int, config: str, timeout: float = 10.0
+) -> Node:
+    """A ``softswitch serve`` on ``port`` that has registered to its carrier within ``timeout``
+    seconds; stopped and AssertionError with its log otherwise."""
+    node = Node(binary, workdir, port, config).start()
+    if not node.wait_for_log("registered to", timeout=timeout):
+        node.stop()
+        raise AssertionError(f"node did not register to the carrier:\n{node.log()[-4000:]}")
+    return node
 
 
 # --- packet capture on loopback ----------------------------------------------------------------

@@ -41,17 +41,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from interop.baresip import Baresip, BaresipError
+from interop.baresip import Baresip
 from interop.callback_setup import (
     node_id,
     provision,
     read_store,
+    registered_phone,
     ring_trigger,
     rtp_range,
+    start_registered_node,
     switch_config,
     wait_for,
 )
@@ -211,8 +214,8 @@ def calls_arrived(phone: Baresip, after: int) -> list[str]:
 
 
 def start_phones(start_baresip: BaresipFactory, carrier: str) -> dict[str, Baresip]:
-    """A registered phone per customer (all started, then waited for); a port taken by a
-    stranger meanwhile (baresip says "Address already in use"): that phone again, new ports."""
+    """A registered phone per customer (all started, then waited for; a port lost to a race
+    is retried by registered_phone)."""
 
     def start(customer: Customer) -> Baresip:
         return start_baresip(
@@ -224,26 +227,13 @@ def start_phones(start_baresip: BaresipFactory, carrier: str) -> dict[str, Bares
 
     phones = {c.role: start(c) for c in CUSTOMERS}
     for customer in CUSTOMERS:
-        for attempt in range(3):
-            phone = phones[customer.role]
-            try:
-                phone.wait_for_registered(10)
-                break
-            except BaresipError:
-                if attempt == 2 or "Address already in use" not in phone.log():
-                    raise
-                phone.stop()
-                phones[customer.role] = start(customer)
+        phones[customer.role] = registered_phone(partial(start, customer), phones[customer.role])
     return phones
 
 
 def serve(binary: str, workdir: Path, port: int, config: str) -> Node:
     """A ``softswitch serve`` registered to the carrier (its log in ``workdir``)."""
-    node = Node(binary, workdir, port, config).start()
-    if not node.wait_for_log("registered to", timeout=15):
-        node.kill()
-        raise AssertionError(f"node did not register to the carrier:\n{node.log()[-4000:]}")
-    return node
+    return start_registered_node(binary, workdir, port, config, timeout=15)
 
 
 def test_kill_9_under_load_then_restart_recovers_every_call(

@@ -121,10 +121,14 @@ KEEPALIVE_S = 5
 
 def trunk_config(port: int, carrier: str, db_url: str, *, t1: float, keepalive_s: float) -> str:
     """The callback rig's node configuration with the OPTIONS keep-alive on and ``t1``."""
-    config = switch_config(port, carrier, db_url, rtp_ports=rtp_range())
-    assert "keepalive_interval = 0" in config and "[sip]\n" in config
-    config = config.replace("keepalive_interval = 0", f"keepalive_interval = {keepalive_s:g}")
-    return config.replace("[sip]\n", f"[sip]\nt1 = {t1:g}\n", 1)
+    return switch_config(
+        port,
+        carrier,
+        db_url,
+        rtp_ports=rtp_range(),
+        keepalive_interval=keepalive_s,
+        sip_options=f"t1 = {t1:g}",
+    )
 
 
 def test_carrier_restart_node_reregisters_and_calls_complete(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from interop.callback_setup import switch_config
 from interop.kamailio import KamailioProcess, quoted
 from interop.peers import LOOPBACK, free_port
 
@@ -166,25 +167,13 @@ def node_config(
         if admin_port is None
         else f'\n[admin]\nlisten = "{LOOPBACK}:{admin_port}"\ntoken = "{admin_token}"\n'
     )
-    return f"""
-[sip]
-listen = "{LOOPBACK}:{port}"
-allow_from = ["127.0.0.0/8"]
-
-[database]
-url = "{db_url}"
-
-[trunk]
-proxy = "{dispatcher}"
-ip_auth = true
-keepalive_interval = 0
-caller_id = "81300000000"
-international_prefix = ""     # this carrier routes bare E.164 digits
-
-[media]
-host = "{LOOPBACK}"
-rtp_ports = [{rtp_ports[0]}, {rtp_ports[1]}]
-
-[log]
-level = "{log_level}"
-{admin}{extra}"""
+    config = switch_config(
+        port,
+        dispatcher,
+        db_url,
+        rtp_ports=rtp_ports,
+        log_level=log_level,
+        ip_auth=True,
+        sip_options='allow_from = ["127.0.0.0/8"]',
+    )
+    return config + admin + extra
