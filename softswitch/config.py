@@ -59,6 +59,14 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: {what}{message}")
 
 
+def auto_media_workers(cpus: int | None = None) -> int:
+    """``[media] workers = "auto"`` resolved as the node does at start
+    (softswitch.aio.mediapool.auto_workers): one core for the SIP process, the rest for media,
+    at least one worker. ``cpus``: the core count (default: this machine's)."""
+    count = os.cpu_count() if cpus is None else cpus
+    return max(1, (count or 1) - 1)
+
+
 def parse_host_port(text: str, default_port: int = 5060) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]:port`` or ``v6`` -> (host without brackets, port)."""
     text = text.strip()
@@ -597,8 +605,19 @@ def load_config(
         kwargs["media_workers"] = workers
     else:
         raise media.error("workers", 'expected "auto" or a number of processes from 0 to 256')
-    if isinstance(workers, int) and workers > (ports[1] - ports[0] + 1) // 2:
+    # Each worker gets a slice of rtp_ports holding at least one RTP/RTCP pair, counted from
+    # the first even port as the node splits them (softswitch.aio.mediapool.split_ports).
+    pairs = (ports[1] - (ports[0] + (ports[0] & 1)) + 1) // 2
+    if isinstance(workers, int) and workers > pairs:
         raise media.error("workers", "more workers than RTP port pairs in rtp_ports")
+    if workers == "auto" and (auto := auto_media_workers()) > pairs:
+        # Named where the fix goes: the workers line if there is one, else the range's.
+        raise media.error(
+            "workers" if "workers" in media.data else "rtp_ports",
+            f"rtp_ports {ports[0]}-{ports[1]} holds {pairs} RTP port pair(s), fewer than the "
+            f'{auto} media workers of workers = "auto" on this machine (one per core but '
+            "one): widen rtp_ports or set workers to a number",
+        )
     media.finish()
 
     prompts = _Reader(top.get("prompts", dict, {}), "prompts", text, source)

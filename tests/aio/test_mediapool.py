@@ -34,7 +34,7 @@ from softswitch.aio.mediapool import (
     split_ports,
     to_op,
 )
-from softswitch.config import ConfigError, load_config
+from softswitch.config import ConfigError, auto_media_workers, load_config
 from softswitch.node import commands as cmd
 
 PCMU_SILENCE = b"\xff" * 160
@@ -115,6 +115,48 @@ def test_a_bad_workers_setting_is_named(tmp_path: Path, text: str) -> None:
     path.write_text(f"[media]\n{text}\n")
     with pytest.raises(ConfigError, match="workers"):
         load_config(path)
+
+
+def test_auto_is_resolved_at_load_as_the_node_resolves_it() -> None:
+    for cpus in (None, 1, 2, 3, 16, 64):
+        assert auto_media_workers(cpus) == auto_workers(cpus), cpus
+
+
+@pytest.mark.parametrize(
+    ("workers", "line", "key"),
+    [('workers = "auto"\n', 3, "[media] workers"), ("", 2, "[media] rtp_ports")],
+)
+def test_auto_workers_that_the_port_range_cannot_hold_are_refused_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str, line: int, key: str
+) -> None:
+    # Five cores: four workers, each needing an RTP/RTCP pair of its own.
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    path = tmp_path / "s.toml"
+    path.write_text(f"[media]\nrtp_ports = [20000, 20005]\n{workers}")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.line, err.key) == (line, key), str(err)
+    assert "holds 3 RTP port pair(s), fewer than the 4 media workers" in err.message
+    # Four pairs are enough, and the setting stays "auto" for the node to resolve.
+    path.write_text(f"[media]\nrtp_ports = [20000, 20007]\n{workers}")
+    assert load_config(path).media_workers is None
+    with pytest.raises(ValueError, match="too small"):  # what the node raised before
+        split_ports((20000, 20005), auto_workers())
+
+
+def test_explicit_workers_are_counted_against_pairs_as_the_node_splits_them(
+    tmp_path: Path,
+) -> None:
+    # 31001-31004 holds one pair from its first even port (31002-31003), not two.
+    path = tmp_path / "s.toml"
+    path.write_text("[media]\nrtp_ports = [31001, 31004]\nworkers = 2\n")
+    with pytest.raises(ConfigError, match="more workers than RTP port pairs") as info:
+        load_config(path)
+    assert (info.value.line, info.value.key) == (3, "[media] workers")
+    path.write_text("[media]\nrtp_ports = [31001, 31005]\nworkers = 2\n")
+    assert load_config(path).media_workers == 2
+    assert len(split_ports((31001, 31005), 2)) == 2
 
 
 # --- real workers ---------------------------------------------------------------------------
