@@ -19,6 +19,7 @@ import asyncio
 import os
 import random
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -32,9 +33,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from interop.baresip import Baresip, BaresipError
+from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.kamailio import Kamailio
-from interop.peers import LOOPBACK, Node, Sipp, free_port
+from interop.peers import LOOPBACK, SCENARIOS, Node, Sipp, free_port
 from media import g711
+from media.tools import write_audio
 from softswitch.store import Store
 from softswitch.store.models import Account, AccountKind, Cdr, Language, Location, Rate
 
@@ -214,6 +217,21 @@ def ring_trigger(sipp: Callable[..., Sipp], carrier: str, number: str = TRIGGER)
     assert result.returncode == 0, result.describe()
 
 
+def register_at_carrier(
+    sipp: Callable[..., Sipp], carrier: str, number: str, contact_port: int, timeout_s: float = 15
+) -> None:
+    """Register ``number`` (password "phone") at the carrier with its Contact on
+    ``contact_port``, where a SIPp UAS listens: the carrier then routes ``number`` to it."""
+    registered = sipp(
+        str(KAMAILIO_SCENARIOS / "register_auth.xml"),
+        remote=carrier,
+        service=number,
+        timeout_s=timeout_s,
+        extra=("-au", number, "-ap", "phone", "-key", "contact_port", str(contact_port)),
+    ).run()
+    assert registered.returncode == 0, registered.describe()
+
+
 # --- the rig: carrier, phone, destination, node ------------------------------------------------
 
 
@@ -231,6 +249,44 @@ class CallbackRig:
     def node_log(self) -> str:
         """The tail of the node's log, for assertion messages."""
         return self.node.log()[-4000:]
+
+    def release(self) -> None:
+        """The customer releases the bridged call with ``**``: the phone's call closes, the
+        destination UAS ends its scenario without error and the node logs the call finished."""
+        self.phone.send_dtmf("**")
+        self.phone.wait_for_call_closed(10)
+        result = self.destination.wait(20)
+        assert result.returncode == 0, result.describe()
+        assert self.node.wait_for_log("finished", timeout=10), self.node_log()
+
+
+@dataclass(frozen=True)
+class ToneDestination:
+    """A destination UAS (``uas_destination_audio.xml``) that answers and plays a tone with
+    SIPp's play_pcap_audio (which needs root), from ``media_port``."""
+
+    scenario: str
+    media_port: int
+
+    @property
+    def extra(self) -> tuple[str, ...]:
+        """Its SIPp options (``destination_extra`` of :func:`start_callback_rig`)."""
+        return ("-mp", str(self.media_port))
+
+
+def tone_destination(workdir: Path, freq: float, seconds: float = 30.0) -> ToneDestination:
+    """Write the RTP the destination plays (``freq`` Hz for ``seconds``) and its scenario
+    into ``workdir``, where SIPp looks for ``destination_audio.pcap``."""
+    write_rtp_pcap(workdir / "destination_audio.pcap", tone(freq, seconds))
+    scenario = shutil.copy(SCENARIOS / "uas_destination_audio.xml", workdir)
+    return ToneDestination(str(scenario), free_port())
+
+
+def phone_tone_file(workdir: Path, freq: float, seconds: float = 40.0) -> Path:
+    """What baresip's microphone sends (``audio_file``): ``freq`` Hz for ``seconds``."""
+    speech = workdir / "phone_tone.wav"
+    write_audio(speech, tone(freq, seconds))
+    return speech
 
 
 def start_callback_rig(

@@ -244,3 +244,15 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+# --- packet capture -----------------------------------------------------------------------
+from interop.callback_setup import Capture, CaptureError  # noqa: E402
+
+
+def start_capture(capture: Capture) -> None:
+    """Start ``capture``; a machine where dumpcap cannot capture on lo is a missing peer."""
+    try:
+        capture.start()
+    except CaptureError as exc:
+        missing_peer(f"cannot capture on lo: {exc}")

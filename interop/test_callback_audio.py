@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,21 +35,25 @@ from interop.callback_setup import (
     FRAME,
     RATE,
     Capture,
-    CaptureError,
     active_frames,
+    phone_tone_file,
     ring_trigger,
     rtp_payloads,
     spans,
     start_callback_rig,
-    tone,
+    tone_destination,
     tone_ratio,
-    write_rtp_pcap,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
-from interop.peers import SCENARIOS, free_port
+from interop.conftest import (
+    BaresipFactory,
+    KamailioFactory,
+    SippFactory,
+    missing_peer,
+    start_capture,
+)
 from interop.test_callback_e2e import check_cdrs
 from media import g711
-from media.tools import read_audio, write_audio
+from media.tools import read_audio
 from softswitch.prompts import prompt_path
 
 pytestmark = pytest.mark.interop
@@ -81,40 +84,30 @@ def test_audio_both_ways_through_the_callback_call(
 ) -> None:
     if os.geteuid() != 0:
         missing_peer("SIPp play_pcap_audio needs a raw socket (root)")
-    media_port = free_port()
-    write_rtp_pcap(tmp_path / "destination_audio.pcap", tone(DESTINATION_HZ, 30.0))
-    scenario = Path(shutil.copy(SCENARIOS / "uas_destination_audio.xml", tmp_path))
-    speech = tmp_path / "phone_tone.wav"
-    write_audio(speech, tone(PHONE_HZ, 40.0))
+    tone_uas = tone_destination(tmp_path, DESTINATION_HZ)
+    media_port = tone_uas.media_port
     rig = start_callback_rig(
         tmp_path,
         softswitch_bin,
         start_kamailio,
         start_baresip,
         sipp,
-        destination_scenario=str(scenario),
-        destination_extra=("-mp", str(media_port)),
-        audio_file=speech,
+        destination_scenario=tone_uas.scenario,
+        destination_extra=tone_uas.extra,
+        audio_file=phone_tone_file(tmp_path, PHONE_HZ),
     )
     node, phone = rig.node, rig.phone
     low, high = rig.rtp_ports
     capture = Capture(tmp_path, f"udp and portrange {low}-{high}", name="rtp")
     try:
-        try:
-            capture.start()
-        except CaptureError as exc:
-            missing_peer(f"cannot capture on lo: {exc}")
+        start_capture(capture)
         ring_trigger(sipp, rig.carrier.address)
         phone.wait_for_call_established(15)
         time.sleep(PROMPT_WAIT_S)
         phone.send_dtmf(DESTINATION + "*")
         assert node.wait_for_log("-> CONNECTED", timeout=10), rig.node_log()
         time.sleep(TALK_S)
-        phone.send_dtmf("**")
-        phone.wait_for_call_closed(10)
-        result = rig.destination.wait(20)
-        assert result.returncode == 0, result.describe()
-        assert node.wait_for_log("finished", timeout=10), rig.node_log()
+        rig.release()
     finally:
         packets = capture.stop()
         code = node.stop()

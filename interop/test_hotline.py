@@ -23,7 +23,6 @@ Needs root (SIPp's ``play_pcap_audio`` and ``dumpcap``); skipped without (failed
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -37,22 +36,25 @@ from interop.callback_setup import (
     FRAME,
     RATE,
     Capture,
-    CaptureError,
     answer_time,
     first_request,
+    phone_tone_file,
     ring_trigger,
     rtp_payloads,
     sip_header,
     start_callback_rig,
-    tone,
+    tone_destination,
     tone_ratio,
-    write_rtp_pcap,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
-from interop.peers import SCENARIOS, free_port
+from interop.conftest import (
+    BaresipFactory,
+    KamailioFactory,
+    SippFactory,
+    missing_peer,
+    start_capture,
+)
 from interop.test_callback_e2e import check_cdrs
 from media import g711
-from media.tools import write_audio
 from softswitch.store.models import AccountKind
 
 pytestmark = pytest.mark.interop
@@ -80,20 +82,17 @@ def test_hotline_dials_customer_and_destination_at_once_then_joins_them(
 ) -> None:
     if os.geteuid() != 0:
         missing_peer("SIPp play_pcap_audio needs a raw socket (root)")
-    media_port = free_port()
-    write_rtp_pcap(tmp_path / "destination_audio.pcap", tone(DESTINATION_HZ, 30.0))
-    scenario = Path(shutil.copy(SCENARIOS / "uas_destination_audio.xml", tmp_path))
-    speech = tmp_path / "phone_tone.wav"
-    write_audio(speech, tone(PHONE_HZ, 40.0))
+    tone_uas = tone_destination(tmp_path, DESTINATION_HZ)
+    media_port = tone_uas.media_port
     rig = start_callback_rig(
         tmp_path,
         softswitch_bin,
         start_kamailio,
         start_baresip,
         sipp,
-        destination_scenario=str(scenario),
-        destination_extra=("-mp", str(media_port)),
-        audio_file=speech,
+        destination_scenario=tone_uas.scenario,
+        destination_extra=tone_uas.extra,
+        audio_file=phone_tone_file(tmp_path, PHONE_HZ),
         kind=AccountKind.HOTLINE,
         hotline_destination=DESTINATION,
         phone_auto_answer=False,
@@ -104,10 +103,7 @@ def test_hotline_dials_customer_and_destination_at_once_then_joins_them(
         tmp_path, f"udp and (portrange {low}-{high} or port {node.port})", name="hotline"
     )
     try:
-        try:
-            capture.start()
-        except CaptureError as exc:
-            missing_peer(f"cannot capture on lo: {exc}")
+        start_capture(capture)
         ring_trigger(sipp, rig.carrier.address)
         phone.wait_event("CALL_INCOMING", 15)
         # The customer's phone rings; the destination is dialled (and answers) meanwhile.
@@ -117,11 +113,7 @@ def test_hotline_dials_customer_and_destination_at_once_then_joins_them(
         phone.wait_for_call_established(10)
         assert node.wait_for_log("-> CONNECTED", timeout=10), rig.node_log()
         time.sleep(TALK_S)
-        phone.send_dtmf("**")
-        phone.wait_for_call_closed(10)
-        result = rig.destination.wait(20)
-        assert result.returncode == 0, result.describe()
-        assert node.wait_for_log("finished", timeout=10), rig.node_log()
+        rig.release()
     finally:
         packets = capture.stop()
         code = node.stop()

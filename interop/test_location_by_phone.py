@@ -39,7 +39,6 @@ from interop.callback_setup import (
     TRIGGER,
     CallbackRig,
     Capture,
-    CaptureError,
     account,
     active_frames,
     cdrs,
@@ -50,7 +49,12 @@ from interop.callback_setup import (
     tone,
     tone_ratio,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
+from interop.conftest import (
+    BaresipFactory,
+    KamailioFactory,
+    SippFactory,
+    start_capture,
+)
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.peers import Node, Sipp
 from interop.rtp_peer import RtpPeer
@@ -254,10 +258,7 @@ def test_name_recorded_in_the_menu_is_played_at_the_next_callback(
         name_s = float((tone_ratio(recorded, NAME_HZ) > PURE).sum()) * FRAME / RATE
         assert name_s >= NAME_S - 0.5, f"the recording holds {name_s:.2f} s of the tone"
 
-        try:
-            capture.start()
-        except CaptureError as exc:
-            missing_peer(f"cannot capture on lo: {exc}")
+        start_capture(capture)
         ring_trigger(sipp, rig.carrier.address)  # the normal trigger: one ring, CANCEL
         phone.wait_for_call_established(15)
         time.sleep(NAME_S + 2.5)  # the name, then the start of the dial prompt

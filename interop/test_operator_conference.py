@@ -26,7 +26,6 @@ Needs root (SIPp's ``play_pcap_audio`` and ``dumpcap``); skipped without (failed
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -39,23 +38,30 @@ from interop.callback_setup import (
     FRAME,
     RATE,
     Capture,
-    CaptureError,
     UdpPacket,
     cdrs,
     first_request,
+    phone_tone_file,
+    register_at_carrier,
     ring_trigger,
     rtp_payloads,
     start_callback_rig,
     tone,
+    tone_destination,
     tone_ratio,
     write_rtp_pcap,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
+from interop.conftest import (
+    BaresipFactory,
+    KamailioFactory,
+    SippFactory,
+    missing_peer,
+    start_capture,
+)
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
-from interop.peers import SCENARIOS, free_port
+from interop.peers import free_port
 from interop.test_callback_e2e import check_cdrs
 from media import g711
-from media.tools import write_audio
 from softswitch.store.models import LegKind
 
 pytestmark = pytest.mark.interop
@@ -99,23 +105,20 @@ def test_double_zero_joins_customer_service_then_the_call_goes_on(
 ) -> None:
     if os.geteuid() != 0:
         missing_peer("SIPp play_pcap_audio needs a raw socket (root)")
-    media_port, operator_media = free_port(), free_port()
-    write_rtp_pcap(tmp_path / "destination_audio.pcap", tone(DESTINATION_HZ, 30.0))
+    tone_uas = tone_destination(tmp_path, DESTINATION_HZ)
+    media_port, operator_media = tone_uas.media_port, free_port()
     write_rtp_pcap(
         tmp_path / "operator_audio.pcap", tone(OPERATOR_HZ, OPERATOR_TALK_S), ssrc=0x5EED0002
     )
-    scenario = Path(shutil.copy(SCENARIOS / "uas_destination_audio.xml", tmp_path))
-    speech = tmp_path / "phone_tone.wav"
-    write_audio(speech, tone(PHONE_HZ, 40.0))
     rig = start_callback_rig(
         tmp_path,
         softswitch_bin,
         start_kamailio,
         start_baresip,
         sipp,
-        destination_scenario=str(scenario),
-        destination_extra=("-mp", str(media_port)),
-        audio_file=speech,
+        destination_scenario=tone_uas.scenario,
+        destination_extra=tone_uas.extra,
+        audio_file=phone_tone_file(tmp_path, PHONE_HZ),
         extra_config=f'\n[service]\noperator = "{OPERATOR}"\n',
     )
     node, phone = rig.node, rig.phone
@@ -126,22 +129,13 @@ def test_double_zero_joins_customer_service_then_the_call_goes_on(
         timeout_s=60,
         extra=("-mp", str(operator_media), "-d", str(int((OPERATOR_TALK_S + 0.5) * 1000))),
     ).start()
-    registered = sipp(
-        str(KAMAILIO_SCENARIOS / "register_auth.xml"),
-        remote=rig.carrier.address,
-        service=OPERATOR,
-        extra=("-au", OPERATOR, "-ap", "phone", "-key", "contact_port", str(operator_port)),
-    ).run()
-    assert registered.returncode == 0, registered.describe()
+    register_at_carrier(sipp, rig.carrier.address, OPERATOR, operator_port)
     low, high = rig.rtp_ports
     capture = Capture(
         tmp_path, f"udp and (portrange {low}-{high} or port {node.port})", name="conference"
     )
     try:
-        try:
-            capture.start()
-        except CaptureError as exc:
-            missing_peer(f"cannot capture on lo: {exc}")
+        start_capture(capture)
         ring_trigger(sipp, rig.carrier.address)
         phone.wait_for_call_established(15)
         # The dial prompt started (a loaded machine may take a while), then is heard whole.
@@ -157,11 +151,7 @@ def test_double_zero_joins_customer_service_then_the_call_goes_on(
         assert left.returncode == 0, left.describe()
         assert node.wait_for_log("CONFERENCE -> CONNECTED", timeout=5), rig.node_log()
         time.sleep(TALK_S)
-        phone.send_dtmf("**")
-        phone.wait_for_call_closed(10)
-        result = rig.destination.wait(20)
-        assert result.returncode == 0, result.describe()
-        assert node.wait_for_log("finished", timeout=10), rig.node_log()
+        rig.release()
     finally:
         packets = capture.stop()
         code = node.stop()
