@@ -19,6 +19,7 @@ from softswitch.cli import admin as admin_cli
 from softswitch.cli import ops as ops_cli
 from softswitch.cli.tools import tools_app
 from softswitch.config import Config
+from softswitch.logs import LogWriter
 
 app = typer.Typer(
     add_completion=False,
@@ -44,8 +45,11 @@ class _UtcFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """One line per event, UTC timestamps, to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    """One line per event, UTC timestamps, to stderr (from a thread: softswitch.logs)."""
+    for old in logging.getLogger().handlers:
+        if isinstance(old, LogWriter):
+            old.close()  # set up again (tests): its thread ends with it
+    handler = LogWriter(sys.stderr)
     handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
