@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interop.peers import LOOPBACK, free_port, terminate
+from interop.peers import LOOPBACK, free_port, spawn, terminate
 
 CUSTOMER_NUMBER = "815011110000"
 MODULE_PATH = "/usr/lib/baresip/modules"
@@ -264,15 +264,8 @@ class Baresip:
         (self.confdir / "config").write_text(self.config_text(audio))
         (self.confdir / "accounts").write_text(self.account_line())
         (self.confdir / "contacts").write_text("")
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [self.binary, "-4", "-v", "-f", str(self.confdir)],
-            cwd=self.confdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        cmd = [self.binary, "-4", "-v", "-f", str(self.confdir)]
+        self.proc = spawn(cmd, self.confdir, self.log_path)
         deadline = time.monotonic() + ready_timeout
         while self.control is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from interop.baresip import Baresip, BaresipError
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.kamailio import Kamailio
-from interop.peers import LOOPBACK, SCENARIOS, Node, Sipp, free_port
+from interop.peers import LOOPBACK, SCENARIOS, Node, Sipp, free_port, spawn
 from media import g711
 from media.tools import write_audio
 from softswitch.store import Store
@@ -429,15 +429,10 @@ class Capture:
         cmd = [self.binary, "-q", "-i", "lo", "-f", self.bpf, "-P", "-w", str(self.path)]
         # A large kernel buffer: a 200 calls/s burst must not be dropped by the capture itself.
         cmd += ["-B", "64"]
-        log = self.log_path.open("wb")
         try:
-            self.proc = subprocess.Popen(
-                cmd, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
+            self.proc = spawn(cmd, self.workdir, self.log_path)
         except OSError as exc:
             raise CaptureError(f"cannot run {self.binary}: {exc}") from None
-        finally:
-            log.close()
         deadline = time.monotonic() + ready_timeout
         while "Capturing on" not in self._log():
             if self.proc.poll() is not None or time.monotonic() > deadline:

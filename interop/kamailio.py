@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 from interop.baresip import CUSTOMER_NUMBER
-from interop.peers import LOOPBACK, TRIGGER_NUMBER, free_port, terminate
+from interop.peers import LOOPBACK, TRIGGER_NUMBER, free_port, spawn, terminate
 
 CONFIG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
 SCENARIOS = Path(__file__).resolve().parent / "kamailio" / "scenarios"
@@ -115,17 +115,8 @@ class KamailioProcess(ABC):
     def start(self, ready_timeout: float = 10.0) -> Self:
         """Start Kamailio and wait until it answers OPTIONS; raise (and kill it) otherwise."""
         self.prepare()
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own process group: kill() can then take the children with the main process.
-            start_new_session=True,
-        )
-        log.close()
+        # Its own process group: kill() can then take the children with the main process.
+        self.proc = spawn(self.command(), self.workdir, self.log_path, new_session=True)
         deadline = time.monotonic() + ready_timeout
         while not self.ping():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -307,23 +307,7 @@ class Sipp:
     def start(self) -> Sipp:
         """Start SIPp; returns self. UAS scenarios are ready after a short settle time."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        out = self._path("_stdout.log").open("wb")
-        preexec = None
-        if self.cpu is not None:
-            cpu = self.cpu
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {cpu})
-
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
-        )
-        out.close()
+        self.proc = spawn(self.command(), self.workdir, self._path("_stdout.log"), cpu=self.cpu)
         if self.remote is None:
             _wait_udp_bound(self.local_port, self.proc, 3.0)
         return self
@@ -374,6 +358,36 @@ def _wait_udp_bound(port: int, proc: subprocess.Popen[bytes], timeout: float) ->
             except OSError:
                 return
         time.sleep(0.02)
+
+
+def spawn(
+    cmd: Sequence[str],
+    workdir: Path,
+    log_path: Path,
+    *,
+    cpu: int | None = None,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start a peer: ``cmd`` in ``workdir``, no stdin, stdout and stderr into ``log_path``;
+    pinned to ``cpu`` if given; in a session (and process group) of its own if
+    ``new_session``, so that its children can be killed with it."""
+    preexec = None
+    if cpu is not None:
+        pinned = cpu
+
+        def preexec() -> None:
+            os.sched_setaffinity(0, {pinned})
+
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+            start_new_session=new_session,
+        )
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float, kill: Callable[[], None]) -> int:
@@ -450,23 +464,7 @@ class Node:
         config = self.workdir / f"node_{self.port}.toml"
         config.write_text(self.config_text)
         cmd = [self.binary, "serve", "--config", str(config), "--sip-listen", self.address]
-        log = self.log_path.open("wb")
-        preexec = None
-        if self.cpu is not None:
-            cpu = self.cpu
-
-            def preexec() -> None:
-                os.sched_setaffinity(0, {cpu})
-
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
-        )
-        log.close()
+        self.proc = spawn(cmd, self.workdir, self.log_path, cpu=self.cpu)
         if not self.wait_for_log("listening", ready_timeout):
             self.kill()
             raise RuntimeError(f"node did not report 'listening':\n{self.log()[-3000:]}")
