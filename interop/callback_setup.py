@@ -296,7 +296,7 @@ def start_callback_rig(
     start_baresip: Callable[..., Baresip],
     sipp: Callable[..., Sipp],
     *,
-    destination_scenario: str,
+    destination_scenario: str = str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
     destination_port: int | None = None,
     destination_extra: Sequence[str] = (),
     audio_file: Path | None = None,
@@ -311,7 +311,8 @@ def start_callback_rig(
     """Provision the store, start the carrier, the destination UAS, the phone and the node,
     and wait until the node has registered to the carrier. The caller stops the node.
 
-    ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...);
+    ``destination_scenario``: the destination UAS (default: one that answers and waits for
+    the BYE); ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...);
     ``kind``, ``security_code``, ``hotline_destination``: the account's (:func:`provision`);
     ``phone_auto_answer`` False: the test answers the callback (``phone.accept()``)."""
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +246,32 @@ def pg_cluster() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
-# --- packet capture -----------------------------------------------------------------------
-from interop.callback_setup import Capture, CaptureError  # noqa: E402
+# --- the callback rig and packet capture ------------------------------------------------------
+from interop.callback_setup import (  # noqa: E402
+    CallbackRig,
+    Capture,
+    CaptureError,
+    start_callback_rig,
+)
+
+RigFactory = Callable[..., CallbackRig]
+
+
+@pytest.fixture
+def start_rig(
+    tmp_path: Path,
+    softswitch_bin: str,
+    start_kamailio: KamailioFactory,
+    start_baresip: BaresipFactory,
+    sipp: SippFactory,
+) -> RigFactory:
+    """Start whole-callback-call rigs: ``start_rig(security_code=..., ...)`` -> a running
+    :class:`interop.callback_setup.CallbackRig` (keyword arguments of
+    :func:`interop.callback_setup.start_callback_rig`). The test stops the node; the
+    carrier, phone and SIPp are stopped by their own fixtures."""
+    return partial(
+        start_callback_rig, tmp_path, softswitch_bin, start_kamailio, start_baresip, sipp
+    )
 
 
 def start_capture(capture: Capture) -> None:

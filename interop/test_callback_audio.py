@@ -40,13 +40,11 @@ from interop.callback_setup import (
     ring_trigger,
     rtp_payloads,
     spans,
-    start_callback_rig,
     tone_destination,
     tone_ratio,
 )
 from interop.conftest import (
-    BaresipFactory,
-    KamailioFactory,
+    RigFactory,
     SippFactory,
     missing_peer,
     start_capture,
@@ -77,21 +75,14 @@ def prompt_span_s(pcm: NDArray[Any]) -> float:
 
 def test_audio_both_ways_through_the_callback_call(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
     if os.geteuid() != 0:
         missing_peer("SIPp play_pcap_audio needs a raw socket (root)")
     tone_uas = tone_destination(tmp_path, DESTINATION_HZ)
     media_port = tone_uas.media_port
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
+    rig = start_rig(
         destination_scenario=tone_uas.scenario,
         destination_extra=tone_uas.extra,
         audio_file=phone_tone_file(tmp_path, PHONE_HZ),

@@ -13,7 +13,6 @@ the switch's store are the evidence. The set-up is shared with the other callbac
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,10 +21,8 @@ from interop.callback_setup import (
     CallbackRig,
     cdrs,
     ring_trigger,
-    start_callback_rig,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory
-from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
+from interop.conftest import RigFactory, SippFactory
 from softswitch.store.models import LegKind
 
 pytestmark = pytest.mark.interop
@@ -49,20 +46,10 @@ def check_cdrs(rig: CallbackRig) -> None:
 
 
 def test_whole_callback_call_with_rfc2833_digits(
-    tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
-        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
-    )
+    rig = start_rig()
     node, phone = rig.node, rig.phone
     try:
         ring_trigger(sipp, rig.carrier.address)

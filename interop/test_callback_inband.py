@@ -38,15 +38,8 @@ from interop.callback_setup import (
     Capture,
     ring_trigger,
     rtp_payloads,
-    start_callback_rig,
 )
-from interop.conftest import (
-    BaresipFactory,
-    KamailioFactory,
-    SippFactory,
-    start_capture,
-)
-from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
+from interop.conftest import RigFactory, SippFactory, start_capture
 from interop.test_callback_e2e import check_cdrs
 from media import g711
 from media.tones import RATE, dtmf_tone
@@ -79,9 +72,7 @@ def inband_speech(path: Path) -> Path:
 
 def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
     speech = inband_speech(tmp_path / "inband_digits.wav")
@@ -89,13 +80,7 @@ def test_whole_callback_call_with_inband_digits_and_rfc2833_end(
     assert (
         "".join(d for d, _, _ in detect_dtmf(read_audio(speech))) == DESTINATION + "*" + LATE_KEYS
     )
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
-        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
+    rig = start_rig(
         audio_file=speech,
         language=Language.JA,  # the other tests use English: both prompt sets in CI
     )

@@ -45,16 +45,10 @@ from interop.callback_setup import (
     ring_trigger,
     rtp_payloads,
     spans,
-    start_callback_rig,
     tone,
     tone_ratio,
 )
-from interop.conftest import (
-    BaresipFactory,
-    KamailioFactory,
-    SippFactory,
-    start_capture,
-)
+from interop.conftest import RigFactory, SippFactory, start_capture
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.peers import Node, Sipp
 from interop.rtp_peer import RtpPeer
@@ -99,18 +93,10 @@ def ringback_heard(caller: RtpPeer) -> float:
 
 
 def test_location_change_entered_by_hash_in_the_trigger_early_media(
-    tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
+    rig = start_rig(
         # The callback at the new location: answered, then hung up after 1.5 s.
         destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer_bye.xml"),
         destination_extra=("-d", "1500"),
@@ -158,19 +144,10 @@ def test_location_change_entered_by_hash_in_the_trigger_early_media(
 
 
 def test_location_menu_entered_by_staying_on_the_line(
-    tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
-        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
+    rig = start_rig(
         security_code=CODE,
         extra_config="\n[service]\ntrigger_answer_after = 5\n",
     )
@@ -214,18 +191,10 @@ def test_location_menu_entered_by_staying_on_the_line(
 
 def test_name_recorded_in_the_menu_is_played_at_the_next_callback(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
-        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
+    rig = start_rig(
         security_code=CODE,
     )
     node, phone = rig.node, rig.phone

@@ -45,15 +45,13 @@ from interop.callback_setup import (
     register_at_carrier,
     ring_trigger,
     rtp_payloads,
-    start_callback_rig,
     tone,
     tone_destination,
     tone_ratio,
     write_rtp_pcap,
 )
 from interop.conftest import (
-    BaresipFactory,
-    KamailioFactory,
+    RigFactory,
     SippFactory,
     missing_peer,
     start_capture,
@@ -98,9 +96,7 @@ def seconds(frames: NDArray[np.bool_]) -> float:
 
 def test_double_zero_joins_customer_service_then_the_call_goes_on(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
     if os.geteuid() != 0:
@@ -110,12 +106,7 @@ def test_double_zero_joins_customer_service_then_the_call_goes_on(
     write_rtp_pcap(
         tmp_path / "operator_audio.pcap", tone(OPERATOR_HZ, OPERATOR_TALK_S), ssrc=0x5EED0002
     )
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
+    rig = start_rig(
         destination_scenario=tone_uas.scenario,
         destination_extra=tone_uas.extra,
         audio_file=phone_tone_file(tmp_path, PHONE_HZ),

@@ -31,12 +31,10 @@ from interop.callback_setup import (
     RATE,
     TRIGGER,
     cdrs,
-    start_callback_rig,
     tone_destination,
     tone_ratio,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
-from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
+from interop.conftest import RigFactory, missing_peer
 from interop.peers import free_port
 from media.tools import read_audio
 from softswitch.store.models import LegKind
@@ -72,10 +70,7 @@ address = "callback@example.net"
 
 def test_browser_trigger_with_a_destination_bridges_both_legs(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
-    sipp: SippFactory,
+    start_rig: RigFactory,
 ) -> None:
     if not Path(CHROMIUM).exists():
         missing_peer(f"{CHROMIUM} is missing (Debian package chromium)")
@@ -85,12 +80,7 @@ def test_browser_trigger_with_a_destination_bridges_both_legs(
 
     tone_uas = tone_destination(tmp_path, DESTINATION_HZ)
     web_port = free_port()
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
+    rig = start_rig(
         destination_scenario=tone_uas.scenario,
         destination_extra=tone_uas.extra,
         extra_config=ops_config(web_port, free_port()),
@@ -145,20 +135,10 @@ def test_browser_trigger_with_a_destination_bridges_both_legs(
 
 
 def test_mail_trigger_calls_back_through_the_carrier(
-    tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
-    sipp: SippFactory,
+    start_rig: RigFactory,
 ) -> None:
     mail_port = free_port()
-    rig = start_callback_rig(
-        tmp_path,
-        softswitch_bin,
-        start_kamailio,
-        start_baresip,
-        sipp,
-        destination_scenario=str(KAMAILIO_SCENARIOS / "uas_answer.xml"),
+    rig = start_rig(
         extra_config=ops_config(free_port(), mail_port),
     )
     node, phone = rig.node, rig.phone
