@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -73,6 +73,28 @@ def softswitch_bin() -> str:
     return binary
 
 
+class Peer(Protocol):
+    """A peer process a fixture started: stopped at teardown, its log quoted if it failed."""
+
+    def stop(self) -> int: ...
+
+    def log(self) -> str: ...
+
+
+P = TypeVar("P", bound=Peer)
+
+
+def stop_each(peers: Sequence[P], name: Callable[[P], str]) -> None:
+    """Teardown: stop every peer (SIGTERM); each must exit 0, else one assertion lists all
+    that did not, with the end of their logs."""
+    failures = []
+    for peer in peers:
+        code = peer.stop()
+        if code != 0:
+            failures.append(f"{name(peer)} exited {code}:\n{peer.log()[-2000:]}")
+    assert not failures, "\n".join(failures)
+
+
 NodeFactory = Callable[..., Node]
 SippFactory = Callable[..., Sipp]
 
@@ -94,12 +116,7 @@ def start_node(tmp_path: Path, softswitch_bin: str) -> Iterator[NodeFactory]:
         return node
 
     yield factory
-    failures = []
-    for node in nodes:
-        code = node.stop()
-        if code != 0:
-            failures.append(f"node on port {node.port} exited {code}:\n{node.log()[-2000:]}")
-    assert not failures, "\n".join(failures)
+    stop_each(nodes, lambda node: f"node on port {node.port}")
 
 
 @pytest.fixture
@@ -192,12 +209,7 @@ def start_kamailio(tmp_path: Path, kamailio_bin: str) -> Iterator[KamailioFactor
         return carrier.start()
 
     yield factory
-    failures = []
-    for carrier in started:
-        code = carrier.stop()
-        if code != 0:
-            failures.append(f"kamailio on {carrier.port} exited {code}:\n{carrier.log()[-2000:]}")
-    assert not failures, "\n".join(failures)
+    stop_each(started, lambda carrier: f"kamailio on {carrier.port}")
 
 
 @pytest.fixture
@@ -215,12 +227,7 @@ def start_baresip(tmp_path: Path, baresip_bin: str) -> Iterator[BaresipFactory]:
         return phone.start()
 
     yield factory
-    failures = []
-    for phone in started:
-        code = phone.stop()
-        if code != 0:
-            failures.append(f"baresip on {phone.sip_port} exited {code}:\n{phone.log()[-2000:]}")
-    assert not failures, "\n".join(failures)
+    stop_each(started, lambda phone: f"baresip on {phone.sip_port}")
 
 
 # --- PostgreSQL (a store several nodes share, or one a test stops and starts) ----------------
