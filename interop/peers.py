@@ -161,6 +161,22 @@ def parse_message_log(path: Path) -> list[TracedMessage]:
     return out
 
 
+def injected_scenario(scenario: str, target: Path) -> Path:
+    """Write to ``target`` a copy of ``scenario`` (a file in interop/scenarios) that dials,
+    call after call, field 0 of SIPp's injection file (``-inf``, see :func:`numbers_file`)
+    instead of the one ``-s`` number."""
+    text = (SCENARIOS / scenario).read_text(encoding="latin-1")
+    target.write_text(text.replace("[service]", "[field0]"), encoding="latin-1")
+    return target
+
+
+def numbers_file(path: Path, numbers: Iterable[str]) -> Path:
+    """A SIPp injection file: one number a call, in order (SEQUENTIAL, from the top again
+    when SIPp runs out)."""
+    path.write_text("SEQUENTIAL\n" + "".join(f"{number};\n" for number in numbers))
+    return path
+
+
 def parse_stat_csv(path: Path) -> dict[str, str]:
     """The last row of a SIPp ``-trace_stat`` file, as column -> value (empty if absent)."""
     if not path.exists():

@@ -61,7 +61,7 @@ from interop.cluster import SCENARIOS as CLUSTER_SCENARIOS
 from interop.cluster import Dispatcher, node_config
 from interop.conftest import KamailioFactory, SippFactory
 from interop.faults import PgCluster
-from interop.peers import Node, TracedMessage, free_port
+from interop.peers import Node, TracedMessage, free_port, numbers_file
 from softswitch.service.callbacks import STALE_AFTER
 from softswitch.store import Store
 from softswitch.store.models import (
@@ -287,8 +287,7 @@ def test_a_node_killed_mid_run_loses_no_trigger_and_the_survivors_serve_the_rest
         print(f"cluster up in {time.monotonic() - started:.1f} s")
 
         # --- triggers, through the carrier ---------------------------------------------------
-        numbers = tmp_path / "triggers.csv"
-        numbers.write_text("SEQUENTIAL\n" + "".join(f"{t};\n" for t in TRIGGERS))
+        numbers = numbers_file(tmp_path / "triggers.csv", TRIGGERS)
         callers = sipp(
             str(CLUSTER_SCENARIOS / "trigger.xml"),
             remote=carrier.address,

@@ -102,7 +102,15 @@ from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missi
 from interop.faults import FaultSetupError, LossyLoopback, PgCluster, sbin
 from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.kamailio import Kamailio
-from interop.peers import SCENARIOS, Node, Sipp, SippResult, free_port
+from interop.peers import (
+    SCENARIOS,
+    Node,
+    Sipp,
+    SippResult,
+    free_port,
+    injected_scenario,
+    numbers_file,
+)
 from interop.test_callback_e2e import check_cdrs
 from media.tools import read_audio
 from softswitch.store import Store
@@ -247,12 +255,8 @@ def lossy_loopback() -> Iterator[LossyLoopback]:
 
 def hotline_trigger_scenario(workdir: Path) -> tuple[Path, Path]:
     """loss_trigger.xml dialling the number of its injection file line, and that file."""
-    text = (SCENARIOS / "loss_trigger.xml").read_text(encoding="latin-1")
-    scenario = workdir / "loss_trigger_inf.xml"
-    scenario.write_text(text.replace("[service]", "[field0]"), encoding="latin-1")
-    numbers = workdir / "hotline_triggers.csv"
-    numbers.write_text("SEQUENTIAL\n" + "".join(f"{n};\n" for n in HOTLINE_TRIGGERS))
-    return scenario, numbers
+    scenario = injected_scenario("loss_trigger.xml", workdir / "loss_trigger_inf.xml")
+    return scenario, numbers_file(workdir / "hotline_triggers.csv", HOTLINE_TRIGGERS)
 
 
 def legs_by_account(records: list[Cdr]) -> dict[int | None, dict[LegKind, Cdr]]:

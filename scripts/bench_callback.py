@@ -70,6 +70,8 @@ from interop.peers import (
     find_program,
     find_softswitch,
     free_port,
+    injected_scenario,
+    numbers_file,
     parse_stat_csv,
     percentile,
     proc_tree_cpu_seconds,
@@ -160,13 +162,8 @@ def run(rate: float, duration: float, workdir: Path, settle: float) -> Result:
     provision(db_url, [(trigger_number(i), location_number(i)) for i in range(calls)])
     provision_s = time.monotonic() - started
 
-    trigger_xml = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
-    (workdir / "trigger_inf.xml").write_text(
-        trigger_xml.replace("[service]", "[field0]"), encoding="latin-1"
-    )
-    (workdir / "triggers.csv").write_text(
-        "SEQUENTIAL\n" + "".join(f"{trigger_number(i)};\n" for i in range(calls))
-    )
+    injected_scenario("invite_cancel.xml", workdir / "trigger_inf.xml")
+    numbers_file(workdir / "triggers.csv", (trigger_number(i) for i in range(calls)))
 
     uas_port = free_port()
     uas = Sipp(
@@ -416,13 +413,8 @@ def run_whole(rate: int, cfg: WholeConfig) -> WholeStep:
     (step_dir / "trunk.xml").write_text(
         scenario.replace("CUSTOMER_MS", str(int(customer_s * 1000) + 500)), encoding="latin-1"
     )
-    trigger_xml = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
-    (step_dir / "trigger_inf.xml").write_text(
-        trigger_xml.replace("[service]", "[field0]"), encoding="latin-1"
-    )
-    (step_dir / "triggers.csv").write_text(
-        "SEQUENTIAL\n" + "".join(f"{trigger_number(i)};\n" for i in range(cfg.accounts))
-    )
+    injected_scenario("invite_cancel.xml", step_dir / "trigger_inf.xml")
+    numbers_file(step_dir / "triggers.csv", (trigger_number(i) for i in range(cfg.accounts)))
     uas_port = free_port()
     trunk = Sipp(
         str(step_dir / "trunk.xml"),

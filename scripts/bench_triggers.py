@@ -51,14 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from interop.callback_setup import provision, switch_config
 from interop.peers import (
     LOOPBACK,
-    SCENARIOS,
     TRIGGER_NUMBER,
     Node,
     Sipp,
     find_program,
     find_softswitch,
     free_port,
+    injected_scenario,
     node_config,
+    numbers_file,
     parse_stat_csv,
     percentile,
     proc_cpu_seconds,
@@ -230,12 +231,9 @@ def run_step(kind: str, rate: int, cfg: Config) -> Step:
     inject: tuple[str, ...] = ()
     if kind == "account":
         # One account after the other (SIPp starts again at the top of the file).
-        text = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
-        scenario = str(step_dir / "trigger_inf.xml")
-        Path(scenario).write_text(text.replace("[service]", "[field0]"), encoding="latin-1")
-        numbers = step_dir / "triggers.csv"
-        numbers.write_text(
-            "SEQUENTIAL\n" + "".join(f"{account_trigger(i)};\n" for i in range(cfg.accounts))
+        scenario = str(injected_scenario("invite_cancel.xml", step_dir / "trigger_inf.xml"))
+        numbers = numbers_file(
+            step_dir / "triggers.csv", (account_trigger(i) for i in range(cfg.accounts))
         )
         service, inject = None, ("-inf", str(numbers))
     uac = Sipp(

@@ -105,6 +105,8 @@ from interop.peers import (
     find_program,
     find_softswitch,
     free_port,
+    injected_scenario,
+    numbers_file,
     parse_stat_csv,
 )
 from media import g711
@@ -436,9 +438,8 @@ class Rig:
         """Start SIPp ringing ``calls`` trigger numbers at ``rate``/s, round-robin from where
         the last run stopped."""
         name = f"triggers_{self.next_account}_{time.monotonic_ns()}"
-        inf = self.workdir / f"{name}.csv"
         order = [(self.next_account + i) % self.pool for i in range(self.pool)]
-        inf.write_text("SEQUENTIAL\n" + "".join(f"{trigger_number(i)};\n" for i in order))
+        inf = numbers_file(self.workdir / f"{name}.csv", (trigger_number(i) for i in order))
         self.next_account = (self.next_account + calls) % self.pool
         run = Sipp(
             str(self.workdir / "trigger_inf.xml"),
@@ -580,10 +581,7 @@ def start_rig(
     write_rtp_pcap(workdir / "destination_audio.pcap", tone(1800.0, plan.talk, -20.0))
     customer_xml = str(shutil.copy(SCENARIOS / "uas_customer_digits.xml", workdir))
     destination_xml = str(shutil.copy(SCENARIOS / "uas_destination_audio.xml", workdir))
-    trigger_xml = (SCENARIOS / "invite_cancel.xml").read_text(encoding="latin-1")
-    (workdir / "trigger_inf.xml").write_text(
-        trigger_xml.replace("[service]", "[field0]"), encoding="latin-1"
-    )
+    injected_scenario("invite_cancel.xml", workdir / "trigger_inf.xml")
 
     def uas(scenario: str, *extra: str) -> Sipp:
         # SIPp binds [media_port] to [media_port]+3 (audio and video, RTP and RTCP): a port
