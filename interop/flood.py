@@ -37,7 +37,7 @@ from pathlib import Path
 
 from interop.callback_setup import CUSTOMER, TRIGGER, provision, rtp_range, switch_config
 from interop.hostile import Peer, base
-from interop.peers import REPO, Node, Sipp, free_port, percentile, proc_cpu_seconds
+from interop.peers import REPO, Node, Sipp, free_port, percentile, proc_tree_cpu_seconds
 
 FLOOD_SOURCE = "127.0.0.2"
 ADMIN_TOKEN = "flood-admin-token-0123456789"
@@ -56,19 +56,6 @@ def build_flooder(workdir: Path) -> Path:
         cc = os.environ.get("CC", "cc")
         subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(FLOOD_C)], check=True)
     return out
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live child processes (the node's media workers)."""
-    total = proc_cpu_seconds(pid)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == pid:
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (entry / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                total += proc_cpu_seconds(int(entry.name))
-    return total
 
 
 @dataclass
@@ -195,7 +182,7 @@ class FloodRig:
         if flood is not None:
             flooder = self.flood(flood[0], seconds + 3, mode=flood[1])
             time.sleep(1.0)
-        cpu0, t0 = tree_cpu_seconds(self.pid), time.monotonic()
+        cpu0, t0 = proc_tree_cpu_seconds(self.pid), time.monotonic()
         sipp = Sipp(
             "invite_cancel.xml",
             self.workdir,
@@ -210,7 +197,7 @@ class FloodRig:
             binary=self.sipp_bin,
         )
         result = sipp.run()
-        cpu1, t1 = tree_cpu_seconds(self.pid), time.monotonic()
+        cpu1, t1 = proc_tree_cpu_seconds(self.pid), time.monotonic()
         flood_stats: dict[str, float] = {}
         if flooder is not None:
             flood_stats = flood_result(flooder)

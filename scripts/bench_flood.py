@@ -52,9 +52,8 @@ from interop.flood import (
     Phase,
     Ringer,
     flood_result,
-    tree_cpu_seconds,
 )
-from interop.peers import find_softswitch
+from interop.peers import find_softswitch, proc_tree_cpu_seconds
 
 
 def phase_json(p: Phase) -> dict[str, object]:
@@ -99,9 +98,9 @@ def rtp_window(
         time.sleep(0.5)
         before = rig.metrics().get("softswitch_rtp_foreign_dropped_total", float("nan"))
         ringer.received_rtp()
-        cpu0, t0 = tree_cpu_seconds(rig.pid), time.monotonic()
+        cpu0, t0 = proc_tree_cpu_seconds(rig.pid), time.monotonic()
         time.sleep(args.rtp_seconds)
-        cpu1, t1 = tree_cpu_seconds(rig.pid), time.monotonic()
+        cpu1, t1 = proc_tree_cpu_seconds(rig.pid), time.monotonic()
         ringback = ringer.received_rtp() / (t1 - t0)
         sent = flood_result(flooder) if flooder is not None else {}
         time.sleep(1.5)  # the media workers report their counters every second
