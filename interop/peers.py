@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import math
 import os
 import re
@@ -24,9 +25,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -543,6 +546,18 @@ def proc_tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += proc_cpu_seconds(child)
     return total
+
+
+def admin_status(port: int, token: str) -> dict[str, Any]:
+    """``GET /api/status`` of a node's admin API on loopback with the bearer ``token``; the
+    environment's proxy settings are ignored (loopback only)."""
+    request = urllib.request.Request(
+        f"http://{LOOPBACK}:{port}/api/status", headers={"Authorization": f"Bearer {token}"}
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=5) as answer:
+        status: dict[str, Any] = json.load(answer)
+    return status
 
 
 def child_pids(pid: int) -> list[int]:

@@ -39,14 +39,12 @@ after its last heartbeat), which is not shortened from outside.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +59,7 @@ from interop.cluster import SCENARIOS as CLUSTER_SCENARIOS
 from interop.cluster import Dispatcher, node_config
 from interop.conftest import KamailioFactory, SippFactory
 from interop.faults import PgCluster
-from interop.peers import Node, TracedMessage, free_port, numbers_file
+from interop.peers import Node, TracedMessage, admin_status, free_port, numbers_file
 from softswitch.service.callbacks import STALE_AFTER
 from softswitch.store import Store
 from softswitch.store.models import (
@@ -217,16 +215,6 @@ def dispatched_to(dispatcher_log: str) -> dict[str, list[str]]:
     return out
 
 
-def api_status(port: int) -> dict[str, object]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=5) as answer:
-        data: dict[str, object] = json.loads(answer.read())
-    return data
-
-
 # --- the test ---------------------------------------------------------------------------------
 
 
@@ -332,8 +320,8 @@ def test_a_node_killed_mid_run_loses_no_trigger_and_the_survivors_serve_the_rest
         )
         recovered_after = time.time() - killed_at
         survivor = next(n for n in nodes if n is not killed)
-        status = api_status(admin_ports[nodes.index(survivor)])
-        cluster = {n["id"]: n["state"] for n in status["cluster"]}  # type: ignore[attr-defined]
+        status = admin_status(admin_ports[nodes.index(survivor)], TOKEN)
+        cluster = {n["id"]: n["state"] for n in status["cluster"]}
         assert cluster == {dead_id: "dead", **{s: "up" for s in survivors}}, cluster
         final = wait_for_store(
             db_url,

@@ -20,10 +20,8 @@ A plain trigger still rings its 20 s. About 90 s.
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +30,7 @@ import pytest
 
 from interop.callback_setup import provision, switch_config
 from interop.hostile import Peer, base
-from interop.peers import Node, free_port, proc_rss_bytes
+from interop.peers import Node, admin_status, free_port, proc_rss_bytes
 
 pytestmark = pytest.mark.interop
 
@@ -57,13 +55,8 @@ class MemoryRig:
         return proc_rss_bytes(self.node.proc.pid) / 1e6
 
     def held(self) -> dict[str, int]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin}/api/status",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            status: dict[str, dict[str, int]] = json.load(answer)
-        return status["sip"]
+        sip: dict[str, int] = admin_status(self.admin, TOKEN)["sip"]
+        return sip
 
     def send(self, kind: str) -> None:
         token = f"m{self.sent}x{uuid.uuid4().hex[:12]}"

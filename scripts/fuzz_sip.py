@@ -37,7 +37,6 @@ import socket
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from interop.callback_setup import provision, rtp_range, switch_config
 from interop.hostile import Outcome, Prober, cases, random_cases
-from interop.peers import Node, find_softswitch, free_port
+from interop.peers import Node, admin_status, find_softswitch, free_port
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"
 BATCH = 200
@@ -98,13 +97,8 @@ class Rig:
         return self.node.rss_bytes() / 1e6
 
     def held(self) -> dict[str, int]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin}/api/status",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            status: dict[str, dict[str, int]] = json.load(answer)
-        return status["sip"]
+        sip: dict[str, int] = admin_status(self.admin, ADMIN_TOKEN)["sip"]
+        return sip
 
     def drain_carrier(self) -> None:
         self.carrier.setblocking(False)
