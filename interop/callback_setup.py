@@ -303,6 +303,8 @@ def start_callback_rig(
     rtp_ports: tuple[int, int] | None = None,
     language: Language = Language.EN,
     extra_config: str = "",
+    keepalive_interval: float = 0,
+    sip_options: str = "",
     kind: AccountKind = AccountKind.STANDARD,
     security_code: str | None = None,
     hotline_destination: str | None = None,
@@ -312,7 +314,8 @@ def start_callback_rig(
     and wait until the node has registered to the carrier. The caller stops the node.
 
     ``destination_scenario``: the destination UAS (default: one that answers and waits for
-    the BYE); ``extra_config``: TOML appended to the node's configuration (``[web]``, ``[mail]`` ...);
+    the BYE); ``extra_config``: TOML appended to the node's configuration (``[web]``,
+    ``[mail]`` ...); ``keepalive_interval``, ``sip_options``: as :func:`switch_config`;
     ``kind``, ``security_code``, ``hotline_destination``: the account's (:func:`provision`);
     ``phone_auto_answer`` False: the test answers the callback (``phone.accept()``)."""
     db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
@@ -333,8 +336,15 @@ def start_callback_rig(
     phone = _start_phone(start_baresip, carrier.address, audio_file, phone_auto_answer)
     ports = rtp_ports or rtp_range()
     port = free_port()
-    config = switch_config(port, carrier.address, db_url, rtp_ports=ports) + extra_config
-    node = start_registered_node(softswitch_bin, tmp_path, port, config)
+    config = switch_config(
+        port,
+        carrier.address,
+        db_url,
+        rtp_ports=ports,
+        keepalive_interval=keepalive_interval,
+        sip_options=sip_options,
+    )
+    node = start_registered_node(softswitch_bin, tmp_path, port, config + extra_config)
     return CallbackRig(db_url, carrier, phone, destination, node, ports)
 
 

@@ -84,7 +84,6 @@ from interop.callback_setup import (
     FRAME,
     RATE,
     TRIGGER,
-    CallbackRig,
     cdrs,
     phone_tone_file,
     provision,
@@ -98,9 +97,8 @@ from interop.callback_setup import (
     tone_ratio,
     write_rtp_pcap,
 )
-from interop.conftest import BaresipFactory, KamailioFactory, SippFactory, missing_peer
+from interop.conftest import BaresipFactory, KamailioFactory, RigFactory, SippFactory, missing_peer
 from interop.faults import FaultSetupError, LossyLoopback, PgCluster, sbin
-from interop.kamailio import SCENARIOS as KAMAILIO_SCENARIOS
 from interop.kamailio import Kamailio
 from interop.peers import (
     SCENARIOS,
@@ -131,47 +129,15 @@ T1 = 0.1
 KEEPALIVE_S = 5
 
 
-def trunk_config(port: int, carrier: str, db_url: str, *, t1: float, keepalive_s: float) -> str:
-    """The callback rig's node configuration with the OPTIONS keep-alive on and ``t1``."""
-    return switch_config(
-        port,
-        carrier,
-        db_url,
-        rtp_ports=rtp_range(),
-        keepalive_interval=keepalive_s,
-        sip_options=f"t1 = {t1:g}",
-    )
-
-
 def test_carrier_restart_node_reregisters_and_calls_complete(
     tmp_path: Path,
-    softswitch_bin: str,
-    start_kamailio: KamailioFactory,
-    start_baresip: BaresipFactory,
+    start_rig: RigFactory,
     sipp: SippFactory,
 ) -> None:
-    db_url = f"sqlite:///{tmp_path / 'switch.sqlite3'}"
-    provision(db_url)
-    dest_port = free_port()
-    carrier = start_kamailio(
-        trigger_number=TRIGGER, customer_number=CUSTOMER, pstn_target=f"127.0.0.1:{dest_port}"
-    )
-    destination = sipp(
-        str(KAMAILIO_SCENARIOS / "uas_answer.xml"), local_port=dest_port, timeout_s=60
-    ).start()
-    phone = start_baresip(carrier=carrier.address, number=CUSTOMER, register_password="phone")
-    phone.wait_for_registered(10)
-    port = free_port()
-    node = Node(
-        softswitch_bin,
-        tmp_path,
-        port,
-        trunk_config(port, carrier.address, db_url, t1=T1, keepalive_s=KEEPALIVE_S),
-    )
-    node.start()
-    rig = CallbackRig(db_url, carrier, phone, destination, node, (0, 0))
+    # The OPTIONS keep-alive on, and Timer F at 6.4 s.
+    rig = start_rig(keepalive_interval=KEEPALIVE_S, sip_options=f"t1 = {T1:g}")
+    carrier, phone, node = rig.carrier, rig.phone, rig.node
     try:
-        assert node.wait_for_log("registered to", 10), rig.node_log()
         assert carrier.wait_for_log("carrier: registered switch", 5), carrier.log()[-2000:]
         assert node.wait_for_log("UNKNOWN -> UP", KEEPALIVE_S + 2), rig.node_log()
 
