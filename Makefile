@@ -6,7 +6,7 @@ PIP   := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 # Debian packages the interop tests and the demo drive for real.
 PEERS := sipp:sip-tester baresip:baresip kamailio:kamailio espeak-ng:espeak-ng sox:sox tshark:tshark pg_ctlcluster:postgresql \
-         chromium:chromium fail2ban-regex:fail2ban
+         chromium:chromium fail2ban-regex:fail2ban iptables:iptables
 
 .PHONY: all setup peers demo serve test check bench clean
 
