@@ -188,7 +188,7 @@ class _LiveCollector(Collector):
         collections = CounterMetricFamily(
             "softswitch_gc_collections",
             "Cyclic garbage collections in the node's process, by kind (young: every 0.1 s; "
-            "full: every 10 min)",
+            "full: every 10 min, in a quiet second)",
             labels=["kind"],
         )
         paused = CounterMetricFamily(
@@ -208,6 +208,11 @@ class _LiveCollector(Collector):
         yield collections
         yield paused
         yield longest
+        yield CounterMetricFamily(
+            "softswitch_gc_full_deferred",
+            "Seconds a due full garbage collection waited for a quiet second (load)",
+            value=collector.deferred,
+        )
         service = server.service
         if service is not None:
             media = service.media.stats()
