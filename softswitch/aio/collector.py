@@ -17,7 +17,7 @@ for its 180.
 
 So the node collects on a clock instead (:class:`Collector`):
 
-* at start, what start-up loaded (modules, tables, about 300,000 objects) is collected once and
+* at start, what start-up loaded (modules, tables: over 100,000 objects) is collected once and
   frozen (``gc.freeze``): no later collection walks it again.
 * every :data:`YOUNG_INTERVAL` the youngest generation only: what was allocated since the
   last tick and is still alive. That is a few thousand objects even at full load, a pause of
