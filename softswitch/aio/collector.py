@@ -8,13 +8,12 @@ about 0.3-0.5 microseconds per object on a loaded machine.
 A busy node holds a great many objects that live for seconds: every transaction lingers after
 its final response (Timer J, 32 s on UDP), with its request and responses: 21 tracked objects
 per trigger call (counted on a fake clock, 2026-12-05), so about two million alive at 2,500
-trigger calls/s. With CPython's automatic
-collection the youngest generation is collected when allocations minus deallocations pass a
-threshold; once the node is in a steady state the two cancel out, the young list grows
-without the count moving, and the collection that finally comes walks all of it: measured
-(2026-12-05, ``scripts/bench_triggers.py``) as stalls of 20-70 ms every second or two at
-2,000-2,500 calls/s, and more the longer the run. Every call arriving during a stall waits
-for its 180.
+trigger calls/s. With CPython's automatic collection the youngest generation is collected when
+allocations minus deallocations pass a threshold; once the node is in a steady state the two
+cancel out, the young list grows without the count moving, and the collection that finally
+comes walks all of it: measured (2026-12-05, ``scripts/bench_triggers.py``) as stalls of 20-70
+ms every second or two at 2,000-2,500 calls/s, and more the longer the run. Every call arriving
+during a stall waits for its 180.
 
 So the node collects on a clock instead (:class:`Collector`):
 
