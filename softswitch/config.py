@@ -60,9 +60,10 @@ class ConfigError(ValueError):
 
 
 def auto_media_workers(cpus: int | None = None) -> int:
-    """``[media] workers = "auto"`` resolved as the node does at start
-    (softswitch.aio.mediapool.auto_workers): one core for the SIP process, the rest for media,
-    at least one worker. ``cpus``: the core count (default: this machine's)."""
+    """``[media] workers = "auto"``, as the config check and the node at start both resolve it
+    (softswitch.aio.mediapool imports it as ``auto_workers``): one core for the SIP process,
+    the rest for media, at least one worker. ``cpus``: the core count (default: this
+    machine's)."""
     count = os.cpu_count() if cpus is None else cpus
     return max(1, (count or 1) - 1)
 

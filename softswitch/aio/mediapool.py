@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -47,6 +46,7 @@ from pathlib import Path
 from media import engine as me
 from media import worker as mw
 from media.aio import MediaShell
+from softswitch.config import auto_media_workers as auto_workers
 from softswitch.node import commands as cmd
 
 __all__ = [
@@ -69,12 +69,6 @@ STOP_TIMEOUT = 3.0
 RESTART_YOUNG = 10.0
 RESTART_FIRST = 0.2
 RESTART_MAX = 10.0
-
-
-def auto_workers(cpus: int | None = None) -> int:
-    """``workers = "auto"``: one core for the SIP process, the rest for media (at least 1)."""
-    count = os.cpu_count() if cpus is None else cpus
-    return max(1, (count or 1) - 1)
 
 
 def split_ports(ports: tuple[int, int] | None, count: int) -> list[tuple[int, int] | None]:

@@ -34,7 +34,7 @@ from softswitch.aio.mediapool import (
     split_ports,
     to_op,
 )
-from softswitch.config import ConfigError, auto_media_workers, load_config
+from softswitch.config import ConfigError, load_config
 from softswitch.node import commands as cmd
 
 PCMU_SILENCE = b"\xff" * 160
@@ -115,11 +115,6 @@ def test_a_bad_workers_setting_is_named(tmp_path: Path, text: str) -> None:
     path.write_text(f"[media]\n{text}\n")
     with pytest.raises(ConfigError, match="workers"):
         load_config(path)
-
-
-def test_auto_is_resolved_at_load_as_the_node_resolves_it() -> None:
-    for cpus in (None, 1, 2, 3, 16, 64):
-        assert auto_media_workers(cpus) == auto_workers(cpus), cpus
 
 
 @pytest.mark.parametrize(
