@@ -249,6 +249,18 @@ def completed(legs: dict[LegKind, Cdr], destination: str) -> bool:
     )
 
 
+def wait_for_billing(node: Node, account: int, timeout: float) -> bool:
+    """Wait until the node logs that ``account``'s destination answered."""
+    deadline = time.monotonic() + timeout
+    tags = (f" account={account} ", f" account={account}:")
+    while time.monotonic() < deadline:
+        for line in node.log().splitlines():
+            if "destination answered" in line and any(tag in line for tag in tags):
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def retransmissions(result: SippResult) -> int:
     return result.stat("Retransmissions")
 
@@ -352,6 +364,8 @@ def test_callback_calls_complete_through_five_percent_loss(
         time.sleep(1.5)  # the dial prompt is playing; digits barge in
         phone.send_dtmf(PHONE_DESTINATION + "*")
         assert node.wait_for_log("calling " + PHONE_DESTINATION, 20), node.log()[-3000:]
+        # Talk from the destination's answer: a lost INVITE or 200 delays it by 0.5 s or more.
+        assert wait_for_billing(node, account=1, timeout=20), node.log()[-3000:]
         time.sleep(PHONE_TALK_S)
         phone.send_dtmf("**")
         phone.wait_for_call_closed(20)
