@@ -168,7 +168,9 @@ class Endpoint:
     ) -> None:
         self.config = config or EndpointConfig()
         self._token = token
-        self._layer = txl.TransactionLayer(self.config.timers)
+        # Answered transactions waiting out Timer J or I are kept as small records: a trigger
+        # call leaves two of them, held 32 s and 5 s (see TransactionLayer).
+        self._layer = txl.TransactionLayer(self.config.timers, compact_lingering=True)
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[EndpointEvent] = deque()
         self._to_tags: dict[int, str] = {}
@@ -317,11 +319,14 @@ class Endpoint:
 
     @property
     def server_transaction_count(self) -> int:
-        """Live server transactions, answered ones included (they wait out Timer H/J)."""
-        return len(self._layer.server_transactions)
+        """Live server transactions, answered ones included (they wait out Timer H/J/I, the
+        last two as the layer's compact records)."""
+        layer = self._layer
+        return len(layer.server_transactions) + len(layer.lingering_servers)
 
-    def find_server(self, request: Request) -> txl.ServerTransaction | None:
-        """The live server transaction ``request`` belongs to (a retransmission), if any."""
+    def find_server(self, request: Request) -> txl.ServerTransaction | txl.LingeringServer | None:
+        """The live server transaction ``request`` belongs to (a retransmission), if any, or
+        the compact record left of it while it waits out Timer J or I."""
         return self._layer.find_server(request)
 
     def allowed(self, host: str) -> bool:

@@ -18,10 +18,15 @@ that has no entry in that state is stopped, so a timer can only fire where the t
 address the request came from; the transport applies section 18.2.2 (Via received/rport).
 Requests whose branch lacks the magic cookie are matched with a simplified RFC 2543 key
 (Request-URI, Call-ID, From tag, CSeq number, top Via sent-by; the To tag is not compared).
+With ``compact_lingering`` (the endpoint's layer) a server transaction that only absorbs
+retransmissions until a timer (non-INVITE Completed, INVITE Confirmed) is replaced by a
+:class:`LingeringServer` record holding the key, the final response and its address: a trigger
+call leaves two such transactions for 32 s and 5 s.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 from collections import deque
@@ -490,6 +495,10 @@ class Transaction:
     TIMERS_IN: ClassVar[Mapping[Enum, frozenset[Input]]]
     INITIAL: ClassVar[Enum]
     TERMINATED: ClassVar[Enum]
+    #: The state in which all the machine still does is absorb retransmissions until a timer:
+    #: a layer made with ``compact_lingering`` swaps the transaction for a
+    #: :class:`LingeringServer` there (``None``: the machine has no such state).
+    LINGERS_IN: ClassVar[Enum | None] = None
 
     def __init__(
         self, layer: TransactionLayer, key: tuple[object, ...], request: Request, reliable: bool
@@ -566,6 +575,10 @@ class Transaction:
         if new is self.TERMINATED:
             self._layer._forget(self)
             self._layer._events.append(TransactionTerminated(self))
+        elif new is self.LINGERS_IN and self._fire_now is None and self._layer._compact_lingering:
+            # The action left the linger timer unarmed (see _linger_timer): the layer keeps a
+            # compact record in this transaction's place from now on.
+            self._layer._linger(self)
 
     def _start_timer(self, timer: Input, delay: float | None, now: float) -> None:
         if delay is None:
@@ -583,6 +596,15 @@ class Transaction:
 
     def _send(self, message: Message, dest: Address) -> None:
         self._layer._out.append((message, dest))
+
+    def _linger_timer(self, timer: Input, delay: float, now: float) -> None:
+        # Timer J (non-INVITE Completed) or I (INVITE Confirmed). A layer that compacts
+        # lingering transactions does not arm it: the record made on entering the state keeps
+        # the deadline, held in ``_interval`` (no other timer runs in these states).
+        if delay > 0 and self._layer._compact_lingering:
+            self._interval = now + delay
+        else:
+            self._start_timer(timer, delay, now)
 
 
 class ClientTransaction(Transaction):
@@ -835,7 +857,7 @@ def _is_retransmit_final(tx: InviteServerTransaction, msg: Message | None, now: 
 
 
 def _is_confirmed(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
-    tx._start_timer(_TIMER_I, timers.timer_i(tx.config, tx.reliable), now)
+    tx._linger_timer(_TIMER_I, timers.timer_i(tx.config, tx.reliable), now)
 
 
 def _is_ack_for_2xx(tx: InviteServerTransaction, msg: Message | None, now: float) -> None:
@@ -883,7 +905,7 @@ def _nis_send_final(tx: NonInviteServerTransaction, msg: Message | None, now: fl
     assert isinstance(msg, Response)
     tx.last_response = msg
     tx._send(msg, tx.source)
-    tx._start_timer(_TIMER_J, timers.timer_j(tx.config, tx.reliable), now)
+    tx._linger_timer(_TIMER_J, timers.timer_j(tx.config, tx.reliable), now)
 
 
 _NIS = NonInviteServerState
@@ -999,6 +1021,7 @@ class InviteServerTransaction(ServerTransaction):
     STEPS = _steps(_INVITE_SERVER)
     INITIAL = InviteServerState.PROCEEDING
     TERMINATED = InviteServerState.TERMINATED
+    LINGERS_IN = InviteServerState.CONFIRMED
 
     def _start(self, now: float) -> None:
         delay = self.config.trying_delay
@@ -1018,6 +1041,7 @@ class NonInviteServerTransaction(ServerTransaction):
     STEPS = _steps(_NON_INVITE_SERVER)
     INITIAL = NonInviteServerState.TRYING
     TERMINATED = NonInviteServerState.TERMINATED
+    LINGERS_IN = NonInviteServerState.COMPLETED
 
 
 ALL_MACHINES: tuple[type[Transaction], ...] = (
@@ -1033,6 +1057,42 @@ def mermaid(machine: type[Transaction]) -> str:
     return machine.TABLE.mermaid()
 
 
+# --- what is left of a lingering server transaction -----------------------------------------
+
+
+class LingeringServer:
+    """A server transaction that only absorbs retransmissions now, kept small.
+
+    What RFC 3261 section 17.2 still needs of a non-INVITE server transaction in Completed
+    (until Timer J) or an INVITE server transaction in Confirmed (until Timer I): its key (to
+    match), the final response to send again for each retransmitted request (non-INVITE only;
+    ``None`` for an INVITE, which absorbs ACKs and INVITEs silently), where that goes, and when
+    the record ends. ``to_tag`` is the To tag the INVITE's responses carried, for the 200 to a
+    CANCEL that arrives this late (section 9.2). The request, the provisional responses and
+    the timer bookkeeping of the transaction are gone; so is the transaction object, which
+    reported :class:`TransactionTerminated` when the record replaced it.
+    """
+
+    __slots__ = ("deadline", "dest", "key", "response", "to_tag")
+
+    def __init__(
+        self,
+        key: tuple[object, ...],
+        response: Response | None,
+        dest: Address,
+        to_tag: str | None,
+        deadline: float,
+    ) -> None:
+        self.key = key
+        self.response = response
+        self.dest = dest
+        self.to_tag = to_tag
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<LingeringServer {self.key[-1]} {self.key[0]} until {self.deadline}>"
+
+
 # --- the layer ----------------------------------------------------------------------------------
 
 #: (deadline, sequence number): what the heap orders; the armed timer it stands for, if it is
@@ -1045,13 +1105,30 @@ class TransactionLayer:
 
     ``is_reliable`` forces every transaction onto reliable (True) or unreliable (False) timer
     rules; ``None`` decides per message from :attr:`Address.transport`.
+
+    ``compact_lingering`` replaces each server transaction that reaches non-INVITE Completed
+    or INVITE Confirmed over an unreliable transport by a :class:`LingeringServer` (see
+    :attr:`lingering_servers`): on the wire nothing changes, but the transaction object is
+    Terminated (and reported so) when it is replaced, not at Timer J or I. A CANCEL for an
+    INVITE whose record lingers is answered 200 by the layer itself, with no event: the INVITE
+    has its final response, so the CANCEL has no effect (section 9.2).
     """
 
     def __init__(
-        self, timer_config: TimerConfig | None = None, *, is_reliable: bool | None = None
+        self,
+        timer_config: TimerConfig | None = None,
+        *,
+        is_reliable: bool | None = None,
+        compact_lingering: bool = False,
     ) -> None:
         self.config = timer_config or TimerConfig()
         self._is_reliable = is_reliable
+        self._compact_lingering = compact_lingering
+        self._lingering: dict[tuple[object, ...], LingeringServer] = {}
+        #: Records by deadline, one queue per timer: each timer has one length (64*T1 or T4)
+        #: for a layer, so appending keeps a queue in deadline order (see _enqueue).
+        self._linger_j: deque[LingeringServer] = deque()
+        self._linger_i: deque[LingeringServer] = deque()
         self._clients: dict[tuple[object, ...], ClientTransaction] = {}
         self._servers: dict[tuple[object, ...], ServerTransaction] = {}
         self._heap: list[_HeapEntry] = []
@@ -1074,10 +1151,19 @@ class TransactionLayer:
     def server_transactions(self) -> Mapping[tuple[object, ...], ServerTransaction]:
         return self._servers
 
-    def find_server(self, request: Request) -> ServerTransaction | None:
-        """The server transaction ``request`` belongs to (ACK finds its INVITE's)."""
+    @property
+    def lingering_servers(self) -> Mapping[tuple[object, ...], LingeringServer]:
+        """The compact records of server transactions waiting out Timer J or I."""
+        return self._lingering
+
+    def find_server(self, request: Request) -> ServerTransaction | LingeringServer | None:
+        """The server transaction ``request`` belongs to (ACK finds its INVITE's), or the
+        record left of it while it lingers."""
         key = server_key(request)
-        return None if key is None else self._servers.get(key)
+        if key is None:
+            return None
+        tx = self._servers.get(key)
+        return tx if tx is not None else self._lingering.get(key)
 
     def is_reliable(self, address: Address) -> bool:
         if self._is_reliable is not None:
@@ -1175,6 +1261,8 @@ class TransactionLayer:
         if request.method == "ACK":
             if isinstance(tx, InviteServerTransaction):
                 self._feed(tx, _RECV_ACK, now, request)
+            elif tx is None and key in self._lingering:
+                pass  # Confirmed: an ACK retransmission, absorbed
             else:
                 # No transaction: the ACK for a 2xx, which belongs to the dialog (17.1.1.3).
                 self._events.append(AckReceived(request, source))
@@ -1182,6 +1270,13 @@ class TransactionLayer:
         if tx is not None:
             self._feed(tx, _RECV_REQUEST, now, request)
             return
+        if self._lingering:
+            record = self._lingering.get(key)
+            if record is not None:
+                # Non-INVITE Completed: the final response again; INVITE Confirmed: absorbed.
+                if record.response is not None:
+                    self._out.append((record.response, record.dest))
+                return
         reliable = self.is_reliable(source)
         new: ServerTransaction
         if request.method == "INVITE":
@@ -1192,8 +1287,17 @@ class TransactionLayer:
         if request.method == "CANCEL":
             assert isinstance(new, NonInviteServerTransaction)
             # Section 9.2: the CANCEL matches the INVITE exactly as 17.2.3 would, method aside.
-            target = self._servers.get((*key[:-1], "INVITE"))
+            invite_key = (*key[:-1], "INVITE")
+            target = self._servers.get(invite_key)
             invite_tx = target if isinstance(target, InviteServerTransaction) else None
+            lingering = self._lingering.get(invite_key) if invite_tx is None else None
+            if lingering is not None:
+                # Confirmed, compacted: what answer_cancel does for an INVITE that has its
+                # final response (200 with the INVITE's To tag, no 487), done here.
+                new._start(now)
+                tag = (lingering.to_tag or random_token()) if request.to.tag is None else None
+                self.send_response(new, make_response(request, 200, to_tag=tag), now)
+                return
             self._events.append(CancelReceived(invite_tx, new, request, source))
         else:
             self._events.append(RequestReceived(new, request, source))
@@ -1225,15 +1329,20 @@ class TransactionLayer:
     # --- timers and output ---
 
     def get_timer(self) -> float | None:
-        """The earliest deadline of any transaction, or ``None``."""
+        """The earliest deadline of any transaction (or lingering record), or ``None``."""
         heap = self._heap
         pending = self._pending
+        best: float | None = None
         while heap:
             deadline, seq = heap[0]
             if seq in pending:
-                return deadline
+                best = deadline
+                break
             heapq.heappop(heap)
-        return None
+        for queue in (self._linger_j, self._linger_i):
+            if queue and (best is None or queue[0].deadline < best):
+                best = queue[0].deadline
+        return best
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
@@ -1246,6 +1355,14 @@ class TransactionLayer:
             tx, timer = armed
             del tx._timers[timer]
             tx._input(timer, now)
+        # Timer J and I of the records: the record goes, nothing else happens (the transaction
+        # it replaced reported TransactionTerminated already).
+        lingering = self._lingering
+        for queue in (self._linger_j, self._linger_i):
+            while queue and queue[0].deadline <= now:
+                record = queue.popleft()
+                if lingering.get(record.key) is record:
+                    del lingering[record.key]
 
     def messages_to_send(self) -> list[tuple[Message, Address]]:
         """Drain the queued messages, in order, each with where it goes."""
@@ -1276,12 +1393,45 @@ class TransactionLayer:
         self._heap = [e for e in self._heap if e[1] in pending]
         heapq.heapify(self._heap)
 
+    def _linger(self, tx: Transaction) -> None:
+        """Replace ``tx`` (entering its LINGERS_IN state, linger timer unarmed) by a record."""
+        assert isinstance(tx, ServerTransaction) and not tx._timers
+        deadline = tx._interval
+        if isinstance(tx, InviteServerTransaction):
+            sent = tx.last_provisional
+            tag = sent.to.tag if sent is not None else None
+            if tag is None and tx.last_response is not None:
+                tag = tx.last_response.to.tag
+            record = LingeringServer(tx.key, None, tx.source, tag, deadline)
+            self._enqueue(self._linger_i, record)
+        else:
+            record = LingeringServer(tx.key, tx.last_response, tx.source, None, deadline)
+            self._enqueue(self._linger_j, record)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%r: lingers as a compact record until %.3f", tx, deadline)
+        self._lingering[tx.key] = record
+        tx.state = tx.TERMINATED
+        self._forget(tx)
+        self._events.append(TransactionTerminated(tx))
+
+    @staticmethod
+    def _enqueue(queue: deque[LingeringServer], record: LingeringServer) -> None:
+        if queue and queue[-1].deadline > record.deadline:
+            # Only if ``now`` went backwards: keep the queue in deadline order.
+            bisect.insort(queue, record, key=_deadline)
+        else:
+            queue.append(record)
+
     def _forget(self, tx: Transaction) -> None:
         table: dict[tuple[object, ...], Any] = (
             self._clients if isinstance(tx, ClientTransaction) else self._servers
         )
         if table.get(tx.key) is tx:
             del table[tx.key]
+
+
+def _deadline(record: LingeringServer) -> float:
+    return record.deadline
 
 
 __all__ = [
@@ -1297,6 +1447,7 @@ __all__ = [
     "InviteClientTransaction",
     "InviteServerState",
     "InviteServerTransaction",
+    "LingeringServer",
     "NonInviteClientState",
     "NonInviteClientTransaction",
     "NonInviteServerState",
