@@ -170,7 +170,12 @@ class Endpoint:
         self._token = token
         # Answered transactions waiting out Timer J or I are kept as small records: a trigger
         # call leaves two of them, held 32 s and 5 s (see TransactionLayer).
-        self._layer = txl.TransactionLayer(self.config.timers, compact_lingering=True)
+        self._layer = txl.TransactionLayer(
+            self.config.timers, compact_lingering=True, encode=self._encode_final
+        )
+        #: The last final response a record encoded, with its bytes: _pump sends those bytes
+        #: when it meets the same response (queued just before), not a second serialization.
+        self._encoded: tuple[Response, bytes] | None = None
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[EndpointEvent] = deque()
         self._to_tags: dict[int, str] = {}
@@ -448,7 +453,19 @@ class Endpoint:
         for message, dest in layer.messages_to_send():
             if isinstance(message, Response):
                 dest = self._response_dest(message.vias, dest)
+                encoded = self._encoded
+                if encoded is not None and encoded[0] is message:
+                    self._encoded = None
+                    self._out.append((encoded[1], dest))
+                    continue
             self._out.append((serialize(message), dest))
+        self._out.extend(layer.wire_to_send())
+
+    def _encode_final(self, response: Response, source: Address) -> tuple[bytes, Address]:
+        """A final response as a lingering record keeps it: bytes, and where they go."""
+        data = serialize(response)
+        self._encoded = (response, data)
+        return data, self._response_dest(response.vias, source)
 
     def _dispatch(self, event: txl.Event, now: float) -> None:
         # Most events are new requests and terminated transactions: test those first.

@@ -1067,7 +1067,9 @@ class LingeringServer:
     (until Timer J) or an INVITE server transaction in Confirmed (until Timer I): its key (to
     match), the final response to send again for each retransmitted request (non-INVITE only;
     ``None`` for an INVITE, which absorbs ACKs and INVITEs silently), where that goes, and when
-    the record ends. ``to_tag`` is the To tag the INVITE's responses carried, for the 200 to a
+    the record ends. The response is kept in wire form, with the address the transport sends
+    it to, when the layer was given ``encode``: bytes are one object, a parsed response is
+    about ten. ``to_tag`` is the To tag the INVITE's responses carried, for the 200 to a
     CANCEL that arrives this late (section 9.2). The request, the provisional responses and
     the timer bookkeeping of the transaction are gone; so is the transaction object, which
     reported :class:`TransactionTerminated` when the record replaced it.
@@ -1078,7 +1080,7 @@ class LingeringServer:
     def __init__(
         self,
         key: tuple[object, ...],
-        response: Response | None,
+        response: Response | bytes | None,
         dest: Address,
         to_tag: str | None,
         deadline: float,
@@ -1111,7 +1113,10 @@ class TransactionLayer:
     :attr:`lingering_servers`): on the wire nothing changes, but the transaction object is
     Terminated (and reported so) when it is replaced, not at Timer J or I. A CANCEL for an
     INVITE whose record lingers is answered 200 by the layer itself, with no event: the INVITE
-    has its final response, so the CANCEL has no effect (section 9.2).
+    has its final response, so the CANCEL has no effect (section 9.2). ``encode`` (the TU's
+    serializer: a response and the address it was queued with -> its bytes and where they go)
+    lets records keep the final response in wire form; what a record then sends comes out of
+    :meth:`wire_to_send`, not :meth:`messages_to_send`.
     """
 
     def __init__(
@@ -1120,10 +1125,13 @@ class TransactionLayer:
         *,
         is_reliable: bool | None = None,
         compact_lingering: bool = False,
+        encode: Callable[[Response, Address], tuple[bytes, Address]] | None = None,
     ) -> None:
         self.config = timer_config or TimerConfig()
         self._is_reliable = is_reliable
         self._compact_lingering = compact_lingering
+        self._encode = encode
+        self._wire: list[tuple[bytes, Address]] = []
         self._lingering: dict[tuple[object, ...], LingeringServer] = {}
         #: Records by deadline, one queue per timer: each timer has one length (64*T1 or T4)
         #: for a layer, so appending keeps a queue in deadline order (see _enqueue).
@@ -1274,8 +1282,12 @@ class TransactionLayer:
             record = self._lingering.get(key)
             if record is not None:
                 # Non-INVITE Completed: the final response again; INVITE Confirmed: absorbed.
-                if record.response is not None:
-                    self._out.append((record.response, record.dest))
+                response = record.response
+                if type(response) is bytes:
+                    self._wire.append((response, record.dest))
+                elif response is not None:
+                    assert isinstance(response, Response)
+                    self._out.append((response, record.dest))
                 return
         reliable = self.is_reliable(source)
         new: ServerTransaction
@@ -1369,6 +1381,11 @@ class TransactionLayer:
         out, self._out = self._out, []
         return out
 
+    def wire_to_send(self) -> list[tuple[bytes, Address]]:
+        """Drain what lingering records sent in wire form (only with ``encode``), in order."""
+        out, self._wire = self._wire, []
+        return out
+
     def next_event(self) -> Event | None:
         """The next event for the TU, or ``None``."""
         return self._events.popleft() if self._events else None
@@ -1405,7 +1422,14 @@ class TransactionLayer:
             record = LingeringServer(tx.key, None, tx.source, tag, deadline)
             self._enqueue(self._linger_i, record)
         else:
-            record = LingeringServer(tx.key, tx.last_response, tx.source, None, deadline)
+            final = tx.last_response
+            assert final is not None
+            encode = self._encode
+            if encode is None:
+                record = LingeringServer(tx.key, final, tx.source, None, deadline)
+            else:
+                data, dest = encode(final, tx.source)
+                record = LingeringServer(tx.key, data, dest, None, deadline)
             self._enqueue(self._linger_j, record)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%r: lingers as a compact record until %.3f", tx, deadline)

@@ -235,6 +235,28 @@ def test_records_hold_no_request_and_no_provisional() -> None:
     assert call2.invite in held and call2.cancel in held and call2.ringing in held
 
 
+def test_with_encode_records_keep_wire_form_and_resend_it_on_the_wire_queue() -> None:
+    calls: list[tuple[Response, Address]] = []
+
+    def encode(response: Response, source: Address) -> tuple[bytes, Address]:
+        calls.append((response, source))
+        return f"{response.status} {response.cseq.method}".encode(), Address("192.0.2.1", 9)
+
+    layer = TransactionLayer(compact_lingering=True, encode=encode)
+    call = Trigger(layer)
+    layer.receive_request(call.ack, UAC, 1.2)
+    events(layer)
+    assert calls == [(call.ok, UAC)]  # the CANCEL's 200 only: the INVITE's record sends nothing
+    record = layer.lingering_servers[call.cancel_tx.key]
+    assert record.response == b"200 CANCEL" and record.dest == Address("192.0.2.1", 9)
+    layer.receive_request(call.cancel, UAC, 2.0)
+    assert sent(layer) == []
+    assert layer.wire_to_send() == [(b"200 CANCEL", Address("192.0.2.1", 9))]
+    assert layer.wire_to_send() == []
+    held = reachable(layer)
+    assert not [o for o in held if isinstance(o, (Request, Response, ServerTransaction))]
+
+
 def test_reliable_transport_lingers_not_at_all() -> None:
     layer = TransactionLayer(compact_lingering=True)
     call = Trigger(layer, "TCP")
@@ -279,7 +301,9 @@ def test_endpoint_counts_and_finds_records() -> None:
     assert ep.server_transaction_count == 1  # the record, held until Timer J
     assert isinstance(ep.find_server(msg), LingeringServer)
     ep.receive_message(msg, Address("10.0.0.9", 5070), 1.0)
-    assert ep.datagrams_to_send() == [(first, dest)]
+    ((again, dest_again),) = ep.datagrams_to_send()
+    # The record's bytes are the ones first sent: the 200 was serialized once.
+    assert again is first and dest_again == dest == Address("10.0.0.9", 5070)
     while (t := ep.get_timer()) is not None:
         ep.handle_timer(t)
     assert ep.server_transaction_count == 0 and ep.find_server(msg) is None
