@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import AdaptedConnection, Connection, make_url
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 log = logging.getLogger("softswitch.store")
 
@@ -171,7 +172,9 @@ class Database:
                     f"cannot create the directory of {self.where}: {exc.strerror or exc}"
                 ) from None
             engine = create_async_engine(
-                self.url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+                self.url,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                pool_reset_on_return=None,  # see _install_sqlite_hooks
             )
             _install_sqlite_hooks(engine)
             return engine
@@ -243,8 +246,29 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        statement = (
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE, False) else "BEGIN"
+        )
+        # Straight to aiosqlite: one trip to its thread. Through SQLAlchemy
+        # (``exec_driver_sql``) it was three (cursor, execute, close) and a statement's
+        # bookkeeping, for every transaction. Errors are wrapped as SQLAlchemy would.
+        adapted: AdaptedConnection = conn.connection.dbapi_connection  # type: ignore[assignment]
+        try:
+            adapted.run_async(lambda driver: driver.execute(statement))
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                statement, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from exc
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def _on_reset(dbapi_conn: AdaptedConnection, _record: Any, state: PoolResetState) -> None:
+        # The engine's own reset (``pool_reset_on_return=None``): a connection comes back
+        # to the pool after its transaction was committed or rolled back, and SQLAlchemy
+        # would still send a ROLLBACK, a trip to aiosqlite's thread that SQLite answers with
+        # nothing to do. Only a connection still in a transaction (a failed COMMIT) is
+        # rolled back here.
+        if state.asyncio_safe and dbapi_conn.driver_connection.in_transaction:
+            dbapi_conn.rollback()  # type: ignore[attr-defined]
 
 
 def _alembic_config(connection: Connection) -> Any:

@@ -333,3 +333,17 @@ async def test_delete_is_refused_during_a_call(store: Store) -> None:
     await store.callbacks.complete(claimed.id)
     await store.accounts.delete(acct.id)
     assert await store.accounts.list() == ()
+
+
+async def test_list_gives_each_account_its_own_trigger_numbers(store: Store) -> None:
+    # One query joins accounts to their trigger numbers: two, none and one must not mix.
+    await store.accounts.add("Alice", triggers=["815011110000", "815011110001"])
+    await store.accounts.add("Bob")
+    await store.accounts.add("Carol", triggers=["815033330000"])
+    found = await store.accounts.list()
+    assert [(a.name, a.triggers) for a in found] == [
+        ("Alice", ("815011110000", "815011110001")),
+        ("Bob", ()),
+        ("Carol", ("815033330000",)),
+    ]
+    assert [await store.accounts.get(a.id) for a in found] == list(found)

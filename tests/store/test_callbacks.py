@@ -252,3 +252,29 @@ async def test_a_dead_nodes_claims_are_taken_over_before_the_lease(
     await store.live_calls.forget(["call-bob"])
     (late,) = await other_node.callbacks.claim_due("node-b", T0 + 26, 300, dead_before=T0 + 6)
     assert late.id == tracked.id
+
+
+async def test_enqueue_many_queues_claimed_and_absorbs_open_ones(store: Store) -> None:
+    alice = await store.accounts.add("Alice")
+    bob = await store.accounts.add("Bob")
+    carol = await store.accounts.add("Carol")
+    waiting, _ = await store.callbacks.enqueue(carol.id, "8150", T0 + 60, now=T0)
+    results = await store.callbacks.enqueue_many(
+        [
+            (alice.id, "8151", "call-1"),
+            (bob.id, "8152"),
+            (alice.id, "8151", "call-3"),
+            (carol.id, "8153", "call-4"),
+        ],
+        now=T0,
+        claim_for=("node-a", 30.0),
+    )
+    assert [created for _, created in results] == [True, True, False, False]
+    first, second, again, carols = (cb for cb, _ in results)
+    assert (first.account_id, first.trigger, first.call_uuid) == (alice.id, "8151", "call-1")
+    assert first.state is CallbackState.CLAIMED and first.claimed_by == "node-a"
+    assert first.claimed_until == T0 + 30 and first.attempts == 1 and first.due_at == T0
+    assert (second.account_id, second.call_uuid, second.state) == (bob.id, "", first.state)
+    assert again == first  # the second trigger in the batch is absorbed
+    assert carols == waiting  # so is one for an account with a callback already open
+    assert [cb.id for cb in await store.callbacks.list()] == [waiting.id, first.id, second.id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import subprocess
@@ -56,6 +57,28 @@ async def test_sqlite_file_is_wal_full_sync_with_foreign_keys(tmp_path: Path) ->
     assert (journal, sync, fks) == ("wal", 2, 1)  # synchronous 2 = FULL
     assert busy == 10_000
     assert (tmp_path / "sub" / "dir" / "s.sqlite3").exists()
+
+
+async def test_sqlite_connection_back_in_the_pool_mid_transaction_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    # The pool sends no ROLLBACK after a finished transaction (a trip to aiosqlite's thread
+    # for nothing); one still open (a COMMIT that failed) must not keep the writer lock.
+    store = await Store.open(f"sqlite:///{tmp_path}/s.sqlite3")
+    try:
+        async with store.db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.execute("BEGIN IMMEDIATE")
+            await driver.execute("UPDATE alembic_version SET version_num = 'lost'")
+            assert driver.in_transaction
+        assert not driver.in_transaction
+        added = await asyncio.wait_for(store.accounts.add("Alice"), 5)  # the lock is free
+        assert await store.accounts.get(added.id) == added
+        assert await store.db.revision() == HEAD  # the update was rolled back
+    finally:
+        await store.close()
 
 
 def _diff(conn: Connection) -> list[object]:

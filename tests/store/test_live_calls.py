@@ -63,3 +63,23 @@ async def test_a_node_never_recovers_its_own_calls(store: Store) -> None:
     acct = await store.accounts.add("Alice")
     await store.live_calls.heartbeat([live("mine", acct.id, T0, node="node-b")])
     assert await store.live_calls.take_stale("node-b", T0 + 300) == ()
+
+
+async def test_one_heartbeat_inserts_refreshes_and_spares_a_call_being_recovered(
+    store: Store, other_node: Store
+) -> None:
+    acct = await store.accounts.add("Alice")
+    await store.live_calls.heartbeat([live("old", acct.id, T0), live("dead", acct.id, T0 - 100)])
+    (taken,) = await other_node.live_calls.take_stale("node-b", T0 - 50)
+    assert taken.call_uuid == "dead"
+    # One batch: a call written before, a new one, and one a survivor is recovering.
+    await store.live_calls.heartbeat(
+        [live("old", acct.id, T0 + 5), live("new", acct.id, T0 + 5), live("dead", acct.id, T0 + 5)]
+    )
+    rows = {c.call_uuid: c for c in await store.live_calls.list()}
+    assert {u: c.alive_at for u, c in rows.items()} == {
+        "old": T0 + 5,
+        "new": T0 + 5,
+        "dead": T0 - 100,
+    }
+    assert rows["new"] == live("new", acct.id, T0 + 5)

@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -202,10 +202,10 @@ class AccountRepo:
     async def get(self, account_id: int) -> Account:
         """The account, or ``NotFound``."""
         async with self.db.read() as conn:
-            found = await _load_accounts(conn, accounts.c.id == account_id)
-        if not found:
+            found = await _load_account(conn, account_id)
+        if found is None:
             raise NotFound(f"no account {account_id}")
-        return found[0]
+        return found
 
     async def by_trigger(self, number: str) -> Account | None:
         """The account a trigger number belongs to (``None`` for an unknown number)."""
@@ -573,22 +573,42 @@ async def _touch(conn: AsyncConnection, db: Database, account_id: int, **values:
         raise NotFound(f"no account {account_id}")
 
 
+# An account with its trigger numbers in one query: a row per trigger number (one, as a
+# rule), or one row with none. It was two queries, accounts then their trigger numbers.
+_WITH_TRIGGERS = (
+    select(accounts, trigger_numbers.c.number.label("trigger_number"))
+    .select_from(accounts.outerjoin(trigger_numbers))
+    .order_by(accounts.c.id)
+)
+# The one the call path asks for (QuoteRate, ClaimCallbacks): built once, cached compiled.
+_ONE_ACCOUNT = _WITH_TRIGGERS.where(accounts.c.id == bindparam("account_id"))
+
+
 async def _load_accounts(conn: AsyncConnection, where: Any) -> list[Account]:
-    query = select(accounts).order_by(accounts.c.id)
-    if where is not None:
-        query = query.where(where)
-    rows = (await conn.execute(query)).all()
-    if not rows:
-        return []
-    ids = [r.id for r in rows]
-    numbers: dict[int, list[str]] = {i: [] for i in ids}
-    for t in await conn.execute(
-        select(trigger_numbers.c.account_id, trigger_numbers.c.number).where(
-            trigger_numbers.c.account_id.in_(ids)
-        )
-    ):
-        numbers[t.account_id].append(t.number)
-    return [_account(r, numbers[r.id]) for r in rows]
+    query = _WITH_TRIGGERS if where is None else _WITH_TRIGGERS.where(where)
+    return _accounts(await conn.execute(query))
+
+
+async def _load_account(conn: AsyncConnection, account_id: int) -> Account | None:
+    found = _accounts(await conn.execute(_ONE_ACCOUNT, {"account_id": account_id}))
+    return found[0] if found else None
+
+
+def _accounts(rows: Iterable[Row[Any]]) -> list[Account]:
+    """Accounts from ``_WITH_TRIGGERS`` rows (ordered by account id)."""
+    out: list[Account] = []
+    current: Row[Any] | None = None
+    numbers: list[str] = []
+    for row in rows:
+        if current is None or row.id != current.id:
+            if current is not None:
+                out.append(_account(current, numbers))
+            current, numbers = row, []
+        if row.trigger_number is not None:
+            numbers.append(row.trigger_number)
+    if current is not None:
+        out.append(_account(current, numbers))
+    return out
 
 
 async def lock_account(conn: AsyncConnection, account_id: int) -> None:

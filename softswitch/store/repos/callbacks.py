@@ -21,7 +21,8 @@ import builtins
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,7 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from softswitch import fsm
 from softswitch.store.db import Database, seconds, us
 from softswitch.store.models import CallbackState, LegKind, PendingCallback
-from softswitch.store.repos.common import IllegalTransition, NotFound, log, to_seconds
+from softswitch.store.repos.common import (
+    IllegalTransition,
+    NotFound,
+    StoreError,
+    log,
+    to_seconds,
+)
 from softswitch.store.tables import callbacks, cdrs, live_calls, nodes
 
 OPEN_STATES = (CallbackState.PENDING.value, CallbackState.CLAIMED.value)
@@ -74,6 +81,46 @@ def _by_event(
 
 #: event -> (states it may start from, state it leads to), read off :data:`TABLE`.
 CALLBACK_TRANSITIONS = _by_event(TABLE)
+
+
+def _insert_if_none_open(dialect: Any) -> Any:
+    """Queue a callback unless the account has an open one (the partial unique index
+    ``uq_callbacks_open_account`` says so): one statement that returns the new row, or none.
+    It was a SELECT for the open callback, then the INSERT."""
+    return (
+        dialect.insert(callbacks)
+        .on_conflict_do_nothing(
+            index_elements=[callbacks.c.account_id],
+            index_where=text("state IN ('pending', 'claimed')"),
+        )
+        .returning(*callbacks.c)
+    )
+
+
+# Built once and executed with bound parameters, so the compiled forms come from the cache.
+_INSERT_IF_NONE_OPEN = {
+    "sqlite": _insert_if_none_open(sqlite),
+    "postgresql": _insert_if_none_open(postgresql),
+}
+_OPEN_FOR = select(callbacks).where(
+    callbacks.c.account_id == bindparam("account_id"), callbacks.c.state.in_(OPEN_STATES)
+)
+_SETTLE = {
+    (event, with_error): update(callbacks)
+    .where(
+        callbacks.c.id == bindparam("callback_id"),
+        callbacks.c.state.in_([state.value for state in sources]),
+        callbacks.c.claimed_by == bindparam("node_id"),
+    )
+    .values(
+        state=target.value,
+        claimed_by=None,
+        claimed_until_us=None,
+        **({"last_error": bindparam("error")} if with_error else {}),
+    )
+    for event, (sources, target) in CALLBACK_TRANSITIONS.items()
+    for with_error in (False, True)
+}
 
 
 def _callback(row: Row[Any]) -> PendingCallback:
@@ -141,15 +188,10 @@ class CallbackQueue:
             )
         try:
             async with self.db.write() as conn:
-                existing = await self._open_for(conn, account_id)
-                if existing is not None:
-                    return existing, False
-                row = (
-                    await conn.execute(insert(callbacks).values(**values).returning(*callbacks.c))
-                ).one()
-                return _callback(row), True
+                return await self._queue(conn, values)
         except IntegrityError:
-            # Another node queued one between our check and insert (PostgreSQL): absorb.
+            # The insert itself absorbs an open callback, even one another node queues at
+            # the same moment (ON CONFLICT on the partial index); this is any other refusal.
             async with self.db.read() as conn:
                 existing = await self._open_for(conn, account_id)
             if existing is None:
@@ -184,27 +226,17 @@ class CallbackQueue:
             async with self.db.write() as conn:
                 out: list[tuple[PendingCallback, bool]] = []
                 for item in items:
-                    account_id, trigger = item[0], item[1]
-                    existing = await self._open_for(conn, account_id)
-                    if existing is not None:
-                        out.append((existing, False))
-                        continue
-                    row = (
-                        await conn.execute(
-                            insert(callbacks)
-                            .values(
-                                account_id=account_id,
-                                trigger_number=trigger,
-                                call_uuid=(item[2] if len(item) > 2 else "") or None,
-                                **values,
-                            )
-                            .returning(*callbacks.c)
-                        )
-                    ).one()
-                    out.append((_callback(row), True))
+                    params = {
+                        "account_id": item[0],
+                        "trigger_number": item[1],
+                        "call_uuid": (item[2] if len(item) > 2 else "") or None,
+                        **values,
+                    }
+                    out.append(await self._queue(conn, params))
                 return out
         except IntegrityError:
-            # Another node raced us on one of them (PostgreSQL): take them one by one.
+            # One of them was refused (not for an open callback: those are absorbed, see
+            # ``_queue``): take them one by one, each in its own transaction.
             return [
                 await self.enqueue(
                     item[0],
@@ -217,15 +249,24 @@ class CallbackQueue:
                 for item in items
             ]
 
+    async def _queue(
+        self, conn: AsyncConnection, params: dict[str, Any]
+    ) -> tuple[PendingCallback, bool]:
+        """Insert the callback row ``params`` describes, or return the account's open one."""
+        account_id = params["account_id"]
+        for _ in range(3):
+            row = (await conn.execute(_INSERT_IF_NONE_OPEN[self.db.dialect], params)).first()
+            if row is not None:
+                return _callback(row), True
+            existing = await self._open_for(conn, account_id)
+            if existing is not None:
+                return existing, False
+            # PostgreSQL: the open one that stopped the insert was closed since; try again.
+        raise StoreError(f"account {account_id}: callback neither queued nor found open")
+
     @staticmethod
     async def _open_for(conn: AsyncConnection, account_id: int) -> PendingCallback | None:
-        row = (
-            await conn.execute(
-                select(callbacks).where(
-                    callbacks.c.account_id == account_id, callbacks.c.state.in_(OPEN_STATES)
-                )
-            )
-        ).first()
+        row = (await conn.execute(_OPEN_FOR, {"account_id": account_id})).first()
         return _callback(row) if row else None
 
     async def open_for(self, account_id: int) -> PendingCallback | None:
@@ -441,17 +482,11 @@ class CallbackQueue:
         out: list[bool] = []
         async with self.db.write() as conn:
             for callback_id, event, error in items:
-                sources, target = CALLBACK_TRANSITIONS[event]
-                values: dict[str, Any] = {} if error is None else {"last_error": error}
-                result = await conn.execute(
-                    update(callbacks)
-                    .where(
-                        callbacks.c.id == callback_id,
-                        callbacks.c.state.in_([st.value for st in sources]),
-                        callbacks.c.claimed_by == node_id,
-                    )
-                    .values(state=target.value, claimed_by=None, claimed_until_us=None, **values)
-                )
+                _, target = CALLBACK_TRANSITIONS[event]
+                params: dict[str, Any] = {"callback_id": callback_id, "node_id": node_id}
+                if error is not None:
+                    params["error"] = error
+                result = await conn.execute(_SETTLE[event, error is not None], params)
                 moved = bool(result.rowcount)
                 if moved:
                     log.info("callback %d: claimed -> %s (%s)", callback_id, target.value, event)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, true
+from sqlalchemy import and_, bindparam, func, insert, select, true
 from sqlalchemy.engine import Row
 
 from softswitch.store.db import Database, seconds, us
@@ -84,6 +84,15 @@ class CdrFilter:
         return and_(true(), *conditions)
 
 
+# Built once: executed with bound parameters, the compiled statement comes from the cache.
+# One INSERT per record: a batch is one transaction (one commit) already, and a multi-row
+# INSERT ... RETURNING does not say which id went to which row on SQLite.
+_INSERT = insert(cdrs).returning(cdrs.c.id)
+_SPENT = select(func.coalesce(func.sum(cdrs.c.cost), 0)).where(
+    cdrs.c.account_id == bindparam("account_id"), cdrs.c.setup_us >= bindparam("since_us")
+)
+
+
 class CdrRepo:
     """Call detail records, one per leg; a write is on disk when it returns (SPEC section 7)."""
 
@@ -102,24 +111,23 @@ class CdrRepo:
             written = []
             for cdr in records:
                 result = await conn.execute(
-                    insert(cdrs)
-                    .values(
-                        call_uuid=cdr.call_uuid,
-                        leg=cdr.leg.value,
-                        account_id=cdr.account_id,
-                        from_number=cdr.from_number,
-                        to_number=cdr.to_number,
-                        setup_us=us(cdr.setup_at),
-                        ring_us=None if cdr.ring_at is None else us(cdr.ring_at),
-                        answer_us=None if cdr.answer_at is None else us(cdr.answer_at),
-                        end_us=None if cdr.end_at is None else us(cdr.end_at),
-                        cause_code=cdr.cause_code,
-                        cause_text=cdr.cause_text,
-                        billed_seconds=cdr.billed_seconds,
-                        cost=cdr.cost,
-                        node_id=cdr.node_id,
-                    )
-                    .returning(cdrs.c.id)
+                    _INSERT,
+                    {
+                        "call_uuid": cdr.call_uuid,
+                        "leg": cdr.leg.value,
+                        "account_id": cdr.account_id,
+                        "from_number": cdr.from_number,
+                        "to_number": cdr.to_number,
+                        "setup_us": us(cdr.setup_at),
+                        "ring_us": None if cdr.ring_at is None else us(cdr.ring_at),
+                        "answer_us": None if cdr.answer_at is None else us(cdr.answer_at),
+                        "end_us": None if cdr.end_at is None else us(cdr.end_at),
+                        "cause_code": cdr.cause_code,
+                        "cause_text": cdr.cause_text,
+                        "billed_seconds": cdr.billed_seconds,
+                        "cost": cdr.cost,
+                        "node_id": cdr.node_id,
+                    },
                 )
                 written.append(replace(cdr, id=int(result.scalar_one())))
         return written
@@ -127,11 +135,7 @@ class CdrRepo:
     async def spent_since(self, account_id: int, since: float) -> int:
         """What ``account_id``'s calls set up since ``since`` cost (the daily spend cap)."""
         async with self.db.read() as conn:
-            total = await conn.scalar(
-                select(func.coalesce(func.sum(cdrs.c.cost), 0)).where(
-                    cdrs.c.account_id == account_id, cdrs.c.setup_us >= us(since)
-                )
-            )
+            total = await conn.scalar(_SPENT, {"account_id": account_id, "since_us": us(since)})
         return int(total or 0)
 
     async def list(self, where: CdrFilter | None = None, *, limit: int = 1000) -> tuple[Cdr, ...]:

@@ -7,13 +7,60 @@ last credit serialise on that row and the second sees the first's reservation: o
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select, update
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from softswitch.store.db import Database, us
 from softswitch.store.models import AccountStatus, CreditReservation
 from softswitch.store.repos.common import InvalidInput, NotFound, log, to_seconds
 from softswitch.store.tables import accounts, credit_reservations
+
+# Built once and executed with bound parameters, so the compiled forms come from the cache.
+_HOLD = (
+    update(accounts)
+    .where(
+        accounts.c.id == bindparam("account_id"),
+        accounts.c.status == AccountStatus.ACTIVE.value,
+        accounts.c.credit_limit - accounts.c.credit_used - accounts.c.credit_reserved
+        >= bindparam("amount"),
+    )
+    .values(credit_reserved=accounts.c.credit_reserved + bindparam("amount"))
+)
+_ACCOUNT = select(accounts.c.id).where(accounts.c.id == bindparam("account_id"))
+_OWNER = select(credit_reservations.c.account_id).where(
+    credit_reservations.c.call_uuid == bindparam("call_uuid")
+)
+_DROP = (
+    delete(credit_reservations)
+    .where(credit_reservations.c.call_uuid == bindparam("call_uuid"))
+    .returning(credit_reservations.c.account_id, credit_reservations.c.amount)
+)
+_SETTLE = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"))
+    .values(
+        credit_reserved=accounts.c.credit_reserved - bindparam("amount"),
+        credit_used=accounts.c.credit_used + bindparam("cost"),
+    )
+)
+
+
+def _add_hold(dialect: Any) -> Any:
+    """Create the call's reservation, or add to it if it is the same account's: one
+    statement that returns a row unless the call's reservation is another account's."""
+    stmt = dialect.insert(credit_reservations)
+    held = credit_reservations.c
+    return stmt.on_conflict_do_update(
+        index_elements=[held.call_uuid],
+        set_={"amount": held.amount + stmt.excluded.amount, "expires_us": stmt.excluded.expires_us},
+        where=held.account_id == stmt.excluded.account_id,
+    ).returning(held.account_id)
+
+
+_ADD_HOLD = {"sqlite": _add_hold(sqlite), "postgresql": _add_hold(postgresql)}
 
 
 class CreditRepo:
@@ -34,47 +81,24 @@ class CreditRepo:
             raise InvalidInput("amount: must not be negative")
         expires = us(now + ttl_s)
         async with self.db.write() as conn:
-            held = await conn.execute(
-                update(accounts)
-                .where(
-                    accounts.c.id == account_id,
-                    accounts.c.status == AccountStatus.ACTIVE.value,
-                    accounts.c.credit_limit - accounts.c.credit_used - accounts.c.credit_reserved
-                    >= amount,
-                )
-                .values(credit_reserved=accounts.c.credit_reserved + amount)
-            )
+            held = await conn.execute(_HOLD, {"account_id": account_id, "amount": amount})
             if held.rowcount == 0:
-                exists = (
-                    await conn.execute(select(accounts.c.id).where(accounts.c.id == account_id))
-                ).first()
-                if exists is None:
+                if (await conn.execute(_ACCOUNT, {"account_id": account_id})).first() is None:
                     raise NotFound(f"no account {account_id}")
                 return False
-            owner = (
-                await conn.execute(
-                    select(credit_reservations.c.account_id).where(
-                        credit_reservations.c.call_uuid == call_uuid
-                    )
-                )
-            ).scalar_one_or_none()
-            if owner is None:
-                await conn.execute(
-                    insert(credit_reservations).values(
-                        call_uuid=call_uuid,
-                        account_id=account_id,
-                        amount=amount,
-                        created_us=us(now),
-                        expires_us=expires,
-                    )
-                )
-            elif owner == account_id:
-                await conn.execute(
-                    update(credit_reservations)
-                    .where(credit_reservations.c.call_uuid == call_uuid)
-                    .values(amount=credit_reservations.c.amount + amount, expires_us=expires)
-                )
-            else:
+            added = await conn.execute(
+                _ADD_HOLD[self.db.dialect],
+                {
+                    "call_uuid": call_uuid,
+                    "account_id": account_id,
+                    "amount": amount,
+                    "created_us": us(now),
+                    "expires_us": expires,
+                },
+            )
+            if added.first() is None:
+                # Raised inside the transaction: the account's hold above is rolled back.
+                owner = (await conn.execute(_OWNER, {"call_uuid": call_uuid})).scalar_one()
                 raise InvalidInput(f"call {call_uuid} holds credit of account {owner}")
         return True
 
@@ -85,23 +109,14 @@ class CreditRepo:
         async with self.db.write() as conn:
             account_id, amount = await self._drop(conn, call_uuid)
             await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id)
-                .values(
-                    credit_reserved=accounts.c.credit_reserved - amount,
-                    credit_used=accounts.c.credit_used + actual_cost,
-                )
+                _SETTLE, {"account_id": account_id, "amount": amount, "cost": actual_cost}
             )
 
     async def release(self, call_uuid: str) -> None:
         """The call never cost anything: give the reserved credit back."""
         async with self.db.write() as conn:
             account_id, amount = await self._drop(conn, call_uuid)
-            await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id)
-                .values(credit_reserved=accounts.c.credit_reserved - amount)
-            )
+            await conn.execute(_SETTLE, {"account_id": account_id, "amount": amount, "cost": 0})
 
     async def release_expired(self, now: float) -> int:
         """Give back reservations whose call (on a node that died) outlived ``expires``."""
@@ -115,11 +130,7 @@ class CreditRepo:
             ).all()
             for row in rows:
                 account_id, amount = await self._drop(conn, row.call_uuid)
-                await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == account_id)
-                    .values(credit_reserved=accounts.c.credit_reserved - amount)
-                )
+                await conn.execute(_SETTLE, {"account_id": account_id, "amount": amount, "cost": 0})
                 log.warning("credit reservation of call %s expired, released", row.call_uuid)
         return len(rows)
 
@@ -144,13 +155,7 @@ class CreditRepo:
 
     @staticmethod
     async def _drop(conn: AsyncConnection, call_uuid: str) -> tuple[int, int]:
-        row = (
-            await conn.execute(
-                delete(credit_reservations)
-                .where(credit_reservations.c.call_uuid == call_uuid)
-                .returning(credit_reservations.c.account_id, credit_reservations.c.amount)
-            )
-        ).first()
+        row = (await conn.execute(_DROP, {"call_uuid": call_uuid})).first()
         if row is None:
             raise NotFound(f"no credit reservation for call {call_uuid}")
         return int(row.account_id), int(row.amount)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
 from softswitch.store.db import Database, us
@@ -38,6 +39,23 @@ def _live(row: Row[Any]) -> LiveCall:
     )
 
 
+def _upsert(dialect: Any) -> Any:
+    """Insert a description, or replace the one written before unless a survivor is
+    recovering the call: one statement (it was a SELECT, then an UPDATE or INSERT each)."""
+    stmt = dialect.insert(live_calls)
+    keep = ("call_uuid", "recovering_by")
+    return stmt.on_conflict_do_update(
+        index_elements=[live_calls.c.call_uuid],
+        set_={c.name: stmt.excluded[c.name] for c in live_calls.c if c.name not in keep},
+        where=live_calls.c.recovering_by.is_(None),
+    )
+
+
+# Built once: executed with bound parameters, their compiled form comes from the cache.
+_UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+_FORGET = delete(live_calls).where(live_calls.c.call_uuid.in_(bindparam("ids", expanding=True)))
+
+
 class LiveCallRepo:
     """The descriptions of live calls; see the module docstring."""
 
@@ -48,47 +66,30 @@ class LiveCallRepo:
         """Write (insert or replace) the description of each call, in one transaction."""
         if not calls:
             return
+        rows = [
+            {
+                "call_uuid": call.call_uuid,
+                "node_id": call.node_id,
+                "account_id": call.account_id,
+                "callback_id": call.callback_id,
+                "trigger_number": call.trigger,
+                "started_us": us(call.started_at),
+                "alive_us": us(call.alive_at),
+                "answered": call.answered,
+                "legs": call.legs,
+                "reservation": call.reservation,
+            }
+            for call in calls
+        ]
         async with self.db.write() as conn:
-            ids = [c.call_uuid for c in calls]
-            existing = set(
-                (
-                    await conn.execute(
-                        select(live_calls.c.call_uuid).where(live_calls.c.call_uuid.in_(ids))
-                    )
-                ).scalars()
-            )
-            for call in calls:
-                values = {
-                    "node_id": call.node_id,
-                    "account_id": call.account_id,
-                    "callback_id": call.callback_id,
-                    "trigger_number": call.trigger,
-                    "started_us": us(call.started_at),
-                    "alive_us": us(call.alive_at),
-                    "answered": call.answered,
-                    "legs": call.legs,
-                    "reservation": call.reservation,
-                }
-                if call.call_uuid in existing:
-                    await conn.execute(
-                        update(live_calls)
-                        .where(
-                            live_calls.c.call_uuid == call.call_uuid,
-                            live_calls.c.recovering_by.is_(None),
-                        )
-                        .values(**values)
-                    )
-                else:
-                    await conn.execute(
-                        insert(live_calls).values(call_uuid=call.call_uuid, **values)
-                    )
+            await conn.execute(_UPSERT[self.db.dialect], rows)
 
     async def forget(self, call_uuids: Sequence[str]) -> None:
         """The calls are over and recorded: their descriptions go."""
         if not call_uuids:
             return
         async with self.db.write() as conn:
-            await conn.execute(delete(live_calls).where(live_calls.c.call_uuid.in_(call_uuids)))
+            await conn.execute(_FORGET, {"ids": list(call_uuids)})
 
     async def take_stale(
         self, node_id: str, alive_before: float, *, limit: int = 100

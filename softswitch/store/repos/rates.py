@@ -14,7 +14,7 @@ from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -75,6 +75,15 @@ def _rate(row: Row[Any]) -> Rate:
         row.minimum_s,
         bool(row.blocked),
     )
+
+
+# Built once (the call path's look-up): with bound parameters, compiled once and cached.
+_LOOKUP = (
+    select(rates)
+    .where(rates.c.prefix.in_(bindparam("prefixes", expanding=True)))
+    .order_by(func.length(rates.c.prefix).desc())
+    .limit(1)
+)
 
 
 class RateRepo:
@@ -165,12 +174,5 @@ class RateRepo:
             return None
         candidates = [digits[:i] for i in range(1, min(len(digits), MAX_PREFIX_DIGITS) + 1)]
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(rates)
-                    .where(rates.c.prefix.in_(candidates))
-                    .order_by(func.length(rates.c.prefix).desc())
-                    .limit(1)
-                )
-            ).first()
+            row = (await conn.execute(_LOOKUP, {"prefixes": candidates})).first()
         return _rate(row) if row else None
