@@ -32,7 +32,7 @@ import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,32 +181,36 @@ class Database:
         return create_async_engine(self.url, pool_pre_ping=True)
 
     @asynccontextmanager
-    async def _begin(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    async def _begin(
+        self, engine: AsyncEngine, lock: asyncio.Lock | None
+    ) -> AsyncIterator[AsyncConnection]:
         # engine.begin() is connect() then begin(); only a failure to connect is "unavailable"
-        # (a busy SQLite writer lock, say, is not).
-        async with AsyncExitStack() as stack:
+        # (a busy SQLite writer lock, say, is not). One generator and plain try blocks (not
+        # an AsyncExitStack, nor read()/write() wrapping this): it runs for every transaction.
+        if lock is not None:
+            await lock.acquire()
+        try:
+            conn = engine.connect()
             try:
-                conn = await stack.enter_async_context(engine.connect())
+                await conn.start()
             except (OSError, DBAPIError) as exc:
                 raise self.unavailable(exc) from exc
-            await stack.enter_async_context(conn.begin())
-            yield conn
+            try:
+                async with conn.begin():
+                    yield conn
+            finally:
+                await conn.close()
+        finally:
+            if lock is not None:
+                lock.release()
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A transaction for reading; committed (harmlessly) on exit."""
-        async with self._begin(self.engine) as conn:
-            yield conn
+        return self._begin(self.engine, None)
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A transaction that writes; committed on normal exit, rolled back on an exception."""
-        if self._write_lock is None:
-            async with self._begin(self._writer) as conn:
-                yield conn
-            return
-        async with self._write_lock, self._begin(self._writer) as conn:
-            yield conn
+        return self._begin(self._writer, self._write_lock)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
