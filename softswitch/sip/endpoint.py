@@ -176,6 +176,9 @@ class Endpoint:
         #: The last final response a record encoded, with its bytes: _pump sends those bytes
         #: when it meets the same response (queued just before), not a second serialization.
         self._encoded: tuple[Response, bytes] | None = None
+        #: One Address object per peer for the records' destinations (each datagram brings its
+        #: own): a record then holds one object of its own, itself. Bounded like _fixed_vias.
+        self._record_dests: dict[Address, Address] = {}
         self._out: list[tuple[bytes, Address]] = []
         self._events: deque[EndpointEvent] = deque()
         self._to_tags: dict[int, str] = {}
@@ -465,7 +468,13 @@ class Endpoint:
         """A final response as a lingering record keeps it: bytes, and where they go."""
         data = serialize(response)
         self._encoded = (response, data)
-        return data, self._response_dest(response.vias, source)
+        dest = self._response_dest(response.vias, source)
+        shared = self._record_dests.get(dest)
+        if shared is None:
+            if len(self._record_dests) >= 4096:
+                self._record_dests.clear()
+            shared = self._record_dests[dest] = dest
+        return data, shared
 
     def _dispatch(self, event: txl.Event, now: float) -> None:
         # Most events are new requests and terminated transactions: test those first.
