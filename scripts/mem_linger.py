@@ -13,7 +13,8 @@ collections walk), at three points of the fake clock:
 - none (after Timer J): what is left is not the calls' (caches of the parser and endpoint),
 
 each as the difference to the same figure at the end (after Timer J), so caches that keep
-what they keep do not count against the transactions.
+what they keep do not count against the transactions. ``--service`` runs the call controller
+too (a static trigger), as ``softswitch serve`` does.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def snapshot() -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=5000)
+    parser.add_argument("--service", action="store_true", help="run the call controller")
     args = parser.parse_args()
     n = args.n
-    node = make_node(service=False)
+    node = make_node(service=args.service)
     calls = [messages(i) for i in range(n)]
     step = 1.0 / n
     tracemalloc.start()
