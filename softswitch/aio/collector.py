@@ -5,15 +5,18 @@ that refer to each other in a loop (SQLAlchemy's statement objects do; the SIP s
 messages do not). What it costs is a walk over every object in the generations it collects,
 about 0.3-0.5 microseconds per object on a loaded machine.
 
-A busy node holds a great many objects that live for seconds: every transaction lingers after
-its final response (Timer J, 32 s on UDP), with its request and responses: 21 tracked objects
-per trigger call (counted on a fake clock, 2026-12-05), so about two million alive at 2,500
-trigger calls/s. With CPython's automatic collection the youngest generation is collected when
-allocations minus deallocations pass a threshold; once the node is in a steady state the two
-cancel out, the young list grows without the count moving, and the collection that finally
-comes walks all of it: measured (2026-12-05, ``scripts/bench_triggers.py``) as stalls of 20-70
-ms every second or two at 2,000-2,500 calls/s, and more the longer the run. Every call arriving
-during a stall waits for its 180.
+A busy node holds a great many objects that live for seconds: every answered server transaction
+lingers after its final response (Timer J, 32 s on UDP). Since 2026-12-05 the transaction layer
+keeps those as compact records (``scripts/mem_linger.py --service``: 2 tracked objects and 828
+bytes per trigger call while both linger, against 15 and 4,065 bytes before), so at 2,500
+trigger calls/s about 90,000 are alive (the CANCELs' 80,000, held 32 s, and the INVITEs'
+12,500, held 5 s), not 730,000, besides the calls in progress; the full transactions were most
+of what the stalls below walked. With CPython's automatic collection the youngest generation is
+collected when allocations minus deallocations pass a threshold; once the node is in a steady
+state the two cancel out, the young list grows without the count moving, and the collection
+that finally comes walks all of it: measured (2026-12-05, ``scripts/bench_triggers.py``) as
+stalls of 20-70 ms every second or two at 2,000-2,500 calls/s, and more the longer the run.
+Every call arriving during a stall waits for its 180.
 
 So the node collects on a clock instead (:class:`Collector`):
 
