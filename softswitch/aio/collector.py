@@ -31,13 +31,13 @@ So the node collects on a clock instead (:class:`Collector`):
 * every :data:`FULL_INTERVAL` the older generation too, which frees the cycles that became
   garbage after surviving a tick (a few dozen objects in ten minutes of trigger calls). This
   walks every object of the calls in progress and of the transactions lingering, so it waits
-  for a quiet moment: a second in which no young collection took over
-  :data:`QUIET_PAUSE`. At a few hundred calls/s that is any second and the collection takes
-  tens of milliseconds; under sustained heavy load it is put off for up to
-  :data:`FULL_MAX_DELAY` and then run anyway (measured 2026-12-05 at 2,500 trigger calls/s:
-  0.65-1.0 s, and one forced that way every 20 s failed 30 of 150,000 calls; with the compact
-  transaction records, forced every 10 s at 2,500/s: 0.10-0.15 s, 0 of 100,000 failed, p99 64 ms). Each is logged with
-  its pause and counted on ``/metrics``.
+  for a quiet moment: a second in which no young collection took over :data:`QUIET_PAUSE`. At a
+  few hundred calls/s that is any second and the collection takes tens of milliseconds; under
+  sustained heavy load it is put off for up to :data:`FULL_MAX_DELAY` and then run anyway
+  (measured 2026-12-05 at 2,500 trigger calls/s: 0.65-1.0 s, and one forced that way every 20 s
+  failed 30 of 150,000 calls; with the compact transaction records, forced every 10 s at
+  2,500/s: 0.10-0.15 s, 0 of 100,000 failed, p99 64 ms). Each is logged with its pause and
+  counted on ``/metrics``.
 
 The media workers keep their own tuning (they allocate almost nothing per packet).
 """
