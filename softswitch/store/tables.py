@@ -178,6 +178,10 @@ cdrs = Table(
     CheckConstraint("leg IN ('trigger', 'callback', 'destination', 'operator')", name="leg"),
 )
 
+#: The callbacks still to be placed or in progress: at most one per account (the partial
+#: unique index below, which ``INSERT ... ON CONFLICT`` in the callback queue names too).
+OPEN_CALLBACK = text("state IN ('pending', 'claimed')")
+
 callbacks = Table(
     "callbacks",
     metadata,
@@ -205,8 +209,8 @@ callbacks = Table(
         "uq_callbacks_open_account",
         "account_id",
         unique=True,
-        postgresql_where=text("state IN ('pending', 'claimed')"),
-        sqlite_where=text("state IN ('pending', 'claimed')"),
+        postgresql_where=OPEN_CALLBACK,
+        sqlite_where=OPEN_CALLBACK,
     ),
 )
 

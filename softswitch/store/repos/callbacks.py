@@ -21,8 +21,7 @@ import builtins
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,10 +33,11 @@ from softswitch.store.repos.common import (
     IllegalTransition,
     NotFound,
     StoreError,
+    by_dialect,
     log,
     to_seconds,
 )
-from softswitch.store.tables import callbacks, cdrs, live_calls, nodes
+from softswitch.store.tables import OPEN_CALLBACK, callbacks, cdrs, live_calls, nodes
 
 OPEN_STATES = (CallbackState.PENDING.value, CallbackState.CLAIMED.value)
 
@@ -91,17 +91,14 @@ def _insert_if_none_open(dialect: Any) -> Any:
         dialect.insert(callbacks)
         .on_conflict_do_nothing(
             index_elements=[callbacks.c.account_id],
-            index_where=text("state IN ('pending', 'claimed')"),
+            index_where=OPEN_CALLBACK,
         )
         .returning(*callbacks.c)
     )
 
 
 # Built once and executed with bound parameters, so the compiled forms come from the cache.
-_INSERT_IF_NONE_OPEN = {
-    "sqlite": _insert_if_none_open(sqlite),
-    "postgresql": _insert_if_none_open(postgresql),
-}
+_INSERT_IF_NONE_OPEN = by_dialect(_insert_if_none_open)
 _OPEN_FOR = select(callbacks).where(
     callbacks.c.account_id == bindparam("account_id"), callbacks.c.state.in_(OPEN_STATES)
 )

@@ -13,7 +13,11 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
 
 from softswitch.service.dialplan import DestinationRefused, normalize_destination
 
@@ -23,6 +27,12 @@ MAX_NUMBER_DIGITS = 15  # E.164
 SPEED_DIAL_CODE = re.compile(r"0[1-9][0-9]{0,2}")  # "00" is customer service (SPEC section 2)
 SECURITY_CODE = re.compile(r"[0-9]{4}")
 EXTENSION = re.compile(r"[0-9*#]{1,16}")
+
+
+def by_dialect(build: Callable[[Any], Any]) -> dict[str, Any]:
+    """A statement that needs a dialect's own syntax (``INSERT ... ON CONFLICT``), built once
+    per supported database, keyed as :attr:`Database.dialect` names it."""
+    return {"sqlite": build(sqlite), "postgresql": build(postgresql)}
 
 
 class StoreError(Exception):

@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from softswitch.store.db import Database, us
 from softswitch.store.models import AccountStatus, CreditReservation
-from softswitch.store.repos.common import InvalidInput, NotFound, log, to_seconds
+from softswitch.store.repos.common import InvalidInput, NotFound, by_dialect, log, to_seconds
 from softswitch.store.tables import accounts, credit_reservations
 
 # Built once and executed with bound parameters, so the compiled forms come from the cache.
@@ -60,7 +59,7 @@ def _add_hold(dialect: Any) -> Any:
     ).returning(held.account_id)
 
 
-_ADD_HOLD = {"sqlite": _add_hold(sqlite), "postgresql": _add_hold(postgresql)}
+_ADD_HOLD = by_dialect(_add_hold)
 
 
 class CreditRepo:

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 
 from softswitch.store.db import Database, us
 from softswitch.store.models import LiveCall
-from softswitch.store.repos.common import to_seconds
+from softswitch.store.repos.common import by_dialect, to_seconds
 from softswitch.store.tables import live_calls
 
 
@@ -52,7 +51,7 @@ def _upsert(dialect: Any) -> Any:
 
 
 # Built once: executed with bound parameters, their compiled form comes from the cache.
-_UPSERT = {"sqlite": _upsert(sqlite), "postgresql": _upsert(postgresql)}
+_UPSERT = by_dialect(_upsert)
 _FORGET = delete(live_calls).where(live_calls.c.call_uuid.in_(bindparam("ids", expanding=True)))
 
 
